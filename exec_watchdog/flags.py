@@ -1,0 +1,32 @@
+"""Flags that fall back to environment variables, so every setting works both ways.
+
+``add_flag(parser, "--database-url", ...)`` reads ``EXEC_WATCHDOG_DATABASE_URL`` when the flag is
+absent, and says so in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def env_name(flag: str) -> str:
+    return "EXEC_WATCHDOG_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None,  # noqa: A002
+             **kwargs: Any) -> None:
+    env = env_name(flag)
+    value = os.environ.get(env)
+    if value is not None and kwargs.get("action") in ("store_true", "store_false"):
+        value_bool = value.strip().lower() in ("1", "true", "yes", "on")
+        default = value_bool
+    elif value is not None:
+        default = value
+    shown = "" if default in (None, "") or "secret" in flag or "token" in flag else f" (default: {default})"
+    parser.add_argument(flag, default=default, help=f"{help}{shown} [env {env}]", **kwargs)
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; the message says what to fix."""

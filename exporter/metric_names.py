@@ -1,0 +1,29 @@
+"""The names the exporter publishes: the contract the alert rules and dashboards are built on.
+
+Kept in one module so that a test can check that every metric an alert rule or a panel uses is
+one the exporter really publishes (see docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+PREFIX = "exec_watchdog"
+
+EXECUTION_RUNTIME = f"{PREFIX}_execution_runtime_seconds"
+EXECUTION_TIMEOUT = f"{PREFIX}_execution_timeout_seconds"
+EXECUTION_AGENT_KNOWN = f"{PREFIX}_execution_agent_known"
+
+AGENT_UP = f"{PREFIX}_agent_up"
+AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"
+AGENT_SLOTS_USED = f"{PREFIX}_agent_slots_used"
+AGENT_SLOTS_LIMIT = f"{PREFIX}_agent_slots_limit"
+
+SCRAPE_DURATION = f"{PREFIX}_exporter_scrape_duration_seconds"
+DATABASE_UP = f"{PREFIX}_exporter_database_up"
+AGENT_POLL_ERRORS = f"{PREFIX}_exporter_agent_poll_errors_total"
+BUILD_INFO = f"{PREFIX}_build_info"
+
+ALL = (
+    EXECUTION_RUNTIME, EXECUTION_TIMEOUT, EXECUTION_AGENT_KNOWN,
+    AGENT_UP, AGENT_REGISTRY_EXECUTIONS, AGENT_SLOTS_USED, AGENT_SLOTS_LIMIT,
+    SCRAPE_DURATION, DATABASE_UP, AGENT_POLL_ERRORS, BUILD_INFO,
+)
