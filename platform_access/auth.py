@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-TOKEN_HEADER = "X-Trinity-Agent-Token"
+TOKEN_HEADER = "X-Trinity-Agent-Token"  # noqa: S105 (a header name)
 _MESSAGE_PREFIX = "trinity-agent-auth:v1:"
 
 

@@ -1,0 +1,230 @@
+"""Async client for Trinity's agent server API, with results that keep failure kinds apart.
+
+"The agent answered and does not know the execution" is the only thing that may ever make an
+execution look orphaned, so every call returns an :class:`AgentResult` whose ``kind`` separates
+answered, unreachable, timed out, unauthorized, not found and garbage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from platform_access.auth import TOKEN_HEADER, agent_token
+from platform_access.names import check_agent_name, check_execution_id
+from platform_access.timestamps import BadTimestamp, parse_utc
+
+T = TypeVar("T")
+ResultKind = Literal["answered", "unreachable", "timeout", "unauthorized", "not_found", "bad_response",
+                     "server_error"]
+DEFAULT_URL_TEMPLATE = "http://agent-{agent}:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult(Generic[T]):
+    kind: ResultKind
+    value: T | None = None
+    detail: str = ""
+
+    @property
+    def answered(self) -> bool:
+        return self.kind == "answered"
+
+    def unwrap(self) -> T:
+        if self.value is None:
+            raise RuntimeError(f"agent result is {self.kind}: {self.detail}")
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEntry:
+    execution_id: str
+    pid: int | None
+    started_at: datetime | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSnapshot:
+    """``GET /api/executions/running``; older agents send only ``executions``."""
+
+    executions: tuple[RunningEntry, ...]
+    recently_completed_ids: frozenset[str]
+    pending_ids: frozenset[str]
+
+    @property
+    def running_ids(self) -> frozenset[str]:
+        return frozenset(e.execution_id for e in self.executions)
+
+    def knows(self, execution_id: str) -> bool:
+        """Running, pending or recently completed: anything but lost."""
+        return (execution_id in self.recently_completed_ids or execution_id in self.pending_ids
+                or execution_id in self.running_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStatus:
+    execution_id: str
+    running: bool
+    returncode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateOutcome:
+    status: Literal["terminated", "already_finished"]
+    returncode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    error_type: str | None
+    error_message: str | None
+
+
+class BadAgentResponse(ValueError):
+    pass
+
+
+def check_url_template(template: str) -> str:
+    """A template must be an http(s) URL with exactly one ``{agent}`` placeholder."""
+    if template.count("{agent}") != 1 or any(k in template.replace("{agent}", "") for k in "{}"):
+        raise ValueError(f"agent URL template {template!r} must contain '{{agent}}' exactly once "
+                         "and no other braces, e.g. http://agent-{agent}:8000")
+    parts = urlsplit(template.replace("{agent}", "x"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"agent URL template {template!r} must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"agent URL template {template!r} must not carry credentials, a query or a fragment")
+    return template.rstrip("/")
+
+
+class AgentClient:
+    """One ``httpx.AsyncClient`` for all agents; the caller owns its lifetime (``aclose``)."""
+
+    def __init__(self, url_template: str, secret: str, *, timeout: float = 5.0,
+                 terminate_timeout: float = 15.0, max_connections: int = 200,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not secret:
+            raise ValueError("agent secret is empty: set the shared secret the agents verify tokens with")
+        self.url_template = check_url_template(url_template)
+        self._agent_in_host = "{agent}" in urlsplit(self.url_template).netloc
+        self._secret = secret
+        self._tokens: dict[str, str] = {}
+        self._terminate_timeout = terminate_timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def base_url(self, agent: str) -> str:
+        """The agent's base URL; raises InvalidIdentifier for names that do not fit safely."""
+        return self.url_template.replace("{agent}", check_agent_name(agent, in_host=self._agent_in_host))
+
+    def _token(self, agent: str) -> str:
+        token = self._tokens.get(agent)
+        if token is None:
+            token = self._tokens[agent] = agent_token(self._secret, agent)
+        return token
+
+    async def _call(self, method: str, agent: str, path: str,
+                    timeout: float | None = None) -> tuple[AgentResult[Any], Any]:
+        url = self.base_url(agent) + path
+        try:
+            response = await self._http.request(
+                method, url, headers={TOKEN_HEADER: self._token(agent)},
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+        except httpx.TimeoutException as exc:
+            return AgentResult("timeout", detail=f"{type(exc).__name__} calling {url}"), None
+        except httpx.HTTPError as exc:
+            return AgentResult("unreachable", detail=f"{type(exc).__name__} calling {url}: {exc}"), None
+        if response.status_code == 401:
+            return AgentResult("unauthorized", detail=f"{url} refused our token"), None
+        if response.status_code == 404:
+            return AgentResult("not_found", detail=f"{url}: 404"), None
+        if response.status_code >= 500:
+            return AgentResult("server_error", detail=f"{url}: {response.status_code} {response.text[:200]}"), None
+        if response.status_code != 200:
+            return AgentResult("bad_response", detail=f"{url}: unexpected {response.status_code}"), None
+        try:
+            body = response.json()
+        except ValueError:
+            return AgentResult("bad_response", detail=f"{url}: body is not JSON"), None
+        if not isinstance(body, dict):
+            return AgentResult("bad_response", detail=f"{url}: body is not a JSON object"), None
+        return AgentResult("answered"), body
+
+    async def running(self, agent: str) -> AgentResult[RunningSnapshot]:
+        result, body = await self._call("GET", agent, "/api/executions/running")
+        if body is None:
+            return result
+        try:
+            return AgentResult("answered", _parse_running(body))
+        except BadAgentResponse as exc:
+            return AgentResult("bad_response", detail=f"{agent}: {exc}")
+
+    async def status(self, agent: str, execution_id: str) -> AgentResult[ExecutionStatus]:
+        result, body = await self._call("GET", agent, f"/api/executions/{check_execution_id(execution_id)}/status")
+        if body is None:
+            return result
+        running, code = body.get("running"), body.get("returncode")
+        if not isinstance(running, bool) or not (code is None or _is_int(code)):
+            return AgentResult("bad_response", detail=f"{agent}: malformed status for {execution_id}")
+        return AgentResult("answered", ExecutionStatus(execution_id, running, code))
+
+    async def terminate(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
+        # The agent waits up to 5 s grace + 2 s after SIGKILL before answering.
+        path = f"/api/executions/{check_execution_id(execution_id)}/terminate"
+        result, body = await self._call("POST", agent, path, timeout=self._terminate_timeout)
+        if body is None:
+            return result
+        status, code = body.get("status"), body.get("returncode")
+        if status not in ("terminated", "already_finished") or not (code is None or _is_int(code)):
+            return AgentResult("bad_response", detail=f"{agent}: unexpected terminate answer {body!r:.200}")
+        return AgentResult("answered", TerminateOutcome(status, code))
+
+    async def last_error(self, agent: str, execution_id: str) -> AgentResult[LastError]:
+        result, body = await self._call("GET", agent, f"/api/executions/{check_execution_id(execution_id)}/last-error")
+        if body is None:
+            return result
+        kind, message = body.get("error_type"), body.get("error_message")
+        if not all(v is None or isinstance(v, str) for v in (kind, message)):
+            return AgentResult("bad_response", detail=f"{agent}: malformed last-error")
+        return AgentResult("answered", LastError(kind, message))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _id_set(body: dict[str, Any], key: str) -> frozenset[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadAgentResponse(f"{key} must be a list of strings")
+    return frozenset(value)
+
+
+def _parse_running(body: dict[str, Any]) -> RunningSnapshot:
+    raw = body.get("executions")
+    if not isinstance(raw, list):
+        raise BadAgentResponse("'executions' must be a list")
+    entries = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("execution_id"), str):
+            raise BadAgentResponse("each execution needs a string execution_id")
+        pid = item.get("pid")
+        started = item.get("started_at")
+        try:
+            started_at = parse_utc(started) if started is not None else None
+        except BadTimestamp:
+            started_at = None  # informational only; presence is what matters
+        meta = item.get("metadata")
+        entries.append(RunningEntry(item["execution_id"], pid if _is_int(pid) else None, started_at,
+                                    meta if isinstance(meta, dict) else {}))
+    return RunningSnapshot(tuple(entries), _id_set(body, "recently_completed_ids"), _id_set(body, "pending_ids"))

@@ -1,0 +1,135 @@
+"""Capacity slots: one per running execution, released one execution at a time.
+
+Two stores with one interface: Redis with Trinity's key layout (production), and an SQL table in
+the platform database (the embedded default). Releasing removes exactly that execution's slot;
+an agent's other slots are never touched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+import redis
+import sqlalchemy as sa
+
+SLOT_TTL_MARGIN_SECONDS = 300  # the slot hash outlives the execution's timeout by this much
+
+slot_metadata = sa.MetaData()
+agent_slots = sa.Table(
+    "agent_slots",
+    slot_metadata,
+    sa.Column("agent_name", sa.Text, primary_key=True),
+    sa.Column("execution_id", sa.Text, primary_key=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("message_preview", sa.Text, nullable=False, server_default=""),
+    sa.Column("slot_number", sa.Integer, nullable=False),
+    sa.Column("timeout_seconds", sa.Integer, nullable=False),
+)
+
+
+class SlotStore(Protocol):
+    def acquire(self, agent: str, execution_id: str, started_at: datetime, message_preview: str,
+                timeout_seconds: int) -> int:
+        """Take a slot; returns its slot number."""
+
+    def release(self, agent: str, execution_id: str) -> bool:
+        """Free exactly this execution's slot. True if a slot was held (idempotent)."""
+
+    def held(self, agent: str) -> set[str]:
+        """Execution ids holding a slot on this agent."""
+
+    def used_by_agent(self) -> dict[str, int]:
+        """Slots in use, per agent that has any."""
+
+
+def _members_key(agent: str) -> str:
+    return f"agent:slots:{agent}"
+
+
+def _slot_key(agent: str, execution_id: str) -> str:
+    return f"agent:slot:{agent}:{execution_id}"
+
+
+class RedisSlots:
+    """Trinity's layout: ``agent:slots:{agent}`` sorted set + ``agent:slot:{agent}:{id}`` hash."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisSlots:
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+
+    def acquire(self, agent: str, execution_id: str, started_at: datetime, message_preview: str,
+                timeout_seconds: int) -> int:
+        slot_number = int(self._redis.zcard(_members_key(agent))) + 1
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(_members_key(agent), {execution_id: started_at.timestamp()})
+            pipe.hset(_slot_key(agent, execution_id), mapping={
+                "started_at": started_at.isoformat(), "message_preview": message_preview[:100],
+                "slot_number": slot_number, "timeout_seconds": timeout_seconds,
+            })
+            pipe.expire(_slot_key(agent, execution_id), timeout_seconds + SLOT_TTL_MARGIN_SECONDS)
+            pipe.execute()
+        return slot_number
+
+    def release(self, agent: str, execution_id: str) -> bool:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(_members_key(agent), execution_id)
+            pipe.delete(_slot_key(agent, execution_id))
+            removed, deleted = pipe.execute()
+        return bool(removed or deleted)
+
+    def held(self, agent: str) -> set[str]:
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in self._redis.zrange(_members_key(agent), 0, -1)}
+
+    def used_by_agent(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for key in self._redis.scan_iter(match="agent:slots:*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            count = int(self._redis.zcard(name))
+            if count:
+                used[name.removeprefix("agent:slots:")] = count
+        return used
+
+
+class SqlSlots:
+    """The embedded default: slots as rows of ``agent_slots`` in the platform database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    def acquire(self, agent: str, execution_id: str, started_at: datetime, message_preview: str,
+                timeout_seconds: int) -> int:
+        with self._engine.begin() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(agent_slots)
+                                 .where(agent_slots.c.agent_name == agent)).scalar_one()
+            conn.execute(sa.insert(agent_slots).values(
+                agent_name=agent, execution_id=execution_id, started_at=started_at.timestamp(),
+                message_preview=message_preview[:100], slot_number=count + 1, timeout_seconds=timeout_seconds))
+        return int(count) + 1
+
+    def release(self, agent: str, execution_id: str) -> bool:
+        with self._engine.begin() as conn:
+            result = conn.execute(sa.delete(agent_slots).where(
+                agent_slots.c.agent_name == agent, agent_slots.c.execution_id == execution_id))
+        return result.rowcount > 0
+
+    def held(self, agent: str) -> set[str]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(agent_slots.c.execution_id).where(agent_slots.c.agent_name == agent))
+            return {r[0] for r in rows}
+
+    def used_by_agent(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(agent_slots.c.agent_name, sa.func.count())
+                                .group_by(agent_slots.c.agent_name))
+            return {name: int(n) for name, n in rows}
+
+
+def open_slot_store(redis_url: str | None, engine: sa.Engine) -> SlotStore:
+    """Redis when a URL is configured, else the SQL table beside the executions."""
+    if redis_url:
+        return RedisSlots.from_url(redis_url)
+    return SqlSlots(engine)

@@ -1,0 +1,33 @@
+"""Helpers that write platform rows the way Trinity does, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from platform_access.timestamps import format_utc, utcnow
+
+
+def insert_execution(conn: sa.Connection, execution_id: str, agent: str, *, age_seconds: float = 0,
+                     status: str = "running", schedule_id: str = "__manual__", now: datetime | None = None,
+                     **extra: Any) -> None:
+    started = (now or utcnow()) - timedelta(seconds=age_seconds)
+    values: dict[str, Any] = {
+        "id": execution_id, "schedule_id": schedule_id, "agent_name": agent, "status": status,
+        "started_at": format_utc(started), "message": "do the thing", "triggered_by": "manual",
+    }
+    values.update(extra)
+    conn.execute(sa.insert(schedule_executions).values(**values))
+
+
+def insert_schedule(conn: sa.Connection, schedule_id: str, agent: str, timeout_seconds: int | None) -> None:
+    conn.execute(sa.insert(agent_schedules).values(id=schedule_id, agent_name=agent, name=schedule_id,
+                                                   timeout_seconds=timeout_seconds))
+
+
+def insert_agent(conn: sa.Connection, agent: str, timeout_seconds: int | None = 3600, max_parallel: int = 3) -> None:
+    conn.execute(sa.insert(agent_ownership).values(agent_name=agent, execution_timeout_seconds=timeout_seconds,
+                                                   max_parallel_tasks=max_parallel))

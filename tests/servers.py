@@ -1,0 +1,155 @@
+"""Throwaway real servers for the tests: PostgreSQL and Redis on free loopback ports.
+
+Each is started from the installed binaries in a temporary directory and removed afterwards, so
+no test depends on state another run left behind. A variable can point at an existing server
+instead (EXEC_WATCHDOG_TEST_POSTGRES_URL, EXEC_WATCHDOG_TEST_REDIS_URL); then a fresh database
+(PostgreSQL) or a fresh database number (Redis) is used and cleaned up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    if not found:
+        raise RuntimeError(f"{name} not found: install the Debian package 'postgresql' (make system-deps)")
+    return found
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield a SQLAlchemy URL of a fresh, empty PostgreSQL database."""
+    existing = os.environ.get("EXEC_WATCHDOG_TEST_POSTGRES_URL")
+    if existing:
+        yield from _fresh_database(existing)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ew-pg-"))
+    run_as: dict[str, object] = {}
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+        pw = pwd.getpwnam("postgres")
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
+    data = tmp / "data"
+    port = free_port()
+    subprocess.run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True, **run_as)  # type: ignore[call-overload]
+    proc = subprocess.Popen(
+        [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(tmp),
+         "-c", "fsync=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as,  # type: ignore[call-overload]
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        _wait_pg_ready(url)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_pg_ready(url: str, timeout: float = 20.0) -> None:
+    import sqlalchemy as sa
+
+    deadline = time.monotonic() + timeout
+    while True:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect():
+                return
+        except sa.exc.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        finally:
+            engine.dispose()
+
+
+def _fresh_database(admin_url: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    name = f"ew_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(sa.make_url(admin_url).set(database=name))
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def create_database(server_url: str) -> str:
+    """Create one more empty database on a test PostgreSQL server; return its URL."""
+    import sqlalchemy as sa
+
+    name = f"ew_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return str(sa.make_url(server_url).set(database=name))
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Yield the URL of an empty Redis database."""
+    existing = os.environ.get("EXEC_WATCHDOG_TEST_REDIS_URL")
+    if existing:
+        yield existing  # the caller flushes the database it was given
+        return
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("redis-server not found: install the Debian package 'redis-server' (make system-deps)")
+    tmp = tempfile.mkdtemp(prefix="ew-redis-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", tmp, "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
