@@ -1,0 +1,80 @@
+"""Announcing a recovery: Trinity's ``watchdog_recovery`` event on the WebSocket feed and an
+optional Redis channel, and one canonical JSON log line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from starlette.websockets import WebSocket
+
+from platform_access.timestamps import format_utc
+from remediator.audit import Recovery
+
+EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_terminated"}
+log = structlog.get_logger("exec_watchdog.remediator")
+
+
+def recovery_event(recovery: Recovery) -> dict[str, Any]:
+    """The event shape Trinity's UI understands."""
+    return {
+        "type": "watchdog_recovery",
+        "agent_name": recovery.agent_name,
+        "execution_id": recovery.execution_id,
+        "action": EVENT_ACTIONS[recovery.action],
+        "reason": recovery.reason,
+        "timestamp": format_utc(recovery.recovered_at),
+    }
+
+
+class WebSocketHub:
+    """Connected dashboards; a client that cannot keep up is dropped, never waited for."""
+
+    def __init__(self) -> None:
+        self._clients: set[WebSocket] = set()
+
+    def add(self, ws: WebSocket) -> None:
+        self._clients.add(ws)
+
+    def remove(self, ws: WebSocket) -> None:
+        self._clients.discard(ws)
+
+    @property
+    def size(self) -> int:
+        return len(self._clients)
+
+    async def broadcast(self, text: str) -> None:
+        async def send(ws: WebSocket) -> None:
+            try:
+                await asyncio.wait_for(ws.send_text(text), timeout=2.0)
+            except Exception:  # a gone or slow client must not block recoveries
+                self.remove(ws)
+
+        await asyncio.gather(*(send(ws) for ws in list(self._clients)))
+
+
+class Announcer:
+    def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str) -> None:
+        self.hub = hub
+        self.redis = redis
+        self.channel = channel
+
+    async def announce(self, recoveries: list[Recovery], now: datetime) -> None:
+        """Publish every event; raises if Redis is configured and unreachable (the caller retries)."""
+        events = [recovery_event(r) for r in recoveries]
+        if self.redis is not None and events:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.publish(self.channel, json.dumps(event))
+                await pipe.execute()
+        for recovery, event in zip(recoveries, events, strict=True):
+            await self.hub.broadcast(json.dumps(event))
+            log.info("recovery", agent=recovery.agent_name, execution_id=recovery.execution_id,
+                     action=recovery.action, event_action=event["action"], reason=recovery.reason,
+                     runtime_seconds=round(recovery.runtime_seconds, 3), fingerprint=recovery.fingerprint,
+                     time_to_recovery_seconds=round((recovery.recovered_at - recovery.alert_started_at)
+                                                    .total_seconds(), 3))

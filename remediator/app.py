@@ -1,0 +1,273 @@
+"""The remediator's HTTP face: Starlette on uvicorn.
+
+Status codes are a policy (Alertmanager reads them): 2xx handled or deliberately ignored; 400
+malformed, 401 unauthenticated, 413 too large, 415 not JSON — never retried usefully; 503 when a
+transient failure means Alertmanager should deliver again (re-processing is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import sqlalchemy as sa
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from platform_access import database as db
+from platform_access.agent_client import AgentClient
+from platform_access.slots import open_slot_store
+from remediator import audit
+from remediator.announce import Announcer, WebSocketHub
+from remediator.auth import Credentials
+from remediator.breaker import Breaker
+from remediator.metrics import RemediatorMetrics
+from remediator.payload import PayloadError, parse_notification
+from remediator.remediate import Remediator, Settings
+from remediator.silences import SilenceChecker
+
+log = structlog.get_logger("exec_watchdog.remediator")
+PAGE = Path(__file__).with_name("recoveries.html")
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    agent_url_template: str
+    agent_secret: str
+    credentials: Credentials
+    redis_url: str | None = None  # capacity slots in Redis (Trinity's layout); else the SQL table
+    announce_redis_url: str | None = None  # PUBLISH recovery events here when set
+    announce_channel: str = "trinity:watchdog"
+    alertmanager_urls: tuple[str, ...] = ()  # re-check silences just before acting
+    protect_metrics: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    agent_timeout: float = 5.0
+    breaker_max_actions: int = 100
+    breaker_window_seconds: float = 300.0
+    sweep_interval_seconds: float = 5.0
+    settings: Settings = field(default_factory=lambda: Settings(replica=f"remediator-{uuid.uuid4().hex[:8]}"))
+
+
+class State:
+    """Resources the lifespan opens and closes; handlers reach them through ``app.state``."""
+
+    remediator: Remediator
+    engine: sa.Engine
+    hub: WebSocketHub
+    metrics: RemediatorMetrics
+    config: Config
+
+
+def create_app(config: Config, registry: CollectorRegistry | None = None) -> Starlette:
+    metrics = RemediatorMetrics(registry or CollectorRegistry())
+    hub = WebSocketHub()
+    breaker = Breaker(config.breaker_max_actions, config.breaker_window_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = db.create_engine(config.database_url)
+        await anyio.to_thread.run_sync(audit.create_tables, engine)
+        agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(3.0))
+        announce_redis = Redis.from_url(config.announce_redis_url, socket_timeout=3) if config.announce_redis_url \
+            else None
+        silences = SilenceChecker(list(config.alertmanager_urls), http) if config.alertmanager_urls else None
+        remediator = Remediator(engine, open_slot_store(config.redis_url, engine), agents,
+                                Announcer(hub, announce_redis, config.announce_channel), breaker, silences,
+                                metrics, config.settings)
+        state: State = app.state  # type: ignore[assignment]
+        state.remediator, state.engine, state.hub, state.metrics, state.config = (
+            remediator, engine, hub, metrics, config)
+        sweeper = asyncio.create_task(_sweep(remediator, engine, metrics, config.sweep_interval_seconds))
+        log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
+                 authenticated=config.credentials.configured, silence_check=bool(silences))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await agents.aclose()
+            await http.aclose()
+            if announce_redis is not None:
+                await announce_redis.aclose()
+            engine.dispose()
+
+    return Starlette(lifespan=lifespan, routes=[
+        Route("/api/v1/alerts", webhook, methods=["POST"]),
+        Route("/api/v1/audit", audit_api, methods=["GET"]),
+        Route("/api/v1/breaker/reset", reset_breaker, methods=["POST"]),
+        WebSocketRoute("/api/v1/events", events),
+        Route("/", page, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ])
+
+
+async def _sweep(remediator: Remediator, engine: sa.Engine, metrics: RemediatorMetrics, interval: float) -> None:
+    """Finish what a crash or an outage left half done, here or on a replica that died."""
+    while True:
+        try:
+            await remediator.finish_unfinished()
+            with engine.connect() as conn:
+                metrics.pending_finishes.set(audit.count_unfinished(conn))
+            metrics.breaker_open.set(1 if remediator.breaker.is_open else 0)
+        except Exception as exc:  # keep sweeping through outages
+            log.warning("sweep_failed", error=str(exc), error_type=type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+def _state(request: Request | WebSocket) -> State:
+    state: State = request.app.state
+    return state
+
+
+def _problem(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": message}, status_code=status, headers=headers or None)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def webhook(request: Request) -> Response:
+    state = _state(request)
+    response = await _webhook(request, state)
+    state.metrics.requests.labels(str(response.status_code)).inc()
+    return response
+
+
+async def _webhook(request: Request, state: State) -> Response:
+    if not state.config.credentials.accepts(request.headers.get("authorization")):
+        return _problem(401, "missing or wrong credentials", **{"WWW-Authenticate": 'Bearer realm="exec-watchdog"'})
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return _problem(415, f"content type must be application/json, got {media_type or 'none'!r}")
+    body = await _read_body(request, state.config.max_body_bytes)
+    if body is None:
+        return _problem(413, f"body larger than {state.config.max_body_bytes} bytes")
+    try:
+        notification = parse_notification(json.loads(body))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and PayloadError are ValueErrors
+        what = str(exc) if isinstance(exc, PayloadError) else f"malformed JSON: {exc}"
+        return _problem(400, what[:500])
+    with structlog.contextvars.bound_contextvars(group_key=notification.group_key[:200]):
+        try:
+            with state.metrics.duration.labels("batch").time():
+                result = await state.remediator.handle(notification.alerts)
+        except sa.exc.OperationalError as exc:
+            return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
+    summary = [{"fingerprint": v.alert.fingerprint, "execution_id": v.alert.execution_id[:200],
+                "outcome": v.outcome, "reason": v.reason} for v in result.verdicts[:100]]
+    if result.retry:
+        return JSONResponse({"status": "retry", "alerts": summary}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ok", "alerts": summary})
+
+
+def _authorized(request: Request) -> bool:
+    return _state(request).config.credentials.accepts(request.headers.get("authorization"))
+
+
+async def audit_api(request: Request) -> Response:
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    params = request.query_params
+    unknown = set(params) - {"agent", "execution_id", "limit"}
+    if unknown:
+        return _problem(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
+    raw_limit = params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        return _problem(400, "limit must be a whole number from 1 to 1000")
+    state = _state(request)
+
+    def query() -> list[dict[str, Any]]:
+        with state.engine.connect() as conn:
+            return audit.recent(conn, agent=params.get("agent"), execution_id=params.get("execution_id"),
+                                limit=int(raw_limit))
+
+    try:
+        rows = await anyio.to_thread.run_sync(query)
+    except sa.exc.OperationalError:
+        return _problem(503, "database unavailable", **{"Retry-After": "5"})
+    return JSONResponse({"decisions": rows})
+
+
+async def reset_breaker(request: Request) -> Response:
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    state = _state(request)
+    state.remediator.breaker.reset()
+    state.metrics.breaker_open.set(0)
+    log.warning("breaker_reset", by="operator")
+    return JSONResponse({"status": "ok", "breaker": "closed"})
+
+
+async def events(ws: WebSocket) -> None:
+    state = _state(ws)
+    if not state.config.credentials.accepts(ws.headers.get("authorization"), ws.query_params.get("access_token")):
+        await ws.close(code=1008)  # policy violation: no or wrong credentials
+        return
+    await ws.accept()
+    state.hub.add(ws)
+    try:
+        while True:
+            await ws.receive_text()  # clients only listen; this notices disconnects
+    except WebSocketDisconnect:
+        pass
+    finally:
+        state.hub.remove(ws)
+
+
+async def page(request: Request) -> Response:
+    return FileResponse(PAGE, media_type="text/html")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state = _state(request)
+    if state.config.protect_metrics and not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    state.metrics.breaker_open.set(1 if state.remediator.breaker.is_open else 0)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+
+    def ping() -> None:
+        with state.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    try:
+        await anyio.to_thread.run_sync(ping)
+    except sa.exc.SQLAlchemyError as exc:
+        return JSONResponse({"status": "unready", "database": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok"})

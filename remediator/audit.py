@@ -1,0 +1,162 @@
+"""The remediator's own tables: an audit trail of every decision, and the recoveries outbox.
+
+``watchdog_recoveries`` has one row per recovered execution, written in the same transaction as
+the guarded ``running -> failed`` update. It is what makes the slot release and the announcement
+happen exactly once: whoever holds the row's claim finishes it, and a crashed claim expires so a
+later notification, the background sweep or another replica finishes it instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from platform_access.timestamps import format_utc, parse_utc
+
+audit_metadata = sa.MetaData()
+
+decisions = sa.Table(
+    "watchdog_decisions",
+    audit_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("decided_at", sa.Text, nullable=False),
+    sa.Column("replica", sa.Text, nullable=False),
+    sa.Column("alertname", sa.Text, nullable=False),
+    sa.Column("alert_status", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("remediation", sa.Text, nullable=False),
+    sa.Column("agent_name", sa.Text, nullable=False),
+    sa.Column("execution_id", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index("idx_watchdog_decisions_execution", "execution_id"),
+    sa.Index("idx_watchdog_decisions_agent", "agent_name"),
+)
+
+recoveries = sa.Table(
+    "watchdog_recoveries",
+    audit_metadata,
+    sa.Column("execution_id", sa.Text, primary_key=True),
+    sa.Column("agent_name", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("runtime_seconds", sa.Float, nullable=False),
+    sa.Column("alert_started_at", sa.Text, nullable=False),
+    sa.Column("recovered_at", sa.Text, nullable=False),
+    sa.Column("slot_released_at", sa.Text),
+    sa.Column("announced_at", sa.Text),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("claim_expires_at", sa.Text),
+    sa.Index("idx_watchdog_recoveries_open", "announced_at"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    alertname: str
+    alert_status: str
+    fingerprint: str
+    remediation: str
+    agent_name: str
+    execution_id: str
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    execution_id: str
+    agent_name: str
+    action: str
+    reason: str
+    fingerprint: str
+    runtime_seconds: float
+    alert_started_at: datetime
+    recovered_at: datetime
+    slot_released: bool
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """Create the remediator's tables if missing; Trinity's own tables are never touched."""
+    audit_metadata.create_all(engine, checkfirst=True)
+
+
+def record(conn: sa.Connection, items: list[Decision], replica: str, now: datetime) -> None:
+    if items:
+        stamp = format_utc(now)
+        conn.execute(sa.insert(decisions), [
+            {"decided_at": stamp, "replica": replica, **_as_row(d)} for d in items])
+
+
+def _as_row(d: Decision) -> dict[str, Any]:
+    return {k: getattr(d, k) for k in Decision.__slots__}
+
+
+def open_recovery(conn: sa.Connection, recovery: Recovery, replica: str, claim_ttl: float) -> None:
+    """Insert the outbox row, already claimed by the replica that won the transition."""
+    conn.execute(sa.insert(recoveries).values(
+        execution_id=recovery.execution_id, agent_name=recovery.agent_name, action=recovery.action,
+        reason=recovery.reason, fingerprint=recovery.fingerprint, runtime_seconds=recovery.runtime_seconds,
+        alert_started_at=format_utc(recovery.alert_started_at), recovered_at=format_utc(recovery.recovered_at),
+        claimed_by=replica, claim_expires_at=format_utc(recovery.recovered_at + timedelta(seconds=claim_ttl)),
+    ))
+
+
+def claim_unfinished(engine: sa.Engine, replica: str, now: datetime, claim_ttl: float,
+                     limit: int = 500) -> list[Recovery]:
+    """Claim recoveries whose earlier claim expired before they were announced."""
+    stamp = format_utc(now)
+    open_rows = sa.and_(recoveries.c.announced_at.is_(None), recoveries.c.claim_expires_at < stamp)
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(sa.select(recoveries.c.execution_id).where(open_rows).limit(limit))]
+        claimed = []
+        for execution_id in ids:
+            # Guarded like every write: only one replica takes an expired claim.
+            won = conn.execute(sa.update(recoveries).where(recoveries.c.execution_id == execution_id, open_rows)
+                               .values(claimed_by=replica,
+                                       claim_expires_at=format_utc(now + timedelta(seconds=claim_ttl))))
+            if won.rowcount == 1:
+                claimed.append(execution_id)
+        query = sa.select(recoveries).where(recoveries.c.execution_id.in_(claimed))
+        rows = conn.execute(query).all() if claimed else []
+    return [_recovery(r) for r in rows]
+
+
+def _recovery(row: Any) -> Recovery:
+    return Recovery(
+        execution_id=row.execution_id, agent_name=row.agent_name, action=row.action, reason=row.reason,
+        fingerprint=row.fingerprint, runtime_seconds=row.runtime_seconds,
+        alert_started_at=parse_utc(row.alert_started_at), recovered_at=parse_utc(row.recovered_at),
+        slot_released=row.slot_released_at is not None,
+    )
+
+
+def mark(conn: sa.Connection, execution_ids: list[str], column: str, now: datetime, replica: str) -> None:
+    """Record that the slot was released or the event announced, by the claim holder only."""
+    if execution_ids:
+        conn.execute(sa.update(recoveries)
+                     .where(recoveries.c.execution_id.in_(execution_ids), recoveries.c.claimed_by == replica)
+                     .values({column: format_utc(now)}))
+
+
+def count_unfinished(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(recoveries)
+                            .where(recoveries.c.announced_at.is_(None))).scalar_one())
+
+
+def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """Recent decisions joined with their recovery, newest first, for the audit API and page."""
+    query = (sa.select(decisions, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
+                       recoveries.c.alert_started_at, recoveries.c.announced_at)
+             .select_from(decisions.outerjoin(recoveries, sa.and_(
+                 recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))
+             .order_by(decisions.c.id.desc()).limit(limit))
+    if agent:
+        query = query.where(decisions.c.agent_name == agent)
+    if execution_id:
+        query = query.where(decisions.c.execution_id == execution_id)
+    return [dict(r._mapping) for r in conn.execute(query)]

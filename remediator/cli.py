@@ -1,0 +1,136 @@
+"""`exec-watchdog remediator`: the Alertmanager webhook, configured by flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from exec_watchdog.flags import add_flag
+
+EPILOG = """\
+Alertmanager side (alertmanager.yml):
+  receivers:
+    - name: remediator
+      webhook_configs:
+        - url: http://127.0.0.1:9464/api/v1/alerts
+          send_resolved: true
+          http_config: {authorization: {credentials_file: /etc/exec-watchdog/remediator-token}}
+
+Pause all remediation with one silence:  amtool silence add 'remediation=~".+"' -c "maintenance"
+"""
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "remediator", help="the Alertmanager webhook that re-verifies and recovers executions",
+        description="Receive Alertmanager notifications (payload v4) at POST /api/v1/alerts; for each firing "
+                    "alert labelled remediation=fail_orphan|terminate_overdue re-verify against the database "
+                    "and the agent, then act exactly once. Also serves /metrics, /healthz, /readyz, the audit "
+                    "API (/api/v1/audit), the live recoveries page (/) and its WebSocket feed.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
+    add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db", help="SQLAlchemy URL of the platform database")
+    add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
+    add_flag(p, "--agent-secret", help="shared secret for X-Trinity-Agent-Token")
+    add_flag(p, "--agent-secret-file", help="file holding the agent secret")
+    add_flag(p, "--agent-timeout", type=float, default=5.0, help="seconds per agent request")
+    add_flag(p, "--redis-url", help="Redis holding capacity slots (Trinity's layout); SQL table when unset")
+    add_flag(p, "--announce-redis-url", help="PUBLISH recovery events to this Redis")
+    add_flag(p, "--announce-channel", default="trinity:watchdog", help="Redis channel for recovery events")
+    add_flag(p, "--alertmanager-url", action="append", help="Alertmanager to re-check silences against (repeatable)")
+    add_flag(p, "--bearer-token-file", help="file holding the token Alertmanager and API clients must present")
+    add_flag(p, "--basic-auth-user", help="user for HTTP basic auth (with --basic-auth-password-file)")
+    add_flag(p, "--basic-auth-password-file", help="file holding the basic auth password")
+    add_flag(p, "--insecure-no-auth", action="store_true", default=False,
+             help="accept unauthenticated requests (local experiments only; logged loudly)")
+    add_flag(p, "--protect-metrics", action="store_true", default=False, help="require credentials on /metrics too")
+    add_flag(p, "--dry-run", action="store_true", default=False,
+             help="verify and record 'would recover', change nothing")
+    add_flag(p, "--min-orphan-age", type=float, default=60.0, help="seconds an execution must have run before it "
+             "can be failed as an orphan (Trinity's watchdog uses 60)")
+    add_flag(p, "--breaker-max-actions", type=int, default=100, help="remediations allowed per breaker window")
+    add_flag(p, "--breaker-window", type=float, default=300.0, help="breaker window in seconds")
+    add_flag(p, "--claim-ttl", type=float, default=30.0, help="seconds before a half-done recovery is retried")
+    add_flag(p, "--sweep-interval", type=float, default=5.0, help="seconds between sweeps for half-done recoveries")
+    add_flag(p, "--replica-id", help="name of this replica in the audit trail (default: host name + random)")
+    add_flag(p, "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest webhook body accepted")
+    p.set_defaults(run=run)
+
+
+def _read_secret(path: str | None, what: str) -> str | None:
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{what} file {path!r} is empty")
+    return value
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from platform_access.agent_client import check_url_template
+    from platform_access.database import create_engine
+    from remediator.app import Config
+    from remediator.auth import Credentials
+    from remediator.remediate import Settings
+
+    secret = args.agent_secret or _read_secret(args.agent_secret_file, "agent secret")
+    if not secret:
+        raise ValueError("no agent secret: set --agent-secret-file (or EXEC_WATCHDOG_AGENT_SECRET)")
+    check_url_template(args.agent_url_template)
+    create_engine(args.database_url).dispose()  # fail now on an unparseable URL
+    password = _read_secret(args.basic_auth_password_file, "basic auth password")
+    credentials = Credentials(
+        bearer_token=_read_secret(args.bearer_token_file, "bearer token"),
+        basic_user=args.basic_auth_user, basic_password=password,
+        allow_unauthenticated=args.insecure_no_auth)
+    for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout"):
+        if getattr(args, name) <= 0 and name != "min_orphan_age":
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    return Config(
+        database_url=args.database_url, agent_url_template=args.agent_url_template, agent_secret=secret,
+        credentials=credentials, redis_url=args.redis_url, announce_redis_url=args.announce_redis_url,
+        announce_channel=args.announce_channel, alertmanager_urls=tuple(args.alertmanager_url or ()),
+        protect_metrics=args.protect_metrics, max_body_bytes=args.max_body_bytes, agent_timeout=args.agent_timeout,
+        breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
+        sweep_interval_seconds=args.sweep_interval,
+        settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
+                          claim_ttl_seconds=args.claim_ttl,
+                          crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),
+    )
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {listen!r} must be host:port, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    import structlog
+    import uvicorn
+
+    from remediator.app import create_app
+
+    try:
+        config = build_config(args)
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"exec-watchdog remediator: {exc}", file=sys.stderr)
+        return 2
+    if not config.credentials.configured:
+        structlog.get_logger("exec_watchdog.remediator").warning(
+            "insecure_no_auth", message="ACCEPTING UNAUTHENTICATED REQUESTS: anyone who can reach "
+            f"{args.listen} can fail executions. Use only for local experiments.")
+    uvicorn.run(create_app(config), host=host, port=port, log_config=None, access_log=False,
+                timeout_keep_alive=75)  # longer than Alertmanager's idle connections: avoids EOF on reuse
+    return 0

@@ -1,0 +1,324 @@
+"""Re-verify, then act: the decisions the remediator takes for one webhook notification.
+
+The alert is a hint; the database and the agent are the truth. Every alert ends in exactly one
+outcome, written to the audit trail:
+
+- ``recovered``      this call won the guarded transition (then: release slot, announce)
+- ``would_recover``  dry-run: everything verified, nothing changed
+- ``lost_race``      verified, but another writer changed the row first
+- ``skipped``        re-verification says there is nothing to do (the reason says why)
+- ``silenced``       a silence made after the notification left now covers the alert
+- ``breaker_open``   the breaker stopped remediation (answered 503: Alertmanager retries later)
+- ``retry``          a transient failure (agent, Alertmanager or database); answered 503
+- ``ignored``        not ours to act on (resolved, unknown remediation label, unsafe identifiers)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import anyio.to_thread
+import sqlalchemy as sa
+import structlog
+
+from platform_access import database as db
+from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
+from platform_access.names import InvalidIdentifier, check_agent_name, check_execution_id
+from platform_access.slots import SlotStore
+from platform_access.timestamps import utcnow
+from remediator import audit
+from remediator.announce import Announcer
+from remediator.breaker import Breaker
+from remediator.metrics import RemediatorMetrics
+from remediator.payload import Alert
+from remediator.silences import SilenceChecker, SilenceCheckFailed
+
+FAIL_ORPHAN = "fail_orphan"
+TERMINATE_OVERDUE = "terminate_overdue"
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE)
+log = structlog.get_logger("exec_watchdog.remediator")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    replica: str
+    min_orphan_age_seconds: float = 60.0
+    dry_run: bool = False
+    claim_ttl_seconds: float = 30.0
+    agent_concurrency: int = 50
+    crash_after_transition: bool = False  # test hook: die between the transition and the release
+
+
+@dataclass(slots=True)
+class Verdict:
+    alert: Alert
+    outcome: str = ""
+    reason: str = ""
+    execution: db.Execution | None = None
+    error: str = ""  # the failure text written to the row when recovered
+
+    def decide(self, outcome: str, reason: str) -> None:
+        self.outcome, self.reason = outcome, reason
+
+
+@dataclass(slots=True)
+class BatchResult:
+    verdicts: list[Verdict] = field(default_factory=list)
+    unfinished: bool = False  # recovered, but the slot release or announcement is still owed
+
+    @property
+    def retry(self) -> bool:
+        """Alertmanager should deliver again: something transient stopped us."""
+        return self.unfinished or any(v.outcome in ("retry", "breaker_open") for v in self.verdicts)
+
+
+def orphan_reason(agent: str) -> str:
+    return (f"Execution lost: agent {agent} reports it neither running, pending nor recently completed "
+            "— recovered by watchdog")
+
+
+def overdue_reason(runtime_seconds: float, timeout_seconds: int) -> str:
+    minutes = int(runtime_seconds // 60)
+    return (f"Execution auto-terminated after {minutes} minutes by watchdog "
+            f"(exceeded timeout of {timeout_seconds} s)")
+
+
+class Remediator:
+    def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentClient, announcer: Announcer,
+                 breaker: Breaker, silences: SilenceChecker | None, metrics: RemediatorMetrics,
+                 settings: Settings) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.agents = agents
+        self.announcer = announcer
+        self.breaker = breaker
+        self.silences = silences
+        self.metrics = metrics
+        self.settings = settings
+        self._agent_slots = asyncio.Semaphore(settings.agent_concurrency)
+
+    async def handle(self, alerts: Iterable[Alert]) -> BatchResult:
+        result = BatchResult([Verdict(a) for a in alerts])
+        actionable = [v for v in result.verdicts if self._screen(v)]
+        if actionable:
+            try:
+                result.unfinished = not await self._act(actionable)
+            except sa.exc.OperationalError as exc:
+                for v in actionable:
+                    if v.outcome == "":
+                        v.decide("retry", f"database unavailable: {type(exc).__name__}")
+        await self._record(result.verdicts)
+        return result
+
+    # -- screening: what is ours to act on --------------------------------------------------------
+
+    def _screen(self, v: Verdict) -> bool:
+        alert = v.alert
+        self.metrics.alerts.labels(alert.status, alert.remediation or "none").inc()
+        if alert.status == "resolved":
+            v.decide("ignored", "resolved notification: recorded, never acted on")
+        elif alert.remediation not in ACTIONS:
+            v.decide("ignored", f"no remediation for remediation label {alert.remediation!r}")
+        else:
+            try:
+                check_agent_name(alert.agent)
+                check_execution_id(alert.execution_id)
+            except InvalidIdentifier as exc:
+                v.decide("ignored", f"unsafe labels: {exc}")
+        return v.outcome == ""
+
+    # -- acting -----------------------------------------------------------------------------------
+
+    async def _act(self, verdicts: list[Verdict]) -> bool:
+        """Verify and act; False when a recovery's slot release or announcement is still owed."""
+        now = utcnow()
+        rows = await anyio.to_thread.run_sync(self._load, sorted({v.alert.execution_id for v in verdicts}))
+        for v in verdicts:
+            self._verify_row(v, rows.get(v.alert.execution_id), now)
+        await self._check_silences([v for v in verdicts if v.outcome == ""])
+        orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation == FAIL_ORPHAN]
+        await self._verify_orphans_on_agents(orphans)
+        for v in verdicts:
+            if v.outcome == "":
+                self._gate(v)
+        overdue = [v for v in verdicts if v.outcome == "" and v.alert.remediation == TERMINATE_OVERDUE]
+        await asyncio.gather(*(self._terminate(v) for v in overdue))
+        ready = [v for v in verdicts if v.outcome == ""]
+        if ready:
+            winners = await anyio.to_thread.run_sync(self._transition, ready)
+            if self.settings.crash_after_transition:
+                os._exit(70)
+            try:
+                await self.finish(winners)
+            except Exception:  # logged in finish(); the sweep finishes it later
+                return False
+        return True
+
+    def _load(self, ids: list[str]) -> dict[str, db.Execution | db.BadRow]:
+        with self.engine.connect() as conn:
+            return db.get_executions(conn, ids)
+
+    def _verify_row(self, v: Verdict, row: db.Execution | db.BadRow | None, now: datetime) -> None:
+        alert = v.alert
+        if row is None:
+            return v.decide("skipped", "no such execution in the database")
+        if isinstance(row, db.BadRow):
+            return v.decide("skipped", f"unreadable row: {row}")
+        v.execution = row
+        runtime = row.runtime_seconds(now)
+        if row.status != "running":
+            return v.decide("skipped", f"completed meanwhile: status is {row.status!r}")
+        if row.leased:
+            return v.decide("skipped", "lease row: another reaper owns it")
+        if row.agent_name != alert.agent:
+            return v.decide("skipped", f"alert names agent {alert.agent!r}, the row says {row.agent_name!r}")
+        if alert.remediation == FAIL_ORPHAN and runtime < self.settings.min_orphan_age_seconds:
+            return v.decide("skipped", f"too young to be an orphan: {runtime:.1f} s < "
+                                       f"{self.settings.min_orphan_age_seconds:g} s")
+        if alert.remediation == TERMINATE_OVERDUE and runtime <= row.timeout_seconds:
+            return v.decide("skipped", f"not overdue: {runtime:.0f} s of {row.timeout_seconds} s")
+        return None
+
+    async def _check_silences(self, verdicts: list[Verdict]) -> None:
+        if not verdicts or self.silences is None:
+            return
+        try:
+            active = await self.silences.active()
+        except SilenceCheckFailed as exc:
+            for v in verdicts:
+                v.decide("retry", f"cannot check silences: {exc}")
+            return
+        for v in verdicts:
+            hit = next((s for s in active if s.matches(v.alert.labels)), None)
+            if hit is not None:
+                v.decide("silenced", f"silenced now by {hit.id}")
+
+    async def _verify_orphans_on_agents(self, verdicts: list[Verdict]) -> None:
+        by_agent: dict[str, list[Verdict]] = {}
+        for v in verdicts:
+            by_agent.setdefault(v.alert.agent, []).append(v)
+
+        async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
+            async with self._agent_slots:
+                return agent, await self.agents.running(agent)
+
+        for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
+            for v in by_agent[agent]:
+                if not answer.answered:
+                    v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
+                elif answer.unwrap().knows(v.alert.execution_id):
+                    v.decide("skipped", "agent knows the execution (running, pending or recently completed)")
+                else:
+                    v.error = orphan_reason(agent)
+
+    def _gate(self, v: Verdict) -> None:
+        if self.settings.dry_run:
+            v.decide("would_recover", f"dry run: would {v.alert.remediation.replace('_', ' ')}")
+        elif not self.breaker.allow():
+            self.metrics.breaker_open.set(1)
+            v.decide("breaker_open", f"breaker open: more than {self.breaker.max_actions} remediations in "
+                                     f"{self.breaker.window_seconds:g} s")
+
+    async def _terminate(self, v: Verdict) -> None:
+        assert v.execution is not None
+        async with self._agent_slots:
+            answer = await self.agents.terminate(v.alert.agent, v.alert.execution_id)
+        if answer.kind == "not_found":
+            v.decide("skipped", "agent does not know it: left for the orphan path")
+        elif not answer.answered:
+            v.decide("retry", f"terminate not confirmed ({answer.kind}): {answer.detail}")
+        elif answer.unwrap().status == "already_finished":
+            v.decide("skipped", "already finished on the agent: left for the orphan path")
+        else:
+            runtime = v.execution.runtime_seconds(utcnow())
+            v.error = overdue_reason(runtime, v.execution.timeout_seconds)
+
+    def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
+        """One transaction: each guarded update, and the outbox row of each one we won."""
+        now = utcnow()
+        winners = []
+        with self.engine.begin() as conn:
+            for v in verdicts:
+                assert v.execution is not None
+                if db.fail_execution(conn, v.execution, v.error, now):
+                    recovery = audit.Recovery(
+                        execution_id=v.execution.id, agent_name=v.execution.agent_name,
+                        action=v.alert.remediation, reason=v.error, fingerprint=v.alert.fingerprint,
+                        runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
+                        recovered_at=now, slot_released=False)
+                    audit.open_recovery(conn, recovery, self.settings.replica, self.settings.claim_ttl_seconds)
+                    winners.append(recovery)
+                    v.decide("recovered", v.error)
+                else:
+                    v.decide("lost_race", "another writer changed the row first")
+        for r in winners:
+            self.metrics.time_to_recovery.labels(r.action).observe(
+                max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
+        return winners
+
+    # -- finishing: slot release and announcement, exactly once -----------------------------------
+
+    async def finish(self, recoveries: list[audit.Recovery]) -> None:
+        """Release the slots and announce, for recoveries this replica holds the claim of.
+
+        On failure the claim is dropped so the next sweep (here or on another replica) retries.
+        """
+        if not recoveries:
+            return
+        try:
+            await anyio.to_thread.run_sync(self._release_slots, recoveries)
+            await self.announcer.announce(recoveries, utcnow())
+            await anyio.to_thread.run_sync(self._mark, [r.execution_id for r in recoveries], "announced_at")
+        except Exception as exc:
+            log.warning("finish_failed", error=str(exc), error_type=type(exc).__name__,
+                        executions=[r.execution_id for r in recoveries][:20])
+            await anyio.to_thread.run_sync(self._drop_claims, [r.execution_id for r in recoveries])
+            raise
+
+    def _release_slots(self, recoveries: list[audit.Recovery]) -> None:
+        pending = [r for r in recoveries if not r.slot_released]
+        for r in pending:
+            self.slots.release(r.agent_name, r.execution_id)
+        self._mark([r.execution_id for r in pending], "slot_released_at")
+
+    def _mark(self, ids: list[str], column: str) -> None:
+        with self.engine.begin() as conn:
+            audit.mark(conn, ids, column, utcnow(), self.settings.replica)
+
+    def _drop_claims(self, ids: list[str]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(audit.recoveries)
+                         .where(audit.recoveries.c.execution_id.in_(ids),
+                                audit.recoveries.c.claimed_by == self.settings.replica)
+                         .values(claim_expires_at="0000"))  # sorts before every real timestamp: expired
+
+    async def finish_unfinished(self) -> int:
+        """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
+        claimed = await anyio.to_thread.run_sync(
+            lambda: audit.claim_unfinished(self.engine, self.settings.replica, utcnow(),
+                                           self.settings.claim_ttl_seconds))
+        if claimed:
+            log.info("finishing_unfinished", count=len(claimed))
+            await self.finish(claimed)
+        return len(claimed)
+
+    async def _record(self, verdicts: list[Verdict]) -> None:
+        items = []
+        for v in verdicts:
+            a = v.alert
+            self.metrics.remediations.labels(a.remediation or "none", v.outcome).inc()
+            items.append(audit.Decision(a.name, a.status, a.fingerprint, a.remediation, a.agent[:200],
+                                        a.execution_id[:200], v.outcome, v.reason))
+            if v.outcome != "ignored":
+                log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
+                         outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)
+
+        def write() -> None:
+            with self.engine.begin() as conn:
+                audit.record(conn, items, self.settings.replica, utcnow())
+
+        await anyio.to_thread.run_sync(write)

@@ -1,0 +1,144 @@
+"""A remediator wired to real peers for tests: a database, Redis, simulated agents running real
+processes. Requests go through the real ASGI app (in process); the app's lifespan really runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+
+from platform_access import database as db
+from platform_access.schema import schedule_executions
+from platform_access.slots import RedisSlots, slot_metadata
+from platform_access.timestamps import utcnow
+from remediator.app import Config, create_app
+from remediator.auth import Credentials
+from remediator.remediate import Settings
+from simulated_platform.agent_server import AgentServer
+from tests.platform_rows import insert_execution
+
+TOKEN = "test-webhook-token"
+SECRET = "test-agent-secret"
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def alert(execution_id: str, agent: str, remediation: str = "fail_orphan", *, status: str = "firing",
+          fingerprint: str | None = None, starts_at: datetime | None = None, **labels: str) -> dict[str, Any]:
+    """One alert as Alertmanager sends it (shape copied from the captured real payloads)."""
+    name = {"fail_orphan": "ExecWatchdogExecutionOrphaned",
+            "terminate_overdue": "ExecWatchdogExecutionOverdue"}.get(remediation, "Other")
+    started = (starts_at or utcnow() - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return {
+        "status": status,
+        "labels": {"alertname": name, "agent": agent, "execution_id": execution_id, "schedule_id": "__manual__",
+                   "remediation": remediation, "severity": "critical", **labels},
+        "annotations": {"summary": "test"},
+        "startsAt": started,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else utcnow().isoformat(),
+        "generatorURL": "http://127.0.0.1:9090/graph",
+        "fingerprint": fingerprint or f"fp{abs(hash(execution_id)) % 10**12:012d}",
+    }
+
+
+def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
+    firing = any(a["status"] == "firing" for a in alerts)
+    return {"receiver": "remediator", "status": "firing" if firing else "resolved", "alerts": list(alerts),
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
+            "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0}
+
+
+@dataclass
+class Harness:
+    engine: sa.Engine
+    redis: redis.Redis
+    agents: AgentServer
+    app: Starlette
+    client: httpx.AsyncClient
+    config: Config
+    registry: CollectorRegistry
+
+    @property
+    def slots(self) -> RedisSlots:
+        return RedisSlots(self.redis)
+
+    async def post(self, body: Any, *, token: str | None = TOKEN, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await self.client.post("/api/v1/alerts", json=body, headers=headers, **kwargs)
+
+    def add_execution(self, execution_id: str, agent: str, *, age_seconds: float = 120, slot: bool = True,
+                      **extra: Any) -> None:
+        with self.engine.begin() as conn:
+            insert_execution(conn, execution_id, agent, age_seconds=age_seconds, **extra)
+        if slot:
+            self.slots.acquire(agent, execution_id, utcnow() - timedelta(seconds=age_seconds), "msg", 3600)
+
+    def row(self, execution_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(schedule_executions)
+                                .where(schedule_executions.c.id == execution_id)).one()
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def remediator(database_url: str, redis_url: str, agents: AgentServer, *,
+                     alertmanager_urls: tuple[str, ...] = (), **settings: Any) -> AsyncIterator[Harness]:
+    """A running remediator app (lifespan entered), its slots and announcements on the given Redis."""
+    engine = db.create_engine(database_url)
+    if "schedule_executions" not in sa.inspect(engine).get_table_names():
+        db.create_platform_tables(engine, slot_metadata)
+    config_keys = {"breaker_max_actions", "breaker_window_seconds", "sweep_interval_seconds"}
+    config = Config(
+        database_url=database_url, agent_url_template=agents.url_template, agent_secret=SECRET,
+        credentials=Credentials(bearer_token=TOKEN), redis_url=redis_url, announce_redis_url=redis_url,
+        announce_channel="trinity:watchdog", alertmanager_urls=alertmanager_urls, agent_timeout=2.0,
+        settings=Settings(replica=settings.pop("replica", "test-replica"), min_orphan_age_seconds=60,
+                          **{k: v for k, v in settings.items() if k not in config_keys}),
+        **{k: v for k, v in settings.items() if k in config_keys},
+    )
+    registry = CollectorRegistry()
+    app = create_app(config, registry)
+    client = redis.Redis.from_url(redis_url)
+    harness = Harness(engine, client, agents, app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                                     base_url="http://remediator"),
+                      config, registry)
+    try:
+        async with app.router.lifespan_context(app):
+            yield harness
+    finally:
+        await harness.client.aclose()
+        engine.dispose()
+        client.close()
+
+
+def subscriber(redis_url: str, channel: str = "trinity:watchdog") -> Any:
+    pubsub = redis.Redis.from_url(redis_url).pubsub()
+    pubsub.subscribe(channel)
+    pubsub.get_message(timeout=1)
+    return pubsub
+
+
+def received(pubsub: Any, wait: float = 0.3) -> list[dict[str, Any]]:
+    out = []
+    while True:
+        message = pubsub.get_message(timeout=wait)
+        if message is None:
+            return out
+        if message["type"] == "message":
+            out.append(json.loads(message["data"]))
+
+
+async def settle(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)
