@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 command -v prometheus    >/dev/null || need+=(prometheus)
 command -v promtool      >/dev/null || need+=(prometheus)
-command -v alertmanager  >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v amtool        >/dev/null || need+=(prometheus-alertmanager)
 command -v redis-server  >/dev/null || need+=(redis-server)
 [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null || need+=(postgresql)

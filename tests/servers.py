@@ -153,3 +153,34 @@ def redis_server() -> Iterator[str]:
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if not found:
+        raise RuntimeError("Alertmanager not found: install the Debian package 'prometheus-alertmanager' "
+                           "(make system-deps)")
+    return found
+
+
+@contextlib.contextmanager
+def alertmanager_server(config_yaml: str | None = None) -> Iterator[str]:
+    """A single real Alertmanager on a free loopback port (no clustering); yields its URL."""
+    tmp = Path(tempfile.mkdtemp(prefix="ew-am-"))
+    (tmp / "alertmanager.yml").write_text(config_yaml or "route: {receiver: 'null'}\nreceivers: [{name: 'null'}]\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [alertmanager_binary(), f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)

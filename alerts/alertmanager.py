@@ -1,0 +1,110 @@
+"""The Alertmanager configuration: who hears which alert, built from one profile's tunables.
+
+- Remediation alerts (any ``remediation`` label) go to the remediator's webhook, one group per
+  execution, with a bearer token read from a file. Repeats are how unfinished work is retried:
+  the remediator re-verifies on every delivery, so a repeat is always safe.
+- The heartbeat goes to its own receiver (a dead man's switch, when the operator names one).
+- Everything else goes to people (a placeholder receiver unless a webhook URL is given).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from alerts import rules
+from alerts.profiles import Profile
+
+REMEDIATOR_RECEIVER = "remediator"
+OPERATOR_RECEIVER = "operators"
+HEARTBEAT_RECEIVER = "heartbeat"
+
+# One silence with this matcher pauses every remediation (alerts/runbook.md says how).
+PAUSE_REMEDIATION_MATCHER = f'{rules.REMEDIATION_LABEL}=~".+"'
+
+REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
+OPERATOR_GROUP_BY = ["alertname", "agent"]
+
+
+def _checked_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{name} must be an http(s) URL like http://remediator:9464/api/v1/alerts, got {url!r}")
+    return url
+
+
+def _webhook_receiver(name: str, url: str | None, *, send_resolved: bool,
+                      credentials_file: str | None = None) -> dict[str, Any]:
+    if url is None:
+        return {"name": name}  # a placeholder: Alertmanager accepts a receiver that sends nothing
+    webhook: dict[str, Any] = {"url": url, "send_resolved": send_resolved, "max_alerts": 0}
+    if credentials_file is not None:
+        webhook["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials_file": credentials_file},
+        }
+    return {"name": name, "webhook_configs": [webhook]}
+
+
+def alertmanager_config(profile: Profile, webhook_url: str, credentials_file: str, *,
+                        operator_webhook_url: str | None = None,
+                        heartbeat_webhook_url: str | None = None) -> dict[str, Any]:
+    """The alertmanager.yml for ``profile``, as a dict ready to dump as YAML.
+
+    ``webhook_url`` is the remediator's ``/api/v1/alerts``; ``credentials_file`` holds its bearer
+    token. The operator and heartbeat receivers send nothing unless given a webhook URL.
+    """
+    _checked_url("webhook_url", webhook_url)
+    if not credentials_file.strip() or "\n" in credentials_file:
+        raise ValueError(f"credentials_file must be a file path, got {credentials_file!r}")
+    for name, url in (("operator_webhook_url", operator_webhook_url),
+                      ("heartbeat_webhook_url", heartbeat_webhook_url)):
+        if url is not None:
+            _checked_url(name, url)
+
+    return {
+        "route": {
+            "receiver": OPERATOR_RECEIVER,
+            "group_by": OPERATOR_GROUP_BY,
+            "group_wait": profile.operator_group_wait,
+            "group_interval": profile.operator_group_interval,
+            "repeat_interval": profile.operator_repeat_interval,
+            "routes": [
+                {
+                    "receiver": HEARTBEAT_RECEIVER,
+                    "matchers": [f'alertname="{rules.HEARTBEAT}"'],
+                    "group_by": ["alertname"],
+                    "group_wait": "0s",
+                    "group_interval": profile.heartbeat_interval,
+                    "repeat_interval": profile.heartbeat_interval,
+                },
+                {
+                    "receiver": REMEDIATOR_RECEIVER,
+                    "matchers": [PAUSE_REMEDIATION_MATCHER],
+                    "group_by": REMEDIATION_GROUP_BY,
+                    "group_wait": profile.group_wait,
+                    "group_interval": profile.group_interval,
+                    "repeat_interval": profile.repeat_interval,
+                },
+            ],
+        },
+        "inhibit_rules": [
+            # Nothing about an agent's executions can be verified while it does not answer.
+            {
+                "source_matchers": [f'alertname="{rules.AGENT_UNREACHABLE}"'],
+                "target_matchers": [PAUSE_REMEDIATION_MATCHER],
+                "equal": ["agent"],
+            },
+            # A stuck warning adds nothing once the watchdog is recovering that execution.
+            {
+                "source_matchers": [f'alertname=~"{rules.ORPHANED}|{rules.OVERDUE}"'],
+                "target_matchers": [f'alertname="{rules.STUCK}"'],
+                "equal": ["agent", "execution_id"],
+            },
+        ],
+        "receivers": [
+            _webhook_receiver(OPERATOR_RECEIVER, operator_webhook_url, send_resolved=True),
+            _webhook_receiver(HEARTBEAT_RECEIVER, heartbeat_webhook_url, send_resolved=False),
+            _webhook_receiver(REMEDIATOR_RECEIVER, webhook_url, send_resolved=True,
+                              credentials_file=credentials_file),
+        ],
+    }

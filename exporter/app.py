@@ -1,0 +1,100 @@
+"""HTTP serving: ``/metrics`` gathers a fresh snapshot per scrape; ``/healthz`` says the process is alive.
+
+Starlette on uvicorn, so the agent polls are plain ``await``s on the server's own event loop.
+The lifespan owns the resources (database engine, agent HTTP client, slot store) and closes them
+on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from exporter.collector import ExecWatchdogCollector
+from exporter.gather import Gatherer
+from exporter.settings import ExporterSettings
+from exporter.snapshot import Snapshot
+from platform_access.agent_client import AgentClient
+from platform_access.database import create_engine
+from platform_access.slots import RedisSlots, SlotStore, SqlSlots
+
+INDEX = """exec-watchdog exporter
+/metrics  running executions, agent presence and capacity (one fresh scrape per request)
+/healthz  200 while the process serves requests
+"""
+
+
+def open_engine(url: str, timeout: float) -> sa.Engine:
+    """A read-mostly engine whose connections give up instead of hanging a scrape."""
+    if sa.make_url(url).get_backend_name() == "postgresql":
+        ms = int(timeout * 1000)
+        return create_engine(url, pool_size=2, pool_timeout=timeout, connect_args={
+            "connect_timeout": max(1, round(timeout)),
+            "options": f"-c statement_timeout={ms} -c default_transaction_read_only=on",
+        })
+    return create_engine(url)
+
+
+def render(snapshot: Snapshot, accept: str = "") -> tuple[bytes, str]:
+    """The exposition of one snapshot, in the format the scraper asked for."""
+    registry = CollectorRegistry()
+    registry.register(ExecWatchdogCollector(lambda: snapshot))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+def create_app(settings: ExporterSettings) -> Starlette:
+    resources: dict[str, Gatherer] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        engine = open_engine(settings.database_url, settings.database_timeout)
+        client = AgentClient(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
+                             max_connections=settings.poll_concurrency)
+        redis_client = None
+        slots: SlotStore = SqlSlots(engine)
+        if settings.redis_url:
+            redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.database_timeout,
+                                                socket_connect_timeout=settings.database_timeout)
+            slots = RedisSlots(redis_client)
+        resources["gatherer"] = Gatherer(
+            engine, client, slots, agent_timeout=settings.agent_timeout,
+            poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
+            scrape_timeout=settings.scrape_timeout)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if redis_client is not None:
+                redis_client.close()
+            engine.dispose()
+
+    async def metrics(request: Request) -> Response:
+        snapshot = await resources["gatherer"].gather()
+        body, content_type = render(snapshot, request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
+    async def healthz(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def index(_request: Request) -> Response:
+        return PlainTextResponse(INDEX)
+
+    return Starlette(routes=[
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/", index),
+    ], lifespan=lifespan)

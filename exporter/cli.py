@@ -1,0 +1,96 @@
+"""`exec-watchdog exporter`: serve /metrics for Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from exec_watchdog.flags import ConfigError, add_flag
+from exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
+from platform_access.agent_client import DEFAULT_URL_TEMPLATE
+
+DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "exporter", help="publish running executions and agent presence on /metrics",
+        description="Serve /metrics: per running execution its runtime, effective timeout and whether its "
+                    "agent still knows it; per agent reachability, registry counts and capacity slots. "
+                    "Every scrape reads the database once and polls the agents concurrently.")
+    add_flag(parser, "--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve /metrics and /healthz on")
+    add_flag(parser, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of Trinity's database")
+    add_flag(parser, "--agent-url-template", default=DEFAULT_URL_TEMPLATE,
+             help="base URL of an agent server, with {agent} where the agent name goes")
+    secret = parser.add_mutually_exclusive_group()
+    add_flag(secret, "--agent-secret", help="shared secret for X-Trinity-Agent-Token (prefer the file form)")  # type: ignore[arg-type]
+    add_flag(secret, "--agent-secret-file", help="file holding the shared agent secret")  # type: ignore[arg-type]
+    add_flag(parser, "--redis-url", help="Redis holding the capacity slots; without it, the agent_slots table")
+    add_flag(parser, "--agent-timeout", default="3", help="seconds one agent may take to answer")
+    add_flag(parser, "--poll-concurrency", default="50", help="agents polled at the same time")
+    add_flag(parser, "--database-timeout", default="5", help="seconds the database read may take")
+    add_flag(parser, "--scrape-timeout", default="8",
+             help="seconds one whole scrape may take; keep it below Prometheus' scrape_timeout")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+        sock = _bind(settings)
+    except ConfigError as exc:
+        print(f"exec-watchdog exporter: {exc}", file=sys.stderr)
+        return 2
+    serve(settings, sock)
+    return 0
+
+
+def _bind(settings: ExporterSettings) -> socket.socket:
+    # Bound here, before uvicorn starts, so a busy port is a clear start-up error.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--listen {settings.host}:{settings.port}: cannot listen there ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ExporterSettings, sock: socket.socket) -> None:
+    import structlog
+    import uvicorn
+
+    from exporter.app import create_app
+
+    # httpx logs every request at INFO: a thousand lines per scrape. Failures are logged by us.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    structlog.get_logger("exporter").info(
+        "exporter starting", listen=f"{settings.host}:{settings.port}", agent_url_template=settings.agent_url_template,
+        poll_concurrency=settings.poll_concurrency, agent_timeout=settings.agent_timeout)
+    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # SIGTERM/SIGINT mean "stop": shut down gracefully and exit 0, without uvicorn re-raising
+            # the signal afterwards (which would end the process with -15).
+            stop = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    Server(config).run(sockets=[sock])

@@ -1,0 +1,131 @@
+"""The exporter's configuration, checked once at start: bad settings fail with what to fix."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from exec_watchdog.flags import ConfigError
+from platform_access.agent_client import check_url_template
+
+DEFAULT_LISTEN = "127.0.0.1:9463"
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSettings:
+    host: str
+    port: int
+    database_url: str
+    agent_url_template: str
+    agent_secret: str = field(repr=False)
+    redis_url: str | None = None
+    agent_timeout: float = 3.0
+    poll_concurrency: int = 50
+    database_timeout: float = 5.0
+    scrape_timeout: float = 8.0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``; the host must be an IP address or ``localhost``."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"--listen {value!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    host = host.removeprefix("[").removesuffix("]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"--listen {value!r}: {host!r} is not an IP address (use e.g. 127.0.0.1)") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--listen {value!r}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _positive_seconds(flag: str, value: object) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{flag} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _read_secret(args: argparse.Namespace) -> str:
+    secret_file = getattr(args, "agent_secret_file", None)
+    if secret_file:
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--agent-secret-file {secret_file!r} cannot be read: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"--agent-secret-file {secret_file!r} is empty: put the agents' shared secret in it")
+        return secret
+    secret = (args.agent_secret or "").strip()
+    if not secret:
+        raise ConfigError("no agent secret: pass --agent-secret-file PATH (or set EXEC_WATCHDOG_AGENT_SECRET) "
+                          "with the shared secret the agents verify X-Trinity-Agent-Token with")
+    return str(secret)
+
+
+def _check_database_url(url: str) -> str:
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        raise ConfigError(f"--database-url {url!r} is not a database URL: use sqlite:///path/to/trinity.db "
+                          "or postgresql+psycopg://user@host:5432/dbname") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = parsed.database
+        if not path or path == ":memory:":
+            raise ConfigError(f"--database-url {url!r} names no file: the exporter reads Trinity's database")
+        if not Path(path).is_file():
+            # Opening a missing SQLite file would silently create an empty database.
+            raise ConfigError(f"--database-url: {path!r} does not exist; point it at Trinity's database "
+                              "(or create one with `exec-watchdog db init`)")
+    elif backend != "postgresql":
+        raise ConfigError(f"--database-url {url!r}: unsupported database {backend!r}; use SQLite or PostgreSQL")
+    return url
+
+
+def _check_redis_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--redis-url {url!r} must start with redis://, rediss:// or unix://")
+    return url
+
+
+def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
+    """Turn parsed flags into settings, or raise :class:`ConfigError` naming the flag to fix."""
+    host, port = parse_listen(args.listen)
+    try:
+        template = check_url_template(args.agent_url_template)
+    except ValueError as exc:
+        raise ConfigError(f"--agent-url-template: {exc}") from None
+    try:
+        concurrency = int(str(args.poll_concurrency))
+    except ValueError:
+        raise ConfigError(f"--poll-concurrency {args.poll_concurrency!r} is not a whole number") from None
+    if not 1 <= concurrency <= 1000:
+        raise ConfigError(f"--poll-concurrency must be from 1 to 1000, got {concurrency}")
+    agent_timeout = _positive_seconds("--agent-timeout", args.agent_timeout)
+    scrape_timeout = _positive_seconds("--scrape-timeout", args.scrape_timeout)
+    if agent_timeout > scrape_timeout:
+        raise ConfigError(f"--agent-timeout ({agent_timeout}s) must not exceed --scrape-timeout ({scrape_timeout}s)")
+    return ExporterSettings(
+        host=host, port=port,
+        database_url=_check_database_url(args.database_url),
+        agent_url_template=template,
+        agent_secret=_read_secret(args),
+        redis_url=_check_redis_url(args.redis_url),
+        agent_timeout=agent_timeout,
+        poll_concurrency=concurrency,
+        database_timeout=_positive_seconds("--database-timeout", args.database_timeout),
+        scrape_timeout=scrape_timeout,
+    )

@@ -1,0 +1,43 @@
+"""Write the dashboard JSON that Grafana provisions, or check that the committed copy is current.
+
+    python -m grafana.build           # regenerate grafana/dashboards/exec-watchdog.json
+    python -m grafana.build --check   # exit 1 if the committed JSON differs from the generator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+from grafana import DASHBOARD_PATH, dashboard
+
+
+def render() -> str:
+    """The dashboard as JSON text: sorted keys and two-space indent, so diffs stay readable."""
+    return json.dumps(dashboard.build(), cls=JSONEncoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grafana.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed JSON is out of date")
+    parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        if current != text:
+            print(f"{args.output} is out of date: run `python -m grafana.build`", file=sys.stderr)
+            return 1
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""One simulated agent's process registry: executions run as real OS processes.
+
+Each execution is a child process in its own session and process group (so a terminate reaches
+everything it spawned), started with ``posix_spawn`` and reaped through a pidfd watched by the
+event loop: no thread and no SIGCHLD handler per child, which keeps 10,000 of them cheap.
+
+An execution moves through the states Trinity's agent distinguishes::
+
+    pending ──spawn_delay──> running ──exit──> exited ──unregister_delay──> completed ──window──> gone
+
+``pending`` (accepted, not spawned) and ``completed`` (unregistered, kept for
+``completed_window`` seconds) are what ``/api/executions/running`` reports in ``pending_ids`` and
+``recently_completed_ids``; ``exited`` is Trinity's short gap between the process ending and the
+runtime unregistering it, where ``/status`` says ``running: false`` and terminate answers
+``already_finished``. Completion callbacks fire on unregister; an agent restart (:meth:`wipe`)
+kills everything and reports nothing, which is how a platform loses track of an execution.
+
+Process kinds: ``sleep`` (the default) runs the coreutils ``sleep`` binary, about 1 MB per
+execution, with a tiny ``sh`` wrapper only when SIGINT must be ignored or the exit code is not 0;
+``python`` runs :mod:`simulated_platform.work`, a real Python program (about 10 MB each).
+All methods must be called from the event loop that started the first execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+ProcessKind = Literal["sleep", "python"]
+State = Literal["pending", "running", "exited", "completed"]
+CompletionCallback = Callable[[str, int], Awaitable[None] | None]
+
+EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_SECONDS = 10_000_000.0
+SPAWN_FAILED = 127  # the shell's "could not execute" status
+_WORKER = str(Path(__file__).with_name("work.py"))
+_STDIO_TO_DEVNULL = [
+    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+    (os.POSIX_SPAWN_DUP2, 1, 2),
+]
+# Python ignores SIGPIPE and may ignore others; a child must start with the defaults.
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class ExecutionNotFound(LookupError):
+    """The registry has no running or just-exited execution with this id."""
+
+
+class DuplicateExecution(ValueError):
+    """An execution with this id is already pending, running or recently completed."""
+
+
+class TerminateFailed(RuntimeError):
+    """Signals were sent but the process did not go away (the API answers 500)."""
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """How one agent's registry behaves; every delay is in seconds."""
+
+    kind: ProcessKind = "sleep"
+    spawn_delay: float = 0.0  # > 0 leaves executions observable as pending
+    grace_seconds: float = 5.0  # SIGINT → SIGKILL, as Trinity
+    kill_wait_seconds: float = 2.0  # SIGKILL → give up (500), as Trinity
+    completed_window: float = 300.0  # Trinity's RECENTLY_COMPLETED_TTL_SECONDS
+    unregister_delay: float = 0.0  # > 0 makes the exited-but-registered gap observable
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sleep", "python"):
+            raise ValueError(f"kind must be 'sleep' or 'python', got {self.kind!r}")
+        for name in ("spawn_delay", "grace_seconds", "kill_wait_seconds", "completed_window", "unregister_delay"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunningExecution:
+    """One entry of ``/api/executions/running``; ``started_at`` is a naive UTC ISO string."""
+
+    execution_id: str
+    pid: int
+    started_at: str
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ExecutionStatus:
+    execution_id: str
+    state: State
+    pid: int | None
+    started_at: str | None
+    returncode: int | None
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LastError:
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class TerminateResult:
+    status: Literal["terminated", "already_finished"]
+    returncode: int | None
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    execution_id: str
+    argv: list[str]
+    metadata: dict[str, Any]
+    error: LastError | None
+    state: State = "pending"
+    pid: int = 0
+    pidfd: int = -1
+    started_at: str | None = None
+    returncode: int | None = None
+    timer: asyncio.TimerHandle | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+def _which(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"the '{name}' binary is needed for kind='sleep' but is not on PATH")
+    return found
+
+
+def _naive_utc_now() -> str:
+    return datetime.now(UTC).replace(tzinfo=None).isoformat()
+
+
+def _exit_error(returncode: int) -> LastError | None:
+    if returncode == 0:
+        return None
+    if returncode > 0:
+        return LastError("ProcessExited", f"process exited with code {returncode}")
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return LastError("ProcessKilled", f"process was killed by {name}")
+
+
+class ProcessRegistry:
+    """The executions one simulated agent is running, pending or has just finished."""
+
+    def __init__(self, config: RegistryConfig | None = None) -> None:
+        self.config = config or RegistryConfig()
+        self._sleep = _which("sleep") if self.config.kind == "sleep" else ""
+        self._sh = _which("sh") if self.config.kind == "sleep" else ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runs: dict[str, _Run] = {}  # pending, running and exited
+        self._completed: dict[str, tuple[float, int]] = {}  # id -> (monotonic end, returncode); oldest first
+        self._graveyard: dict[int, _Run] = {}  # killed by wipe(), still to be reaped silently
+        self._callbacks: list[CompletionCallback] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._buried: asyncio.Event | None = None  # set when the graveyard empties
+        self._closed = False
+        _LIVE.add(self)
+
+    # -- what the scheduler calls -------------------------------------------------------------
+
+    def on_complete(self, callback: CompletionCallback) -> None:
+        """Call ``callback(execution_id, returncode)`` (sync or async) when a run is unregistered."""
+        self._callbacks.append(callback)
+
+    async def start(self, execution_id: str, seconds: float, metadata: Mapping[str, Any] | None = None,
+                    ignore_sigint: bool = False, exit_code: int = 0,
+                    last_error: LastError | None = None) -> None:
+        """Accept an execution; it spawns now, or after ``spawn_delay`` (pending until then)."""
+        loop = self._bind()
+        if self._closed:
+            raise RuntimeError("the registry is closed")
+        if not isinstance(execution_id, str) or not EXECUTION_ID.fullmatch(execution_id):
+            raise ValueError(f"execution_id must match {EXECUTION_ID.pattern}, got {execution_id!r}")
+        if execution_id in self._runs or execution_id in self._completed:
+            raise DuplicateExecution(f"execution {execution_id!r} already exists on this agent")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                or not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds must be a number between 0 and {MAX_SECONDS:g}, got {seconds!r}")
+        if isinstance(exit_code, bool) or not isinstance(exit_code, int) or not 0 <= exit_code <= 255:
+            raise ValueError(f"exit_code must be an integer between 0 and 255, got {exit_code!r}")
+        meta = dict(metadata or {})
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+        run = _Run(execution_id, self._argv(float(seconds), bool(ignore_sigint), exit_code), meta, last_error)
+        self._runs[execution_id] = run
+        if self.config.spawn_delay > 0:
+            run.timer = loop.call_later(self.config.spawn_delay, self._spawn, run)
+        else:
+            self._spawn(run)
+
+    def running(self) -> list[RunningExecution]:
+        return [RunningExecution(r.execution_id, r.pid, r.started_at or "", r.metadata)
+                for r in self._runs.values() if r.state == "running"]
+
+    def pending_ids(self) -> list[str]:
+        return [r.execution_id for r in self._runs.values() if r.state == "pending"]
+
+    def recently_completed_ids(self) -> list[str]:
+        self._prune()
+        return list(self._completed)
+
+    def status(self, execution_id: str) -> ExecutionStatus | None:
+        """Everything known about one execution, including pending and completed ones."""
+        run = self._runs.get(execution_id)
+        if run is not None:
+            return ExecutionStatus(execution_id, run.state, run.pid or None, run.started_at,
+                                   run.returncode, run.metadata)
+        self._prune()
+        if execution_id in self._completed:
+            return ExecutionStatus(execution_id, "completed", None, None, self._completed[execution_id][1], {})
+        return None
+
+    def last_error(self, execution_id: str) -> LastError | None:
+        """The run's last error (fields None if none); None when it is not running or exited."""
+        run = self._runs.get(execution_id)
+        if run is None or run.state == "pending":
+            return None
+        return run.error or LastError()
+
+    async def terminate(self, execution_id: str) -> TerminateResult:
+        """SIGINT to the process group, ``grace_seconds``, SIGKILL, ``kill_wait_seconds``."""
+        run = self._runs.get(execution_id)
+        if run is None or run.state == "pending":
+            raise ExecutionNotFound(execution_id)
+        if run.state == "exited":
+            return TerminateResult("already_finished", run.returncode)
+        for sig, wait in ((signal.SIGINT, self.config.grace_seconds),
+                          (signal.SIGKILL, self.config.kill_wait_seconds)):
+            if run.state == "running":
+                try:
+                    os.killpg(run.pid, sig)  # safe: the leader is unreaped, so its pid is not reused
+                except ProcessLookupError:
+                    pass
+                except OSError as exc:
+                    raise TerminateFailed(f"could not signal process group {run.pid}: {exc}") from exc
+            if await self._wait_exit(run, wait):
+                log.info("execution_terminated", execution_id=execution_id, signal=sig.name,
+                         returncode=run.returncode)
+                return TerminateResult("terminated", run.returncode)
+        raise TerminateFailed(f"process {run.pid} did not exit after SIGKILL")
+
+    def wipe(self) -> None:
+        """Simulate an agent restart: SIGKILL every process and forget every execution, unreported."""
+        for run in self._runs.values():
+            if run.timer is not None:
+                run.timer.cancel()
+            if run.state == "running":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.pid, signal.SIGKILL)
+                self._graveyard[run.pid] = run
+            self._wake(run)
+        self._runs.clear()
+        self._completed.clear()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Wipe, refuse new work, and wait until every killed process has been reaped."""
+        self._closed = True
+        self.wipe()
+        if self._graveyard:
+            self._buried = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._buried.wait(), timeout)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("a ProcessRegistry is bound to the event loop that first used it")
+        return loop
+
+    def _argv(self, seconds: float, ignore_sigint: bool, exit_code: int) -> list[str]:
+        if self.config.kind == "python":
+            argv = [sys.executable, _WORKER, "--seconds", repr(seconds), "--exit-code", str(exit_code)]
+            return [*argv, "--ignore-sigint"] if ignore_sigint else argv
+        if not ignore_sigint and exit_code == 0:
+            return [self._sleep, repr(seconds)]
+        # An ignored signal stays ignored across exec, so `sleep` inherits the trap.
+        trap = "trap '' INT; " if ignore_sigint else ""
+        script = f'{trap}exec "$0" "$1"' if exit_code == 0 else f'{trap}"$0" "$1"; exit "$2"'
+        return [self._sh, "-c", script, self._sleep, repr(seconds), str(exit_code)]
+
+    def _spawn(self, run: _Run) -> None:
+        run.timer = None
+        assert self._loop is not None
+        try:
+            run.pid = os.posix_spawn(run.argv[0], run.argv, os.environ, file_actions=_STDIO_TO_DEVNULL,
+                                     setsid=True, setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        except OSError as exc:
+            self._spawn_failed(run, exc)
+            return
+        try:
+            run.pidfd = os.pidfd_open(run.pid)
+        except OSError as exc:  # e.g. out of file descriptors: do not leave an unwatched child
+            os.killpg(run.pid, signal.SIGKILL)
+            os.waitpid(run.pid, 0)
+            self._spawn_failed(run, exc)
+            return
+        run.state = "running"
+        run.started_at = _naive_utc_now()
+        self._loop.add_reader(run.pidfd, self._reap, run)
+
+    def _spawn_failed(self, run: _Run, exc: OSError) -> None:
+        log.warning("execution_spawn_failed", execution_id=run.execution_id, error=str(exc))
+        run.pid = 0
+        self._exited(run, SPAWN_FAILED, LastError("SpawnError", f"could not start the process: {exc}"))
+
+    def _reap(self, run: _Run) -> None:
+        try:
+            pid, status = os.waitpid(run.pid, os.WNOHANG)
+        except ChildProcessError:  # someone else reaped it: the status is lost
+            pid, status = run.pid, -1
+        if pid == 0:
+            return
+        assert self._loop is not None
+        self._loop.remove_reader(run.pidfd)
+        os.close(run.pidfd)
+        run.pidfd = -1
+        returncode = os.waitstatus_to_exitcode(status) if status != -1 else 255
+        if self._graveyard.pop(run.pid, None) is not None:
+            run.state, run.returncode = "exited", returncode
+            if not self._graveyard and self._buried is not None:
+                self._buried.set()
+            return  # killed by wipe(): the restarted agent knows nothing of it
+        self._exited(run, returncode, _exit_error(returncode))
+
+    def _exited(self, run: _Run, returncode: int, error: LastError | None) -> None:
+        run.state, run.returncode = "exited", returncode
+        run.error = run.error or error
+        self._wake(run)
+        if self.config.unregister_delay > 0 and self._loop is not None:
+            run.timer = self._loop.call_later(self.config.unregister_delay, self._unregister, run)
+        else:
+            self._unregister(run)
+
+    def _unregister(self, run: _Run) -> None:
+        run.timer = None
+        if self._runs.get(run.execution_id) is not run:
+            return
+        del self._runs[run.execution_id]
+        returncode = run.returncode if run.returncode is not None else SPAWN_FAILED
+        self._completed[run.execution_id] = (time.monotonic(), returncode)
+        self._prune()
+        for callback in self._callbacks:
+            try:
+                result = callback(run.execution_id, returncode)
+            except Exception:
+                log.exception("completion_callback_failed", execution_id=run.execution_id)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("completion_callback_failed", exc_info=task.exception())
+
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.config.completed_window
+        while self._completed:
+            oldest = next(iter(self._completed))
+            if self._completed[oldest][0] >= cutoff:
+                break
+            del self._completed[oldest]
+
+    @staticmethod
+    def _wake(run: _Run) -> None:
+        for waiter in run.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        run.waiters.clear()
+
+    async def _wait_exit(self, run: _Run, timeout: float) -> bool:
+        if run.state != "running":
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        run.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _kill_all_now(self) -> None:
+        for run in [*self._runs.values(), *self._graveyard.values()]:
+            if run.state == "running":
+                with contextlib.suppress(OSError):
+                    os.killpg(run.pid, signal.SIGKILL)
+
+
+# Processes must not outlive the program that simulates their agent, even if it never closed it.
+_LIVE: weakref.WeakSet[ProcessRegistry] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for registry in list(_LIVE):
+        registry._kill_all_now()

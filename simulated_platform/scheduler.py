@@ -1,0 +1,150 @@
+"""The simulated platform's scheduler: it does what Trinity's backend does around an execution —
+insert the row, take a capacity slot, dispatch to the agent, and on completion write the final
+status and release the slot — and it can be told to get things wrong the ways platforms do.
+
+Execution faults (per execution):
+    none          completes and is reported normally
+    lose_report   the process finishes but the completion report is lost: an orphan
+    hang          the process runs far past its timeout: overdue
+    late_report   the report arrives ``late_report_seconds`` after the process ended, while the
+                  agent still lists it as recently completed: must never be failed
+Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
+``stop_agent``/``resume_agent`` (unreachable: never orphans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import anyio.to_thread
+import sqlalchemy as sa
+import structlog
+
+from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from platform_access.slots import SlotStore
+from platform_access.timestamps import format_utc, utcnow
+from simulated_platform.agent_server import AgentServer
+
+Fault = Literal["none", "lose_report", "hang", "late_report"]
+FAULTS: tuple[Fault, ...] = ("none", "lose_report", "hang", "late_report")
+HANG_SECONDS = 24 * 3600  # "forever", for a simulation
+log = structlog.get_logger("exec_watchdog.simulate")
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    execution_id: str
+    agent: str
+    fault: Fault
+    started_at: datetime
+    timeout_seconds: int
+
+
+class Scheduler:
+    def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentServer, *,
+                 timeout_seconds: int = 3600, late_report_seconds: float = 3.0,
+                 on_event: Callable[[str, Started, str], None] | None = None) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.agents = agents
+        self.timeout_seconds = timeout_seconds
+        self.late_report_seconds = late_report_seconds
+        self.on_event = on_event or (lambda kind, started, detail: None)
+        self.started: dict[str, Started] = {}
+        self.counts: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        for name in agents.agents:
+            agents.registry(name).on_complete(self._completion_hook(name))
+
+    def prepare(self) -> None:
+        """Register the agents and one schedule per agent carrying the simulation's timeout."""
+        with self.engine.begin() as conn:
+            known = set(conn.execute(sa.select(agent_ownership.c.agent_name)).scalars())
+            for name in self.agents.agents:
+                if name not in known:
+                    conn.execute(sa.insert(agent_ownership).values(
+                        agent_name=name, execution_timeout_seconds=3600, max_parallel_tasks=10_000))
+                    conn.execute(sa.insert(agent_schedules).values(
+                        id=f"sim-{name}", agent_name=name, name=f"simulated work on {name}",
+                        timeout_seconds=self.timeout_seconds))
+
+    async def start(self, agent: str, seconds: float, fault: Fault = "none") -> Started:
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
+        execution_id = f"sim-{next(self._ids):06d}-{uuid.uuid4().hex[:8]}"
+        started = Started(execution_id, agent, fault, utcnow(), self.timeout_seconds)
+        self.started[execution_id] = started
+        await anyio.to_thread.run_sync(self._insert, started)
+        await self.agents.registry(agent).start(
+            execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault})
+        self.counts[f"started_{fault}"] += 1
+        self.on_event("started", started, f"{seconds:g}s" if fault != "hang" else "hangs")
+        return started
+
+    def _insert(self, s: Started) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(schedule_executions).values(
+                id=s.execution_id, schedule_id=f"sim-{s.agent}", agent_name=s.agent, status="running",
+                started_at=format_utc(s.started_at), message=f"simulated {s.fault} run", triggered_by="schedule",
+                queued_at=format_utc(s.started_at)))
+        self.slots.acquire(s.agent, s.execution_id, s.started_at, f"simulated {s.fault} run", s.timeout_seconds)
+
+    def _completion_hook(self, agent: str) -> Callable[[str, int], None]:
+        def completed(execution_id: str, returncode: int) -> None:
+            started = self.started.get(execution_id)
+            if started is None:
+                return
+            if started.fault == "lose_report":
+                self.counts["reports_lost"] += 1
+                self.on_event("report_lost", started, "process ended, report lost")
+                return
+            delay = self.late_report_seconds if started.fault == "late_report" else 0.0
+            task = asyncio.get_running_loop().create_task(self._report(started, returncode, delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return completed
+
+    async def _report(self, started: Started, returncode: int, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        won = await anyio.to_thread.run_sync(self._write_final, started, returncode)
+        self.counts["reported" if won else "report_too_late"] += 1
+        self.on_event("completed" if won else "report_too_late", started, f"returncode {returncode}")
+
+    def _write_final(self, s: Started, returncode: int) -> bool:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(schedule_executions)
+                .where(schedule_executions.c.id == s.execution_id, schedule_executions.c.status == "running")
+                .values(status="success" if returncode == 0 else "failed", completed_at=format_utc(now),
+                        duration_ms=int((now - s.started_at).total_seconds() * 1000),
+                        error=None if returncode == 0 else f"exit code {returncode}"))
+        self.slots.release(s.agent, s.execution_id)
+        return result.rowcount == 1
+
+    def restart_agent(self, agent: str) -> None:
+        lost = [e for e, s in self.started.items() if s.agent == agent]
+        self.agents.registry(agent).wipe()
+        self.counts["agent_restarts"] += 1
+        log.info("agent_restarted", agent=agent, executions_forgotten=len(lost))
+
+    def stop_agent(self, agent: str) -> None:
+        self.agents.agents[agent].set_fault("down")
+        self.counts["agent_stops"] += 1
+
+    def resume_agent(self, agent: str) -> None:
+        self.agents.agents[agent].set_fault("none")
+
+    async def drain(self) -> None:
+        """Wait for late reports in flight."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
