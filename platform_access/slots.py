@@ -36,6 +36,9 @@ class SlotStore(Protocol):
     def release(self, agent: str, execution_id: str) -> bool:
         """Free exactly this execution's slot. True if a slot was held (idempotent)."""
 
+    def release_many(self, slots: list[tuple[str, str]]) -> int:
+        """Release many (agent, execution_id) slots in one round trip; returns how many were held."""
+
     def held(self, agent: str) -> set[str]:
         """Execution ids holding a slot on this agent."""
 
@@ -75,11 +78,15 @@ class RedisSlots:
         return slot_number
 
     def release(self, agent: str, execution_id: str) -> bool:
+        return self.release_many([(agent, execution_id)]) == 1
+
+    def release_many(self, slots: list[tuple[str, str]]) -> int:
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(_members_key(agent), execution_id)
-            pipe.delete(_slot_key(agent, execution_id))
-            removed, deleted = pipe.execute()
-        return bool(removed or deleted)
+            for agent, execution_id in slots:
+                pipe.zrem(_members_key(agent), execution_id)
+                pipe.delete(_slot_key(agent, execution_id))
+            results = pipe.execute()
+        return sum(1 for removed, deleted in zip(results[::2], results[1::2], strict=True) if removed or deleted)
 
     def held(self, agent: str) -> set[str]:
         return {m.decode() if isinstance(m, bytes) else str(m) for m in self._redis.zrange(_members_key(agent), 0, -1)}
@@ -111,10 +118,16 @@ class SqlSlots:
         return int(count) + 1
 
     def release(self, agent: str, execution_id: str) -> bool:
+        return self.release_many([(agent, execution_id)]) == 1
+
+    def release_many(self, slots: list[tuple[str, str]]) -> int:
+        released = 0
         with self._engine.begin() as conn:
-            result = conn.execute(sa.delete(agent_slots).where(
-                agent_slots.c.agent_name == agent, agent_slots.c.execution_id == execution_id))
-        return result.rowcount > 0
+            for agent, execution_id in slots:
+                result = conn.execute(sa.delete(agent_slots).where(
+                    agent_slots.c.agent_name == agent, agent_slots.c.execution_id == execution_id))
+                released += result.rowcount
+        return released
 
     def held(self, agent: str) -> set[str]:
         with self._engine.connect() as conn:

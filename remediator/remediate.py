@@ -281,8 +281,7 @@ class Remediator:
 
     def _release_slots(self, recoveries: list[audit.Recovery]) -> None:
         pending = [r for r in recoveries if not r.slot_released]
-        for r in pending:
-            self.slots.release(r.agent_name, r.execution_id)
+        self.slots.release_many([(r.agent_name, r.execution_id) for r in pending])
         self._mark([r.execution_id for r in pending], "slot_released_at")
 
     def _mark(self, ids: list[str], column: str) -> None:
@@ -313,7 +312,7 @@ class Remediator:
             self.metrics.remediations.labels(a.remediation or "none", v.outcome).inc()
             items.append(audit.Decision(a.name, a.status, a.fingerprint, a.remediation, a.agent[:200],
                                         a.execution_id[:200], v.outcome, v.reason))
-            if v.outcome != "ignored":
+            if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
                          outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)
 
