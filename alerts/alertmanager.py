@@ -5,6 +5,9 @@
   the remediator re-verifies on every delivery, so a repeat is always safe.
 - The heartbeat goes to its own receiver (a dead man's switch, when the operator names one).
 - Everything else goes to people (a placeholder receiver unless a webhook URL is given).
+
+Inhibitions: an unreachable agent mutes its executions' remediation alerts; an orphaned or
+overdue execution mutes its own stuck warning; an open breaker mutes its remediator's failing page.
 """
 
 from __future__ import annotations
@@ -99,6 +102,12 @@ def alertmanager_config(profile: Profile, webhook_url: str, credentials_file: st
                 "source_matchers": [f'alertname=~"{rules.ORPHANED}|{rules.OVERDUE}"'],
                 "target_matchers": [f'alertname="{rules.STUCK}"'],
                 "equal": ["agent", "execution_id"],
+            },
+            # An open breaker answers 503 on purpose: page once, for the cause.
+            {
+                "source_matchers": [f'alertname="{rules.BREAKER_OPEN}"'],
+                "target_matchers": [f'alertname="{rules.REMEDIATOR_FAILING}"'],
+                "equal": ["job", "instance"],
             },
         ],
         "receivers": [

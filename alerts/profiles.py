@@ -61,10 +61,9 @@ class Profile:
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""
-        value = getattr(self, tunable)
         if _kind(tunable) != "duration":
-            raise ValueError(f"{tunable} is not a duration tunable")
-        return duration_seconds(value)
+            raise ProfileError(f"{tunable} is not a duration tunable")
+        return duration_seconds(getattr(self, tunable))
 
 
 class ProfileError(ValueError):
@@ -119,8 +118,8 @@ def load_file(path: Path = PROFILES_FILE) -> tuple[dict[str, Profile], dict[str,
         if not isinstance(entry["doc"], str) or not entry["doc"].strip():
             raise ProfileError(f"{path}: {tunable} needs a doc saying when to change it")
         docs[tunable] = entry["doc"]
-        for profile in PROFILES:
-            values[profile][tunable] = _checked(path, tunable, profile, entry[profile])
+        for name in PROFILES:
+            values[name][tunable] = _checked(path, tunable, name, entry[name])
     profiles = {name: Profile(name=name, **vals) for name, vals in values.items()}  # type: ignore[arg-type]
     for profile in profiles.values():
         _check_consistency(path, profile)

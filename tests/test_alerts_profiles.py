@@ -109,7 +109,7 @@ def test_an_unknown_tunable_is_refused(tmp_path: Path) -> None:
     ("http://remediator:9464/api/v1/alerts", " "),
 ])
 def test_alertmanager_config_refuses_a_bad_webhook_url_or_token_file(url: str, credentials: str) -> None:
-    with pytest.raises(ValueError, match="webhook_url|credentials_file"):
+    with pytest.raises(ValueError, match=r"webhook_url|credentials_file"):
         render.render_alertmanager_config(url, credentials, "production")
 
 

@@ -1,0 +1,335 @@
+"""Benchmark: one full exporter scrape at 10,000 running executions across 1,000 simulated agents.
+
+    .venv/bin/python bench/bench_exporter.py [--agents 1000] [--executions 10000] [--scrapes 5]
+                                             [--database sqlite|postgresql] [--redis] [--poll-concurrency 50]
+
+Three processes, so that each number belongs to the right one:
+
+* this script: builds the platform database, then scrapes and measures;
+* the simulated agents (a child running :func:`serve_agents`, every execution a real ``sleep``
+  process; 5 % of the database's running rows are unknown to their agent, as orphans would be);
+* the exporter: the real ``exec-watchdog exporter`` command, whose peak RSS (VmHWM) is read from
+  /proc.
+
+Goals (issue 3): a full scrape (database read + all agent polls + exposition) within 1 s wall, the
+exporter's peak RSS within 150 MB, and the exposition within 2x of what bare client_python needs
+to render the same series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECRET = "bench-secret"
+
+
+# -- the simulated agents, in their own process -------------------------------------------------
+
+def serve_agents_child(plan_path: str) -> int:
+    """Child mode: serve the planned agents, start their processes, print READY, wait for stdin EOF."""
+    from simulated_platform.agent_server import serve_agents
+
+    plan: dict[str, list[str]] = json.loads(Path(plan_path).read_text())
+
+    async def main() -> None:
+        server = await serve_agents(plan, SECRET)
+        try:
+            for agent, ids in plan.items():
+                registry = server.registry(agent)
+                for execution_id in ids:
+                    await registry.start(execution_id, 3600)
+            print(f"READY {server.url_template}", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+@contextmanager
+def simulated_agents(plan: dict[str, list[str]], workdir: Path) -> Iterator[tuple[str, int]]:
+    plan_path = workdir / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-agents", str(plan_path)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the simulated agents did not start: {line!r}")
+        yield line.split()[1], proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# -- the platform database ------------------------------------------------------------------------
+
+def build_database(url: str, agents: int, executions: int, lost: float,
+                   redis_url: str | None) -> dict[str, list[str]]:
+    """Fill the platform tables; return what each agent really runs."""
+    import sqlalchemy as sa
+
+    from platform_access.database import create_engine, create_platform_tables
+    from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+    from platform_access.slots import RedisSlots, agent_slots, slot_metadata
+    from platform_access.timestamps import format_utc, utcnow
+
+    rng = random.Random(3)
+    engine = create_engine(url)
+    create_platform_tables(engine, slot_metadata)
+    names = [f"agent-{i:04d}" for i in range(agents)]
+    now = utcnow()
+    rows, slots = [], []
+    plan: dict[str, list[str]] = {name: [] for name in names}
+    for n in range(executions):
+        agent = names[n % agents]
+        execution_id = f"exec-{n:06d}"
+        age = rng.uniform(0, 7200)
+        rows.append({"id": execution_id, "schedule_id": f"sched-{n % 100:03d}" if n % 3 else "__manual__",
+                     "agent_name": agent, "status": "running", "message": "benchmark", "triggered_by": "schedule",
+                     "started_at": format_utc(now - _seconds(age))})
+        slots.append({"agent_name": agent, "execution_id": execution_id, "started_at": time.time() - age,
+                      "message_preview": "benchmark", "slot_number": 1, "timeout_seconds": 3600})
+        if rng.random() >= lost:
+            plan[agent].append(execution_id)
+    with engine.begin() as c:
+        c.execute(sa.insert(agent_ownership), [
+            {"agent_name": a, "execution_timeout_seconds": None if i % 4 == 0 else 1800 + i,
+             "max_parallel_tasks": 10 + i % 5} for i, a in enumerate(names)])
+        c.execute(sa.insert(agent_schedules), [
+            {"id": f"sched-{s:03d}", "agent_name": names[s % agents], "name": f"s{s}",
+             "timeout_seconds": None if s % 2 else 600 + s} for s in range(100)])
+        c.execute(sa.insert(schedule_executions), rows)
+        if redis_url is None:
+            c.execute(sa.insert(agent_slots), slots)
+    if redis_url is not None:
+        store = RedisSlots.from_url(redis_url)
+        for slot in slots:
+            store.acquire(str(slot["agent_name"]), str(slot["execution_id"]), now, "benchmark", 3600)
+    engine.dispose()
+    return plan
+
+
+def _seconds(value: float) -> object:
+    from datetime import timedelta
+
+    return timedelta(seconds=value)
+
+
+# -- the exporter, in its own process ----------------------------------------------------------------
+
+def exporter_command() -> list[str]:
+    """`exec-watchdog exporter`, or the same code path through exporter.cli while the whole CLI cannot load."""
+    try:
+        from exec_watchdog.cli import build_parser
+
+        build_parser()
+        return [sys.executable, "-m", "exec_watchdog", "--log-level", "warning", "exporter"]
+    except ImportError:
+        script = ("import argparse, sys; from exporter import cli; from exec_watchdog.logs import configure_logging;"
+                  " p = argparse.ArgumentParser(); cli.register(p.add_subparsers(dest='c'));"
+                  " a = p.parse_args(['exporter', *sys.argv[1:]]); configure_logging('warning'); sys.exit(a.run(a))")
+        return [sys.executable, "-c", script]
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+@contextmanager
+def exporter(database_url: str, url_template: str, redis_url: str | None, concurrency: int,
+             workdir: Path) -> Iterator[tuple[str, int]]:
+    from tests.servers import free_port, wait_for_port
+
+    port = free_port()
+    argv = [*exporter_command(), "--listen", f"127.0.0.1:{port}", "--database-url", database_url,
+            "--agent-url-template", url_template, "--poll-concurrency", str(concurrency),
+            "--agent-timeout", "5", "--scrape-timeout", "20"]
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    log = (workdir / "exporter.log").open("w")
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=log, env={**os.environ, "EXEC_WATCHDOG_AGENT_SECRET": SECRET})
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+# -- exposition: ours against bare client_python ----------------------------------------------------
+
+def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[float, float]:
+    """Seconds to render the same series: ours (collector + families + text) and bare client_python."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    from exporter import metric_names as m
+    from exporter.app import render
+    from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+
+    names = [f"agent-{i:04d}" for i in range(agents)]
+    facts = tuple(ExecutionFacts(names[n % agents], f"exec-{n:06d}", f"sched-{n % 100:03d}", n * 0.37, 3600,
+                                 n % 20 != 0) for n in range(executions))
+    agent_facts = tuple(AgentFacts(a, True, RegistryCounts(10, 0, 1), 10, 13) for a in names)
+    errors = {(a, r): 0 for a in names for r in POLL_ERROR_REASONS}
+    snapshot = Snapshot(True, 0.5, "0.1.0", facts, agent_facts, 0, errors)
+
+    bare = CollectorRegistry()
+    ex = ("agent", "execution_id", "schedule_id")
+    runtime = Gauge(m.EXECUTION_RUNTIME, "h", ex, registry=bare)
+    timeout = Gauge(m.EXECUTION_TIMEOUT, "h", ex, registry=bare)
+    known = Gauge(m.EXECUTION_AGENT_KNOWN, "h", ex, registry=bare)
+    for e in facts:
+        runtime.labels(e.agent, e.execution_id, e.schedule_id).set(e.runtime_seconds)
+        timeout.labels(e.agent, e.execution_id, e.schedule_id).set(e.timeout_seconds)
+        known.labels(e.agent, e.execution_id, e.schedule_id).set(1.0 if e.agent_known else 0.0)
+    up = Gauge(m.AGENT_UP, "h", ["agent"], registry=bare)
+    reg = Gauge(m.AGENT_REGISTRY_EXECUTIONS, "h", ["agent", "state"], registry=bare)
+    used = Gauge(m.AGENT_SLOTS_USED, "h", ["agent"], registry=bare)
+    limit = Gauge(m.AGENT_SLOTS_LIMIT, "h", ["agent"], registry=bare)
+    for a in agent_facts:
+        up.labels(a.name).set(1)
+        for state in ("running", "pending", "recently_completed"):
+            reg.labels(a.name, state).set(1)
+        used.labels(a.name).set(10)
+        limit.labels(a.name).set(13)
+    polls = Counter(m.AGENT_POLL_ERRORS, "h", ["agent", "reason"], registry=bare)
+    for a, r in errors:
+        polls.labels(a, r)
+    for name in (m.SCRAPE_DURATION, m.DATABASE_UP, m.INVALID_ROWS):
+        Gauge(name, "h", registry=bare).set(1)
+    Gauge(m.BUILD_INFO, "h", ["version"], registry=bare).labels("0.1.0").set(1)
+
+    def best(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    # Bare client_python creates _created samples for counters; both outputs carry the same series.
+    return best(lambda: render(snapshot)), best(lambda: generate_latest(bare))
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve-agents", metavar="PLAN", help=argparse.SUPPRESS)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--executions", type=int, default=10_000)
+    parser.add_argument("--lost", type=float, default=0.05, help="fraction of running rows their agent lost")
+    parser.add_argument("--scrapes", type=int, default=5)
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--redis", action="store_true", help="capacity slots in Redis instead of the SQL table")
+    parser.add_argument("--poll-concurrency", type=int, default=50)
+    args = parser.parse_args()
+    if args.serve_agents:
+        return serve_agents_child(args.serve_agents)
+
+    import httpx
+
+    from tests import servers
+
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, contextlib_exit() as stack:
+        workdir = Path(tmp)
+        if args.database == "postgresql":
+            server_url = stack.enter_context(servers.postgres_server())
+            database_url = servers.create_database(server_url)
+        else:
+            database_url = f"sqlite:///{workdir / 'trinity.db'}"
+        redis_url = stack.enter_context(servers.redis_server()) if args.redis else None
+
+        started = time.perf_counter()
+        plan = build_database(database_url, args.agents, args.executions, args.lost, redis_url)
+        print(f"database: {args.executions} running rows, {args.agents} agents ({args.database}, slots in "
+              f"{'Redis' if redis_url else 'SQL'}) in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        url_template, agents_pid = stack.enter_context(simulated_agents(plan, workdir))
+        print(f"simulated agents: {sum(map(len, plan.values()))} real processes on {args.agents} agents, "
+              f"pid {agents_pid}, in {time.perf_counter() - started:.1f} s")
+
+        base, pid = stack.enter_context(exporter(database_url, url_template, redis_url, args.poll_concurrency,
+                                                 workdir))
+        print(f"exporter: pid {pid}, RSS after start {memory_kib(pid)['VmRSS'] / 1024:.1f} MB")
+        walls, gathers = [], []
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for n in range(args.scrapes):
+                start = time.perf_counter()
+                body = http.get("/metrics").text
+                walls.append(time.perf_counter() - start)
+                gathers.append(_value(body, "exec_watchdog_exporter_scrape_duration_seconds"))
+                if n == 0:
+                    check(body, args.executions, args.agents)
+        mem = memory_kib(pid)
+
+    ours, bare = exposition_ratio(args.agents, args.executions)
+    print()
+    print(f"full scrape wall (GET /metrics): first {walls[0]:.3f} s, median {statistics.median(walls):.3f} s, "
+          f"max {max(walls):.3f} s   (goal <= 1 s)")
+    print(f"  of which gathering (db + polls + slots): first {gathers[0]:.3f} s, "
+          f"median {statistics.median(gathers):.3f} s")
+    print(f"exporter peak RSS (VmHWM): {mem['VmHWM'] / 1024:.1f} MB, now {mem['VmRSS'] / 1024:.1f} MB   "
+          "(goal <= 150 MB)")
+    print(f"exposition of the same series: ours {ours * 1000:.1f} ms, bare client_python {bare * 1000:.1f} ms, "
+          f"ratio {ours / bare:.2f}x   (goal <= 2x)")
+    return 0
+
+
+def _value(body: str, name: str) -> float:
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise RuntimeError(f"{name} missing from the scrape")
+
+
+def check(body: str, executions: int, agents: int) -> None:
+    """The scrape must be complete, or its timing means nothing."""
+    runtime = sum(1 for line in body.splitlines() if line.startswith("exec_watchdog_execution_runtime_seconds{"))
+    known = [line for line in body.splitlines() if line.startswith("exec_watchdog_execution_agent_known{")]
+    up = sum(1 for line in body.splitlines() if line.startswith("exec_watchdog_agent_up{") and line.endswith(" 1.0"))
+    lost = sum(1 for line in known if line.endswith(" 0.0"))
+    print(f"scrape content: {runtime} executions, {len(known)} with presence ({lost} unknown to their agent), "
+          f"{up}/{agents} agents up, {len(body) / 1e6:.1f} MB of text")
+    if runtime != executions or up != agents or len(known) != executions:
+        raise SystemExit("incomplete scrape: the figures below would not be for the full load")
+
+
+@contextmanager
+def contextlib_exit() -> Iterator[object]:
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield stack
+
+
+if __name__ == "__main__":
+    sys.exit(main())

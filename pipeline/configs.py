@@ -1,0 +1,66 @@
+"""prometheus.yml and alertmanager.yml for the pipeline, generated from one alerts/ profile.
+
+The rule file and the Alertmanager routing come from :mod:`alerts.render`, so the demo and the
+end-to-end tests run exactly what a deployment of that profile runs; only addresses differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alerts.alertmanager import REMEDIATOR_RECEIVER
+from alerts.render import profile_settings, render_alertmanager_config
+
+EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
+REMEDIATOR_JOB = "exec-watchdog-remediator"
+
+
+def prometheus_config(profile: str, rule_file: Path, exporter: str, remediators: Sequence[str],
+                      alertmanagers: Sequence[str]) -> str:
+    """prometheus.yml: scrape the exporter and the remediators, evaluate the rules, notify every
+    Alertmanager (an HA pair must get every alert from Prometheus itself). Targets are host:port."""
+    settings = profile_settings(profile)
+    if settings["exporter_job"] != EXPORTER_JOB or settings["remediator_job"] != REMEDIATOR_JOB:
+        raise ValueError(f"profile {profile!r} names jobs {settings['exporter_job']!r} and "
+                         f"{settings['remediator_job']!r}; the pipeline and dashboard use {EXPORTER_JOB!r} "
+                         f"and {REMEDIATOR_JOB!r}")
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": settings["scrape_interval"],
+            "scrape_timeout": settings["scrape_timeout"],
+            "evaluation_interval": settings["evaluation_interval"],
+        },
+        "rule_files": [str(rule_file)],
+        "alerting": {"alertmanagers": [{
+            "api_version": "v2",
+            "timeout": "5s",
+            "static_configs": [{"targets": list(alertmanagers)}],
+        }]},
+        "scrape_configs": [
+            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]},
+            {"job_name": REMEDIATOR_JOB, "static_configs": [{"targets": list(remediators)}]},
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def alertmanager_config(profile: str, webhook_urls: Sequence[str], token_file: Path) -> str:
+    """alertmanager.yml from alerts/, with one webhook per remediator replica.
+
+    A receiver's webhook_config has one URL; with several replicas every one of them gets its own
+    webhook_config in the remediation receiver, so each replica receives every notification and the
+    remediator's guarded transition decides which one acts.
+    """
+    if not webhook_urls:
+        raise ValueError("at least one remediator webhook URL is needed")
+    config = yaml.safe_load(render_alertmanager_config(webhook_urls[0], str(token_file), profile))
+    receiver = next((r for r in config["receivers"] if r["name"] == REMEDIATOR_RECEIVER), None)
+    if receiver is None or len(receiver.get("webhook_configs", [])) != 1:
+        raise ValueError(f"alerts/ rendered no single-webhook receiver named {REMEDIATOR_RECEIVER!r}")
+    template = receiver["webhook_configs"][0]
+    receiver["webhook_configs"] = [{**template, "url": url} for url in webhook_urls]
+    return yaml.safe_dump(config, sort_keys=False)

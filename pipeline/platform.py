@@ -1,0 +1,146 @@
+"""The simulated platform the pipeline watches: database, agents running real processes, capacity
+slots and a scheduler, in the caller's event loop; and when each fault happened.
+
+The moment of a fault is what recovery time is measured from: a lost report when the process
+ended, an agent restart when the registry was wiped, a hung run when its runtime crossed the
+timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from platform_access.database import create_engine, create_platform_tables
+from platform_access.slots import SlotStore, open_slot_store, slot_metadata
+from platform_access.timestamps import utcnow
+from simulated_platform.agent_server import AgentServer, serve_agents
+from simulated_platform.process_registry import RegistryConfig
+from simulated_platform.scheduler import Scheduler, Started
+
+EventCallback = Callable[[str, Started, str], None]
+
+
+@dataclass(frozen=True)
+class PlatformOptions:
+    database_url: str
+    agents: int = 5
+    agent_secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    redis_url: str | None = None
+    timeout_seconds: int = 15  # the simulated schedules' timeout
+    completed_window: float = 5.0  # how long an agent lists a finished run (Trinity: 300 s)
+    late_report_seconds: float = 2.0  # must stay below completed_window, or a late report looks lost
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.agents <= 1000:
+            raise ValueError("agents must be from 1 to 1000")
+        if self.timeout_seconds < 1:
+            raise ValueError("timeout_seconds must be at least 1")
+        if not 0 <= self.late_report_seconds < self.completed_window:
+            raise ValueError(f"late reports ({self.late_report_seconds:g} s) must arrive within the agent's "
+                             f"recently-completed window ({self.completed_window:g} s)")
+
+    @property
+    def agent_names(self) -> list[str]:
+        return [f"agent-{i:03d}" for i in range(1, self.agents + 1)]
+
+
+def ensure_database(url: str) -> sa.Engine:
+    """An engine on ``url``; Trinity's tables are created only in a database that has none."""
+    engine = create_engine(url)
+    if "schedule_executions" not in sa.inspect(engine).get_table_names():
+        create_platform_tables(engine, slot_metadata)
+    return engine
+
+
+class FaultClock(Scheduler):
+    """The scheduler, remembering when each execution's fault happened."""
+
+    def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentServer, *, timeout_seconds: int = 3600,
+                 late_report_seconds: float = 3.0, on_event: EventCallback | None = None) -> None:
+        self.fault_at: dict[str, datetime] = {}
+        self.finished: set[str] = set()
+        self._forward = on_event or (lambda kind, started, detail: None)
+        super().__init__(engine, slots, agents, timeout_seconds=timeout_seconds,
+                         late_report_seconds=late_report_seconds, on_event=self._event)
+
+    def _event(self, kind: str, started: Started, detail: str) -> None:
+        if kind == "report_lost":
+            self.fault_at.setdefault(started.execution_id, utcnow())
+        if kind in ("report_lost", "completed", "report_too_late"):
+            self.finished.add(started.execution_id)
+        if kind == "started" and started.fault == "hang":
+            self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)
+        self._forward(kind, started, detail)
+
+    def _completion_hook(self, agent: str) -> Callable[[str, int], None]:
+        report = super()._completion_hook(agent)
+
+        def completed(execution_id: str, returncode: int) -> None:
+            started = self.started.get(execution_id)
+            if started is not None and started.fault == "hang":
+                # Overdue means nobody waits for the run any more (that is why it is still running
+                # past its timeout): when the watchdog ends it, no completion report follows.
+                self.finished.add(execution_id)
+                return
+            report(execution_id, returncode)
+
+        return completed
+
+    def restart_agent(self, agent: str) -> None:
+        now = utcnow()
+        for execution_id, s in self.started.items():
+            if s.agent == agent and execution_id not in self.finished:
+                # Killed unreported; a hung run is now an orphan from this moment on.
+                self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
+                self.finished.add(execution_id)
+        super().restart_agent(agent)
+
+
+class Platform:
+    """Started with :meth:`start` in a running event loop; :meth:`stop` kills every process."""
+
+    def __init__(self, options: PlatformOptions, engine: sa.Engine, slots: SlotStore, server: AgentServer,
+                 scheduler: FaultClock) -> None:
+        self.options = options
+        self.engine = engine
+        self.slots = slots
+        self.server = server
+        self.scheduler = scheduler
+
+    @classmethod
+    async def start(cls, options: PlatformOptions, on_event: EventCallback | None = None) -> Platform:
+        engine = ensure_database(options.database_url)
+        try:
+            slots = open_slot_store(options.redis_url, engine)
+            config = RegistryConfig(completed_window=options.completed_window)
+            server = await serve_agents(options.agent_names, options.agent_secret, config=config)
+        except BaseException:
+            engine.dispose()
+            raise
+        scheduler = FaultClock(engine, slots, server, timeout_seconds=options.timeout_seconds,
+                               late_report_seconds=options.late_report_seconds, on_event=on_event)
+        try:
+            scheduler.prepare()
+        except BaseException:
+            await server.stop()
+            engine.dispose()
+            raise
+        return cls(options, engine, slots, server, scheduler)
+
+    @property
+    def url_template(self) -> str:
+        return self.server.url_template
+
+    async def stop(self) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self.scheduler.drain()
+            await self.server.stop()
+        finally:
+            self.engine.dispose()

@@ -1,0 +1,121 @@
+"""The agent client against the simulated agent server: typed results for every failure kind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from platform_access.agent_client import AgentClient, check_url_template
+from platform_access.auth import agent_token
+from platform_access.names import InvalidIdentifier
+from simulated_platform.agent_server import AgentServer, serve_agents
+from tests.servers import free_port
+
+SECRET = "client-test-secret"
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[AgentServer]:
+    server = await serve_agents(["a1", "old"], SECRET, legacy=["old"])
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client(agents: AgentServer) -> AsyncIterator[AgentClient]:
+    c = AgentClient(agents.url_template, SECRET, timeout=1.0)
+    yield c
+    await c.aclose()
+
+
+async def _fault(agents: AgentServer, agent: str, mode: str) -> None:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(agents.agent_url(agent) + "/sim/fault", json={"mode": mode},
+                         headers={"X-Trinity-Agent-Token": agent_token(SECRET, agent)})
+        r.raise_for_status()
+
+
+async def test_running_snapshot_lists_running_pending_and_completed(agents: AgentServer, client: AgentClient) -> None:
+    await agents.registry("a1").start("run-1", 30, {"k": "v"})
+    result = await client.running("a1")
+    assert result.answered
+    snapshot = result.unwrap()
+    assert snapshot.running_ids == {"run-1"}
+    assert snapshot.executions[0].pid and snapshot.executions[0].started_at is not None
+    assert snapshot.executions[0].started_at.utcoffset() is not None  # naive on the wire, UTC here
+    assert snapshot.knows("run-1") and not snapshot.knows("other")
+
+
+async def test_older_agents_without_id_lists_are_understood(agents: AgentServer, client: AgentClient) -> None:
+    await agents.registry("old").start("r", 30)
+    snapshot = (await client.running("old")).unwrap()
+    assert snapshot.running_ids == {"r"} and snapshot.pending_ids == frozenset()
+
+
+async def test_status_terminate_and_last_error(agents: AgentServer, client: AgentClient) -> None:
+    await agents.registry("a1").start("run-1", 30)
+    status = (await client.status("a1", "run-1")).unwrap()
+    assert status.running and status.returncode is None
+    assert (await client.status("a1", "nope")).kind == "not_found"
+    assert (await client.terminate("a1", "run-1")).unwrap().status == "terminated"
+    assert (await client.terminate("a1", "nope")).kind == "not_found"
+    assert (await client.last_error("a1", "nope")).kind == "not_found"
+
+
+async def test_wrong_secret_is_unauthorized_not_unknown(agents: AgentServer) -> None:
+    c = AgentClient(agents.url_template, "wrong-secret")
+    try:
+        assert (await c.running("a1")).kind == "unauthorized"
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("garbage", "bad_response"), ("hang", "timeout"), ("down", "server_error")])
+async def test_misbehaving_agents_give_typed_results(agents: AgentServer, client: AgentClient, mode: str,
+                                                     kind: str) -> None:
+    await _fault(agents, "a1", mode)
+    try:
+        result = await client.running("a1")
+    finally:
+        agents.agents["a1"].set_fault("none")
+    assert result.kind == kind and not result.answered and result.value is None
+
+
+async def test_nothing_listening_is_unreachable() -> None:
+    c = AgentClient(f"http://127.0.0.1:{free_port()}/agents/{{agent}}", SECRET)
+    try:
+        assert (await c.running("a1")).kind == "unreachable"
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a@b", "a b", "", "x" * 64, "a..b", "a\nb", "a%2fb"])
+async def test_hostile_agent_names_are_refused_before_any_request(client: AgentClient, name: str) -> None:
+    with pytest.raises(InvalidIdentifier):
+        await client.running(name)
+
+
+async def test_host_templates_refuse_names_that_are_not_one_dns_label() -> None:
+    c = AgentClient("http://agent-{agent}:8000", SECRET)
+    try:
+        assert c.base_url("worker-1") == "http://agent-worker-1:8000"
+        for name in ("evil.example.com", "Upper", "under_score", "-lead"):
+            with pytest.raises(InvalidIdentifier):
+                c.base_url(name)
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.parametrize("template", ["agent-{agent}:8000", "http://{agent}{agent}", "ftp://x/{agent}",
+                                      "http://user:pw@h/{agent}", "http://h/{agent}?q=1", "http://h/{name}"])
+def test_bad_url_templates_are_refused_with_an_example(template: str) -> None:
+    with pytest.raises(ValueError, match="template"):
+        check_url_template(template)
+
+
+async def test_hostile_execution_ids_are_refused(client: AgentClient) -> None:
+    for bad in ("../../etc", "a/b", "a?b", "a b", ""):
+        with pytest.raises(InvalidIdentifier):
+            await client.status("a1", bad)

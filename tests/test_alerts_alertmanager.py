@@ -1,0 +1,236 @@
+"""The rendered Alertmanager configuration on a real Alertmanager (fast profile): delivery to the
+remediator's webhook, inhibition, and pausing remediation with the runbook's one silence.
+
+The webhook peer is a small real HTTP server that records what Alertmanager sends; the
+remediator itself is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from alerts import rules
+from alerts.alertmanager import PAUSE_REMEDIATION_MATCHER
+from alerts.render import render_alertmanager_config, render_rules
+from tests.servers import free_port, wait_for_port
+from tests.test_alerts import RUNBOOK, require_tool
+
+TOKEN = "s3cret-token"
+RULE_LABELS = {r["alert"]: r["labels"] for g in yaml.safe_load(render_rules("fast"))["groups"] for r in g["rules"]}
+
+
+@dataclass
+class Webhook:
+    """Records each notification: (headers, body)."""
+
+    url: str
+    received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for _, body in self.received]
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.bodies()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"webhook never got what was expected; it got {self.bodies()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    port = free_port()
+    hook = Webhook(f"http://127.0.0.1:{port}/api/v1/alerts")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with hook.lock:
+                hook.received.append((dict(self.headers), body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield hook
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, webhook: Webhook) -> Iterator[str]:
+    """A real Alertmanager on loopback, running the fast profile's rendered configuration."""
+    binary = require_tool("prometheus-alertmanager")
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(render_alertmanager_config(webhook.url, str(token), "fast"))
+    port = free_port()
+    with (tmp_path / "alertmanager.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc=proc)
+        url = f"http://127.0.0.1:{port}"
+        _until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "Alertmanager never became ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _until(check: Callable[[], bool], message: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
+
+
+def alert(name: str, agent: str, execution_id: str | None = None, resolved: bool = False) -> dict[str, Any]:
+    """An alert as Prometheus would send it, with the labels the rendered rule gives it."""
+    labels = {"alertname": name, "agent": agent, **RULE_LABELS[name]}
+    if execution_id is not None:
+        labels |= {"execution_id": execution_id, "schedule_id": "sched-1"}
+    sent: dict[str, Any] = {"labels": labels, "annotations": {"summary": "test"}}
+    if resolved:
+        sent["endsAt"] = datetime.now(UTC).isoformat()
+    return sent
+
+
+def post(url: str, *alerts: dict[str, Any]) -> None:
+    httpx.post(f"{url}/api/v2/alerts", json=list(alerts)).raise_for_status()
+
+
+def states(url: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Alertmanager's view of every alert: (alertname, agent, execution_id) -> status."""
+    found = httpx.get(f"{url}/api/v2/alerts").json()
+    return {(a["labels"]["alertname"], a["labels"]["agent"], a["labels"].get("execution_id", "")): a["status"]
+            for a in found}
+
+
+def notified(bodies: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(a["labels"]["agent"], a["labels"]["execution_id"]) for b in bodies for a in b["alerts"]}
+
+
+def test_each_execution_reaches_the_remediator_in_its_own_notification_with_the_bearer_token(
+        alertmanager: str, webhook: Webhook) -> None:
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.ORPHANED, "agent-a", "exec-2"),
+         alert(rules.OVERDUE, "agent-b", "exec-3"), alert(rules.STUCK, "agent-a", "exec-4"),
+         alert(rules.AGENT_UNREACHABLE, "agent-c"))
+    webhook.wait_for(lambda bodies: len(bodies) >= 3)
+    time.sleep(0.5)  # anything wrongly routed here would have arrived by now (group_wait is 0s)
+    with webhook.lock:
+        received = list(webhook.received)
+    assert len(received) == 3
+    for headers, body in received:
+        assert headers["Authorization"] == f"Bearer {TOKEN}"
+        assert body["receiver"] == "remediator" and body["version"] == "4"
+        assert len(body["alerts"]) == 1
+        labels = body["alerts"][0]["labels"]
+        assert body["groupLabels"] == {k: labels[k] for k in ("alertname", "agent", "execution_id")}
+    assert notified([b for _, b in received]) == {("agent-a", "exec-1"), ("agent-a", "exec-2"), ("agent-b", "exec-3")}
+
+
+def test_the_remediator_hears_when_an_alert_resolves(alertmanager: str, webhook: Webhook) -> None:
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"))
+    webhook.wait_for(lambda bodies: len(bodies) == 1)
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1", resolved=True))
+    webhook.wait_for(lambda bodies: any(b["alerts"][0]["status"] == "resolved" for b in bodies))
+
+
+def test_an_unreachable_agent_inhibits_that_agents_remediation_alerts_only(
+        alertmanager: str, webhook: Webhook) -> None:
+    post(alertmanager, alert(rules.AGENT_UNREACHABLE, "agent-a"))
+    # The inhibitor learns of source alerts asynchronously: once a probe is suppressed, it knows.
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "probe"))
+    _until(lambda: states(alertmanager)[(rules.ORPHANED, "agent-a", "probe")]["state"] == "suppressed",
+           "the unreachable agent never inhibited its orphan alert")
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-a", "exec-2"),
+         alert(rules.ORPHANED, "agent-b", "exec-3"))
+    webhook.wait_for(lambda bodies: ("agent-b", "exec-3") in notified(bodies))
+    now = states(alertmanager)
+    for execution in ("exec-1", "exec-2"):
+        name = rules.ORPHANED if execution == "exec-1" else rules.OVERDUE
+        assert now[(name, "agent-a", execution)]["state"] == "suppressed"
+        assert now[(name, "agent-a", execution)]["inhibitedBy"]
+    assert now[(rules.ORPHANED, "agent-b", "exec-3")]["state"] == "active"
+    time.sleep(1.5)  # a group_interval and more: agent-a's alerts must still not have been sent
+    assert notified(webhook.bodies()) - {("agent-a", "probe")} == {("agent-b", "exec-3")}
+
+
+def test_an_orphaned_or_overdue_execution_inhibits_its_own_stuck_warning(alertmanager: str) -> None:
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-a", "exec-2"),
+         *(alert(rules.STUCK, "agent-a", e) for e in ("exec-1", "exec-2", "exec-3")))
+
+    def suppressed() -> set[str]:
+        return {e for (name, _, e), status in states(alertmanager).items()
+                if name == rules.STUCK and status["state"] == "suppressed"}
+
+    _until(lambda: suppressed() == {"exec-1", "exec-2"}, "the stuck warnings were never inhibited")
+    assert states(alertmanager)[(rules.STUCK, "agent-a", "exec-3")]["state"] == "active"
+
+
+def test_an_open_breaker_inhibits_the_remediator_failing_page_of_the_same_remediator(alertmanager: str) -> None:
+    def remediator_alert(name: str, instance: str) -> dict[str, Any]:
+        labels = {"alertname": name, "job": "exec-watchdog-remediator", "instance": instance, **RULE_LABELS[name]}
+        return {"labels": labels, "annotations": {"summary": "test"}}
+
+    post(alertmanager, remediator_alert(rules.BREAKER_OPEN, "remediator-1:9464"),
+         remediator_alert(rules.REMEDIATOR_FAILING, "remediator-1:9464"),
+         remediator_alert(rules.REMEDIATOR_FAILING, "remediator-2:9464"))
+
+    def failing() -> dict[str, str]:
+        found = httpx.get(f"{alertmanager}/api/v2/alerts").json()
+        return {a["labels"]["instance"]: a["status"]["state"] for a in found
+                if a["labels"]["alertname"] == rules.REMEDIATOR_FAILING}
+
+    _until(lambda: failing() == {"remediator-1:9464": "suppressed", "remediator-2:9464": "active"},
+           "the open breaker never inhibited its remediator's failing alert (only its own)")
+
+
+def test_the_runbooks_one_silence_pauses_every_remediation_and_nothing_else(
+        alertmanager: str, webhook: Webhook) -> None:
+    assert f"silence add '{PAUSE_REMEDIATION_MATCHER}'" in RUNBOOK.read_text()
+    amtool = require_tool("amtool")
+    added = subprocess.run(
+        [amtool, f"--alertmanager.url={alertmanager}", "silence", "add", PAUSE_REMEDIATION_MATCHER,
+         "--duration=1h", "--comment=Pausing exec-watchdog remediation: test"],
+        capture_output=True, text=True, timeout=30, check=True)
+    silence_id = added.stdout.strip()
+    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-b", "exec-2"),
+         alert(rules.STUCK, "agent-a", "exec-3"), alert(rules.AGENT_UNREACHABLE, "agent-c"))
+    _until(lambda: len(states(alertmanager)) == 4, "alerts never arrived")
+    now = states(alertmanager)
+    assert now[(rules.ORPHANED, "agent-a", "exec-1")]["silencedBy"] == [silence_id]
+    assert now[(rules.OVERDUE, "agent-b", "exec-2")]["silencedBy"] == [silence_id]
+    assert now[(rules.STUCK, "agent-a", "exec-3")]["state"] == "active"
+    assert now[(rules.AGENT_UNREACHABLE, "agent-c", "")]["state"] == "active"
+    time.sleep(1.5)
+    assert webhook.bodies() == []
+
+    subprocess.run([amtool, f"--alertmanager.url={alertmanager}", "silence", "expire", silence_id],
+                   capture_output=True, timeout=30, check=True)
+    webhook.wait_for(lambda bodies: notified(bodies) == {("agent-a", "exec-1"), ("agent-b", "exec-2")})
