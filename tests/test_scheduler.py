@@ -67,7 +67,8 @@ async def test_lost_report_leaves_an_orphan(world: tuple[Scheduler, AgentServer,
     assert scheduler.counts["reports_lost"] == 1
 
 
-async def test_hung_run_keeps_running_with_the_schedule_timeout(world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+async def test_hung_run_keeps_running_with_the_schedule_timeout(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
     scheduler, server, engine = world
     run = await scheduler.start("a2", 1, "hang")
     with engine.connect() as c:
