@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -95,7 +93,6 @@ class World:
         h.add_execution("e-orphan", "a1", age_seconds=120)  # the agent does not know it: an orphan
         h.add_execution("e-overdue", "a2", age_seconds=125, schedule_id="s-short")  # runs past 60 s
         h.add_execution("e-running", "a1", age_seconds=120)  # known to its agent
-        h.add_execution("e-young", "a1", age_seconds=5)
         # Hostile values stored in the database: no alert may turn them into a request.
         h.add_execution("e-hostile-agent", "../admin", age_seconds=120)
         h.add_execution("e-at-agent", "a1@evil.example", age_seconds=120)
@@ -324,7 +321,7 @@ def hostile_alerts(draw: st.DrawFn) -> dict[str, Any]:
     """A well-formed alert whose identity labels are fuzzed (never one of the remediable pairs)."""
     remediation = draw(st.sampled_from(["fail_orphan", "terminate_overdue"]) | hostile_text)
     agent = draw(st.sampled_from(["a1", "a2"]) | hostile_text)
-    execution_id = draw(st.sampled_from(["e-orphan", "e-overdue", "e-running", "e-young", "e-hostile-agent",
+    execution_id = draw(st.sampled_from(["e-orphan", "e-overdue", "e-running", "e-hostile-agent",
                                          "e-at-agent", "x'; DROP TABLE schedule_executions;--"]) | hostile_text)
     assume((remediation, agent, execution_id) not in REMEDIABLE)
     extra = draw(st.dictionaries(st.text(_chars, max_size=10), st.text(_chars, max_size=30), max_size=3))
@@ -354,9 +351,9 @@ def malformed_bytes(draw: st.DrawFn) -> bytes:
     valid = _dumps(notification(alert("e-orphan", "a1")))
     if choice == "corrupt":
         return _corrupted(valid, draw)
-    codec = draw(st.sampled_from(["latin-1", "cp1252", "utf-7"]))
+    # Not UTF-8: e-acute in latin-1 is a lone continuation byte.
     text = json.dumps(notification(alert("e-orphan", "a1", summary="\xe9t\xe9")), ensure_ascii=False)
-    return text.encode(codec)
+    return text.encode(draw(st.sampled_from(["latin-1", "cp1252"])))
 
 
 # -- properties ---------------------------------------------------------------------------------
@@ -429,7 +426,7 @@ def test_deeply_nested_bodies_get_400(world: World, unchanged: dict[str, Any], d
                  b'{"version":"4","status":"firing","alerts":' + b"[" * depth + b"]" * depth + b"}"):
         response = world.post_body(body)
         _check(response, world, unchanged)
-        assert response.status_code == 400
+        assert response.status_code in (400, 413)  # the longest ones are over the size limit too
 
 
 def test_bodies_over_the_limit_get_413_declared_or_streamed(world: World, unchanged: dict[str, Any]) -> None:
@@ -461,8 +458,10 @@ def test_a_body_just_under_the_limit_full_of_ignored_alerts_is_handled(world: Wo
 def test_huge_label_values_are_ignored(world: World, unchanged: dict[str, Any]) -> None:
     for label in ("agent", "execution_id", "remediation", "alertname"):
         body = notification(alert("e-orphan", "a1"))
-        body["alerts"][0]["labels"][label] = "a1" + "\u00e9" * 1_000_000
-        _check(world.post_body(_dumps(body)), world, unchanged)
+        body["alerts"][0]["labels"][label] = "a1" + "\u00e9" * 1_000_000  # 2 MB of UTF-8
+        response = world.post_body(json.dumps(body, ensure_ascii=False).encode())
+        _check(response, world, unchanged)
+        assert response.status_code == 200
 
 
 def test_audit_api_answers_any_query_without_5xx(world: World, unchanged: dict[str, Any]) -> None:
@@ -497,8 +496,8 @@ def test_after_the_fuzz_the_process_is_healthy_and_valid_alerts_still_act(world:
     assert world.harness.row("e-orphan").status == "failed"
     assert world.harness.row("e-overdue").status == "failed"
     assert world.harness.row("e-running").status == "running"
-    assert world.harness.slots.held("a1") == {"e-running", "e-young", "x'; DROP TABLE schedule_executions;--"}
-    assert not (pid is not None and psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie")
+    assert world.harness.slots.held("a1") == {"e-running", "x'; DROP TABLE schedule_executions;--"}
+    assert pid is not None and not _alive(pid)
     assert {(e["execution_id"], e["action"]) for e in world.announcements()} == {
         ("e-orphan", "orphan_recovered"), ("e-overdue", "auto_terminated")}
 
@@ -507,5 +506,9 @@ async def _running(world: World, agent: str) -> Any:
     return world.agents.registry(agent).running()
 
 
-def test_the_fuzz_module_keeps_its_data_in_the_project() -> None:
-    assert Path(__file__).with_name("remediator_harness.py").is_file()
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
