@@ -15,7 +15,7 @@ def env_name(flag: str) -> str:
     return "EXEC_WATCHDOG_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None,  # noqa: A002
+def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None,
              **kwargs: Any) -> None:
     env = env_name(flag)
     value = os.environ.get(env)
