@@ -31,6 +31,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -256,6 +260,7 @@ def main() -> int:
         return serve_agents_child(args.serve_agents)
 
     import httpx
+    import psutil
 
     from tests import servers
 
@@ -280,16 +285,21 @@ def main() -> int:
         base, pid = stack.enter_context(exporter(database_url, url_template, redis_url, args.poll_concurrency,
                                                  workdir))
         print(f"exporter: pid {pid}, RSS after start {memory_kib(pid)['VmRSS'] / 1024:.1f} MB")
-        walls, gathers = [], []
+        walls, gathers, cpus, agent_cpus = [], [], [], []
+        exporter_proc, agents_proc = psutil.Process(pid), psutil.Process(agents_pid)
         with httpx.Client(base_url=base, timeout=60) as http:
             for n in range(args.scrapes):
+                before, agents_before = _cpu(exporter_proc), _cpu(agents_proc)
                 start = time.perf_counter()
                 body = http.get("/metrics").text
                 walls.append(time.perf_counter() - start)
+                cpus.append(_cpu(exporter_proc) - before)
+                agent_cpus.append(_cpu(agents_proc) - agents_before)
                 gathers.append(_value(body, "exec_watchdog_exporter_scrape_duration_seconds"))
                 if n == 0:
                     check(body, args.executions, args.agents)
         mem = memory_kib(pid)
+        load = os.getloadavg()[0]
 
     ours, bare = exposition_ratio(args.agents, args.executions)
     print()
@@ -297,11 +307,19 @@ def main() -> int:
           f"max {max(walls):.3f} s   (goal <= 1 s)")
     print(f"  of which gathering (db + polls + slots): first {gathers[0]:.3f} s, "
           f"median {statistics.median(gathers):.3f} s")
+    print(f"  exporter CPU per scrape: median {statistics.median(cpus):.3f} s; simulated agents' CPU: "
+          f"median {statistics.median(agent_cpus):.3f} s; 1-min load average at the end: {load:.1f} on "
+          f"{os.cpu_count()} cores")
     print(f"exporter peak RSS (VmHWM): {mem['VmHWM'] / 1024:.1f} MB, now {mem['VmRSS'] / 1024:.1f} MB   "
           "(goal <= 150 MB)")
     print(f"exposition of the same series: ours {ours * 1000:.1f} ms, bare client_python {bare * 1000:.1f} ms, "
           f"ratio {ours / bare:.2f}x   (goal <= 2x)")
     return 0
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _value(body: str, name: str) -> float:

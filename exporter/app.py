@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 
 import redis
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.applications import Starlette
@@ -22,10 +21,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter.collector import ExecWatchdogCollector
-from exporter.gather import Gatherer
+from exporter.exposition import CONTENT_TYPE, render_text
+from exporter.gather import Gatherer, poll_client
 from exporter.settings import ExporterSettings
 from exporter.snapshot import Snapshot
-from platform_access.agent_client import AgentClient
 from platform_access.database import create_engine
 from platform_access.slots import RedisSlots, SlotStore, SqlSlots
 
@@ -46,14 +45,21 @@ def open_engine(url: str, timeout: float) -> sa.Engine:
     return create_engine(url)
 
 
-def render(snapshot: Snapshot, accept: str = "") -> tuple[bytes, str]:
-    """The exposition of one snapshot, in the format the scraper asked for."""
-    registry = CollectorRegistry()
-    registry.register(ExecWatchdogCollector(lambda: snapshot))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+def render(snapshot: Snapshot) -> bytes:
+    """The exposition of one snapshot plus the process's own metrics, in the text format.
+
+    Always the text format 0.0.4, whatever OpenMetrics the scraper would prefer (Prometheus
+    accepts both): these families carry nothing only OpenMetrics can say, and the text renderer is
+    the fast one (see exporter.exposition).
+    """
+    body = render_text(ExecWatchdogCollector(lambda: snapshot).collect())
+    return body + generate_latest(_PROCESS)
+
+
+# Process and Python runtime metrics (memory, CPU, open files) about the exporter itself.
+_PROCESS = CollectorRegistry()
+ProcessCollector(registry=_PROCESS)
+PlatformCollector(registry=_PROCESS)
 
 
 def create_app(settings: ExporterSettings) -> Starlette:
@@ -62,8 +68,8 @@ def create_app(settings: ExporterSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         engine = open_engine(settings.database_url, settings.database_timeout)
-        client = AgentClient(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
-                             max_connections=settings.poll_concurrency)
+        client = poll_client(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
+                             concurrency=settings.poll_concurrency)
         redis_client = None
         slots: SlotStore = SqlSlots(engine)
         if settings.redis_url:
@@ -84,8 +90,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         snapshot = await resources["gatherer"].gather()
-        body, content_type = render(snapshot, request.headers.get("accept", ""))
-        return Response(body, headers={"Content-Type": content_type})
+        return Response(render(snapshot), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok\n")

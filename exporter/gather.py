@@ -24,6 +24,7 @@ import structlog
 
 from exec_watchdog import __version__
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exporter.transport import PollTransport
 from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
 from platform_access.names import InvalidIdentifier
@@ -43,6 +44,12 @@ _REASON = {
     "not_found": "bad_response",
     "server_error": "bad_response",
 }
+
+
+def poll_client(url_template: str, secret: str, *, timeout: float, concurrency: int) -> AgentClient:
+    """The agent client the exporter polls with: the lean keep-alive transport, sized to the polls."""
+    return AgentClient(url_template, secret, timeout=timeout, max_connections=concurrency,
+                       transport=PollTransport(max_connections=concurrency))
 
 
 @dataclass(frozen=True, slots=True)

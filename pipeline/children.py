@@ -49,9 +49,9 @@ class NotReady(TimeoutError):
 
 
 def find_binary(*names: str) -> str:
-    """The first of ``names`` on PATH (or in /usr/bin), or :class:`MissingBinary` saying what to install."""
+    """The first of ``names`` on PATH, or :class:`MissingBinary` saying what to install."""
     for name in names:
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+        found = shutil.which(name)
         if found:
             return found
     raise MissingBinary(f"{' or '.join(names)} is not installed: the pipeline runs real Prometheus and "

@@ -19,11 +19,13 @@ import sqlalchemy as sa
 from platform_access.database import create_engine, create_platform_tables
 from platform_access.slots import SlotStore, open_slot_store, slot_metadata
 from platform_access.timestamps import utcnow
+from remediator import audit
 from simulated_platform.agent_server import AgentServer, serve_agents
 from simulated_platform.process_registry import RegistryConfig
 from simulated_platform.scheduler import Scheduler, Started
 
 EventCallback = Callable[[str, Started, str], None]
+AgentCallback = Callable[[str, str], None]  # (what happened: restarted|down|up, agent)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,15 @@ class PlatformOptions:
 
 
 def ensure_database(url: str) -> sa.Engine:
-    """An engine on ``url``; Trinity's tables are created only in a database that has none."""
+    """An engine on ``url``; Trinity's tables are created only in a database that has none.
+
+    The remediator's own tables are created here too, before any replica starts: replicas that
+    start together would otherwise race to create them.
+    """
     engine = create_engine(url)
     if "schedule_executions" not in sa.inspect(engine).get_table_names():
         create_platform_tables(engine, slot_metadata)
+    audit.create_tables(engine)
     return engine
 
 
@@ -65,7 +72,8 @@ class FaultClock(Scheduler):
                  late_report_seconds: float = 3.0, on_event: EventCallback | None = None) -> None:
         self.fault_at: dict[str, datetime] = {}
         self.finished: set[str] = set()
-        self._forward = on_event or (lambda kind, started, detail: None)
+        self.on_execution: EventCallback = on_event or (lambda kind, started, detail: None)
+        self.on_agent: AgentCallback = lambda what, agent: None
         super().__init__(engine, slots, agents, timeout_seconds=timeout_seconds,
                          late_report_seconds=late_report_seconds, on_event=self._event)
 
@@ -76,7 +84,7 @@ class FaultClock(Scheduler):
             self.finished.add(started.execution_id)
         if kind == "started" and started.fault == "hang":
             self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)
-        self._forward(kind, started, detail)
+        self.on_execution(kind, started, detail)
 
     def _completion_hook(self, agent: str) -> Callable[[str, int], None]:
         report = super()._completion_hook(agent)
@@ -100,6 +108,15 @@ class FaultClock(Scheduler):
                 self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
                 self.finished.add(execution_id)
         super().restart_agent(agent)
+        self.on_agent("restarted", agent)
+
+    def stop_agent(self, agent: str) -> None:
+        super().stop_agent(agent)
+        self.on_agent("down", agent)
+
+    def resume_agent(self, agent: str) -> None:
+        super().resume_agent(agent)
+        self.on_agent("up", agent)
 
 
 class Platform:

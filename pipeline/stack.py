@@ -32,6 +32,12 @@ PROMETHEUS = ("prometheus",)
 ALERTMANAGER = ("prometheus-alertmanager", "alertmanager")  # the Debian package's name first
 
 
+def check_binaries() -> None:
+    """Raise :class:`pipeline.children.MissingBinary` unless Prometheus and Alertmanager are installed."""
+    find_binary(*PROMETHEUS)
+    find_binary(*ALERTMANAGER)
+
+
 @dataclass(frozen=True)
 class StackOptions:
     database_url: str

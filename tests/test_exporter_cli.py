@@ -198,10 +198,12 @@ def test_served_metrics_and_health_end_to_end(database_file: Path, agents: Agent
             assert http.get("/healthz").status_code == 200
             response = http.get("/metrics")
             assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/plain")
-            openmetrics = http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
-            assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
-            assert openmetrics.text.endswith("# EOF\n")
+            assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+            # What Prometheus 2.42 asks for; the text format is in its list and is what we serve.
+            prometheus_accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                                 "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+            again = http.get("/metrics", headers={"Accept": prometheus_accept})
+            assert again.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)

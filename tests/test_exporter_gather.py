@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter import metric_names as m
 from exporter.collector import ExecWatchdogCollector
-from exporter.gather import Gatherer
+from exporter.gather import Gatherer, poll_client
 from exporter.snapshot import Snapshot
 from platform_access import database as db
 from platform_access.agent_client import AgentClient
@@ -80,7 +80,7 @@ async def make_scraper(platform: sa.Engine) -> AsyncIterator[Callable[..., Scrap
 
     def make(url_template: str, *, secret: str = SECRET, slots: SlotStore | None = None,
              **options: Any) -> Scraper:
-        client = AgentClient(url_template, secret, timeout=options.pop("client_timeout", 5.0))
+        client = poll_client(url_template, secret, timeout=5.0, concurrency=options.get("poll_concurrency", 50))
         clients.append(client)
         options.setdefault("clock", lambda: NOW)
         return Scraper(Gatherer(platform, client, slots if slots is not None else SqlSlots(platform), **options))

@@ -114,7 +114,7 @@ class World:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.call(lambda: self.http.request(method, path, **kwargs))
 
-    def post_body(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    def post_body(self, body: bytes, headers: dict[str, str | bytes] | None = None) -> httpx.Response:
         return self.request("POST", "/api/v1/alerts", content=body, headers=JSON if headers is None else headers)
 
     # -- what must never change ------------------------------------------------------------------
@@ -298,7 +298,7 @@ def broken_notifications(draw: st.DrawFn) -> dict[str, Any]:
     elif mutation == "fingerprint":
         a["fingerprint"] = draw(st.text(_chars, min_size=65, max_size=300))
     elif mutation == "nested":
-        depth = draw(st.integers(2, 3000))
+        depth = draw(st.integers(2, 100))  # deeper ones: test_deeply_nested_bodies_get_400
         where = draw(st.sampled_from(["label", "annotation", "alerts", "version"]))
         if where == "label":
             labels["agent"] = _nested(depth)
@@ -413,7 +413,7 @@ def test_content_types_other_than_json_get_415(world: World, unchanged: dict[str
                               "application/jsonp", "application/json-seq", "text/json", "json", ""]))
     def prop(content_type: str) -> None:
         assume(content_type.split(";")[0].strip().lower() != "application/json")
-        response = world.post_body(valid, {**AUTH, "Content-Type": content_type})
+        response = world.post_body(valid, {**AUTH, "Content-Type": content_type.encode("latin-1")})
         _check(response, world, unchanged)
         assert response.status_code == 415
 
@@ -422,8 +422,10 @@ def test_content_types_other_than_json_get_415(world: World, unchanged: dict[str
 
 @pytest.mark.parametrize("depth", [100, 1_000, 100_000, 1_000_000])
 def test_deeply_nested_bodies_get_400(world: World, unchanged: dict[str, Any], depth: int) -> None:
+    valid = _dumps(notification(alert("e-orphan", "a1")))
+    in_label = valid.replace(b'"agent": "a1"', b'"agent": ' + b"[" * depth + b"]" * depth)
     for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth,
-                 b'{"version":"4","status":"firing","alerts":' + b"[" * depth + b"]" * depth + b"}"):
+                 b'{"version":"4","status":"firing","alerts":' + b"[" * depth + b"]" * depth + b"}", in_label):
         response = world.post_body(body)
         _check(response, world, unchanged)
         assert response.status_code in (400, 413)  # the longest ones are over the size limit too
@@ -447,16 +449,18 @@ def test_bodies_over_the_limit_get_413_declared_or_streamed(world: World, unchan
 
 def test_a_body_just_under_the_limit_full_of_ignored_alerts_is_handled(world: World,
                                                                        unchanged: dict[str, Any]) -> None:
-    one = alert("e-orphan", "a1", status="resolved")
+    one = alert("e-orphan", "a1", status="resolved", fingerprint="0" * 16)
     size = len(_dumps(one)) + 2
     many = [dict(one, fingerprint=f"{i:016x}") for i in range(world.harness.config.max_body_bytes // size - 10)]
-    response = world.post_body(_dumps(notification(*many)))
+    body = _dumps(notification(*many))
+    assert world.harness.config.max_body_bytes - 5000 < len(body) <= world.harness.config.max_body_bytes
+    response = world.post_body(body)
     _check(response, world, unchanged)
     assert response.status_code == 200
 
 
 def test_huge_label_values_are_ignored(world: World, unchanged: dict[str, Any]) -> None:
-    for label in ("agent", "execution_id", "remediation", "alertname"):
+    for label in ("agent", "execution_id", "remediation"):
         body = notification(alert("e-orphan", "a1"))
         body["alerts"][0]["labels"][label] = "a1" + "\u00e9" * 1_000_000  # 2 MB of UTF-8
         response = world.post_body(json.dumps(body, ensure_ascii=False).encode())

@@ -1,0 +1,217 @@
+"""A lean HTTP/1.1 keep-alive transport for the agent polls (plain ``http://`` GETs only).
+
+Why: a scrape makes one small GET per agent, a thousand of them within a second. httpx's default
+transport (httpcore + anyio) costs about 1 ms of CPU per request here, most of it in the
+connection pool's bookkeeping, which alone would exceed the scrape budget. This transport keeps
+httpx's API, so :class:`~platform_access.agent_client.AgentClient` and its result kinds are
+unchanged, and does only what a poll needs: asyncio streams, a per-origin idle list, a
+Content-Length, chunked or close-delimited body, and the timeouts httpx passes in the request.
+Everything else (``https://``, other methods, request bodies) goes to httpx's own transport.
+
+Failures are raised as the httpx exceptions the client classifies: ``ConnectError``,
+``ConnectTimeout``, ``ReadTimeout``, ``ReadError`` and ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an agent with tens of thousands of executions is ~5 MB
+_HEAD_LIMIT = 64 * 1024
+_DROPPED_HEADERS = frozenset({b"accept-encoding", b"connection", b"keep-alive"})
+
+Origin = tuple[str, int]
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection closed before a single byte of the response arrived."""
+
+
+@contextlib.contextmanager
+def _mapped(request: httpx.Request, timeout_error: type[httpx.TimeoutException],
+            os_error: type[httpx.NetworkError]) -> Iterator[None]:
+    try:
+        yield
+    except TimeoutError:
+        raise timeout_error(f"no answer from {request.url.host}:{request.url.port} in time", request=request) from None
+    except asyncio.IncompleteReadError:
+        raise httpx.RemoteProtocolError("the server closed the connection mid-response", request=request) from None
+    except asyncio.LimitOverrunError:
+        raise httpx.RemoteProtocolError("response line or headers too long", request=request) from None
+    except OSError as exc:
+        raise os_error(f"{type(exc).__name__}: {exc}", request=request) from None
+
+
+class _Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def usable(self) -> bool:
+        # While idle the transport keeps reading: a server that hung up shows as EOF here.
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def exchange(self, head: bytes, request: httpx.Request, no_body: bool,
+                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        self.writer.write(head)
+        await self.writer.drain()
+        try:
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _StaleConnection from None
+            raise
+        status, headers, keep_alive = _parse_head(raw, request)
+        while 100 <= status < 200:  # interim responses (a GET gets none in practice): skip them
+            status, headers, keep_alive = _parse_head(await self.reader.readuntil(b"\r\n\r\n"), request)
+        fields = {name.lower(): value for name, value in headers}
+        if no_body or status in (204, 304):
+            return status, headers, b"", keep_alive
+        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+            return status, headers, await self._read_chunked(request), keep_alive
+        length = fields.get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise httpx.RemoteProtocolError(f"bad Content-Length {length!r}", request=request)
+            size = int(length)
+            _check_size(size, request)
+            return status, headers, await self.reader.readexactly(size), keep_alive
+        body = await self.reader.read(MAX_RESPONSE_BYTES + 1)  # delimited by the server closing
+        while body and not self.reader.at_eof():
+            more = await self.reader.read(MAX_RESPONSE_BYTES + 1 - len(body))
+            if not more:
+                break
+            body += more
+            _check_size(len(body), request)
+        _check_size(len(body), request)
+        return status, headers, body, False
+
+    async def _read_chunked(self, request: httpx.Request) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = await self.reader.readuntil(b"\r\n")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise httpx.RemoteProtocolError(f"bad chunk size {size_text!r}", request=request) from None
+            if size == 0:
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers: not needed
+                return b"".join(parts)
+            total += size
+            _check_size(total, request)
+            parts.append(await self.reader.readexactly(size))
+            if await self.reader.readexactly(2) != b"\r\n":
+                raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=request)
+
+
+def _check_size(size: int, request: httpx.Request) -> None:
+    if size > MAX_RESPONSE_BYTES:
+        raise httpx.RemoteProtocolError(f"response larger than {MAX_RESPONSE_BYTES} bytes", request=request)
+
+
+def _parse_head(raw: bytes, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bool]:
+    lines = raw[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request)
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
+        headers.append((name, value.strip()))
+    tokens = {t.strip().lower() for name, value in headers if name.lower() == b"connection" for t in value.split(b",")}
+    keep_alive = b"keep-alive" in tokens if parts[0] == b"HTTP/1.0" else b"close" not in tokens
+    return int(parts[1]), headers, keep_alive
+
+
+class PollTransport(httpx.AsyncBaseTransport):
+    """Plain-HTTP GETs over pooled keep-alive connections; anything else goes to ``fallback``."""
+
+    def __init__(self, *, max_connections: int = 50, fallback: httpx.AsyncBaseTransport | None = None) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._max_idle = max_connections
+        self._in_flight = asyncio.Semaphore(max_connections)
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._fallback = fallback or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http" or request.method not in ("GET", "HEAD") or "content-length" in request.headers \
+                or "transfer-encoding" in request.headers:
+            return await self._fallback.handle_async_request(request)
+        timeouts = request.extensions.get("timeout", {})
+        origin = (url.host, url.port or 80)
+        head = b"".join([
+            request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
+            *(name + b": " + value + b"\r\n" for name, value in request.headers.raw
+              if name.lower() not in _DROPPED_HEADERS),
+            b"\r\n",
+        ])
+        async with self._in_flight:
+            for attempt in (1, 2):
+                connection, reused = await self._checkout(origin, request, timeouts.get("connect"))
+                try:
+                    with _mapped(request, httpx.ReadTimeout, httpx.ReadError):
+                        async with asyncio.timeout(timeouts.get("read")):
+                            status, headers, body, keep_alive = await connection.exchange(
+                                head, request, request.method == "HEAD")
+                except _StaleConnection:
+                    connection.close()
+                    if reused and attempt == 1:
+                        continue  # the server dropped an idle connection: a GET is safe to resend
+                    raise httpx.RemoteProtocolError("the server closed the connection without answering",
+                                                    request=request) from None
+                except BaseException:
+                    connection.close()  # mid-exchange (cancelled, timed out, garbage): never reuse it
+                    raise
+                if keep_alive:
+                    self._checkin(origin, connection)
+                else:
+                    connection.close()
+                return httpx.Response(status, headers=headers, content=body, request=request,
+                                      extensions={"http_version": b"HTTP/1.1"})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _checkout(self, origin: Origin, request: httpx.Request,
+                        connect_timeout: float | None) -> tuple[_Connection, bool]:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            self._idle_count -= 1
+            if connection.usable():
+                return connection, True
+            connection.close()
+        with _mapped(request, httpx.ConnectTimeout, httpx.ConnectError):
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(origin[0], origin[1], limit=_HEAD_LIMIT)
+        return _Connection(reader, writer), False
+
+    def _checkin(self, origin: Origin, connection: _Connection) -> None:
+        if self._idle_count >= self._max_idle:
+            connection.close()
+            return
+        self._idle.setdefault(origin, []).append(connection)
+        self._idle_count += 1
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+        self._idle_count = 0
+        await self._fallback.aclose()

@@ -1,0 +1,170 @@
+"""The demo's live account: one readable line per thing that happens, and a periodic summary.
+
+Sources: the scheduler (executions started with a fault, lost and late reports, agent restarts
+and outages), Alertmanager's ``/api/v2/alerts`` (alerts firing, silenced, inhibited) and each
+remediator's WebSocket feed (recoveries, with the time from the fault to the recovered row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+from alerts.rules import AGENT_UNREACHABLE, HEARTBEAT
+from pipeline.platform import FaultClock
+from platform_access.timestamps import BadTimestamp, parse_utc
+from simulated_platform.scheduler import Started
+
+FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
+               "late_report": "its report will arrive late", "none": "normal"}
+ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated"}
+
+
+class Account:
+    def __init__(self, scheduler: FaultClock, out: TextIO | None = None) -> None:
+        self.scheduler = scheduler
+        self.out = out or sys.stdout
+        self.counts: Counter[str] = Counter()
+        self.recovered: dict[str, tuple[str, float | None]] = {}  # execution -> (event action, seconds)
+        self.alerts: dict[str, tuple[str, str]] = {}  # fingerprint -> (alert name, state)
+        self.began = time.monotonic()
+
+    def line(self, tag: str, text: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        print(f"{stamp}  {tag:<10} {text}", file=self.out, flush=True)
+
+    # -- the platform ---------------------------------------------------------------------------
+
+    def on_event(self, kind: str, s: Started, detail: str) -> None:
+        if kind == "started":
+            self.counts[f"started_{s.fault}"] += 1
+            if s.fault != "none":
+                self.line("started", f"{s.agent}  {s.execution_id}  {s.fault}: {FAULT_WORDS[s.fault]} "
+                                     f"(timeout {s.timeout_seconds} s)")
+        elif kind == "report_lost":
+            self.line("lost", f"{s.agent}  {s.execution_id}  process ended, completion report lost")
+        elif kind == "completed" and s.fault == "late_report":
+            self.line("late", f"{s.agent}  {s.execution_id}  late report arrived: success, never failed")
+        elif kind == "report_too_late":
+            self.counts["report_too_late"] += 1
+            self.line("too late", f"{s.agent}  {s.execution_id}  report arrived after the watchdog "
+                                  f"recovered it ({detail})")
+
+    def on_agent(self, what: str, agent: str) -> None:
+        self.counts[f"agent_{what}"] += 1
+        words = {"restarted": "restarted: every execution on it is forgotten, unreported",
+                 "down": "stopped answering (outage): its executions must be left alone",
+                 "up": "answers again"}
+        self.line("agent", f"{agent}  {words.get(what, what)}")
+
+    # -- Alertmanager ---------------------------------------------------------------------------
+
+    def on_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        seen: dict[str, tuple[str, str]] = {}
+        names = {str(a.get("fingerprint")): (a.get("labels") or {}).get("alertname", "?") for a in alerts}
+        for alert in alerts:
+            labels = alert.get("labels") or {}
+            name = labels.get("alertname", "?")
+            if name == HEARTBEAT:
+                continue
+            status = alert.get("status") or {}
+            state = status.get("state", "?")
+            fingerprint = str(alert.get("fingerprint"))
+            seen[fingerprint] = (name, state)
+            if self.alerts.get(fingerprint) == (name, state):
+                continue
+            where = "  ".join(labels[k] for k in ("agent", "execution_id") if k in labels)
+            why = ""
+            if status.get("silencedBy"):
+                why = " (silenced: nothing is sent)"
+            elif status.get("inhibitedBy"):
+                by = sorted({names.get(str(f), "an alert that has ended") for f in status["inhibitedBy"]})
+                why = f" (inhibited by {', '.join(by)})"
+            since = ""
+            with contextlib.suppress(BadTimestamp):
+                since = f" since {parse_utc(alert.get('startsAt')).astimezone().strftime('%H:%M:%S')}"
+            self.line("ALERT", f"{name}  {where}  {state}{since}{why}")
+            self.counts["alerts"] += fingerprint not in self.alerts
+        for fingerprint, (name, _) in self.alerts.items():
+            if fingerprint not in seen and name == AGENT_UNREACHABLE:
+                self.line("resolved", f"{name}")
+        self.alerts = seen
+
+    # -- the remediator -------------------------------------------------------------------------
+
+    def on_recovery(self, event: dict[str, Any]) -> None:
+        execution_id = str(event.get("execution_id"))
+        if event.get("type") != "watchdog_recovery" or execution_id in self.recovered:
+            return
+        action = str(event.get("action"))
+        seconds: float | None = None
+        fault = self.scheduler.fault_at.get(execution_id)
+        try:
+            if fault is not None:
+                seconds = (parse_utc(event.get("timestamp")) - fault).total_seconds()
+        except BadTimestamp:
+            pass
+        self.recovered[execution_id] = (action, seconds)
+        after = f"{seconds:.1f} s after the fault" if seconds is not None else "fault time unknown"
+        self.line("RECOVERED", f"{event.get('agent_name')}  {execution_id}  {ACTION_WORDS.get(action, action)}, "
+                               f"{after}: {event.get('reason')}")
+
+    # -- summary --------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        c = self.counts
+        started = sum(v for k, v in c.items() if k.startswith("started_"))
+        by_action = Counter(action for action, _ in self.recovered.values())
+        times = [s for _, s in self.recovered.values() if s is not None]
+        median = f", median {statistics.median(times):.1f} s from fault" if times else ""
+        firing = sum(1 for _, state in self.alerts.values() if state == "active")
+        return (f"{time.monotonic() - self.began:.0f} s: started {started} (lost reports {c['started_lose_report']}, "
+                f"hung {c['started_hang']}, late reports {c['started_late_report']}); agent restarts "
+                f"{c['agent_restarted']}, outages {c['agent_down']}; alerts active now {firing}; recovered "
+                f"{len(self.recovered)} (orphans {by_action['orphan_recovered']}, overdue "
+                f"{by_action['auto_terminated']}{median})")
+
+
+async def listen_recoveries(remediator_url: str, token: str, on_event: Callable[[dict[str, Any]], None]) -> None:
+    """Follow one remediator's WebSocket feed forever, reconnecting after a drop."""
+    url = remediator_url.replace("http://", "ws://", 1) + f"/api/v1/events?access_token={token}"
+    while True:
+        try:
+            async with connect(url, open_timeout=5) as ws:
+                async for message in ws:
+                    try:
+                        event = json.loads(message)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        on_event(event)
+        except (OSError, WebSocketException, TimeoutError):
+            pass
+        await asyncio.sleep(1.0)
+
+
+async def poll_alerts(alertmanager_url: str, on_alerts: Callable[[list[dict[str, Any]]], None],
+                      interval: float = 0.5) -> None:
+    """Read Alertmanager's alerts (active, silenced and inhibited) every ``interval`` seconds."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as http:
+        while True:
+            try:
+                response = await http.get(f"{alertmanager_url}/api/v2/alerts")
+                body = response.json() if response.status_code == 200 else None
+                if isinstance(body, list):
+                    on_alerts(body)
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(interval)

@@ -1,0 +1,250 @@
+"""End to end: simulated platform -> exporter -> real Prometheus -> real Alertmanager -> remediator.
+
+One pipeline (fast profile, SQLite, capacity slots and announcements in Redis) is shared by the
+module; every test starts fresh executions on an agent of its own, so tests do not see each
+other's alerts. Nothing is mocked: the executions are real processes, the alerts come from the
+rendered rules, and the remediator is the `exec-watchdog remediator` command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from grafana.queries import labelled_queries
+from platform_access.timestamps import parse_utc
+from remediator.audit import recoveries
+from remediator.remediate import orphan_reason
+from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+
+pytestmark = pytest.mark.timeout(600)
+
+LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG = (f"agent-{i:03d}" for i in range(1, 9))
+SLACK = 4.0  # a loaded 2-core machine: scheduling, SQLite and HTTP on top of the pipeline's floor
+OVERDUE_RE = re.compile(r"Execution auto-terminated after (\d+) minutes by watchdog \(exceeded timeout of (\d+) s\)")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", redis_url=redis_url) as p:
+        yield p
+
+
+def assert_recovered_once(p: Pipeline, execution_id: str, agent: str, event_action: str) -> None:
+    """Slot released, and exactly one announcement (WebSocket and Redis) once the alert is over."""
+    assert execution_id not in p.held(agent)
+    # After the resolved notification nothing more is sent for this alert: count then.
+    eventually(lambda: any(d["alert_status"] == "resolved" for d in p.decisions(execution_id)), 20,
+               f"the resolved notification of {execution_id} reached the remediator")
+    events = p.announcements(execution_id)
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["type"] == "watchdog_recovery"
+    assert event["agent_name"] == agent
+    assert event["action"] == event_action
+    assert event["reason"] == p.row(execution_id).error
+    assert p.redis_feed is not None
+    assert p.redis_feed.for_execution(execution_id) == [event]
+    recovered = [d for d in p.decisions(execution_id) if d["outcome"] == "recovered"]
+    assert len(recovered) == 1, recovered
+
+
+def test_lost_report_is_failed_after_the_agent_forgets_it(pipeline: Pipeline) -> None:
+    """A run whose completion report is lost stays 'recently completed' on its agent for a while;
+    once the agent forgets it, it is failed, its slot released and announced once, within the
+    fast profile's floor."""
+    p = pipeline
+    started = p.start(LOST, 0.5, "lose_report")
+    assert started.execution_id in p.held(LOST)
+    ended = eventually(lambda: p.fault_at(started.execution_id), 10, "the process ended, report lost")
+    floor = p.timing.orphan_floor(0.5, p.completed_window)
+
+    row = eventually(lambda: p.failed(started.execution_id), floor + SLACK + 5, "the lost run is failed")
+
+    assert row.error == orphan_reason(LOST)
+    latency = (parse_utc(row.completed_at) - ended).total_seconds()
+    assert p.completed_window <= latency <= floor + SLACK, (latency, floor)
+    assert_recovered_once(p, started.execution_id, LOST, "orphan_recovered")
+
+
+def test_agent_restart_orphans_every_run_it_forgot(pipeline: Pipeline) -> None:
+    """An agent restart kills its processes unreported: each of its runs is failed once."""
+    p = pipeline
+    runs = [p.start(RESTARTED, 120) for _ in range(3)]
+    p.restart_agent(RESTARTED)
+    # Forgotten at once, but the rule waits until a run is orphan_min_age old.
+    floor = p.timing.orphan_min_age + p.timing.detection("fail_orphan")
+
+    for run in runs:
+        row = eventually(lambda run=run: p.failed(run.execution_id), floor + SLACK + 5, "forgotten run failed")
+        assert row.error == orphan_reason(RESTARTED)
+        assert (parse_utc(row.completed_at) - parse_utc(row.started_at)).total_seconds() <= floor + SLACK
+    for run in runs:
+        assert_recovered_once(p, run.execution_id, RESTARTED, "orphan_recovered")
+
+
+def test_overdue_run_is_terminated_on_its_agent_and_failed(pipeline: Pipeline) -> None:
+    """A run past its timeout is terminated for real (its process is gone), then failed with
+    Trinity's auto-terminated message."""
+    p = pipeline
+    p.set_timeout(OVERDUE, 4)
+    started = p.start(OVERDUE, 3600, "hang")
+    pid = eventually(lambda: p.pid(started.execution_id, OVERDUE), 5, "the process runs")
+    process = psutil.Process(pid)
+    assert process.is_running()
+    crossed = parse_utc(p.row(started.execution_id).started_at).timestamp() + 4
+    floor = p.timing.overdue_floor()
+
+    row = eventually(lambda: p.failed(started.execution_id), 4 + floor + SLACK + 5, "the overdue run is failed")
+
+    match = OVERDUE_RE.fullmatch(row.error or "")
+    assert match, row.error
+    assert match.group(2) == "4"
+    assert parse_utc(row.completed_at).timestamp() - crossed <= floor + SLACK
+    eventually(lambda: not psutil.pid_exists(pid) or process.status() == psutil.STATUS_ZOMBIE, 5,
+               "the real process is gone")
+    assert not [q for q in psutil.process_iter(["pid"]) if _pgid(q) == pid], "a process of its group survived"
+    assert_recovered_once(p, started.execution_id, OVERDUE, "auto_terminated")
+
+
+def _pgid(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_report_arriving_late_is_never_failed(pipeline: Pipeline) -> None:
+    """A report that arrives while the agent still lists the run as recently completed wins: the
+    watchdog never touches it."""
+    p = pipeline
+    started = p.start(LATE, 0.5, "late_report")
+
+    eventually(lambda: p.status(started.execution_id) == "success", 10, "the late report is written")
+
+    assert p.decisions(started.execution_id) == []
+    assert p.recovery(started.execution_id) is None
+    assert p.announcements(started.execution_id) == []
+    assert started.execution_id not in p.held(LATE)
+
+
+def test_unreachable_agent_is_left_alone_and_recovered_only_if_still_unknown(pipeline: Pipeline) -> None:
+    """While an agent does not answer, its runs are neither orphaned nor terminated (AgentUnreachable
+    fires instead); when it answers again only the run it really forgot is failed."""
+    p = pipeline
+    forgotten = p.start(UNREACHABLE, 600)
+    p.stop_agent(UNREACHABLE)
+    eventually(lambda: p.alerts("ExecWatchdogAgentUnreachable", agent=UNREACHABLE), 20,
+               "ExecWatchdogAgentUnreachable fires in Alertmanager")
+    p.restart_agent(UNREACHABLE)  # forgets `forgotten`, but nobody can ask it
+    kept = p.start(UNREACHABLE, 600)
+
+    holds(lambda: p.status(forgotten.execution_id) == "running", p.timing.detection("fail_orphan") + 3,
+          "a run of an unreachable agent stays running")
+    assert p.alerts("ExecWatchdogExecutionOrphaned", agent=UNREACHABLE) == []
+    assert p.series(f'exec_watchdog_execution_agent_known{{agent="{UNREACHABLE}"}}') == []
+    assert p.decisions(forgotten.execution_id) == []
+
+    p.resume_agent(UNREACHABLE)
+    row = eventually(lambda: p.failed(forgotten.execution_id), 20, "the forgotten run is failed once reachable")
+    assert row.error == orphan_reason(UNREACHABLE)
+    eventually(lambda: p.series(f'exec_watchdog_execution_agent_known{{execution_id="{kept.execution_id}"}} == 1'),
+               10, "the agent reports the run it still has")
+    assert p.status(kept.execution_id) == "running"
+    assert p.decisions(kept.execution_id) == []
+    assert kept.execution_id in p.held(UNREACHABLE)
+
+
+def test_silence_pauses_remediation_until_it_is_removed(pipeline: Pipeline) -> None:
+    """With remediation=~".+" silenced the orphan alert fires but nothing is done; removing the
+    silence lets the remediation happen."""
+    p = pipeline
+    silence = p.create_silence("e2e: pause remediation", remediation=".+")
+    try:
+        run = p.start(SILENCED, 600)
+        p.restart_agent(SILENCED)
+
+        def suppressed() -> bool:
+            alerts = p.alerts("ExecWatchdogExecutionOrphaned", execution_id=run.execution_id)
+            return any(silence in a["status"]["silencedBy"] for a in alerts)
+
+        eventually(suppressed, 20, "the orphan alert is firing and silenced")
+        holds(lambda: p.status(run.execution_id) == "running", p.timing.repeat_interval / 2 + 1,
+              "a silenced orphan stays running")
+        assert p.decisions(run.execution_id) == []
+    finally:
+        p.delete_silence(silence)
+
+    row = eventually(lambda: p.failed(run.execution_id), 20, "remediated once the silence is gone")
+    assert row.error == orphan_reason(SILENCED)
+    assert_recovered_once(p, run.execution_id, SILENCED, "orphan_recovered")
+
+
+def test_resolved_notification_is_recorded_and_changes_nothing(pipeline: Pipeline) -> None:
+    """The resolved notification after a recovery is audited as ignored and leaves the row as the
+    recovery wrote it."""
+    p = pipeline
+    run = p.start(RESOLVED, 600)
+    p.restart_agent(RESOLVED)
+    recovered = eventually(lambda: p.failed(run.execution_id), 20, "the orphan is failed")
+
+    resolved = eventually(lambda: [d for d in p.decisions(run.execution_id) if d["alert_status"] == "resolved"], 20,
+                          "the resolved notification is audited")
+
+    assert {d["outcome"] for d in resolved} == {"ignored"}
+    assert all("resolved" in d["reason"] for d in resolved)
+    after = p.row(run.execution_id)
+    assert (after.status, after.error, after.completed_at) == (recovered.status, recovered.error,
+                                                               recovered.completed_at)
+    assert len(p.announcements(run.execution_id)) == 1
+
+
+
+
+def sparse(expr: str) -> bool:
+    """Panels empty by design when nothing is wrong at this moment: alerts listed only while some
+    fire, and annotations that mark moments only when something happened."""
+    return ("ALERTS{" in expr and "or vector(0)" not in expr) or expr.rstrip().endswith("> 0")
+
+
+def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -> None:
+    """Every Grafana panel query is valid on the real Prometheus, and the ones that always have
+    something to show do (after the recoveries above)."""
+    p = pipeline
+    p.start(LONG, 600)  # something running, for the per-execution panels
+    eventually(lambda: p.series(f'exec_watchdog_execution_runtime_seconds{{agent="{LONG}"}}'), 10,
+               "the long run is scraped")
+    eventually(lambda: p.series("exec_watchdog_remediator_time_to_recovery_seconds_count"), 10,
+               "the remediator's recoveries are scraped")
+
+    empty = []
+    for where, expr in labelled_queries():
+        body = p.query(expr)
+        assert body["status"] == "success", (where, expr, body)
+        if not body["data"]["result"] and not sparse(expr):
+            empty.append(f"{where}: {expr}")
+    assert empty == [], "queries without data:\n" + "\n".join(empty)
+
+
+def test_every_recovery_was_announced_exactly_once(pipeline: Pipeline) -> None:
+    """Across the whole module: one announcement per recovered execution, slot released, done."""
+    p = pipeline
+    with p.engine.connect() as conn:
+        rows = conn.execute(sa.select(recoveries)).all()
+    assert len(rows) >= 7
+    for row in rows:
+        assert row.slot_released_at is not None and row.announced_at is not None, row
+        assert len(p.announcements(row.execution_id)) == 1, row.execution_id
+        assert row.execution_id not in p.held(row.agent_name)
+    assert p.feed.errors == []
+
+
+def test_no_child_crashed(pipeline: Pipeline) -> None:
+    """The exporter, remediator, Prometheus and Alertmanager are all still running."""
+    pipeline.stack.children.check()

@@ -1,0 +1,75 @@
+"""End to end, highly available: two clustered Alertmanagers (both notified by Prometheus) and two
+remediator replicas on one PostgreSQL, each Alertmanager sending every notification to both
+replicas. Duplicates are certain; the effect must still be exactly one transition, one slot
+release and one announcement per execution.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from remediator.audit import recoveries
+from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+
+pytestmark = pytest.mark.timeout(600)
+
+PEER_TIMEOUT = 15.0  # Alertmanager's default --cluster.peer-timeout: the second instance sends after it
+
+
+@pytest.fixture
+def ha_pipeline(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path / "stack", postgres_url, redis_url=redis_url, agents=3, alertmanagers=2,
+                          remediators=2) as p:
+        yield p
+
+
+def _received_firing(alertmanager_url: str) -> float:
+    text = httpx.get(f"{alertmanager_url}/metrics", timeout=5).text
+    match = re.search(r'^alertmanager_alerts_received_total\{status="firing"(?:,version="v2")?\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_two_alertmanagers_and_two_replicas_act_exactly_once(ha_pipeline: Pipeline) -> None:
+    p = ha_pipeline
+    assert p.redis_feed is not None
+    p.set_timeout("agent-003", 4)
+    orphans = [p.start(agent, 600) for agent in ("agent-001", "agent-002") for _ in range(3)]
+    overdue = [p.start("agent-003", 3600, "hang") for _ in range(2)]
+    p.restart_agent("agent-001")
+    p.restart_agent("agent-002")
+    runs = orphans + overdue
+
+    for run in runs:
+        eventually(lambda run=run: p.failed(run.execution_id), 40, f"{run.execution_id} is failed")
+    # Stale and duplicate deliveries keep coming for a while (the second Alertmanager waits a peer
+    # timeout before it sends what the first one may already have sent): none may act again.
+    holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 2,
+          "exactly one WebSocket announcement per execution, across both replicas")
+
+    with p.engine.connect() as conn:
+        outbox = {r.execution_id: r for r in conn.execute(sa.select(recoveries))}
+    replicas_heard: set[str] = set()
+    for run in runs:
+        decisions = p.decisions(run.execution_id)
+        replicas_heard |= {d["replica"] for d in decisions}
+        assert [d["outcome"] for d in decisions].count("recovered") == 1, decisions
+        assert len(decisions) >= 2, "each replica gets every notification"
+        row = outbox[run.execution_id]
+        assert row.slot_released_at is not None and row.announced_at is not None
+        assert run.execution_id not in p.held(run.agent)
+        assert len(p.redis_feed.for_execution(run.execution_id)) == 1
+        action = "auto_terminated" if run in overdue else "orphan_recovered"
+        assert p.announcements(run.execution_id)[0]["action"] == action
+    assert replicas_heard == set(p.stack.replica_ids)
+    # Prometheus notified both Alertmanagers; both run as one cluster.
+    for url in p.stack.alertmanager_urls:
+        assert _received_firing(url) > 0, url
+        peers = httpx.get(f"{url}/api/v2/status", timeout=5).json()["cluster"]["peers"]
+        assert len(peers) == 2
+    p.stack.children.check()
