@@ -22,6 +22,8 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: 
     if value is not None and kwargs.get("action") in ("store_true", "store_false"):
         value_bool = value.strip().lower() in ("1", "true", "yes", "on")
         default = value_bool
+    elif value is not None and kwargs.get("action") == "append":
+        default = [v.strip() for v in value.split(",") if v.strip()]  # a list in one variable: comma-separated
     elif value is not None:
         default = value
     shown = "" if default in (None, "") or "secret" in flag or "token" in flag else f" (default: {default})"

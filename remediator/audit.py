@@ -8,6 +8,7 @@ later notification, the background sweep or another replica finishes it instead.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,8 +82,18 @@ class Recovery:
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create the remediator's tables if missing; Trinity's own tables are never touched."""
-    audit_metadata.create_all(engine, checkfirst=True)
+    """Create the remediator's tables if missing; Trinity's own tables are never touched.
+
+    Replicas starting together race to create them; the loser sees the winner's tables on retry.
+    """
+    for attempt in range(3):
+        try:
+            audit_metadata.create_all(engine, checkfirst=True)
+            return
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def record(conn: sa.Connection, items: list[Decision], replica: str, now: datetime) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -312,7 +312,7 @@ def _component(objects: list[dict[str, Any]], kind: str, component: str) -> dict
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container
+    return dict(container)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_stand_in_refuses_kustomization_fields_it_does_not_implement(tmp_path: P
 
 
 def test_stand_in_merges_containers_by_name_and_replaces_their_args() -> None:
-    base = {"spec": {"replicas": 2, "template": {"spec": {"containers": [
+    base: dict[str, Any] = {"spec": {"replicas": 2, "template": {"spec": {"containers": [
         {"name": "a", "args": ["x", "y"], "env": [{"name": "E", "value": "1"}]}, {"name": "b"}]}}}}
     patch = {"spec": {"replicas": 3, "template": {"spec": {"containers": [
         {"name": "a", "args": ["z"], "env": [{"name": "F", "value": "2"}]}]}}}}
@@ -702,7 +702,7 @@ def test_the_dashboard_config_map_carries_the_committed_dashboard_for_the_sideca
 
 @pytest.fixture(scope="module")
 def instructions() -> list[Any]:
-    import dockerfile
+    import dockerfile  # type: ignore[import-not-found]
 
     return list(dockerfile.parse_file(str(CONTAINERFILE)))
 
@@ -818,7 +818,7 @@ def test_the_image_copies_every_package_the_project_installs(instructions: list[
 def test_the_health_check_asks_the_port_the_container_listens_on(environ: dict[str, str], urls: list[str]) -> None:
     sys.path.insert(0, str(HEALTHCHECK.parent))
     try:
-        import healthcheck
+        import healthcheck  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(HEALTHCHECK.parent))
     assert healthcheck.health_urls(environ) == urls
