@@ -29,7 +29,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,7 +113,7 @@ def build_database(url: str, agents: int, executions: int, lost: float,
         age = rng.uniform(0, 7200)
         rows.append({"id": execution_id, "schedule_id": f"sched-{n % 100:03d}" if n % 3 else "__manual__",
                      "agent_name": agent, "status": "running", "message": "benchmark", "triggered_by": "schedule",
-                     "started_at": format_utc(now - _seconds(age))})
+                     "started_at": format_utc(now - timedelta(seconds=age))})
         slots.append({"agent_name": agent, "execution_id": execution_id, "started_at": time.time() - age,
                       "message_preview": "benchmark", "slot_number": 1, "timeout_seconds": 3600})
         if rng.random() >= lost:
@@ -135,26 +136,10 @@ def build_database(url: str, agents: int, executions: int, lost: float,
     return plan
 
 
-def _seconds(value: float) -> object:
-    from datetime import timedelta
-
-    return timedelta(seconds=value)
-
-
 # -- the exporter, in its own process ----------------------------------------------------------------
 
 def exporter_command() -> list[str]:
-    """`exec-watchdog exporter`, or the same code path through exporter.cli while the whole CLI cannot load."""
-    try:
-        from exec_watchdog.cli import build_parser
-
-        build_parser()
-        return [sys.executable, "-m", "exec_watchdog", "--log-level", "warning", "exporter"]
-    except ImportError:
-        script = ("import argparse, sys; from exporter import cli; from exec_watchdog.logs import configure_logging;"
-                  " p = argparse.ArgumentParser(); cli.register(p.add_subparsers(dest='c'));"
-                  " a = p.parse_args(['exporter', *sys.argv[1:]]); configure_logging('warning'); sys.exit(a.run(a))")
-        return [sys.executable, "-c", script]
+    return [sys.executable, "-m", "exec_watchdog", "--log-level", "warning", "exporter"]
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -188,11 +173,52 @@ def exporter(database_url: str, url_template: str, redis_url: str | None, concur
         log.close()
 
 
+# -- agent polls: the lean transport against httpx's default ----------------------------------------
+
+def compare_transports(url_template: str, agents: list[str], concurrency: int) -> None:
+    """CPU seconds this process spends polling every agent once, with each transport."""
+    import psutil
+
+    from exporter.transport import PollTransport
+    from platform_access.agent_client import AgentClient
+
+    me = psutil.Process()
+
+    async def poll_all(client: AgentClient) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(agent: str) -> None:
+            async with gate:
+                if not (await client.running(agent)).answered:
+                    raise RuntimeError(f"{agent} did not answer")
+
+        await asyncio.gather(*(one(a) for a in agents))
+
+    async def measure(transport: PollTransport | None) -> tuple[float, float]:
+        client = AgentClient(url_template, SECRET, timeout=10, max_connections=concurrency, transport=transport)
+        try:
+            await poll_all(client)  # warm: connections open
+            walls, cpus = [], []
+            for _ in range(3):
+                cpu, start = _cpu(me), time.perf_counter()
+                await poll_all(client)
+                walls.append(time.perf_counter() - start)
+                cpus.append(_cpu(me) - cpu)
+            return statistics.median(walls), statistics.median(cpus)
+        finally:
+            await client.aclose()
+
+    for label, transport in (("httpx default transport", None),
+                             ("exporter PollTransport", PollTransport(max_connections=concurrency))):
+        wall, cpu = asyncio.run(measure(transport))
+        print(f"  {len(agents)} polls, concurrency {concurrency}, {label}: wall {wall:.3f} s, client CPU {cpu:.3f} s")
+
+
 # -- exposition: ours against bare client_python ----------------------------------------------------
 
 def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[float, float]:
     """Seconds to render the same series: ours (collector + families + text) and bare client_python."""
-    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+    from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
     from exporter import metric_names as m
     from exporter.app import render
@@ -205,6 +231,7 @@ def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[fl
     errors = {(a, r): 0 for a in names for r in POLL_ERROR_REASONS}
     snapshot = Snapshot(True, 0.5, "0.1.0", facts, agent_facts, 0, errors)
 
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # our counter has no _created series; bare must render the same series
     bare = CollectorRegistry()
     ex = ("agent", "execution_id", "schedule_id")
     runtime = Gauge(m.EXECUTION_RUNTIME, "h", ex, registry=bare)
@@ -225,8 +252,8 @@ def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[fl
         used.labels(a.name).set(10)
         limit.labels(a.name).set(13)
     polls = Counter(m.AGENT_POLL_ERRORS, "h", ["agent", "reason"], registry=bare)
-    for a, r in errors:
-        polls.labels(a, r)
+    for agent, reason in errors:
+        polls.labels(agent, reason)
     for name in (m.SCRAPE_DURATION, m.DATABASE_UP, m.INVALID_ROWS):
         Gauge(name, "h", registry=bare).set(1)
     Gauge(m.BUILD_INFO, "h", ["version"], registry=bare).labels("0.1.0").set(1)
@@ -239,7 +266,6 @@ def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[fl
             times.append(time.perf_counter() - start)
         return min(times)
 
-    # Bare client_python creates _created samples for counters; both outputs carry the same series.
     return best(lambda: render(snapshot)), best(lambda: generate_latest(bare))
 
 
@@ -255,6 +281,8 @@ def main() -> int:
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--redis", action="store_true", help="capacity slots in Redis instead of the SQL table")
     parser.add_argument("--poll-concurrency", type=int, default=50)
+    parser.add_argument("--compare-transports", action="store_true",
+                        help="also time one round of polls in this process with httpx's default transport and ours")
     args = parser.parse_args()
     if args.serve_agents:
         return serve_agents_child(args.serve_agents)
@@ -264,7 +292,7 @@ def main() -> int:
 
     from tests import servers
 
-    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, contextlib_exit() as stack:
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         if args.database == "postgresql":
             server_url = stack.enter_context(servers.postgres_server())
@@ -300,6 +328,9 @@ def main() -> int:
                     check(body, args.executions, args.agents)
         mem = memory_kib(pid)
         load = os.getloadavg()[0]
+        if args.compare_transports:
+            print("agent polls alone, in this process:")
+            compare_transports(url_template, list(plan), args.poll_concurrency)
 
     ours, bare = exposition_ratio(args.agents, args.executions)
     print()
@@ -339,14 +370,6 @@ def check(body: str, executions: int, agents: int) -> None:
           f"{up}/{agents} agents up, {len(body) / 1e6:.1f} MB of text")
     if runtime != executions or up != agents or len(known) != executions:
         raise SystemExit("incomplete scrape: the figures below would not be for the full load")
-
-
-@contextmanager
-def contextlib_exit() -> Iterator[object]:
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        yield stack
 
 
 if __name__ == "__main__":

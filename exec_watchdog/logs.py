@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# Credentials that libraries put in log messages: uvicorn logs WebSocket paths with their query
+# (?access_token=...) at info; the websockets library dumps handshake headers at debug.
+_SECRETS = (
+    re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
+    re.compile(r"((?:authorization|x-trinity-agent-token)\s*[:=]\s*).*", re.IGNORECASE),
+)
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Blank credentials out of any message, ours or a library's."""
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        for pattern in _SECRETS:
+            event = pattern.sub(r"\1[REDACTED]", event)
+        event_dict["event"] = event
+    return event_dict
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -21,6 +41,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

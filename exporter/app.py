@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from exporter.collector import ExecWatchdogCollector
-from exporter.exposition import CONTENT_TYPE, render_text
+from exporter.exposition import CONTENT_TYPE, render_snapshot
 from exporter.gather import Gatherer, poll_client
 from exporter.settings import ExporterSettings
 from exporter.snapshot import Snapshot
@@ -52,8 +51,7 @@ def render(snapshot: Snapshot) -> bytes:
     accepts both): these families carry nothing only OpenMetrics can say, and the text renderer is
     the fast one (see exporter.exposition).
     """
-    body = render_text(ExecWatchdogCollector(lambda: snapshot).collect())
-    return body + generate_latest(_PROCESS)
+    return render_snapshot(snapshot) + generate_latest(_PROCESS)
 
 
 # Process and Python runtime metrics (memory, CPU, open files) about the exporter itself.

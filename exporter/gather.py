@@ -113,6 +113,7 @@ class Gatherer:
             return Snapshot(database_up=False, duration_seconds=time.perf_counter() - started,
                             version=self._version, poll_errors=dict(self._poll_errors))
         self._log_change("database", "up", "database readable")
+        read_done = time.perf_counter()
 
         watched: list[Execution] = []
         invalid = read.unreadable
@@ -160,8 +161,12 @@ class Gatherer:
             )
             for e in watched
         )
+        duration = time.perf_counter() - started
+        log.debug("scrape gathered", executions=len(executions), agents=len(agent_facts),
+                  agents_down=sum(not a.up for a in agent_facts), invalid_rows=invalid,
+                  database_seconds=round(read_done - started, 4), seconds=round(duration, 4))
         return Snapshot(
-            database_up=True, duration_seconds=time.perf_counter() - started, version=self._version,
+            database_up=True, duration_seconds=duration, version=self._version,
             executions=executions, agents=tuple(agent_facts), invalid_rows=invalid,
             poll_errors=dict(self._poll_errors),
         )

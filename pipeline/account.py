@@ -22,7 +22,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from alerts.rules import AGENT_UNREACHABLE, HEARTBEAT
+from alerts.rules import AGENT_UNREACHABLE, HEARTBEAT, STUCK
 from pipeline.platform import FaultClock
 from platform_access.timestamps import BadTimestamp, parse_utc
 from simulated_platform.scheduler import Started
@@ -62,9 +62,9 @@ class Account:
             self.line("too late", f"{s.agent}  {s.execution_id}  report arrived after the watchdog "
                                   f"recovered it ({detail})")
 
-    def on_agent(self, what: str, agent: str) -> None:
+    def on_agent(self, what: str, agent: str, forgotten: int) -> None:
         self.counts[f"agent_{what}"] += 1
-        words = {"restarted": "restarted: every execution on it is forgotten, unreported",
+        words = {"restarted": f"restarted: its {forgotten} running execution(s) are forgotten, unreported",
                  "down": "stopped answering (outage): its executions must be left alone",
                  "up": "answers again"}
         self.line("agent", f"{agent}  {words.get(what, what)}")
@@ -77,7 +77,7 @@ class Account:
         for alert in alerts:
             labels = alert.get("labels") or {}
             name = labels.get("alertname", "?")
-            if name == HEARTBEAT:
+            if name in (HEARTBEAT, STUCK):  # always on / a warning about long runs: noise here
                 continue
             status = alert.get("status") or {}
             state = status.get("state", "?")

@@ -113,6 +113,8 @@ class Demo:
     async def main(self) -> int:
         import dataclasses
 
+        from sqlalchemy.exc import SQLAlchemyError
+
         from pipeline.children import ChildCrashed, NotReady
         from pipeline.platform import Platform
         from pipeline.stack import Stack, StackOptions
@@ -128,7 +130,14 @@ class Demo:
 
         code = EXIT_FAILED
         stack: Stack | None = None
-        platform = await Platform.start(options)
+        try:
+            platform = await Platform.start(options)
+        except (ValueError, OSError, SQLAlchemyError) as exc:
+            print(f"exec-watchdog demo: cannot start the simulated platform on {database_url}: {exc}",
+                  file=sys.stderr, flush=True)
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            return EXIT_FAILED
         try:
             stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret,
                                        profile=args.profile, redis_url=args.redis_url), workdir / "pipeline")
@@ -144,7 +153,6 @@ class Demo:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             if stack is not None:
-                stack.keep_workdir = True  # removed below, with the database, only after a clean run
                 await asyncio.to_thread(stack.stop)
             await platform.stop()
             if code == EXIT_OK and not args.workdir:
@@ -187,7 +195,7 @@ class Demo:
                   file=sys.stderr, flush=True)
             return EXIT_FAILED
         platform.scheduler.on_execution = lambda kind, started, detail: None  # quiet while stopping
-        platform.scheduler.on_agent = lambda what, agent: None
+        platform.scheduler.on_agent = lambda what, agent, forgotten: None
         print("\nstopping ...", flush=True)
         account.line("summary", account.summary())
         return EXIT_OK

@@ -25,7 +25,7 @@ from simulated_platform.process_registry import RegistryConfig
 from simulated_platform.scheduler import Scheduler, Started
 
 EventCallback = Callable[[str, Started, str], None]
-AgentCallback = Callable[[str, str], None]  # (what happened: restarted|down|up, agent)
+AgentCallback = Callable[[str, str, int], None]  # (restarted|down|up, agent, executions forgotten)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class FaultClock(Scheduler):
         self.fault_at: dict[str, datetime] = {}
         self.finished: set[str] = set()
         self.on_execution: EventCallback = on_event or (lambda kind, started, detail: None)
-        self.on_agent: AgentCallback = lambda what, agent: None
+        self.on_agent: AgentCallback = lambda what, agent, forgotten: None
         super().__init__(engine, slots, agents, timeout_seconds=timeout_seconds,
                          late_report_seconds=late_report_seconds, on_event=self._event)
 
@@ -102,21 +102,23 @@ class FaultClock(Scheduler):
 
     def restart_agent(self, agent: str) -> None:
         now = utcnow()
+        forgotten = 0
         for execution_id, s in self.started.items():
             if s.agent == agent and execution_id not in self.finished:
                 # Killed unreported; a hung run is now an orphan from this moment on.
                 self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
                 self.finished.add(execution_id)
+                forgotten += 1
         super().restart_agent(agent)
-        self.on_agent("restarted", agent)
+        self.on_agent("restarted", agent, forgotten)
 
     def stop_agent(self, agent: str) -> None:
         super().stop_agent(agent)
-        self.on_agent("down", agent)
+        self.on_agent("down", agent, 0)
 
     def resume_agent(self, agent: str) -> None:
         super().resume_agent(agent)
-        self.on_agent("up", agent)
+        self.on_agent("up", agent, 0)
 
 
 class Platform:

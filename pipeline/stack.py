@@ -85,6 +85,7 @@ class Stack:
         self.alertmanager_urls = [f"http://127.0.0.1:{p}" for p in self._am_ports]
         self.replica_ids = [f"remediator-{i + 1}" for i in range(options.remediators)]
         self.children = Children()
+        self.keep_workdir = False  # True keeps configurations, data and logs after stop
         self._started = False
 
     # -- files --------------------------------------------------------------------------------
@@ -230,8 +231,6 @@ class Stack:
         finally:
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-
-    keep_workdir = False  # set to keep logs and data after stop (the demo keeps them after a crash)
 
     def __enter__(self) -> Stack:
         try:

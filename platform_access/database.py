@@ -60,7 +60,8 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine with the settings concurrent writers need (SQLite: WAL and a busy timeout)."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+        parsed.port  # noqa: B018 (a non-numeric port only fails when read)
+    except (sa.exc.ArgumentError, ValueError):
         raise ValueError(
             f"unparseable database URL {url!r}: use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user@host:5432/dbname") from None

@@ -201,8 +201,10 @@ async def audit_api(request: Request) -> Response:
     if unknown:
         return _problem(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
     raw_limit = params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
         return _problem(400, "limit must be a whole number from 1 to 1000")
+    if any("\x00" in params.get(k, "") for k in ("agent", "execution_id")):
+        return _problem(400, "agent and execution_id must not contain NUL characters")
     state = _state(request)
 
     def query() -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ class Credentials:
         if scheme.lower() == "basic" and self.basic_user is not None and self.basic_password is not None:
             try:
                 user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
                 return False
             user_ok = hmac.compare_digest(user.encode(), self.basic_user.encode())
             password_ok = hmac.compare_digest(password.encode(), self.basic_password.encode())

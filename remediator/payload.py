@@ -59,10 +59,22 @@ class Notification:
     truncated_alerts: int
 
 
+def _checked(value: str, where: str) -> str:
+    """Text a database and a JSON encoder accept: no NUL, no unpaired surrogate."""
+    if "\x00" in value:
+        raise PayloadError(f"{where} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{where} contains an unpaired surrogate (not valid Unicode)") from None
+    return value
+
+
 def _str_map(value: object, where: str) -> Mapping[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise PayloadError(f"{where} must be an object of string values")
-    return MappingProxyType(dict(value))
+    return MappingProxyType({_checked(k, f"{where} key"): _checked(v, f"{where}.{k[:40]}")
+                             for k, v in value.items()})
 
 
 def _status(value: object, where: str) -> Literal["firing", "resolved"]:
@@ -77,7 +89,7 @@ def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -
     value = obj.get(key, None if required else "")
     if not isinstance(value, str):
         raise PayloadError(f"{where}.{key} must be a string")
-    return value
+    return _checked(value, f"{where}.{key}")
 
 
 def _time(value: str, where: str) -> datetime:

@@ -27,7 +27,7 @@ import structlog
 
 from platform_access import database as db
 from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
-from platform_access.names import InvalidIdentifier, check_agent_name, check_execution_id
+from platform_access.names import InvalidIdentifier, check_execution_id
 from platform_access.slots import SlotStore
 from platform_access.timestamps import utcnow
 from remediator import audit
@@ -125,7 +125,7 @@ class Remediator:
             v.decide("ignored", f"no remediation for remediation label {alert.remediation!r}")
         else:
             try:
-                check_agent_name(alert.agent)
+                self.agents.base_url(alert.agent)  # the template's rule: stricter when {agent} is in the host
                 check_execution_id(alert.execution_id)
             except InvalidIdentifier as exc:
                 v.decide("ignored", f"unsafe labels: {exc}")
@@ -310,8 +310,9 @@ class Remediator:
         for v in verdicts:
             a = v.alert
             self.metrics.remediations.labels(a.remediation or "none", v.outcome).inc()
-            items.append(audit.Decision(a.name, a.status, a.fingerprint, a.remediation, a.agent[:200],
-                                        a.execution_id[:200], v.outcome, v.reason))
+            # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
+            items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
+                                        a.execution_id[:200], v.outcome, v.reason[:1000]))
             if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
                          outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)

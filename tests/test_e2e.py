@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -24,7 +25,8 @@ from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 
-LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG = (f"agent-{i:03d}" for i in range(1, 9))
+LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG, DASHBOARD = (
+    f"agent-{i:03d}" for i in range(1, 10))
 SLACK = 4.0  # a loaded 2-core machine: scheduling, SQLite and HTTP on top of the pipeline's floor
 OVERDUE_RE = re.compile(r"Execution auto-terminated after (\d+) minutes by watchdog \(exceeded timeout of (\d+) s\)")
 
@@ -32,7 +34,8 @@ OVERDUE_RE = re.compile(r"Execution auto-terminated after (\d+) minutes by watch
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
     workdir = tmp_path_factory.mktemp("e2e")
-    with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", redis_url=redis_url) as p:
+    with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", redis_url=redis_url,
+                          agents=9) as p:
         yield p
 
 
@@ -215,20 +218,34 @@ def sparse(expr: str) -> bool:
 
 def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -> None:
     """Every Grafana panel query is valid on the real Prometheus, and the ones that always have
-    something to show do (after the recoveries above)."""
+    something to show do once something happened: a run going on, a recovery, an agent error."""
     p = pipeline
     p.start(LONG, 600)  # something running, for the per-execution panels
+    orphan = p.start(DASHBOARD, 600)
+    p.restart_agent(DASHBOARD)
+    eventually(lambda: p.failed(orphan.execution_id), 20, "a recovery happened")
+    p.stop_agent(DASHBOARD)
+    try:
+        eventually(lambda: p.series(f'exec_watchdog_exporter_agent_poll_errors_total{{agent="{DASHBOARD}"}}'), 10,
+                   "an agent poll error is counted")
+    finally:
+        p.resume_agent(DASHBOARD)
     eventually(lambda: p.series(f'exec_watchdog_execution_runtime_seconds{{agent="{LONG}"}}'), 10,
                "the long run is scraped")
-    eventually(lambda: p.series("exec_watchdog_remediator_time_to_recovery_seconds_count"), 10,
-               "the remediator's recoveries are scraped")
 
+    # rate() and increase() need two samples of a new series: allow a few scrapes for them.
+    deadline = time.monotonic() + 10
     empty = []
     for where, expr in labelled_queries():
-        body = p.query(expr)
-        assert body["status"] == "success", (where, expr, body)
-        if not body["data"]["result"] and not sparse(expr):
-            empty.append(f"{where}: {expr}")
+        while True:
+            body = p.query(expr)
+            assert body["status"] == "success", (where, expr, body)
+            if body["data"]["result"] or sparse(expr):
+                break
+            if time.monotonic() > deadline:
+                empty.append(f"{where}: {expr}")
+                break
+            time.sleep(0.5)
     assert empty == [], "queries without data:\n" + "\n".join(empty)
 
 
@@ -237,7 +254,7 @@ def test_every_recovery_was_announced_exactly_once(pipeline: Pipeline) -> None:
     p = pipeline
     with p.engine.connect() as conn:
         rows = conn.execute(sa.select(recoveries)).all()
-    assert len(rows) >= 7
+    assert rows, "some recoveries happened in this module"
     for row in rows:
         assert row.slot_released_at is not None and row.announced_at is not None, row
         assert len(p.announcements(row.execution_id)) == 1, row.execution_id

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
@@ -112,25 +111,7 @@ def test_ipv6_listen_address_is_accepted() -> None:
 # -- the real command, as a separate process -----------------------------------------------------
 
 def command() -> list[str]:
-    """The real `exec-watchdog exporter`; while other parts' CLIs are still missing, the same code path
-    (flags, logging, run) through a parser with only the exporter subcommand."""
-    if _whole_cli_builds():
-        return [sys.executable, "-m", "exec_watchdog", "exporter"]
-    script = ("import argparse, sys; from exporter import cli; from exec_watchdog.logs import configure_logging; "
-              "p = argparse.ArgumentParser(prog='exec-watchdog'); cli.register(p.add_subparsers(dest='c')); "
-              "a = p.parse_args(['exporter', *sys.argv[1:]]); configure_logging(); sys.exit(a.run(a))")
-    return [sys.executable, "-c", script]
-
-
-@functools.cache
-def _whole_cli_builds() -> bool:
-    from exec_watchdog.cli import build_parser
-
-    try:
-        build_parser()
-    except ImportError:
-        return False
-    return True
+    return [sys.executable, "-m", "exec_watchdog", "exporter"]
 
 
 def run_command(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

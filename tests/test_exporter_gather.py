@@ -400,3 +400,22 @@ async def test_concurrent_scrapes_share_one_gather(platform: sa.Engine, agents: 
     first, second = await asyncio.gather(scraper.gatherer.gather(), scraper.gatherer.gather())
     assert first is second
     assert first.poll_errors[("a1", "bad_response")] == 1  # polled once, not twice
+
+
+def test_postgres_engine_reads_but_never_writes(postgres_url: str) -> None:
+    from exporter.app import open_engine
+
+    setup = db.create_engine(postgres_url)
+    db.create_platform_tables(setup, slot_metadata)
+    with setup.begin() as c:
+        insert_execution(c, "e1", "a1", now=NOW)
+    setup.dispose()
+    engine = open_engine(postgres_url, timeout=2.0)
+    try:
+        with engine.connect() as c:
+            rows, _ = db.running_executions(c)
+            assert [r.id for r in rows] == ["e1"]
+            with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+                c.execute(sa.update(schedule_executions).values(status="failed"))
+    finally:
+        engine.dispose()
