@@ -179,8 +179,8 @@ def compare_transports(url_template: str, agents: list[str], concurrency: int) -
     """CPU seconds this process spends polling every agent once, with each transport."""
     import psutil
 
-    from exporter.transport import PollTransport
     from platform_access.agent_client import AgentClient
+    from platform_access.poll_transport import PollTransport
 
     me = psutil.Process()
 

@@ -24,10 +24,10 @@ import structlog
 
 from exec_watchdog import __version__
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
-from exporter.transport import PollTransport
 from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
 from platform_access.names import InvalidIdentifier
+from platform_access.poll_transport import PollTransport
 from platform_access.schema import DEFAULT_MAX_PARALLEL_TASKS
 from platform_access.slots import SlotStore
 from platform_access.timestamps import utcnow

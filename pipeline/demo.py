@@ -147,8 +147,7 @@ class Demo:
         except (ChildCrashed, NotReady) as exc:
             print(f"exec-watchdog demo: {exc}", file=sys.stderr, flush=True)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            # The signal handlers stay until the end: a second Ctrl-C must not cut the clean-up short.
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -159,6 +158,8 @@ class Demo:
                 shutil.rmtree(workdir, ignore_errors=True)
             elif code != EXIT_OK:
                 print(f"configurations, data and logs kept in {workdir}", file=sys.stderr, flush=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
         return code
 
     async def _run(self, stack: Stack, platform: Platform, options: PlatformOptions, database_url: str) -> int:
@@ -221,7 +222,7 @@ class Demo:
             ("database", database_url + (f"  (slots and announcements in {options.redis_url})"
                                          if options.redis_url else "")),
             ("exporter", f"{stack.exporter_url}/metrics"),
-            ("Prometheus", f"{stack.prometheus_url}/alerts"),
+            ("Prometheus", f"{stack.prometheus_url}  (rules and alerts: /alerts, scrape targets: /targets)"),
             ("Alertmanager", f"{am}  (pause remediation: amtool --alertmanager.url={am} silence add "
                              "'remediation=~\".+\"' -c pause)"),
             ("remediator", f"{stack.remediator_urls[0]}/#token={stack.token}  (live recoveries page)"),

@@ -122,10 +122,10 @@ class SqlSlots:
 
     def release_many(self, slots: list[tuple[str, str]]) -> int:
         released = 0
+        key = sa.tuple_(agent_slots.c.agent_name, agent_slots.c.execution_id)
         with self._engine.begin() as conn:
-            for agent, execution_id in slots:
-                result = conn.execute(sa.delete(agent_slots).where(
-                    agent_slots.c.agent_name == agent, agent_slots.c.execution_id == execution_id))
+            for start in range(0, len(slots), 500):
+                result = conn.execute(sa.delete(agent_slots).where(key.in_(slots[start:start + 500])))
                 released += result.rowcount
         return released
 

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from platform_access import database as db
 from platform_access.agent_client import AgentClient
+from platform_access.poll_transport import PollTransport
 from platform_access.slots import open_slot_store
 from remediator import audit
 from remediator.announce import Announcer, WebSocketHub
@@ -82,7 +83,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = db.create_engine(config.database_url)
         await anyio.to_thread.run_sync(audit.create_tables, engine)
-        agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout)
+        agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout,
+                             transport=PollTransport(max_connections=config.settings.agent_concurrency))
         http = httpx.AsyncClient(timeout=httpx.Timeout(3.0))
         announce_redis = Redis.from_url(config.announce_redis_url, socket_timeout=3) if config.announce_redis_url \
             else None

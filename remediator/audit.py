@@ -78,7 +78,6 @@ class Recovery:
     runtime_seconds: float
     alert_started_at: datetime
     recovered_at: datetime
-    slot_released: bool
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -107,14 +106,16 @@ def _as_row(d: Decision) -> dict[str, Any]:
     return {k: getattr(d, k) for k in Decision.__slots__}
 
 
-def open_recovery(conn: sa.Connection, recovery: Recovery, replica: str, claim_ttl: float) -> None:
-    """Insert the outbox row, already claimed by the replica that won the transition."""
-    conn.execute(sa.insert(recoveries).values(
-        execution_id=recovery.execution_id, agent_name=recovery.agent_name, action=recovery.action,
-        reason=recovery.reason, fingerprint=recovery.fingerprint, runtime_seconds=recovery.runtime_seconds,
-        alert_started_at=format_utc(recovery.alert_started_at), recovered_at=format_utc(recovery.recovered_at),
-        claimed_by=replica, claim_expires_at=format_utc(recovery.recovered_at + timedelta(seconds=claim_ttl)),
-    ))
+def open_recoveries(conn: sa.Connection, items: list[Recovery], replica: str, claim_ttl: float) -> None:
+    """Insert the outbox rows, already claimed by the replica that won the transitions."""
+    if items:
+        conn.execute(sa.insert(recoveries), [{
+            "execution_id": r.execution_id, "agent_name": r.agent_name, "action": r.action, "reason": r.reason,
+            "fingerprint": r.fingerprint, "runtime_seconds": r.runtime_seconds,
+            "alert_started_at": format_utc(r.alert_started_at), "recovered_at": format_utc(r.recovered_at),
+            "claimed_by": replica,
+            "claim_expires_at": format_utc(r.recovered_at + timedelta(seconds=claim_ttl)),
+        } for r in items])
 
 
 def claim_unfinished(engine: sa.Engine, replica: str, now: datetime, claim_ttl: float,
@@ -142,16 +143,16 @@ def _recovery(row: Any) -> Recovery:
         execution_id=row.execution_id, agent_name=row.agent_name, action=row.action, reason=row.reason,
         fingerprint=row.fingerprint, runtime_seconds=row.runtime_seconds,
         alert_started_at=parse_utc(row.alert_started_at), recovered_at=parse_utc(row.recovered_at),
-        slot_released=row.slot_released_at is not None,
     )
 
 
-def mark(conn: sa.Connection, execution_ids: list[str], column: str, now: datetime, replica: str) -> None:
-    """Record that the slot was released or the event announced, by the claim holder only."""
+def mark_finished(conn: sa.Connection, execution_ids: list[str], now: datetime, replica: str) -> None:
+    """Record that the slots were released and the events announced, by the claim holder only."""
     if execution_ids:
+        stamp = format_utc(now)
         conn.execute(sa.update(recoveries)
                      .where(recoveries.c.execution_id.in_(execution_ids), recoveries.c.claimed_by == replica)
-                     .values({column: format_utc(now)}))
+                     .values(slot_released_at=stamp, announced_at=stamp))
 
 
 def count_unfinished(conn: sa.Connection) -> int:

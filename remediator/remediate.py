@@ -249,12 +249,13 @@ class Remediator:
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
                         action=v.alert.remediation, reason=v.error, fingerprint=v.alert.fingerprint,
                         runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
-                        recovered_at=now, slot_released=False)
-                    audit.open_recovery(conn, recovery, self.settings.replica, self.settings.claim_ttl_seconds)
+                        recovered_at=now)
                     winners.append(recovery)
                     v.decide("recovered", v.error)
                 else:
                     v.decide("lost_race", "another writer changed the row first")
+            # Same transaction as the updates: a won transition always has its outbox row.
+            audit.open_recoveries(conn, winners, self.settings.replica, self.settings.claim_ttl_seconds)
         for r in winners:
             self.metrics.time_to_recovery.labels(r.action).observe(
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
@@ -272,7 +273,7 @@ class Remediator:
         try:
             await anyio.to_thread.run_sync(self._release_slots, recoveries)
             await self.announcer.announce(recoveries, utcnow())
-            await anyio.to_thread.run_sync(self._mark, [r.execution_id for r in recoveries], "announced_at")
+            await anyio.to_thread.run_sync(self._mark_finished, [r.execution_id for r in recoveries])
         except Exception as exc:
             log.warning("finish_failed", error=str(exc), error_type=type(exc).__name__,
                         executions=[r.execution_id for r in recoveries][:20])
@@ -280,13 +281,12 @@ class Remediator:
             raise
 
     def _release_slots(self, recoveries: list[audit.Recovery]) -> None:
-        pending = [r for r in recoveries if not r.slot_released]
-        self.slots.release_many([(r.agent_name, r.execution_id) for r in pending])
-        self._mark([r.execution_id for r in pending], "slot_released_at")
+        # Idempotent: after a crash the retry removes nothing that was already removed.
+        self.slots.release_many([(r.agent_name, r.execution_id) for r in recoveries])
 
-    def _mark(self, ids: list[str], column: str) -> None:
+    def _mark_finished(self, ids: list[str]) -> None:
         with self.engine.begin() as conn:
-            audit.mark(conn, ids, column, utcnow(), self.settings.replica)
+            audit.mark_finished(conn, ids, utcnow(), self.settings.replica)
 
     def _drop_claims(self, ids: list[str]) -> None:
         with self.engine.begin() as conn:

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 keep-alive transport for the agent polls (plain ``http://`` GETs only).
+"""A lean HTTP/1.1 keep-alive transport for agent polls (plain ``http://`` GETs only), used by the
+exporter and the remediator.
 
 Why: a scrape makes one small GET per agent, a thousand of them within a second. httpx's default
 transport (httpcore + anyio) costs about 1 ms of CPU per request here, most of it in the

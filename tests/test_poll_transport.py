@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from exporter.transport import PollTransport
 from platform_access.agent_client import AgentClient
+from platform_access.poll_transport import PollTransport
 from simulated_platform.agent_server import serve_agents
 from tests.servers import free_port
 
