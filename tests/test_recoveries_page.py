@@ -1,0 +1,318 @@
+"""The live recoveries page (``GET /`` of the remediator) in a real headless Chromium.
+
+Debian's ``chromium`` is driven by Playwright (never ``playwright install``: the browser is the
+system one). Two kinds of server are behind the page:
+
+- the remediator app in process on uvicorn, where the test itself broadcasts the announcement, for
+  the cases the pipeline cannot stage on demand (the event arriving before its audit row, bad
+  tokens);
+- the whole running pipeline (fast profile), where a real orphan is recovered while the page is
+  open and must appear on it without a reload.
+
+A screenshot of the live page is saved to ``artifacts/recoveries-page.png`` and under the test's
+``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from playwright.sync_api import BrowserContext, Page, sync_playwright
+from starlette.applications import Starlette
+
+from platform_access.timestamps import format_utc, parse_utc, utcnow
+from remediator import audit
+from remediator.app import Config, create_app
+from remediator.auth import Credentials
+from remediator.remediate import Settings, orphan_reason
+from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+from tests.servers import free_port, wait_for_port
+
+pytestmark = pytest.mark.timeout(240)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TOKEN = "page-test-token"
+TTR = re.compile(r"(\d+\.\d\d) s")
+EARLIER, LIVE = "agent-001", "agent-002"
+SLACK = 20.0  # a loaded 2-core machine on top of the fast profile's floor
+
+# Each row's cells by their data-field attribute, or null when no row shows that execution.
+ROW_JS = """id => {
+  const tr = [...document.querySelectorAll('#rows tr')].find(r => r.dataset.executionId === id);
+  return tr ? Object.fromEntries([...tr.cells].map(td => [td.dataset.field, td.textContent])) : null;
+}"""
+
+
+# -- the browser --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    """One Chromium for the module, on a fresh profile; afterwards no process of it may be left."""
+    executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
+    if executable is None:  # CI installs it; a skip here would hide the page's only test
+        pytest.fail(f"no chromium at {CHROMIUM} or on PATH: install chromium: make system-deps")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 700})
+        try:
+            yield context
+        finally:
+            context.close()
+    leftovers = [p for p in psutil.process_iter(["pid", "cmdline"])
+                 if str(profile) in " ".join(p.info["cmdline"] or [])]
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    assert not leftovers, f"chromium processes outlived the browser: {[p.pid for p in leftovers]}"
+
+
+@dataclass
+class Tab:
+    page: Page
+    navigations: list[str]
+    errors: list[str]
+
+    def status(self) -> str:
+        return str(self.page.text_content("#status") or "")
+
+    def row(self, execution_id: str) -> dict[str, str] | None:
+        found: dict[str, str] | None = self.page.evaluate(ROW_JS, execution_id)
+        return found
+
+    def complete_row(self, execution_id: str) -> dict[str, str] | None:
+        row = self.row(execution_id)
+        return row if row and row["ttr"] else None
+
+    def row_ids(self) -> list[str]:
+        ids: list[str] = self.page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.dataset.executionId)")
+        return ids
+
+    def wait_live(self) -> None:
+        self.page.wait_for_function("document.getElementById('status').textContent === 'live'", timeout=15_000)
+
+
+@pytest.fixture
+def tab(browser: BrowserContext) -> Iterator[Tab]:
+    """A fresh page that records its main-frame navigations and its script errors."""
+    page = browser.new_page()
+    result = Tab(page, [], [])
+    page.on("framenavigated", lambda frame: result.navigations.append(frame.url) if frame == page.main_frame else None)
+    page.on("pageerror", lambda error: result.errors.append(str(error)))
+    try:
+        yield result
+    finally:
+        page.close()
+    assert not result.errors, f"the page's script failed: {result.errors}"
+
+
+def save_screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    png = page.screenshot(full_page=True)
+    (ARTIFACTS / name).write_bytes(png)
+    (tmp_path / name).write_bytes(png)
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    return (parse_utc(later) - parse_utc(earlier)).total_seconds()
+
+
+# -- the remediator in process ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One recovery as the remediator records it, written straight into its tables by the test."""
+
+    execution_id: str
+    agent: str
+    ttr_seconds: float
+    recovered_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def reason(self) -> str:
+        return orphan_reason(self.agent)
+
+    def event(self) -> dict[str, Any]:
+        """The announcement, in the shape Trinity's UI understands."""
+        return {"type": "watchdog_recovery", "agent_name": self.agent, "execution_id": self.execution_id,
+                "action": "orphan_recovered", "reason": self.reason, "timestamp": format_utc(self.recovered_at)}
+
+
+@dataclass
+class LocalRemediator:
+    """The real remediator app on uvicorn in a thread, its announcements driven by the test."""
+
+    url: str
+    app: Starlette
+    engine: sa.Engine
+    loop: asyncio.AbstractEventLoop
+
+    def clients(self) -> int:
+        size: int = self.app.state.hub.size
+        return size
+
+    def announce(self, recovery: Recovered) -> None:
+        text = json.dumps(recovery.event())
+        asyncio.run_coroutine_threadsafe(self.app.state.hub.broadcast(text), self.loop).result(5)
+
+    def write_audit(self, r: Recovered) -> None:
+        """What the remediator keeps of a finished recovery: its outbox row and its decision."""
+        now = format_utc(r.recovered_at)
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(audit.recoveries).values(
+                execution_id=r.execution_id, agent_name=r.agent, action="fail_orphan", reason=r.reason,
+                fingerprint="fp-" + r.execution_id, runtime_seconds=12.0, recovered_at=now,
+                alert_started_at=format_utc(r.recovered_at - timedelta(seconds=r.ttr_seconds)),
+                slot_released_at=now, announced_at=now, claimed_by="page-test", claim_expires_at=now))
+            conn.execute(sa.insert(audit.decisions).values(
+                decided_at=now, replica="page-test", alertname="ExecWatchdogExecutionOrphaned",
+                alert_status="firing", fingerprint="fp-" + r.execution_id, remediation="fail_orphan",
+                agent_name=r.agent, execution_id=r.execution_id, outcome="recovered", reason=r.reason))
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalRemediator]:
+    database_url = f"sqlite:///{tmp_path / 'trinity.db'}"
+    app = create_app(Config(database_url=database_url, agent_url_template="http://127.0.0.1:9/agents/{agent}",
+                            agent_secret="unused", credentials=Credentials(bearer_token=TOKEN),
+                            settings=Settings(replica="page-test")))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), name="remediator", daemon=True)
+    thread.start()
+    engine = sa.create_engine(database_url)
+    try:
+        wait_for_port(port)
+        yield LocalRemediator(f"http://127.0.0.1:{port}", app, engine, loop)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        loop.close()
+        engine.dispose()
+
+
+def test_event_that_arrives_before_its_audit_row_still_shows_the_recovery(local: LocalRemediator, tab: Tab) -> None:
+    """The remediator announces a recovery just before it writes the decision to the audit trail;
+    the page asks again until the row is there, and shows it with its time to recovery."""
+    tab.page.goto(f"{local.url}/#token={TOKEN}")
+    tab.wait_live()
+    eventually(local.clients, 5, "the page's WebSocket reached the hub")
+    early = Recovered("exec-early-event", "agent-7", 9.4)
+
+    local.announce(early)
+    holds(lambda: tab.row(early.execution_id) is None, 1.0, "no row before the audit has one")
+    local.write_audit(early)
+
+    row = eventually(lambda: tab.row(early.execution_id), 15, "the recovery shows once its audit row exists")
+    assert row is not None
+    assert row["agent"] == "agent-7"
+    assert row["action"] == "fail_orphan"
+    assert row["outcome"] == "recovered"
+    assert row["ttr"] == "9.40 s"
+    assert row["reason"] == orphan_reason("agent-7")
+    assert len(tab.navigations) == 1, tab.navigations
+
+
+def test_page_with_a_wrong_token_says_so_and_does_not_go_live(local: LocalRemediator, tab: Tab) -> None:
+    tab.page.goto(f"{local.url}/#token=not-the-token")
+
+    tab.page.wait_for_function("document.getElementById('status').textContent.includes('401')", timeout=10_000)
+    assert "check the token" in tab.status()
+    holds(lambda: "401" in tab.status() and local.clients() == 0, 2.5, "the error stays and nothing connects")
+
+
+def test_page_without_a_token_explains_how_to_open_it(local: LocalRemediator, tab: Tab) -> None:
+    tab.page.goto(f"{local.url}/")
+
+    eventually(lambda: "no token" in tab.status(), 5, "the page explains the missing token")
+    assert "#token=" in tab.status()
+
+
+# -- the running pipeline -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    workdir = tmp_path_factory.mktemp("page-pipeline")
+    with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", agents=2) as p:
+        yield p
+
+
+def recover_orphan(p: Pipeline, agent: str) -> str:
+    """Start a run whose completion report is lost; return its id once it is recovered."""
+    started = p.start(agent, 0.5, "lose_report")
+    floor = p.timing.orphan_floor(0.5, p.completed_window)
+    eventually(lambda: any(d["outcome"] == "recovered" for d in p.decisions(started.execution_id)), floor + SLACK,
+               f"the orphan {started.execution_id} on {agent} is recovered")
+    return started.execution_id
+
+
+@pytest.fixture(scope="module")
+def earlier(pipeline: Pipeline) -> str:
+    """An orphan recovered before any page is opened."""
+    return recover_orphan(pipeline, EARLIER)
+
+
+def assert_orphan_row(p: Pipeline, row: dict[str, str] | None, execution_id: str, agent: str) -> None:
+    assert row is not None, f"no row for {execution_id}"
+    assert row["agent"] == agent
+    assert row["execution"] == execution_id
+    assert row["action"] == "fail_orphan"
+    assert row["outcome"] == "recovered"
+    assert row["reason"] == orphan_reason(agent) == p.row(execution_id).error
+    shown = TTR.fullmatch(row["ttr"])
+    assert shown, row
+    stored = p.recovery(execution_id)
+    assert float(shown.group(1)) == pytest.approx(seconds_between(stored.alert_started_at, stored.recovered_at),
+                                                  abs=0.0065)  # 2 decimals of ms
+
+
+def test_page_lists_a_recovery_made_before_it_was_opened(pipeline: Pipeline, earlier: str, tab: Tab) -> None:
+    tab.page.goto(f"{pipeline.stack.remediator_urls[0]}/#token={pipeline.stack.token}")
+    tab.wait_live()
+
+    assert_orphan_row(pipeline, tab.row(earlier), earlier, EARLIER)
+
+
+def test_orphan_recovered_while_the_page_is_open_appears_on_top_without_a_reload(
+        pipeline: Pipeline, earlier: str, tab: Tab, tmp_path: Path) -> None:
+    p = pipeline
+    tab.page.goto(f"{p.stack.remediator_urls[0]}/#token={p.stack.token}")
+    tab.wait_live()
+    assert tab.row_ids() and earlier in tab.row_ids()
+    tab.page.evaluate("window.__sameDocument = true")  # a reload would drop it
+
+    started = p.start(LIVE, 0.5, "lose_report")
+    floor = p.timing.orphan_floor(0.5, p.completed_window)
+    tab.page.wait_for_selector(f'#rows tr[data-execution-id="{started.execution_id}"]',
+                               timeout=(floor + SLACK + 10) * 1000)
+
+    assert tab.page.evaluate("window.__sameDocument") is True
+    assert len(tab.navigations) == 1, tab.navigations
+    assert tab.row_ids()[0] == started.execution_id
+    # The row is built from the audit trail once the recovery is complete there.
+    row = eventually(lambda: tab.complete_row(started.execution_id), 10, "the row has its time to recovery")
+    assert_orphan_row(p, row, started.execution_id, LIVE)
+    assert earlier in tab.row_ids()
+    save_screenshot(tab.page, tmp_path, "recoveries-page.png")
