@@ -36,5 +36,11 @@ $(STAMP): pyproject.toml
 system-deps:
 	@bash scripts/system-deps.sh
 
+# Benchmarks print figures and their ratio to the issue's baseline (not timed tests).
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/bench_exporter.py
+	$(BIN)/python bench/bench_remediator.py
+	$(BIN)/python bench/bench_recovery.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

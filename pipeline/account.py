@@ -38,7 +38,7 @@ class Account:
         self.out = out or sys.stdout
         self.counts: Counter[str] = Counter()
         self.recovered: dict[str, tuple[str, float | None]] = {}  # execution -> (event action, seconds)
-        self.alerts: dict[str, tuple[str, str]] = {}  # fingerprint -> (alert name, state)
+        self.alerts: dict[str, tuple[str, str, str]] = {}  # fingerprint -> (alert name, state, where)
         self.began = time.monotonic()
 
     def line(self, tag: str, text: str) -> None:
@@ -72,7 +72,7 @@ class Account:
     # -- Alertmanager ---------------------------------------------------------------------------
 
     def on_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        seen: dict[str, tuple[str, str]] = {}
+        seen: dict[str, tuple[str, str, str]] = {}
         names = {str(a.get("fingerprint")): (a.get("labels") or {}).get("alertname", "?") for a in alerts}
         for alert in alerts:
             labels = alert.get("labels") or {}
@@ -80,12 +80,11 @@ class Account:
             if name in (HEARTBEAT, STUCK):  # always on / a warning about long runs: noise here
                 continue
             status = alert.get("status") or {}
-            state = status.get("state", "?")
             fingerprint = str(alert.get("fingerprint"))
-            seen[fingerprint] = (name, state)
-            if self.alerts.get(fingerprint) == (name, state):
-                continue
             where = "  ".join(labels[k] for k in ("agent", "execution_id") if k in labels)
+            seen[fingerprint] = (name, status.get("state", "?"), where)
+            if self.alerts.get(fingerprint) == seen[fingerprint]:
+                continue
             why = ""
             if status.get("silencedBy"):
                 why = " (silenced: nothing is sent)"
@@ -95,11 +94,10 @@ class Account:
             since = ""
             with contextlib.suppress(BadTimestamp):
                 since = f" since {parse_utc(alert.get('startsAt')).astimezone().strftime('%H:%M:%S')}"
-            self.line("ALERT", f"{name}  {where}  {state}{since}{why}")
-            self.counts["alerts"] += fingerprint not in self.alerts
-        for fingerprint, (name, _) in self.alerts.items():
+            self.line("ALERT", f"{name}  {where}  {seen[fingerprint][1]}{since}{why}")
+        for fingerprint, (name, _, where) in self.alerts.items():
             if fingerprint not in seen and name == AGENT_UNREACHABLE:
-                self.line("resolved", f"{name}")
+                self.line("resolved", f"{name}  {where}")
         self.alerts = seen
 
     # -- the remediator -------------------------------------------------------------------------
@@ -129,7 +127,7 @@ class Account:
         by_action = Counter(action for action, _ in self.recovered.values())
         times = [s for _, s in self.recovered.values() if s is not None]
         median = f", median {statistics.median(times):.1f} s from fault" if times else ""
-        firing = sum(1 for _, state in self.alerts.values() if state == "active")
+        firing = sum(1 for _, state, _ in self.alerts.values() if state == "active")
         return (f"{time.monotonic() - self.began:.0f} s: started {started} (lost reports {c['started_lose_report']}, "
                 f"hung {c['started_hang']}, late reports {c['started_late_report']}); agent restarts "
                 f"{c['agent_restarted']}, outages {c['agent_down']}; alerts active now {firing}; recovered "

@@ -80,25 +80,11 @@ class FaultClock(Scheduler):
     def _event(self, kind: str, started: Started, detail: str) -> None:
         if kind == "report_lost":
             self.fault_at.setdefault(started.execution_id, utcnow())
-        if kind in ("report_lost", "completed", "report_too_late"):
+        if kind in ("report_lost", "completed", "report_too_late", "hang_ended"):
             self.finished.add(started.execution_id)
         if kind == "started" and started.fault == "hang":
             self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)
         self.on_execution(kind, started, detail)
-
-    def _completion_hook(self, agent: str) -> Callable[[str, int], None]:
-        report = super()._completion_hook(agent)
-
-        def completed(execution_id: str, returncode: int) -> None:
-            started = self.started.get(execution_id)
-            if started is not None and started.fault == "hang":
-                # Overdue means nobody waits for the run any more (that is why it is still running
-                # past its timeout): when the watchdog ends it, no completion report follows.
-                self.finished.add(execution_id)
-                return
-            report(execution_id, returncode)
-
-        return completed
 
     def restart_agent(self, agent: str) -> None:
         now = utcnow()

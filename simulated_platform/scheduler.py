@@ -5,7 +5,7 @@ status and release the slot — and it can be told to get things wrong the ways 
 Execution faults (per execution):
     none          completes and is reported normally
     lose_report   the process finishes but the completion report is lost: an orphan
-    hang          the process runs far past its timeout: overdue
+    hang          the process runs far past its timeout (overdue); ending it reports nothing
     late_report   the report arrives ``late_report_seconds`` after the process ended, while the
                   agent still lists it as recently completed: must never be failed
 Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
@@ -106,6 +106,12 @@ class Scheduler:
                 self.counts["reports_lost"] += 1
                 self.on_event("report_lost", started, "process ended, report lost")
                 return
+            if started.fault == "hang":
+                # Overdue means nobody waits for the run any more (that is why it outlived its
+                # timeout): when something finally ends it, no completion report follows.
+                self.counts["hung_runs_ended"] += 1
+                self.on_event("hang_ended", started, f"returncode {returncode}, unreported")
+                return
             delay = self.late_report_seconds if started.fault == "late_report" else 0.0
             task = asyncio.get_running_loop().create_task(self._report(started, returncode, delay))
             self._tasks.add(task)
@@ -132,10 +138,11 @@ class Scheduler:
         return result.rowcount == 1
 
     def restart_agent(self, agent: str) -> None:
-        lost = [e for e, s in self.started.items() if s.agent == agent]
-        self.agents.registry(agent).wipe()
+        registry = self.agents.registry(agent)
+        forgotten = len(registry.running()) + len(registry.pending_ids())
+        registry.wipe()
         self.counts["agent_restarts"] += 1
-        log.info("agent_restarted", agent=agent, executions_forgotten=len(lost))
+        log.info("agent_restarted", agent=agent, executions_forgotten=forgotten)
 
     def stop_agent(self, agent: str) -> None:
         self.agents.agents[agent].set_fault("down")

@@ -144,10 +144,10 @@ def test_ctrl_c_stops_everything(demos: list[Demo]) -> None:
     assert demo.leftovers() == []
 
 
-def test_crashed_child_is_reported_and_ends_the_demo(demos: list[Demo]) -> None:
+def test_crashed_child_is_reported_and_ends_the_demo(demos: list[Demo], tmp_path: Path) -> None:
     """When a child dies the demo says which one, with its exit code and last log lines, stops the
-    others and exits 1."""
-    demo = Demo(*QUICK)
+    others, keeps its logs and exits 1."""
+    demo = Demo("--workdir", str(tmp_path / "demo"), *QUICK)
     demos.append(demo)
     demo.wait_for_line("#token=", 60)
     demo.read(0.5)
@@ -159,6 +159,8 @@ def test_crashed_child_is_reported_and_ends_the_demo(demos: list[Demo]) -> None:
     stderr = demo.stderr()
     assert "remediator exited with code -9" in stderr, stderr
     assert "remediator_started" in stderr  # the tail of its log
+    assert f"kept in {tmp_path / 'demo'}" in stderr
+    assert (tmp_path / "demo" / "pipeline" / "logs" / "remediator.log").is_file()
     assert demo.leftovers() == []
 
 

@@ -47,7 +47,7 @@ async def _until(check: Callable[[], bool], timeout: float = 10) -> None:
 
 async def test_normal_run_is_reported_and_its_slot_released(world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
     scheduler, _, engine = world
-    run = await scheduler.start("a1", 0.2)
+    run = await scheduler.start("a1", 1.5)  # long enough to observe it running on a loaded machine
     assert _status(engine, run.execution_id) == "running"
     assert scheduler.slots.held("a1") == {run.execution_id}
     await _until(lambda: _status(engine, run.execution_id) == "success")

@@ -1,0 +1,607 @@
+"""Faults, end to end: the pipeline keeps its promises while its parts break.
+
+One pipeline per module (fast profile, real Prometheus, two clustered Alertmanagers, the
+remediator, a PostgreSQL and a Redis of our own that we stop, pause and resume), and one agent per
+test. Each test breaks one thing — the database, Redis, an agent (hangs, answers garbage,
+restarts), the remediator (SIGKILL mid-batch), one Alertmanager of the pair — then checks the
+invariants once everything is back:
+
+- every execution that was truly orphaned or overdue (by the scheduler's record of its fault) is
+  recovered;
+- no execution that completed normally, or still runs as it should, is failed by the watchdog;
+- each recovery has exactly one outbox row with its slot released and its announcement made, and
+  exactly one announcement on the Redis relay;
+- no slot is held for an execution that is no longer running, and none is missing for one that is.
+
+The servers we break, the stack-child helpers and the invariant checker are reused by
+``bench/soak.py``, which runs the same faults at random for a long while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+import sqlalchemy as sa
+
+from pipeline.children import Child
+from pipeline.stack import Stack
+from platform_access import database as db
+from platform_access.schema import schedule_executions
+from platform_access.slots import SlotStore
+from platform_access.timestamps import parse_utc, utcnow
+from remediator.audit import decisions, recoveries
+from simulated_platform.scheduler import Fault, Started
+from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+from tests.servers import _pg_bin, free_port, wait_for_port
+
+pytestmark = pytest.mark.timeout(300)
+
+CHANNEL = "trinity:watchdog"
+SLACK = 5.0  # a loaded 2-core machine on top of the pipeline's floor
+CLOCK_TOLERANCE = timedelta(seconds=0.5)  # platform and remediator share one clock; allow rounding
+
+
+# -- servers we can break -------------------------------------------------------------------------
+
+class PostgresProcess:
+    """A throwaway PostgreSQL that can be stopped and started again on the same port and data.
+
+    ``stop`` is a fast shutdown: every client connection is cut at once, as when a database host
+    goes away; ``start`` brings the same cluster back. ``pause``/``resume`` (SIGSTOP/SIGCONT on
+    every server process) leave connections open but unanswered, as a network black hole would.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ew-faults-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self._run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
+        self.data = self.root / "data"
+        subprocess.run([_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                       check=True, capture_output=True, **self._run_as)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("PostgreSQL is already running")
+        with open(self.root / "postgres.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [_pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
+                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=300"],
+                stdout=log, stderr=log, **self._run_as)
+        wait_for_port(self.port, timeout, proc=self.process)
+        deadline = time.monotonic() + timeout
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            while True:
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(sa.text("SELECT 1"))
+                    return
+                except sa.exc.OperationalError:  # "the database system is starting up"
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        """Fast shutdown: clients are disconnected now, new connections are refused."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.resume()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def _processes(self) -> list[psutil.Process]:
+        if self.process is None or self.process.poll() is not None:
+            return []
+        postmaster = psutil.Process(self.process.pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def pause(self) -> None:
+        for process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.suspend()
+
+    def resume(self) -> None:
+        for process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedisProcess:
+    """A throwaway redis-server (nothing on disk) that can be paused and resumed.
+
+    Paused (SIGSTOP), it accepts connections in the kernel but answers nothing: clients time out
+    and nothing is lost, so slot keys survive the outage as they would on a real Redis.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ew-faults-redis-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server not found: install the Debian package 'redis-server'")
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.root), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.process)
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# -- the stack's children: kill one, start it again ------------------------------------------------
+
+def stack_child(stack: Stack, name: str) -> Child:
+    for child in stack.children.children:
+        if child.name == name:
+            return child
+    raise LookupError(f"no child named {name!r}: {[c.name for c in stack.children.children]}")
+
+
+def kill_child(stack: Stack, name: str) -> int:
+    """SIGKILL one child (no chance to clean up) and reap it; returns its pid."""
+    child = stack_child(stack, name)
+    assert child.process is not None and child.process.poll() is None, f"{name} is not running"
+    pid = child.process.pid
+    os.kill(pid, signal.SIGKILL)
+    child.process.wait(10)
+    return pid
+
+
+def restart_child(stack: Stack, name: str, timeout: float = 60.0) -> Child:
+    """Start a child again with the same command line, in the same place in the stack (so the
+    stack stops it at the end), and wait until it is ready."""
+    index, old = next((i, c) for i, c in enumerate(stack.children.children) if c.name == name)
+    old.stop(timeout=5.0)  # already dead or not: make sure, and forget it
+    new = Child(old.name, old.argv, old.log_path, old.ready, cwd=old.cwd, env=old.env)
+    new.start()
+    stack.children.children[index] = new
+    deadline = time.monotonic() + timeout
+    while not new.ready():
+        new.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready {timeout:g} s after its restart (log: {new.log_path})")
+        time.sleep(0.1)
+    return new
+
+
+# -- announcements on the Redis relay -------------------------------------------------------------
+
+class Announcements:
+    """Every recovery event published on the relay channel, counted per execution.
+
+    One subscriber thread for the whole run; a paused Redis just delays messages, a restarted
+    one is subscribed to again (messages published meanwhile are lost, and counted in ``gaps``).
+    """
+
+    def __init__(self, url: str, channel: str = CHANNEL) -> None:
+        self.url, self.channel = url, channel
+        self.counts: Counter[str] = Counter()
+        self.gaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pubsub = self._subscribe()
+        self._thread = threading.Thread(target=self._run, name="announcements", daemon=True)
+        self._thread.start()
+
+    def _subscribe(self) -> Any:
+        pubsub = redis.Redis.from_url(self.url, socket_connect_timeout=2).pubsub()
+        pubsub.subscribe(self.channel)
+        eventually(lambda: pubsub.get_message(timeout=0.5), 5, "subscribed to the announcement channel")
+        return pubsub
+
+    def _run(self) -> None:
+        import json
+
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except (redis.ConnectionError, OSError):
+                self.gaps += 1
+                with contextlib.suppress(Exception):
+                    self._pubsub.close()
+                while not self._stop.is_set():
+                    try:
+                        self._pubsub = self._subscribe()
+                        break
+                    except (redis.RedisError, OSError, AssertionError):
+                        time.sleep(0.5)
+                continue
+            if message is not None and message["type"] == "message":
+                event = json.loads(message["data"])
+                with self._lock:
+                    self.counts[str(event.get("execution_id"))] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def count(self, execution_id: str) -> int:
+        with self._lock:
+            return self.counts[execution_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+
+
+# -- the invariants -------------------------------------------------------------------------------
+
+@dataclass
+class Findings:
+    """What the database, the slots and the relay say about a set of executions, judged against
+    the scheduler's record of which of them were truly orphaned or overdue (and since when)."""
+
+    checked: int = 0
+    lost: list[str] = field(default_factory=list)  # truly orphaned or overdue by now
+    recovered: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # lost, still running: not recovered yet
+    unfinished: list[str] = field(default_factory=list)  # recovered; slot release or announcement owed
+    false_kills: list[str] = field(default_factory=list)  # failed by the watchdog though not lost (yet)
+    duplicates: list[str] = field(default_factory=list)  # more than one announcement or recovery
+    unannounced: list[str] = field(default_factory=list)  # marked announced, no event on the relay
+    leaked_slots: list[str] = field(default_factory=list)  # slot held, execution no longer running
+    stolen_slots: list[str] = field(default_factory=list)  # execution running untouched, slot gone
+    time_to_recovery: dict[str, float] = field(default_factory=dict)  # fault -> row failed, seconds
+
+    def violations(self) -> dict[str, list[str]]:
+        """Broken invariants that no amount of waiting repairs (transient states excluded)."""
+        found = {"false_kills": self.false_kills, "duplicates": self.duplicates}
+        return {k: v for k, v in found.items() if v}
+
+    def unsettled(self) -> dict[str, list[str]]:
+        """What should have happened by the end: every list here must be empty once settled."""
+        found = {"pending": self.pending, "unfinished": self.unfinished, "unannounced": self.unannounced,
+                 "leaked_slots": self.leaked_slots, "stolen_slots": self.stolen_slots, **self.violations()}
+        return {k: v for k, v in found.items() if v}
+
+    def describe(self) -> str:
+        problems = self.unsettled()
+        if not problems:
+            return f"{self.checked} executions, {len(self.recovered)} recovered, all invariants hold"
+        return "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''} ({len(v)})" for k, v in problems.items())
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def fault_moment(started: Started, recorded: datetime | None, execution: db.Execution | None) -> datetime | None:
+    """When this execution became truly orphaned or overdue, or ``None`` if it never did.
+
+    A hung run is overdue once its runtime crosses the effective timeout the database holds now
+    (tests lower it per agent); an earlier recorded fault (its agent restarted) comes first.
+    """
+    if started.fault == "hang" and execution is not None:
+        crossed = execution.started_at + timedelta(seconds=execution.timeout_seconds)
+        return min(crossed, recorded) if recorded is not None else crossed
+    return recorded
+
+
+def inspect(engine: sa.Engine, slots: SlotStore, started: Mapping[str, Started], fault_at: Mapping[str, datetime],
+            announced: Mapping[str, int], *, ids: Iterable[str] | None = None,
+            now: datetime | None = None) -> Findings:
+    """Judge ``ids`` (default: everything the scheduler started). Read-only, any time.
+
+    ``started`` and ``fault_at`` are the scheduler's records (copies: they change on its loop);
+    ``announced`` counts relay events per execution. Transient states (a slot released a moment
+    after the row was written, a recovery being finished) show up in ``unsettled`` only; the
+    caller decides how long to wait for them to clear.
+    """
+    now = now or utcnow()
+    wanted = sorted(set(ids) if ids is not None else set(started))
+    rows: dict[str, Any] = {}
+    executions: dict[str, db.Execution | db.BadRow] = {}
+    outbox: dict[str, Any] = {}
+    wins: Counter[str] = Counter()
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            for row in conn.execute(sa.select(schedule_executions.c.id, schedule_executions.c.agent_name,
+                                              schedule_executions.c.status, schedule_executions.c.error)
+                                    .where(schedule_executions.c.id.in_(chunk))):
+                rows[row.id] = row
+            executions.update(db.get_executions(conn, chunk))
+            for row in conn.execute(sa.select(recoveries).where(recoveries.c.execution_id.in_(chunk))):
+                outbox[row.execution_id] = row
+            for execution_id, n in conn.execute(
+                    sa.select(decisions.c.execution_id, sa.func.count())
+                    .where(decisions.c.execution_id.in_(chunk), decisions.c.outcome == "recovered")
+                    .group_by(decisions.c.execution_id)):
+                wins[execution_id] = int(n)
+    agents = sorted({started[i].agent for i in wanted if i in started} | {r.agent_name for r in rows.values()})
+    held = {agent: slots.held(agent) for agent in agents}
+
+    f = Findings()
+    for execution_id in wanted:
+        row = rows.get(execution_id)
+        s = started.get(execution_id)
+        if row is None or s is None:
+            continue  # never written (the database was down when it was started)
+        f.checked += 1
+        execution = executions.get(execution_id)
+        fault = fault_moment(s, fault_at.get(execution_id), execution if isinstance(execution, db.Execution) else None)
+        lost = fault is not None and fault <= now
+        if lost:
+            f.lost.append(execution_id)
+        recovery = outbox.get(execution_id)
+        events = announced.get(execution_id, 0)
+        has_slot = execution_id in held.get(row.agent_name, set())
+        if recovery is not None:
+            f.recovered.append(execution_id)
+            recovered_at = parse_utc(recovery.recovered_at)
+            if fault is None or recovered_at < fault - CLOCK_TOLERANCE:
+                f.false_kills.append(execution_id)
+            elif fault is not None:
+                f.time_to_recovery[execution_id] = (recovered_at - fault).total_seconds()
+            if recovery.slot_released_at is None or recovery.announced_at is None:
+                f.unfinished.append(execution_id)
+            elif events == 0:
+                f.unannounced.append(execution_id)
+            if events > 1 or wins[execution_id] > 1:
+                f.duplicates.append(execution_id)
+        else:
+            if events:
+                f.duplicates.append(execution_id)  # announced without a recovery: never fine
+            if row.status == "failed" and "by watchdog" in (row.error or ""):
+                f.false_kills.append(execution_id)
+            if lost and row.status == "running":
+                f.pending.append(execution_id)
+        if has_slot and row.status != "running":
+            f.leaked_slots.append(f"{row.agent_name}/{execution_id}")
+        if not has_slot and row.status == "running" and recovery is None:
+            f.stolen_slots.append(f"{row.agent_name}/{execution_id}")
+    return f
+
+
+# -- the world these tests break ------------------------------------------------------------------
+
+@dataclass
+class World:
+    p: Pipeline
+    postgres: PostgresProcess
+    redis: RedisProcess
+    announcements: Announcements
+
+    def records(self) -> tuple[dict[str, Started], dict[str, datetime]]:
+        scheduler = self.p.platform.scheduler
+        return self.p.loop.do(lambda: (dict(scheduler.started), dict(scheduler.fault_at)))
+
+    def findings(self, ids: Iterable[str] | None = None) -> Findings:
+        started, fault_at = self.records()
+        return inspect(self.p.engine, self.p.platform.slots, started, fault_at, self.announcements.snapshot(),
+                       ids=ids)
+
+    def settle(self, runs: Iterable[Started], timeout: float) -> Findings:
+        """Wait until every invariant holds for ``runs``; fail at once on a violation."""
+        ids = [r.execution_id for r in runs]
+        last = Findings()
+
+        def settled() -> bool:
+            nonlocal last
+            last = self.findings(ids)
+            assert not last.violations(), last.describe()
+            return not last.unsettled()
+
+        try:
+            eventually(settled, timeout, "every invariant holds", interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{last.describe()}") from None
+        return last
+
+    def start(self, agent: str, seconds: float, fault: Fault = "none", n: int = 1) -> list[Started]:
+        return [self.p.start(agent, seconds, fault) for _ in range(n)]
+
+    def set_agent_fault(self, agent: str, mode: str) -> None:
+        server = self.p.platform.server
+        self.p.loop.do(lambda: server.agents[agent].set_fault(mode))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("faults")
+    with PostgresProcess() as postgres, RedisProcess() as rds, \
+            running_pipeline(workdir / "stack", postgres.url, redis_url=rds.url, agents=12, alertmanagers=2) as p:
+        announcements = Announcements(rds.url)
+        try:
+            yield World(p, postgres, rds, announcements)
+        finally:
+            announcements.close()
+
+
+# -- the faults -----------------------------------------------------------------------------------
+
+DB_AGENT, DB_OVERDUE, REDIS_AGENT, REDIS_OVERDUE, HANG, GARBAGE, RESTART, KILLED_A, KILLED_B, HA = (
+    f"agent-{i:03d}" for i in range(1, 11))
+DB_OUTAGE = 12.0
+REDIS_OUTAGE = 8.0  # after the rows are failed: longer than the remediator's Redis timeouts
+
+
+def orphan_deadline(world: World) -> float:
+    """Seconds from an agent forgetting a run to its recovery, at worst (fast profile)."""
+    t = world.p.timing
+    return max(t.orphan_min_age, world.p.completed_window) + t.detection("fail_orphan") + SLACK
+
+
+def test_agent_restart_recovers_what_it_forgot_and_nothing_that_completed(world: World) -> None:
+    """An agent restarting with a mix of work: its unfinished runs (long, hung, whose report was
+    lost) are recovered once each; runs that completed before it, or report late, are not."""
+    w = world
+    completed = w.start(RESTART, 0.3, n=2)
+    late = w.start(RESTART, 0.3, "late_report")
+    lost = w.start(RESTART, 0.3, "lose_report")
+    victims = w.start(RESTART, 600, n=2) + w.start(RESTART, 3600, "hang")
+    eventually(lambda: all(w.p.status(r.execution_id) == "success" for r in completed), 10, "short runs completed")
+    w.p.restart_agent(RESTART)
+    after = w.start(RESTART, 600)  # started after the restart: must be left alone
+
+    w.settle(completed + late + lost + victims + after, orphan_deadline(w) + 10)
+
+    assert all(w.p.status(r.execution_id) == "success" for r in completed + late)
+    for run in victims + lost:
+        assert w.p.failed(run.execution_id) is not None
+        assert w.announcements.count(run.execution_id) == 1
+    assert w.p.status(after[0].execution_id) == "running"
+    assert after[0].execution_id in w.p.held(RESTART)
+
+
+def test_database_outage_delays_recoveries_and_loses_none(world: World) -> None:
+    """PostgreSQL down (every connection cut) while runs are forgotten, reports are lost and a run
+    crosses its timeout: nothing is failed meanwhile; once it is back each of them is recovered
+    once, and runs that outlive the outage complete normally."""
+    w = world
+    w.p.set_timeout(DB_OVERDUE, 6)
+    forgotten = w.start(DB_AGENT, 600, n=2)
+    w.p.restart_agent(DB_AGENT)
+    outlive = w.start(DB_AGENT, DB_OUTAGE + 8, n=2) + w.start(DB_AGENT, DB_OUTAGE + 8, "late_report")
+    kept = w.start(DB_AGENT, 600)
+    lost_report = w.start(DB_AGENT, 0.5, "lose_report")
+    overdue = w.start(DB_OVERDUE, 3600, "hang")
+    lost = forgotten + lost_report + overdue
+    slots_before = {r.execution_id for r in outlive + kept + lost}
+
+    w.postgres.stop()
+    try:
+        # Nothing can be failed without the database; the slots (in Redis) stay where they are.
+        holds(lambda: not any(w.announcements.count(r.execution_id) for r in lost), DB_OUTAGE,
+              "no recovery is announced while the database is down")
+        held = w.p.held(DB_AGENT) | w.p.held(DB_OVERDUE)
+        assert slots_before <= held
+    finally:
+        w.postgres.start()
+
+    w.settle(outlive + kept + lost, orphan_deadline(w) + 15)
+    for run in lost:
+        assert w.p.failed(run.execution_id) is not None
+    assert w.p.status(kept[0].execution_id) == "running"
+    eventually(lambda: all(w.p.status(r.execution_id) == "success" for r in outlive), 20,
+               "runs that outlived the outage completed normally")
+    w.settle(outlive + kept + lost, 5)
+
+
+def test_redis_outage_finishes_every_recovery_exactly_once_afterwards(world: World) -> None:
+    """Redis (slots and the announcement relay) stops answering while runs are forgotten and a run
+    crosses its timeout: the rows are failed, but the slot releases and announcements stay owed
+    (the webhook answers 503, the sweep retries) until Redis answers again; then each is released
+    and announced exactly once, and the run still going keeps its slot."""
+    w = world
+    w.p.set_timeout(REDIS_OVERDUE, 5)
+    forgotten = w.start(REDIS_AGENT, 600, n=3)
+    w.p.restart_agent(REDIS_AGENT)
+    kept = w.start(REDIS_AGENT, 600)
+    overdue = w.start(REDIS_OVERDUE, 3600, "hang")
+    lost = forgotten + overdue
+
+    w.redis.pause()
+    try:
+        # The database still works: the watchdog fails the rows, then owes the rest for longer
+        # than its Redis clients wait (5 s), so the first attempts fail and are retried.
+        eventually(lambda: all(w.p.recovery(r.execution_id) for r in lost), orphan_deadline(w) + 2,
+                   "the lost runs are failed while Redis is down")
+        holds(lambda: all(w.p.recovery(r.execution_id).announced_at is None for r in lost), REDIS_OUTAGE,
+              "no recovery counts as announced while Redis is down")
+    finally:
+        w.redis.resume()
+
+    w.settle(lost + kept, 30)
+    assert w.p.status(kept[0].execution_id) == "running"
+    assert kept[0].execution_id in w.p.held(REDIS_AGENT)
+
+
+@pytest.mark.parametrize("agent, mode", [(HANG, "hang"), (GARBAGE, "garbage")])
+def test_misbehaving_agent_is_never_taken_for_an_orphan(world: World, agent: str, mode: str) -> None:
+    """An agent that hangs (holds every request) or answers garbage (a cut-off 200): its runs are
+    neither orphaned nor terminated while it misbehaves, even the one it really forgot and the one
+    past its timeout; once it answers properly those two are recovered and the others are not."""
+    w = world
+    forgotten = w.start(agent, 600)
+    w.p.restart_agent(agent)
+    kept = w.start(agent, 600)
+    short = w.start(agent, 2) + w.start(agent, 1, "late_report")  # complete during the fault
+    w.set_agent_fault(agent, mode)
+    try:
+        overdue = w.start(agent, 3600, "hang")
+        w.p.set_timeout(agent, 4)  # everything here is past its timeout soon: nothing may be terminated
+        holds(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
+              orphan_deadline(w) + 2, f"nothing is failed while the agent {mode}s")
+        assert w.announcements.count(forgotten[0].execution_id) == 0
+        assert all(w.p.status(r.execution_id) == "success" for r in short)
+        w.p.set_timeout(agent, 300)
+    finally:
+        w.set_agent_fault(agent, "none")
+
+    # Only the forgotten run is lost; the hung one is past no timeout any more.
+    w.settle(forgotten + kept + short + overdue, orphan_deadline(w) + 5)
+    assert w.p.failed(forgotten[0].execution_id) is not None
+    assert [w.p.status(r.execution_id) for r in kept + overdue] == ["running", "running"]
