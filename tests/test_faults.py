@@ -579,29 +579,65 @@ def test_redis_outage_finishes_every_recovery_exactly_once_afterwards(world: Wor
     assert kept[0].execution_id in w.p.held(REDIS_AGENT)
 
 
-@pytest.mark.parametrize("agent, mode", [(HANG, "hang"), (GARBAGE, "garbage")])
-def test_misbehaving_agent_is_never_taken_for_an_orphan(world: World, agent: str, mode: str) -> None:
-    """An agent that hangs (holds every request) or answers garbage (a cut-off 200): its runs are
-    neither orphaned nor terminated while it misbehaves, even the one it really forgot and the one
-    past its timeout; once it answers properly those two are recovered and the others are not."""
+def test_misbehaving_agents_are_never_taken_for_orphans(world: World) -> None:
+    """An agent that hangs (holds every request) and one that answers garbage (a cut-off 200):
+    their runs are neither orphaned nor terminated while they misbehave, not even the run each
+    really forgot or the runs past their timeout; once they answer properly the forgotten runs
+    are recovered and nothing else is touched."""
     w = world
-    forgotten = w.start(agent, 600)
-    w.p.restart_agent(agent)
-    kept = w.start(agent, 600)
-    short = w.start(agent, 2) + w.start(agent, 1, "late_report")  # complete during the fault
-    w.set_agent_fault(agent, mode)
+    faults = {HANG: "hang", GARBAGE: "garbage"}
+    forgotten, kept, short, overdue = [], [], [], []
+    for agent in faults:
+        forgotten += w.start(agent, 600)
+        w.p.restart_agent(agent)
+        kept += w.start(agent, 600)
+        short += w.start(agent, 2) + w.start(agent, 1, "late_report")  # they complete during the fault
+    for agent, mode in faults.items():
+        w.set_agent_fault(agent, mode)
     try:
-        overdue = w.start(agent, 3600, "hang")
-        w.p.set_timeout(agent, 4)  # everything here is past its timeout soon: nothing may be terminated
+        for agent in faults:
+            overdue += w.start(agent, 3600, "hang")
+            w.p.set_timeout(agent, 4)  # every run here passes its timeout: still nothing may be terminated
         holds(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
-              orphan_deadline(w) + 2, f"nothing is failed while the agent {mode}s")
-        assert w.announcements.count(forgotten[0].execution_id) == 0
+              orphan_deadline(w) + 2, "nothing is failed while the agents misbehave")
+        assert [w.announcements.count(r.execution_id) for r in forgotten] == [0, 0]
         assert all(w.p.status(r.execution_id) == "success" for r in short)
-        w.p.set_timeout(agent, 300)
+        for agent in faults:
+            w.p.set_timeout(agent, 300)
     finally:
-        w.set_agent_fault(agent, "none")
+        for agent in faults:
+            w.set_agent_fault(agent, "none")
 
-    # Only the forgotten run is lost; the hung one is past no timeout any more.
+    # Only the forgotten runs are lost now: with the timeout back at 300 s no run is overdue.
     w.settle(forgotten + kept + short + overdue, orphan_deadline(w) + 5)
-    assert w.p.failed(forgotten[0].execution_id) is not None
-    assert [w.p.status(r.execution_id) for r in kept + overdue] == ["running", "running"]
+    assert all(w.p.failed(r.execution_id) is not None for r in forgotten)
+    assert all(w.p.status(r.execution_id) == "running" for r in kept + overdue)
+
+
+def test_remediator_killed_mid_batch_is_finished_after_its_restart(world: World) -> None:
+    """Six runs are forgotten at once; the remediator is SIGKILLed as soon as the first of them is
+    failed (Redis held back for a moment, so the kill lands between the transition and the slot
+    release), then started again: every run ends recovered with one slot release and one
+    announcement — the half-done ones finished by the sweep once the dead process's claims expire."""
+    w = world
+    victims = w.start(KILLED_A, 600, n=3) + w.start(KILLED_B, 600, n=3)
+    w.p.restart_agent(KILLED_A)
+    w.p.restart_agent(KILLED_B)
+    kept = w.start(KILLED_A, 600)
+
+    w.redis.pause()
+    try:
+        first = eventually(lambda: [r for r in victims if w.p.recovery(r.execution_id)], orphan_deadline(w),
+                           "the first forgotten run is failed", interval=0.05)
+        pid = kill_child(w.p.stack, "remediator")
+    finally:
+        w.redis.resume()
+    half_done = [w.p.recovery(r.execution_id) for r in first]
+    assert not psutil.pid_exists(pid)
+    assert all(r.announced_at is None for r in half_done), "the kill should land before the announcement"
+
+    restart_child(w.p.stack, "remediator")
+    # Claims of the dead process expire after the claim TTL (30 s by default); then the sweep finishes them.
+    w.settle(victims + kept, 30 + orphan_deadline(w) + 10)
+    assert all(w.p.failed(r.execution_id) is not None for r in victims)
+    assert w.p.status(kept[0].execution_id) == "running"
