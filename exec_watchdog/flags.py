@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -30,5 +31,16 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: 
     parser.add_argument(flag, default=default, help=f"{help}{shown} [env {env}]", **kwargs)
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """A setting that cannot work; the message says what to fix."""
+
+
+def read_secret_file(path: str, flag: str) -> str:
+    """The stripped content of a secret file, or a ConfigError naming the flag and the fix."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path!r} cannot be read: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{flag} {path!r} is empty: put the secret in it")
+    return value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from exec_watchdog.flags import ConfigError
+from exec_watchdog.flags import ConfigError, read_secret_file
 from platform_access.agent_client import check_url_template
 
 DEFAULT_LISTEN = "127.0.0.1:9463"
@@ -59,13 +59,7 @@ def _positive_seconds(flag: str, value: object) -> float:
 def _read_secret(args: argparse.Namespace) -> str:
     secret_file = getattr(args, "agent_secret_file", None)
     if secret_file:
-        try:
-            secret = Path(secret_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--agent-secret-file {secret_file!r} cannot be read: {exc.strerror}") from None
-        if not secret:
-            raise ConfigError(f"--agent-secret-file {secret_file!r} is empty: put the agents' shared secret in it")
-        return secret
+        return read_secret_file(secret_file, "--agent-secret-file")
     secret = (args.agent_secret or "").strip()
     if not secret:
         raise ConfigError("no agent secret: pass --agent-secret-file PATH (or set EXEC_WATCHDOG_AGENT_SECRET) "

@@ -7,10 +7,9 @@ import os
 import socket
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
-from exec_watchdog.flags import add_flag
+from exec_watchdog.flags import add_flag, read_secret_file
 
 EPILOG = """\
 Alertmanager side (alertmanager.yml):
@@ -62,16 +61,8 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _read_secret(path: str | None, what: str) -> str | None:
-    if not path:
-        return None
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} file {path!r}: {exc.strerror}") from None
-    if not value:
-        raise ValueError(f"{what} file {path!r} is empty")
-    return value
+def _read_secret(path: str | None, flag: str) -> str | None:
+    return read_secret_file(path, flag) if path else None
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -81,14 +72,14 @@ def build_config(args: argparse.Namespace) -> Any:
     from remediator.auth import Credentials
     from remediator.remediate import Settings
 
-    secret = args.agent_secret or _read_secret(args.agent_secret_file, "agent secret")
+    secret = args.agent_secret or _read_secret(args.agent_secret_file, "--agent-secret-file")
     if not secret:
         raise ValueError("no agent secret: set --agent-secret-file (or EXEC_WATCHDOG_AGENT_SECRET)")
     check_url_template(args.agent_url_template)
     create_engine(args.database_url).dispose()  # fail now on an unparseable URL
-    password = _read_secret(args.basic_auth_password_file, "basic auth password")
+    password = _read_secret(args.basic_auth_password_file, "--basic-auth-password-file")
     credentials = Credentials(
-        bearer_token=_read_secret(args.bearer_token_file, "bearer token"),
+        bearer_token=_read_secret(args.bearer_token_file, "--bearer-token-file"),
         basic_user=args.basic_auth_user, basic_password=password,
         allow_unauthenticated=args.insecure_no_auth)
     for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout"):

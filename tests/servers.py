@@ -143,9 +143,16 @@ def redis_server() -> Iterator[str]:
          "--dir", tmp, "--daemonize", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    with _running(proc, port, tmp):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def _running(proc: subprocess.Popen[bytes], port: int, tmp: str | Path) -> Iterator[None]:
+    """Wait until the server listens; afterwards stop it and remove its directory, whatever happened."""
     try:
         wait_for_port(port, proc=proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -174,13 +181,5 @@ def alertmanager_server(config_yaml: str | None = None) -> Iterator[str]:
          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_for_port(port, proc=proc)
+    with _running(proc, port, tmp):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
