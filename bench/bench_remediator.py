@@ -110,6 +110,15 @@ async def remediate(url: str, n: int, agent_count: int, redis_url: str | None) -
         engine.dispose()
 
 
+def drop_databases(server_url: str, *urls: str) -> None:
+    """Leave the server as we found it."""
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for url in urls:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--executions", type=int, default=1000)
@@ -134,6 +143,8 @@ def main() -> None:
                 redis.Redis.from_url(args.redis_url).flushdb()
             floors.append(floor(floor_url, args.executions))
             runs.append(asyncio.run(remediate(run_url, args.executions, args.agents, args.redis_url))[0])
+            if args.database_url:
+                drop_databases(args.database_url, floor_url, run_url)
             print(f"run {i + 1}: remediation {runs[-1]:.3f} s, floor {floors[-1]:.3f} s", file=sys.stderr)
     elapsed, base = statistics.median(runs), statistics.median(floors)
     backend = sa.make_url(run_url).get_backend_name()
