@@ -57,6 +57,19 @@ class WebSocketHub:
         await asyncio.gather(*(send(ws) for ws in list(self._clients)))
 
 
+# PUBLISH only the first time an execution is announced. A retry after a timed-out publish (the
+# first one may still be delivered when Redis answers again) or after a crash between publishing
+# and recording it then cannot announce twice. The marker outlives any retry by far.
+_PUBLISH_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+ANNOUNCED_MARKER_TTL_SECONDS = 7 * 24 * 3600
+
+
 class Announcer:
     def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str) -> None:
         self.hub = hub
@@ -64,14 +77,18 @@ class Announcer:
         self.channel = channel
 
     async def announce(self, recoveries: list[Recovery], now: datetime) -> None:
-        """Publish every event; raises if Redis is configured and unreachable (the caller retries)."""
+        """Publish every event once; raises if Redis is configured and unreachable (the caller retries)."""
         events = [recovery_event(r) for r in recoveries]
+        fresh = [True] * len(events)
         if self.redis is not None and events:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in events:
-                    pipe.publish(self.channel, json.dumps(event))
-                await pipe.execute()
-        for recovery, event in zip(recoveries, events, strict=True):
+                    pipe.eval(_PUBLISH_ONCE, 1, f"watchdog:announced:{event['execution_id']}",
+                              ANNOUNCED_MARKER_TTL_SECONDS, self.channel, json.dumps(event))
+                fresh = [bool(published) for published in await pipe.execute()]
+        for recovery, event, first_time in zip(recoveries, events, fresh, strict=True):
+            if not first_time:
+                continue  # announced by an earlier attempt whose bookkeeping did not finish
             await self.hub.broadcast(json.dumps(event))
             log.info("recovery", agent=recovery.agent_name, execution_id=recovery.execution_id,
                      action=recovery.action, event_action=event["action"], reason=recovery.reason,

@@ -127,12 +127,16 @@ async def _sweep(remediator: Remediator, engine: sa.Engine, metrics: RemediatorM
     while True:
         try:
             await remediator.finish_unfinished()
-            with engine.connect() as conn:
-                metrics.pending_finishes.set(audit.count_unfinished(conn))
+            metrics.pending_finishes.set(await anyio.to_thread.run_sync(_count_unfinished, engine))
             metrics.breaker_open.set(1 if remediator.breaker.is_open else 0)
         except Exception as exc:  # keep sweeping through outages
             log.warning("sweep_failed", error=str(exc), error_type=type(exc).__name__)
         await asyncio.sleep(interval)
+
+
+def _count_unfinished(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return audit.count_unfinished(conn)
 
 
 def _state(request: Request | WebSocket) -> State:
