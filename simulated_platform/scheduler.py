@@ -81,8 +81,8 @@ class Scheduler:
             raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
         execution_id = f"sim-{next(self._ids):06d}-{uuid.uuid4().hex[:8]}"
         started = Started(execution_id, agent, fault, utcnow(), self.timeout_seconds)
-        self.started[execution_id] = started
         await anyio.to_thread.run_sync(self._insert, started)
+        self.started[execution_id] = started  # only runs that really have a row
         await self.agents.registry(agent).start(
             execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault})
         self.counts[f"started_{fault}"] += 1
@@ -121,7 +121,12 @@ class Scheduler:
     async def _report(self, started: Started, returncode: int, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
-        won = await anyio.to_thread.run_sync(self._write_final, started, returncode)
+        try:
+            won = await anyio.to_thread.run_sync(self._write_final, started, returncode)
+        except sa.exc.OperationalError:  # the database refused the report: now a real orphan
+            self.counts["reports_refused"] += 1
+            self.on_event("report_lost", started, "database refused the completion report")
+            return
         self.counts["reported" if won else "report_too_late"] += 1
         self.on_event("completed" if won else "report_too_late", started, f"returncode {returncode}")
 
