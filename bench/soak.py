@@ -49,7 +49,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import psutil
@@ -64,10 +63,10 @@ from pipeline.stack import Stack, StackOptions
 from pipeline.timing import Timing
 from platform_access.schema import schedule_executions
 from platform_access.slots import open_slot_store
-from platform_access.timestamps import format_utc, parse_utc, utcnow
+from platform_access.timestamps import parse_utc, utcnow
 from simulated_platform.agent_server import serve_agents
 from simulated_platform.process_registry import RegistryConfig
-from simulated_platform.scheduler import Fault, Started
+from simulated_platform.scheduler import Fault
 from tests.test_faults import (
     Announcements,
     Findings,
@@ -97,58 +96,12 @@ MIX: tuple[tuple[Fault, float, float, float], ...] = (
 # -- the simulated platform, failing as a real one does ------------------------------------------
 
 class SoakScheduler(FaultClock):
-    """The fault-recording scheduler, plus what a real platform does when its own writes fail."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.report_failures = 0  # completion reports the database refused: real orphans
-        self.start_failures = 0
-        self.owed_releases: set[tuple[str, str]] = set()
-
-    async def start(self, agent: str, seconds: float, fault: Fault = "none") -> Started:
-        try:
-            return await super().start(agent, seconds, fault)
-        except Exception:
-            # Starts are sequential here: the last one recorded is this one. Its row (if written)
-            # runs on no agent: a real orphan from now on.
-            execution_id = next(reversed(self.started))
-            self.start_failures += 1
-            self.fault_at.setdefault(execution_id, utcnow())
-            self.finished.add(execution_id)
-            raise
-
-    async def _report(self, started: Started, returncode: int, delay: float) -> None:
-        try:
-            await super()._report(started, returncode, delay)
-        except sa.exc.SQLAlchemyError:
-            self.report_failures += 1
-            self.fault_at.setdefault(started.execution_id, utcnow())
-            self.finished.add(started.execution_id)
-
-    def _write_final(self, s: Started, returncode: int) -> bool:
-        now = utcnow()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                sa.update(schedule_executions)
-                .where(schedule_executions.c.id == s.execution_id, schedule_executions.c.status == "running")
-                .values(status="success" if returncode == 0 else "failed", completed_at=format_utc(now),
-                        duration_ms=int((now - s.started_at).total_seconds() * 1000),
-                        error=None if returncode == 0 else f"exit code {returncode}"))
-        try:
-            self.slots.release(s.agent, s.execution_id)
-        except (redis.RedisError, OSError):
-            self.owed_releases.add((s.agent, s.execution_id))  # released once Redis answers again
-        return result.rowcount == 1
+    """The fault-recording scheduler, retrying the slot releases it owes while Redis is down."""
 
     async def release_owed(self) -> None:
         while True:
             await asyncio.sleep(2)
-            for agent, execution_id in list(self.owed_releases):
-                try:
-                    await anyio.to_thread.run_sync(self.slots.release, agent, execution_id)
-                except (redis.RedisError, OSError):
-                    break
-                self.owed_releases.discard((agent, execution_id))
+            await anyio.to_thread.run_sync(super().release_owed)
 
 
 async def start_platform(options: PlatformOptions) -> Platform:
@@ -284,7 +237,7 @@ class Soak:
             await self.storage_up.wait()
             fault, _, shortest, longest = self.rng.choices(MIX, weights)[0]
             seconds = self.rng.uniform(shortest, longest) if fault != "hang" else 0.0
-            with contextlib.suppress(Exception):  # counted in start_failures
+            with contextlib.suppress(Exception):  # counted as starts_failed
                 await self.scheduler.start(self.rng.choice(agents), seconds, fault)
 
     # -- faults ---------------------------------------------------------------------------------
@@ -484,7 +437,8 @@ class Soak:
               f"Redis, 2 clustered Alertmanagers, 2 remediator replicas")
         print(f"  executions        {len(s.started)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}); "
               f"agent restarts killed {self.restart_victims} runs unreported; "
-              f"reports refused by the database {s.report_failures}, starts failed {s.start_failures}")
+              f"reports refused by the database {s.counts['reports_refused']}, "
+              f"starts failed {s.counts['starts_failed']}")
         by_fault = ", ".join(f"{k} {self.faults[k]}" for k in FAULTS if self.faults[k])
         print(f"  faults injected   {sum(self.faults.values())}" + (f": {by_fault}" if by_fault else ""))
         by_action = ", ".join(f"{k} {n}" for k, n in sorted(actions.items()))

@@ -78,9 +78,9 @@ class FaultClock(Scheduler):
                          late_report_seconds=late_report_seconds, on_event=self._event)
 
     def _event(self, kind: str, started: Started, detail: str) -> None:
-        if kind == "report_lost":
+        if kind in ("report_lost", "start_failed"):
             self.fault_at.setdefault(started.execution_id, utcnow())
-        if kind in ("report_lost", "completed", "report_too_late", "hang_ended"):
+        if kind in ("report_lost", "start_failed", "completed", "report_too_late", "hang_ended"):
             self.finished.add(started.execution_id)
         if kind == "started" and started.fault == "hang":
             self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)

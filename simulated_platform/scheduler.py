@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Literal
 
 import anyio.to_thread
+import redis
 import sqlalchemy as sa
 import structlog
 
@@ -59,6 +60,7 @@ class Scheduler:
         self.on_event = on_event or (lambda kind, started, detail: None)
         self.started: dict[str, Started] = {}
         self.counts: Counter[str] = Counter()
+        self.owed_releases: set[tuple[str, str]] = set()
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         for name in agents.agents:
@@ -83,8 +85,14 @@ class Scheduler:
         started = Started(execution_id, agent, fault, utcnow(), self.timeout_seconds)
         await anyio.to_thread.run_sync(self._insert, started)
         self.started[execution_id] = started  # only runs that really have a row
-        await self.agents.registry(agent).start(
-            execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault})
+        try:
+            await self.agents.registry(agent).start(
+                execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault})
+        except Exception:
+            # The row says running but no agent runs it: an orphan from the start.
+            self.counts["starts_failed"] += 1
+            self.on_event("start_failed", started, "the agent did not start it")
+            raise
         self.counts[f"started_{fault}"] += 1
         self.on_event("started", started, f"{seconds:g}s" if fault != "hang" else "hangs")
         return started
@@ -139,8 +147,21 @@ class Scheduler:
                 .values(status="success" if returncode == 0 else "failed", completed_at=format_utc(now),
                         duration_ms=int((now - s.started_at).total_seconds() * 1000),
                         error=None if returncode == 0 else f"exit code {returncode}"))
-        self.slots.release(s.agent, s.execution_id)
+        self._release(s.agent, s.execution_id)
         return result.rowcount == 1
+
+    def _release(self, agent: str, execution_id: str) -> None:
+        try:
+            self.slots.release(agent, execution_id)
+        except (redis.RedisError, sa.exc.OperationalError, OSError):
+            self.owed_releases.add((agent, execution_id))  # as a real platform: retried when the store answers
+
+    def release_owed(self) -> int:
+        """Retry slot releases that failed while the slot store was down; returns how many remain."""
+        for agent, execution_id in list(self.owed_releases):
+            self.owed_releases.discard((agent, execution_id))
+            self._release(agent, execution_id)
+        return len(self.owed_releases)
 
     def restart_agent(self, agent: str) -> None:
         registry = self.agents.registry(agent)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from platform_access import database as db
@@ -136,3 +137,30 @@ def test_simulate_command_refuses_bad_flags(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "exec_watchdog", "simulate", "--faults", "boom=1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "fault mix item" in result.stderr
+
+
+async def test_slot_release_refused_by_redis_is_owed_and_retried(tmp_path: Path) -> None:
+    from platform_access.slots import RedisSlots
+    from tests.servers import redis_server
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.create_platform_tables(engine, slot_metadata)
+    server = await serve_agents(["a1"], "s")
+    try:
+        with redis_server() as url:
+            slots = RedisSlots.from_url(url)
+            scheduler = Scheduler(engine, slots, server)
+            scheduler.prepare()
+            run = await scheduler.start("a1", 0.3)
+            admin = redis.Redis.from_url(url)
+            admin.config_set("requirepass", "locked")  # Redis refuses everyone who (re)connects ...
+            admin.client_kill_filter(_type="normal", skipme=True)  # ... and the scheduler must reconnect
+            await _until(lambda: _status(engine, run.execution_id) == "success")
+            assert scheduler.owed_releases == {("a1", run.execution_id)}
+            admin.execute_command("AUTH", "locked")
+            admin.config_set("requirepass", "")
+            assert scheduler.release_owed() == 0
+            assert slots.held("a1") == set()
+    finally:
+        await server.stop()
+        engine.dispose()
