@@ -12,6 +12,7 @@ overdue execution mutes its own stuck warning; an open breaker mutes its remedia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,33 +37,45 @@ def _checked_url(name: str, url: str) -> str:
     return url
 
 
-def _webhook_receiver(name: str, url: str | None, *, send_resolved: bool,
+def _webhook_receiver(name: str, urls: Sequence[str], *, send_resolved: bool,
                       credentials_file: str | None = None) -> dict[str, Any]:
-    if url is None:
+    if not urls:
         return {"name": name}  # a placeholder: Alertmanager accepts a receiver that sends nothing
-    webhook: dict[str, Any] = {"url": url, "send_resolved": send_resolved, "max_alerts": 0}
-    if credentials_file is not None:
-        webhook["http_config"] = {
-            "authorization": {"type": "Bearer", "credentials_file": credentials_file},
-        }
-    return {"name": name, "webhook_configs": [webhook]}
+    webhooks = []
+    for url in urls:
+        webhook: dict[str, Any] = {"url": url, "send_resolved": send_resolved, "max_alerts": 0}
+        if credentials_file is not None:
+            webhook["http_config"] = {
+                "authorization": {"type": "Bearer", "credentials_file": credentials_file},
+            }
+        webhooks.append(webhook)
+    return {"name": name, "webhook_configs": webhooks}
 
 
-def alertmanager_config(profile: Profile, webhook_url: str, credentials_file: str, *,
+def _optional(url: str | None) -> list[str]:
+    return [] if url is None else [url]
+
+
+def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], credentials_file: str, *,
                         operator_webhook_url: str | None = None,
                         heartbeat_webhook_url: str | None = None) -> dict[str, Any]:
     """The alertmanager.yml for ``profile``, as a dict ready to dump as YAML.
 
-    ``webhook_url`` is the remediator's ``/api/v1/alerts``; ``credentials_file`` holds its bearer
-    token. The operator and heartbeat receivers send nothing unless given a webhook URL.
+    ``webhook_url`` is the remediator's ``/api/v1/alerts`` (or one per replica: each replica then
+    gets every notification and the guarded transition decides which one acts); ``credentials_file``
+    holds its bearer token. The operator and heartbeat receivers send nothing unless given a webhook URL.
     """
-    _checked_url("webhook_url", webhook_url)
+    webhook_urls = [webhook_url] if isinstance(webhook_url, str) else list(webhook_url)
+    if not webhook_urls:
+        raise ValueError("at least one remediator webhook URL is needed")
+    for url in webhook_urls:
+        _checked_url("webhook_url", url)
     if not credentials_file.strip() or "\n" in credentials_file:
         raise ValueError(f"credentials_file must be a file path, got {credentials_file!r}")
-    for name, url in (("operator_webhook_url", operator_webhook_url),
-                      ("heartbeat_webhook_url", heartbeat_webhook_url)):
-        if url is not None:
-            _checked_url(name, url)
+    for name, optional in (("operator_webhook_url", operator_webhook_url),
+                           ("heartbeat_webhook_url", heartbeat_webhook_url)):
+        if optional is not None:
+            _checked_url(name, optional)
 
     return {
         "route": {
@@ -111,9 +124,9 @@ def alertmanager_config(profile: Profile, webhook_url: str, credentials_file: st
             },
         ],
         "receivers": [
-            _webhook_receiver(OPERATOR_RECEIVER, operator_webhook_url, send_resolved=True),
-            _webhook_receiver(HEARTBEAT_RECEIVER, heartbeat_webhook_url, send_resolved=False),
-            _webhook_receiver(REMEDIATOR_RECEIVER, webhook_url, send_resolved=True,
+            _webhook_receiver(OPERATOR_RECEIVER, _optional(operator_webhook_url), send_resolved=True),
+            _webhook_receiver(HEARTBEAT_RECEIVER, _optional(heartbeat_webhook_url), send_resolved=False),
+            _webhook_receiver(REMEDIATOR_RECEIVER, webhook_urls, send_resolved=True,
                               credentials_file=credentials_file),
         ],
     }

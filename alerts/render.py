@@ -26,6 +26,7 @@ from alerts import rule_tests
 from alerts.alertmanager import alertmanager_config
 from alerts.profiles import PROFILES, ProfileError, duration_seconds, load_profile, profile_settings
 from alerts.rules import rule_groups
+from exec_watchdog.generated import sync_generated
 
 __all__ = [
     "DEFAULT_CREDENTIALS_FILE",
@@ -79,7 +80,7 @@ def render_rule_tests(profile: str, rule_file: str) -> str:
     return _dump(document, profile, "promtool unit tests of the alert rules")
 
 
-def render_alertmanager_config(webhook_url: str, credentials_file: str, profile: str, *,
+def render_alertmanager_config(webhook_url: str | Sequence[str], credentials_file: str, profile: str, *,
                                operator_webhook_url: str | None = None,
                                heartbeat_webhook_url: str | None = None) -> str:
     """alertmanager.yml (YAML) for ``profile``: see :func:`alerts.alertmanager.alertmanager_config`."""
@@ -115,27 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; fail if a file differs")
     args = parser.parse_args(argv)
 
-    stale: list[str] = []
+    files: dict[Path, str] = {}
     try:
         for profile in args.profile or PROFILES:
-            files = render_files(profile, args.webhook_url, args.credentials_file,
-                                 operator_webhook_url=args.operator_webhook_url,
-                                 heartbeat_webhook_url=args.heartbeat_webhook_url)
-            for name, text in files.items():
-                path = args.out / name
-                if args.check:
-                    if not path.is_file() or path.read_text() != text:
-                        stale.append(str(path))
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-                print(path)
+            rendered = render_files(profile, args.webhook_url, args.credentials_file,
+                                    operator_webhook_url=args.operator_webhook_url,
+                                    heartbeat_webhook_url=args.heartbeat_webhook_url)
+            files.update({args.out / name: text for name, text in rendered.items()})
     except (ProfileError, ValueError) as exc:
         parser.error(str(exc))
-    if stale:
-        print("stale, run `python -m alerts.render`: " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    return sync_generated(files, check=args.check, regenerate="python -m alerts.render")
 
 
 if __name__ == "__main__":

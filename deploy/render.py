@@ -32,6 +32,7 @@ from alerts.render import (
     render_alertmanager_config,
     render_rules,
 )
+from exec_watchdog.generated import sync_generated
 from grafana import DASHBOARD_PATH
 
 DEPLOY_DIR = Path(__file__).resolve().parent
@@ -198,18 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     args = parser.parse_args(argv)
-    stale = []
-    for path, text in render_files().items():
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(str(path.relative_to(DEPLOY_DIR.parent)))
-            continue
-        path.write_text(text)
-        print(path.relative_to(DEPLOY_DIR.parent))
-    if stale:
-        print("stale, run `python -m deploy.render`: " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    return sync_generated(render_files(), check=args.check, regenerate="python -m deploy.render")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from exec_watchdog.generated import sync_generated
 from grafana import DASHBOARD_PATH, dashboard
 
 
@@ -26,17 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the committed JSON is out of date")
     parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="where to write the JSON")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date: run `python -m grafana.build`", file=sys.stderr)
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
-    return 0
+    return sync_generated({args.output: render()}, check=args.check, regenerate="python -m grafana.build")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-from alerts.alertmanager import REMEDIATOR_RECEIVER
 from alerts.render import profile_settings, render_alertmanager_config
 
 EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
@@ -49,18 +48,5 @@ def prometheus_config(profile: str, rule_file: Path, exporter: str, remediators:
 
 
 def alertmanager_config(profile: str, webhook_urls: Sequence[str], token_file: Path) -> str:
-    """alertmanager.yml from alerts/, with one webhook per remediator replica.
-
-    A receiver's webhook_config has one URL; with several replicas every one of them gets its own
-    webhook_config in the remediation receiver, so each replica receives every notification and the
-    remediator's guarded transition decides which one acts.
-    """
-    if not webhook_urls:
-        raise ValueError("at least one remediator webhook URL is needed")
-    config = yaml.safe_load(render_alertmanager_config(webhook_urls[0], str(token_file), profile))
-    receiver = next((r for r in config["receivers"] if r["name"] == REMEDIATOR_RECEIVER), None)
-    if receiver is None or len(receiver.get("webhook_configs", [])) != 1:
-        raise ValueError(f"alerts/ rendered no single-webhook receiver named {REMEDIATOR_RECEIVER!r}")
-    template = receiver["webhook_configs"][0]
-    receiver["webhook_configs"] = [{**template, "url": url} for url in webhook_urls]
-    return yaml.safe_dump(config, sort_keys=False)
+    """alertmanager.yml from alerts/, with one webhook per remediator replica."""
+    return render_alertmanager_config(list(webhook_urls), str(token_file), profile)

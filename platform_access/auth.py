@@ -13,10 +13,3 @@ def agent_token(secret: str, agent_name: str) -> str:
     """The lowercase hex token an agent named ``agent_name`` accepts."""
     message = (_MESSAGE_PREFIX + agent_name).encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def token_is_valid(secret: str, agent_name: str, presented: str | None) -> bool:
-    """Constant-time check of a presented token."""
-    if not presented:
-        return False
-    return hmac.compare_digest(agent_token(secret, agent_name), presented)

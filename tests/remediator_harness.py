@@ -3,7 +3,6 @@ processes. Requests go through the real ASGI app (in process); the app's lifespa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -138,7 +137,3 @@ def received(pubsub: Any, wait: float = 0.3) -> list[dict[str, Any]]:
             return out
         if message["type"] == "message":
             out.append(json.loads(message["data"]))
-
-
-async def settle(seconds: float = 0.05) -> None:
-    await asyncio.sleep(seconds)

@@ -68,18 +68,10 @@ def postgres_server() -> Iterator[str]:
          "-c", "fsync=off", "-c", "max_connections=200"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as,  # type: ignore[call-overload]
     )
-    try:
-        wait_for_port(port, proc=proc)
+    with _running(proc, port, tmp):
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
         _wait_pg_ready(url)
         yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait_pg_ready(url: str, timeout: float = 20.0) -> None:
