@@ -3,6 +3,9 @@
 Two stores with one interface: Redis with Trinity's key layout (production), and an SQL table in
 the platform database (the embedded default). Releasing removes exactly that execution's slot;
 an agent's other slots are never touched.
+
+``slot_metadata`` holds every table the embedded default keeps beside Trinity's own: the slots and
+the in-flight dispatch markers (:mod:`platform_access.inflight`), which Trinity keeps in Redis.
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ agent_slots = sa.Table(
     sa.Column("message_preview", sa.Text, nullable=False, server_default=""),
     sa.Column("slot_number", sa.Integer, nullable=False),
     sa.Column("timeout_seconds", sa.Integer, nullable=False),
+)
+execution_inflight = sa.Table(  # read and written by platform_access.inflight.SqlInflight
+    "execution_inflight",
+    slot_metadata,
+    sa.Column("execution_id", sa.Text, primary_key=True),
+    sa.Column("agent_name", sa.Text, nullable=False),
+    sa.Column("phase", sa.Text, nullable=False),
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
 
 
