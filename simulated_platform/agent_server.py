@@ -7,12 +7,19 @@ of its own port instead. Per agent:
     GET  /health                                 no token needed
     GET  /api/executions/running                 executions, recently_completed_ids, pending_ids
     GET  /api/executions/{id}/status             200 only while registered (running or just exited)
-    POST /api/executions/{id}/terminate          SIGINT the group, grace, SIGKILL
+    POST /api/executions/{id}/terminate          SIGINT the group, grace, SIGKILL; a pending run
+                                                 answers terminated (cancelled before start)
     GET  /api/executions/{id}/last-error
-    POST /sim/executions   {execution_id, seconds, metadata?, ignore_sigint?, exit_code?}
-    POST /sim/restart      the agent restarts: processes killed, registry forgotten
+    GET  /api/executions/{id}/result             the retained terminal envelope + retained_at and
+                                                 truncated_log; 404 {"detail":{"code":"no_retained_result"}}
+                                                 when there is none; an old image: 404 {"detail":"Not Found"}
+    POST /sim/executions   {execution_id, seconds, metadata?, ignore_sigint?, exit_code?, error_type?,
+                            error_message?, synchronous? (default true: retained), response?, cost_usd?}
+    POST /sim/restart      the agent restarts: processes killed, registry forgotten (retained results kept)
     POST /sim/fault        {"mode": "none" | "hang" | "garbage" | "down"}  (Trinity API and /health)
-    POST /sim/legacy       {"enabled": bool}: answer /running like an older agent (executions only)
+    POST /sim/legacy       {"enabled": bool, "result_route"?: bool}: an older image; enabled answers
+                           /running with executions only, and result_route (default: not enabled)
+                           says whether it has the /result route
     GET  /sim/state
 
 Every path but ``/health`` needs ``X-Trinity-Agent-Token`` (the control API too). Routing by
@@ -46,6 +53,7 @@ from simulated_platform.process_registry import (
     LastError,
     ProcessRegistry,
     RegistryConfig,
+    RunResult,
     TerminateFailed,
 )
 
@@ -66,12 +74,13 @@ class SimulatedAgent:
     """One agent: its token, its process registry and the faults it is currently showing."""
 
     def __init__(self, name: str, secret: str, config: RegistryConfig | None = None,
-                 legacy: bool = False) -> None:
+                 legacy: bool = False, result_route: bool | None = None) -> None:
         if not valid_agent_name(name):
             raise ValueError(f"invalid agent name {name!r}: use 1-63 of [A-Za-z0-9._-]")
         self.name = name
         self.registry = ProcessRegistry(config)
-        self.legacy = legacy
+        self.legacy = legacy  # answers /running as before Trinity #921 (executions only)
+        self.result_route = not legacy if result_route is None else result_route  # Trinity #2944
         self.fault: FaultMode = "none"
         self._token = agent_token(secret, name).encode()
         self._unhang = asyncio.Event()
@@ -166,6 +175,16 @@ async def last_error(request: Request) -> JSONResponse:
     return JSONResponse({"error_type": error.error_type, "error_message": error.error_message})
 
 
+async def retained_result(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    if not agent.result_route:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)  # an image without the route
+    record = agent.registry.retained(request.path_params["execution_id"])
+    if record is None:
+        return JSONResponse({"detail": {"code": "no_retained_result"}}, status_code=404)
+    return JSONResponse(record.body())
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
@@ -190,11 +209,13 @@ async def sim_start(request: Request) -> JSONResponse:
     execution_id = _field(body, "execution_id", str)
     error_type = _field(body, "error_type", str, None)
     error = LastError(error_type, _field(body, "error_message", str, None)) if error_type else None
+    result = RunResult(_field(body, "synchronous", bool, True), _field(body, "response", str, None),
+                       _field(body, "cost_usd", (int, float), 0.0))
     registry = _agent(request).registry
     try:
         await registry.start(execution_id, _field(body, "seconds", (int, float)),
                              _field(body, "metadata", dict, None), _field(body, "ignore_sigint", bool, False),
-                             _field(body, "exit_code", int, 0), last_error=error)
+                             _field(body, "exit_code", int, 0), last_error=error, result=result)
     except DuplicateExecution as exc:
         raise HTTPException(409, str(exc)) from None
     except ValueError as exc:
@@ -219,13 +240,16 @@ async def sim_fault(request: Request) -> JSONResponse:
 
 
 async def sim_legacy(request: Request) -> JSONResponse:
-    _agent(request).legacy = _field(await _json_object(request), "enabled", bool)
-    return JSONResponse({"legacy": _agent(request).legacy})
+    body, agent = await _json_object(request), _agent(request)
+    enabled = _field(body, "enabled", bool)
+    agent.legacy, agent.result_route = enabled, _field(body, "result_route", bool, not enabled)
+    return JSONResponse({"legacy": agent.legacy, "result_route": agent.result_route})
 
 
 async def sim_state(request: Request) -> JSONResponse:
     agent = _agent(request)
     return JSONResponse({"agent": agent.name, "fault": agent.fault, "legacy": agent.legacy,
+                         "result_route": agent.result_route,
                          "running": len(agent.registry.running()), "pending": len(agent.registry.pending_ids()),
                          "recently_completed": len(agent.registry.recently_completed_ids())})
 
@@ -242,6 +266,7 @@ def _agent_api() -> Starlette:
         Route("/api/executions/{execution_id}/status", execution_status),
         Route("/api/executions/{execution_id}/terminate", terminate, methods=["POST"]),
         Route("/api/executions/{execution_id}/last-error", last_error),
+        Route("/api/executions/{execution_id}/result", retained_result),
         Route("/sim/executions", sim_start, methods=["POST"]),
         Route("/sim/restart", sim_restart, methods=["POST"]),
         Route("/sim/fault", sim_fault, methods=["POST"]),
@@ -402,20 +427,25 @@ async def _serve(app: MultiAgentApp | SingleAgentApp, host: str, port: int) -> A
 
 
 async def serve_agents(names: Iterable[str], secret: str, host: str = "127.0.0.1", port: int = 0,
-                       config: RegistryConfig | None = None, legacy: Iterable[str] = ()) -> AgentServer:
+                       config: RegistryConfig | None = None, legacy: Iterable[str] = (),
+                       without_result_route: Iterable[str] = ()) -> AgentServer:
     """Serve many agents on one port (0 picks a free one) in this event loop; returns when listening.
 
-    ``legacy`` names agents that answer ``/running`` like an older agent (``executions`` only).
+    ``legacy`` names agents that answer ``/running`` like an older agent (``executions`` only) and
+    lack the ``/result`` route; ``without_result_route`` names current agents on an image from
+    before retained results (``/result`` is a bare 404).
     """
-    old = set(legacy)
-    agents = [SimulatedAgent(name, secret, config, legacy=name in old) for name in names]
+    old, no_result = set(legacy), set(without_result_route)
+    agents = [SimulatedAgent(name, secret, config, legacy=name in old,
+                             result_route=False if name in no_result else None) for name in names]
     return await _serve(MultiAgentApp(agents), host, port)
 
 
 async def serve_agent(name: str, secret: str, host: str = "127.0.0.1", port: int = 0,
-                      config: RegistryConfig | None = None, legacy: bool = False) -> AgentServer:
+                      config: RegistryConfig | None = None, legacy: bool = False,
+                      result_route: bool | None = None) -> AgentServer:
     """Serve one agent at the root of its own port (the URL template is just the base URL)."""
-    return await _serve(SingleAgentApp(SimulatedAgent(name, secret, config, legacy)), host, port)
+    return await _serve(SingleAgentApp(SimulatedAgent(name, secret, config, legacy, result_route)), host, port)
 
 
 @contextlib.asynccontextmanager

@@ -7,13 +7,22 @@ event loop: no thread and no SIGCHLD handler per child, which keeps 10,000 of th
 An execution moves through the states Trinity's agent distinguishes::
 
     pending ──spawn_delay──> running ──exit──> exited ──unregister_delay──> completed ──window──> gone
+                                                  └─terminate: already_finished─> draining ──drain_seconds──┘
 
 ``pending`` (accepted, not spawned) and ``completed`` (unregistered, kept for
 ``completed_window`` seconds) are what ``/api/executions/running`` reports in ``pending_ids`` and
 ``recently_completed_ids``; ``exited`` is Trinity's short gap between the process ending and the
-runtime unregistering it, where ``/status`` says ``running: false`` and terminate answers
-``already_finished``. Completion callbacks fire on unregister; an agent restart (:meth:`wipe`)
-kills everything and reports nothing, which is how a platform loses track of an execution.
+runtime unregistering it, where ``/status`` says ``running: false``, terminate answers
+``already_finished`` and the id is listed as recently completed too (Trinity #2433). That
+terminate drops the entry, and the handler unregisters it only when it has drained: while
+``draining`` the id is in none of the three lists. A terminate of a pending run answers
+``terminated`` and keeps it pending; it is killed the moment it would spawn (cancelled before start).
+
+Completion callbacks fire on unregister. ``retain_delay`` later the run's terminal envelope is
+retained (:mod:`simulated_platform.retained_results`) if it was started synchronously and its
+handler saw it end: for that moment the id is recently completed while ``/result`` has nothing.
+An agent restart (:meth:`wipe`) kills everything and reports and retains nothing, which is how a
+platform loses track of an execution; results retained before it stay, as on Trinity's disk.
 
 Process kinds: ``sleep`` (the default) runs the coreutils ``sleep`` binary, about 0.1 MB of
 private memory per execution (10,000 of them take about 2.5 GB with kernel overhead), with a tiny
@@ -37,6 +46,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,10 +56,21 @@ from typing import Any, Literal
 
 import structlog
 
+from simulated_platform.retained_results import (
+    LOG_MAX_BYTES,
+    MAX_RECORDS,
+    TTL_SECONDS,
+    RetainedResult,
+    RetainedResults,
+    cancelled,
+    failed_envelope,
+    success_envelope,
+)
+
 log = structlog.get_logger(__name__)
 
 ProcessKind = Literal["sleep", "python"]
-State = Literal["pending", "running", "exited", "completed"]
+State = Literal["pending", "running", "exited", "draining", "completed"]
 CompletionCallback = Callable[[str, int], Awaitable[None] | None]
 
 EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -87,14 +108,24 @@ class RegistryConfig:
     kill_wait_seconds: float = 2.0  # SIGKILL → give up (500), as Trinity
     completed_window: float = 300.0  # Trinity's RECENTLY_COMPLETED_TTL_SECONDS
     unregister_delay: float = 0.0  # > 0 makes the exited-but-registered gap observable
+    drain_seconds: float = 1.0  # after terminate's already_finished, the id is in no list this long
+    retain_delay: float = 0.0  # unregister -> retained record; > 0 widens the gap in which /result has nothing
+    retained_ttl: float = TTL_SECONDS  # Trinity: 6 h
+    retained_max: int = MAX_RECORDS  # Trinity: 50 files
+    retained_log_max_bytes: int = LOG_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.kind not in ("sleep", "python"):
             raise ValueError(f"kind must be 'sleep' or 'python', got {self.kind!r}")
-        for name in ("spawn_delay", "grace_seconds", "kill_wait_seconds", "completed_window", "unregister_delay"):
+        for name in ("spawn_delay", "grace_seconds", "kill_wait_seconds", "completed_window", "unregister_delay",
+                     "drain_seconds", "retain_delay", "retained_ttl"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("retained_max", "retained_log_max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,15 @@ class TerminateResult:
     returncode: int | None
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What a run hands back when it succeeds, and whether anyone waits for it (only then retained)."""
+
+    synchronous: bool = True  # Trinity retains /api/task and /api/chat turns, not async dispatches
+    response: str | None = None  # default: a line naming the run
+    cost_usd: float = 0.0
+
+
 @dataclass(slots=True, eq=False)
 class _Run:
     execution_id: str
@@ -136,11 +176,14 @@ class _Run:
     block_sigint: bool
     metadata: dict[str, Any]
     error: LastError | None
+    result: RunResult
     state: State = "pending"
     pid: int = 0
     pidfd: int = -1
     started_at: str | None = None
     returncode: int | None = None
+    terminated: bool = False  # a terminate reached it: its end is a cancel (Trinity's was_terminated)
+    spawned_at: float = 0.0  # monotonic
     timer: asyncio.TimerHandle | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -178,6 +221,9 @@ class ProcessRegistry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[str, _Run] = {}  # pending, running and exited
         self._completed: dict[str, tuple[float, int]] = {}  # id -> (monotonic end, returncode); oldest first
+        self._retained = RetainedResults(self.config.retained_ttl, self.config.retained_max,
+                                         self.config.retained_log_max_bytes)
+        self._retaining: dict[str, asyncio.TimerHandle] = {}  # unregistered, record not written yet
         self._graveyard: dict[int, _Run] = {}  # killed by wipe(), still to be reaped silently
         self._callbacks: list[CompletionCallback] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,7 +239,7 @@ class ProcessRegistry:
 
     async def start(self, execution_id: str, seconds: float, metadata: Mapping[str, Any] | None = None,
                     ignore_sigint: bool = False, exit_code: int = 0,
-                    last_error: LastError | None = None) -> None:
+                    last_error: LastError | None = None, result: RunResult | None = None) -> None:
         """Accept an execution; it spawns now, or after ``spawn_delay`` (pending until then)."""
         loop = self._bind()
         if self._closed:
@@ -212,8 +258,12 @@ class ProcessRegistry:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+        result = result or RunResult()
+        if isinstance(result.cost_usd, bool) or not isinstance(result.cost_usd, int | float) \
+                or not math.isfinite(result.cost_usd) or result.cost_usd < 0:
+            raise ValueError(f"cost_usd must be a finite number >= 0, got {result.cost_usd!r}")
         argv = self._argv(float(seconds), bool(ignore_sigint), exit_code)
-        run = _Run(execution_id, argv, bool(ignore_sigint), meta, last_error)
+        run = _Run(execution_id, argv, bool(ignore_sigint), meta, last_error, result)
         self._runs[execution_id] = run
         if self.config.spawn_delay > 0:
             run.timer = loop.call_later(self.config.spawn_delay, self._spawn, run)
@@ -228,8 +278,13 @@ class ProcessRegistry:
         return [r.execution_id for r in self._runs.values() if r.state == "pending"]
 
     def recently_completed_ids(self) -> list[str]:
+        """Unregistered within the window, and exited but not unregistered yet (Trinity #2433)."""
         self._prune()
-        return list(self._completed)
+        return [*self._completed, *(r.execution_id for r in self._runs.values() if r.state == "exited")]
+
+    def retained(self, execution_id: str) -> RetainedResult | None:
+        """The run's retained terminal, or None (none yet, never, expired, evicted)."""
+        return self._retained.get(execution_id)
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         """Everything known about one execution, including pending and completed ones."""
@@ -243,7 +298,8 @@ class ProcessRegistry:
         return None
 
     def last_error(self, execution_id: str) -> LastError | None:
-        """The run's last error (fields None if none); None when it is not running or exited."""
+        """The run's last error (fields None if none); None when pending or unregistered (its log
+        buffer goes at unregister, as Trinity's does)."""
         run = self._runs.get(execution_id)
         if run is None or run.state == "pending":
             return None
@@ -252,10 +308,15 @@ class ProcessRegistry:
     async def terminate(self, execution_id: str) -> TerminateResult:
         """SIGINT to the process group, ``grace_seconds``, SIGKILL, ``kill_wait_seconds``."""
         run = self._runs.get(execution_id)
-        if run is None or run.state == "pending":
+        if run is None or run.state == "draining":
             raise ExecutionNotFound(execution_id)
+        if run.state == "pending":  # kept pending, killed at spawn: cancelled before start
+            run.terminated = True
+            return TerminateResult("terminated", None)
         if run.state == "exited":
+            self._drain(run)
             return TerminateResult("already_finished", run.returncode)
+        run.terminated = True
         for sig, wait in ((signal.SIGINT, self.config.grace_seconds),
                           (signal.SIGKILL, self.config.kill_wait_seconds)):
             if run.state == "running":
@@ -281,8 +342,11 @@ class ProcessRegistry:
                     os.killpg(run.pid, signal.SIGKILL)
                 self._graveyard[run.pid] = run
             self._wake(run)
+        for handle in self._retaining.values():
+            handle.cancel()  # the handler died with the agent server: nothing is retained
         self._runs.clear()
         self._completed.clear()
+        self._retaining.clear()
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Wipe, refuse new work, and wait until every killed process has been reaped."""
@@ -319,6 +383,9 @@ class ProcessRegistry:
     def _spawn(self, run: _Run) -> None:
         run.timer = None
         assert self._loop is not None
+        if run.terminated:
+            self._exited(run, -signal.SIGKILL, LastError("ProcessKilled", "cancelled before start"))
+            return
         try:
             run.pid = os.posix_spawn(run.argv[0], run.argv, os.environ, file_actions=_STDIO_TO_DEVNULL,
                                      setsid=True, setsigdef=_DEFAULT_SIGNALS,
@@ -335,6 +402,7 @@ class ProcessRegistry:
             return
         run.state = "running"
         run.started_at = _naive_utc_now()
+        run.spawned_at = time.monotonic()
         self._loop.add_reader(run.pidfd, self._reap, run)
 
     def _spawn_failed(self, run: _Run, exc: OSError) -> None:
@@ -370,6 +438,14 @@ class ProcessRegistry:
         else:
             self._unregister(run)
 
+    def _drain(self, run: _Run) -> None:
+        """Terminate dropped the exited entry: the handler unregisters it once it has drained."""
+        assert self._loop is not None
+        if run.timer is not None:
+            run.timer.cancel()
+        run.state = "draining"
+        run.timer = self._loop.call_later(self.config.drain_seconds, self._unregister, run)
+
     def _unregister(self, run: _Run) -> None:
         run.timer = None
         if self._runs.get(run.execution_id) is not run:
@@ -378,6 +454,11 @@ class ProcessRegistry:
         returncode = run.returncode if run.returncode is not None else SPAWN_FAILED
         self._completed[run.execution_id] = (time.monotonic(), returncode)
         self._prune()
+        envelope = self._envelope(run, returncode)
+        if envelope is not None and self._loop is not None:
+            # Always a later turn of the loop: the record lands just after the unregister.
+            self._retaining[run.execution_id] = self._loop.call_later(
+                self.config.retain_delay, self._retain, run.execution_id, envelope)
         for callback in self._callbacks:
             try:
                 result = callback(run.execution_id, returncode)
@@ -388,6 +469,26 @@ class ProcessRegistry:
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)
                 task.add_done_callback(self._callback_done)
+
+    def _envelope(self, run: _Run, returncode: int) -> dict[str, Any] | None:
+        """The terminal the run's handler returns, as Trinity's task handler retains it."""
+        if not run.result.synchronous:
+            return None
+        if returncode == 0:
+            response = run.result.response or f"simulated run {run.execution_id} finished"
+            elapsed = time.monotonic() - run.spawned_at if run.spawned_at else 0.0
+            metadata = {"cost_usd": run.result.cost_usd, "session_id": str(uuid.uuid4()),
+                        "duration_ms": int(elapsed * 1000), "num_turns": 1}
+            log_entry = {"type": "result", "subtype": "success", "result": response}
+            envelope = success_envelope(response, [log_entry], metadata)
+        else:
+            error = run.error or LastError()
+            envelope = failed_envelope(error.error_type, error.error_message or f"exit code {returncode}")
+        return cancelled(envelope) if run.terminated else envelope
+
+    def _retain(self, execution_id: str, envelope: dict[str, Any]) -> None:
+        self._retaining.pop(execution_id, None)
+        self._retained.record(execution_id, envelope)
 
     def _callback_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

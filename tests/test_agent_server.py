@@ -170,27 +170,62 @@ async def test_terminate_of_a_sigint_obeying_process_reports_returncode_minus_tw
     assert codes == {"polite": -signal.SIGINT}
 
 
-async def test_terminate_answers_404_for_unknown_pending_and_unregistered_runs() -> None:
-    config = RegistryConfig(spawn_delay=30)
-    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
-        await start(client, "waiting")
-        for execution_id in ("waiting", "never-existed"):
+async def test_terminate_answers_404_for_unknown_and_unregistered_runs() -> None:
+    async with await serve_agents(["alpha"], SECRET) as srv, agent_client(srv, "alpha") as client:
+        codes: dict[str, int] = {}
+        srv.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
+        await start(client, "done", seconds=0)
+        await eventually(lambda: "done" in codes)
+        for execution_id in ("done", "never-existed"):
             response = await client.post(f"/api/executions/{execution_id}/terminate")
             assert response.status_code == 404 and response.json() == {"detail": "Execution not found"}
 
 
-async def test_a_finished_but_still_registered_run_answers_already_finished_with_its_returncode() -> None:
-    config = RegistryConfig(unregister_delay=30)
+async def test_terminate_of_a_pending_run_answers_terminated_keeps_it_pending_and_cancels_it_at_spawn() -> None:
+    config = RegistryConfig(spawn_delay=1.0)
     async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        codes: dict[str, int] = {}
+        srv.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
+        await start(client, "waiting", seconds=30)
+        response = await client.post("/api/executions/waiting/terminate")
+        assert response.status_code == 200 and response.json() == {"status": "terminated", "execution_id": "waiting"}
+        assert (await running_body(client))["pending_ids"] == ["waiting"], "kept pending until it would spawn"
+        await eventually(lambda: "waiting" in codes)
+        body = await running_body(client)
+        result = await client.get("/api/executions/waiting/result")
+    assert codes == {"waiting": -signal.SIGKILL}
+    assert body == {"executions": [], "recently_completed_ids": ["waiting"], "pending_ids": []}
+    assert result.json()["status"] == "cancelled" and result.json()["terminal_reason"] == "cancelled"
+
+
+async def test_a_finished_but_still_registered_run_answers_already_finished_and_drains_out_of_every_list() -> None:
+    config = RegistryConfig(unregister_delay=30, drain_seconds=1.0)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        codes: dict[str, int] = {}
+        srv.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
         await start(client, "quick", seconds=0, exit_code=4)
         await eventually(lambda: state(srv, "quick") == "exited")
         status = (await client.get("/api/executions/quick/status")).json()
+        exited = await running_body(client)
         terminate = await client.post("/api/executions/quick/terminate")
-        body = await running_body(client)
+        began = time.monotonic()
+        draining = await running_body(client)
+        status_draining = await client.get("/api/executions/quick/status")
+        again = await client.post("/api/executions/quick/terminate")
+        last_error = await client.get("/api/executions/quick/last-error")
+        assert codes == {}, "not unregistered while it drains"
+        await eventually(lambda: "quick" in codes)
+        drained_after = time.monotonic() - began
+        drained = await running_body(client)
     assert status["running"] is False and status["returncode"] == 4
+    assert exited["recently_completed_ids"] == ["quick"], "exited, not unregistered: completed for the watchdog"
     assert terminate.status_code == 200
     assert terminate.json() == {"status": "already_finished", "execution_id": "quick", "returncode": 4}
-    assert body["executions"] == [] and body["recently_completed_ids"] == []  # Trinity's gap
+    assert draining == {"executions": [], "recently_completed_ids": [], "pending_ids": []}  # Trinity's gap
+    assert status_draining.status_code == 404 and again.status_code == 404
+    assert last_error.json() == {"error_type": "ProcessExited", "error_message": "process exited with code 4"}
+    assert drained_after < 10, "the drain ends on its own, long before the 30 s unregister delay"
+    assert drained["recently_completed_ids"] == ["quick"] and codes == {"quick": 4}
 
 
 async def test_a_process_that_outlives_sigkill_makes_terminate_answer_500() -> None:
@@ -238,7 +273,6 @@ async def test_a_pending_execution_is_listed_in_pending_ids_and_404s_on_status_u
         assert body["pending_ids"] == ["later"] and body["executions"] == []
         assert (await client.get("/api/executions/later/status")).status_code == 404
         assert (await client.get("/api/executions/later/last-error")).status_code == 404
-        assert (await client.post("/api/executions/later/terminate")).status_code == 404
         await asyncio.sleep(0.8)
         body = await running_body(client)
         assert body["pending_ids"] == []
@@ -266,8 +300,153 @@ async def test_an_older_agent_answers_running_with_executions_only() -> None:
         await start(old, "e1")
         assert set(await running_body(old)) == {"executions"}
         assert set(await running_body(new)) == {"executions", "recently_completed_ids", "pending_ids"}
-        assert (await old.post("/sim/legacy", json={"enabled": False})).json() == {"legacy": False}
+        switched = await old.post("/sim/legacy", json={"enabled": False})
+        assert switched.json() == {"legacy": False, "result_route": True}
         assert "pending_ids" in await running_body(old)
+
+
+# -- retained results (Trinity #2944) ----------------------------------------------------------
+
+async def retained(client: httpx.AsyncClient, execution_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Wait until the agent has retained the run's result, and return the /result body."""
+    deadline = time.monotonic() + timeout
+    while (response := await client.get(f"/api/executions/{execution_id}/result")).status_code == 404:
+        assert response.json() == NO_RECORD, response.text
+        assert time.monotonic() < deadline, "no retained result in time"
+        await asyncio.sleep(0.02)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+NO_RECORD = {"detail": {"code": "no_retained_result"}}
+
+
+async def test_a_synchronous_success_is_retained_as_trinitys_success_envelope(far_from_utc: None) -> None:
+    async with await serve_agents(["alpha"], SECRET) as srv, agent_client(srv, "alpha") as client:
+        before = datetime.now(UTC)
+        await start(client, "ok-1", seconds=0.2, response="all done", cost_usd=0.25)
+        body = await retained(client, "ok-1")
+    assert set(body) == {"status", "response", "execution_log", "metadata", "session_id", "terminal_reason",
+                         "retained_at", "truncated_log"}, "a success envelope has no error"
+    assert body["status"] == "success" and body["response"] == "all done" and body["terminal_reason"] == "completed"
+    assert body["metadata"]["cost_usd"] == 0.25 and body["metadata"]["duration_ms"] >= 150
+    assert body["session_id"] == body["metadata"]["session_id"] and len(body["session_id"]) == 36
+    assert body["execution_log"] and body["truncated_log"] is False
+    assert body["retained_at"].endswith("+00:00"), "written with an offset, not Z"
+    assert 0 <= (datetime.fromisoformat(body["retained_at"]) - before).total_seconds() < 10
+
+
+@pytest.mark.parametrize(("error_type", "error_code", "terminal_reason", "error"), [
+    (None, None, "error", "process exited with code 3"),
+    ("rate_limit", "billing", "rate_limit", "429 from the model"),
+    ("auth", "auth", "auth", "429 from the model"),
+])
+async def test_a_synchronous_failure_is_retained_with_only_the_five_failure_keys(
+        error_type: str | None, error_code: str | None, terminal_reason: str, error: str) -> None:
+    extra = {"error_type": error_type, "error_message": "429 from the model"} if error_type else {}
+    async with await serve_agents(["alpha"], SECRET) as srv, agent_client(srv, "alpha") as client:
+        await start(client, "bad-1", seconds=0, exit_code=3, **extra)
+        body = await retained(client, "bad-1")
+    assert body == {"status": "failed", "error": error, "error_code": error_code, "terminal_reason": terminal_reason,
+                    "metadata": {}, "retained_at": body["retained_at"], "truncated_log": False}
+
+
+async def test_a_terminated_run_is_retained_as_cancelled(server: AgentServer) -> None:
+    async with agent_client(server, "alpha") as client:
+        await start(client, "stop-me")
+        assert (await client.post("/api/executions/stop-me/terminate")).json()["status"] == "terminated"
+        body = await retained(client, "stop-me")
+    assert body["status"] == "cancelled" and body["terminal_reason"] == "cancelled" and body["error_code"] is None
+
+
+async def test_async_unknown_running_and_unsafe_ids_answer_the_coded_404(server: AgentServer) -> None:
+    codes: dict[str, int] = {}
+    server.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
+    async with agent_client(server, "alpha") as client:
+        await start(client, "async-1", seconds=0, synchronous=False)
+        await start(client, "dotted.id", seconds=0)
+        await start(client, "still-running")
+        await start(client, "sync-1", seconds=0)
+        await retained(client, "sync-1")  # written after the others ended: theirs would be there by now
+        assert {"async-1", "dotted.id"} <= set(codes)
+        for execution_id in ("async-1", "dotted.id", "still-running", "never-existed", "-Ab_9"):
+            response = await client.get(f"/api/executions/{execution_id}/result")
+            assert response.status_code == 404 and response.json() == NO_RECORD, execution_id
+
+
+async def test_the_record_is_written_after_unregister_so_a_recently_completed_id_can_still_have_none() -> None:
+    config = RegistryConfig(retain_delay=1.0)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        codes: dict[str, int] = {}
+        srv.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
+        await start(client, "_gap", seconds=0)
+        await eventually(lambda: "_gap" in codes)
+        listed = (await running_body(client))["recently_completed_ids"]
+        early = await client.get("/api/executions/_gap/result")
+        body = await retained(client, "_gap")
+    assert listed == ["_gap"] and early.status_code == 404 and early.json() == NO_RECORD
+    assert body["status"] == "success"
+
+
+async def test_a_record_expires_after_the_ttl() -> None:
+    config = RegistryConfig(retained_ttl=0.5)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        await start(client, "brief", seconds=0)
+        await retained(client, "brief")
+        await asyncio.sleep(0.6)
+        response = await client.get("/api/executions/brief/result")
+    assert response.status_code == 404 and response.json() == NO_RECORD
+
+
+async def test_the_oldest_records_are_evicted_past_the_cap() -> None:
+    config = RegistryConfig(retained_max=3)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        for n in range(5):
+            await start(client, f"run-{n}", seconds=0)
+            await retained(client, f"run-{n}")
+        answers = {n: (await client.get(f"/api/executions/run-{n}/result")).status_code for n in range(5)}
+    assert answers == {0: 404, 1: 404, 2: 200, 3: 200, 4: 200}
+
+
+async def test_a_transcript_over_the_cap_is_dropped_but_the_result_kept() -> None:
+    config = RegistryConfig(retained_log_max_bytes=10)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        await start(client, "chatty", seconds=0, response="kept")
+        body = await retained(client, "chatty")
+    assert body["execution_log"] is None and body["truncated_log"] is True and body["response"] == "kept"
+
+
+async def test_records_outlive_an_agent_restart_but_runs_it_killed_have_none(server: AgentServer) -> None:
+    async with agent_client(server, "alpha") as client:
+        await start(client, "before", seconds=0)
+        await retained(client, "before")
+        await start(client, "killed")
+        await client.post("/sim/restart")
+        await asyncio.sleep(0.2)
+        assert (await client.get("/api/executions/before/result")).status_code == 200
+        response = await client.get("/api/executions/killed/result")
+    assert response.status_code == 404 and response.json() == NO_RECORD
+
+
+async def test_an_old_image_answers_result_with_the_bare_404() -> None:
+    async with await serve_agents(["old", "pre2944", "new"], SECRET, legacy=["old"],
+                                  without_result_route=["pre2944"]) as srv:
+        for name in ("old", "pre2944", "new"):
+            async with agent_client(srv, name) as client:
+                await start(client, "e1", seconds=0)
+                await asyncio.sleep(0.2)
+                response = await client.get("/api/executions/e1/result")
+                if name == "new":
+                    assert response.status_code == 200
+                else:
+                    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}, name
+        async with agent_client(srv, "pre2944") as client:
+            assert "pending_ids" in await running_body(client), "its /running is current"
+        async with agent_client(srv, "new") as client:
+            switched = await client.post("/sim/legacy", json={"enabled": False, "result_route": False})
+            assert switched.json() == {"legacy": False, "result_route": False}
+            assert (await client.get("/api/executions/e1/result")).json() == {"detail": "Not Found"}
 
 
 # -- restart ----------------------------------------------------------------------------------------
