@@ -7,19 +7,22 @@ their results. Only the answers a simulated agent cannot give (a 5xx, garbage or
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from platform_access.inflight import RedisInflight
-from platform_access.schema import agent_ownership
+from platform_access.schema import agent_ownership, metadata
 from remediator.claim import RECOVERED_NOTICE
 from remediator.texts import orphan_text
 from simulated_platform.agent_server import AgentServer, serve_agents
@@ -318,3 +321,24 @@ async def test_any_other_answer_to_result_is_retried_never_failed(
         [verdict] = response.json()["alerts"]
         assert verdict["outcome"] == "retry" and why in verdict["reason"], verdict
         assert h.row("e-x").status == "running"
+
+
+def _remediator_args(*argv: str) -> argparse.Namespace:
+    from remediator.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["remediator", "--agent-secret", "s", "--insecure-no-auth", *argv])
+
+
+def test_a_trinity_database_without_slot_tables_and_without_redis_is_refused_at_start(tmp_path: Path) -> None:
+    """Before: the row was failed, then its slot release retried forever against a missing table."""
+    from remediator.cli import build_config
+
+    url = f"sqlite:///{tmp_path / 'trinity.db'}"
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)  # Trinity's own tables: slots and markers live in Redis
+    engine.dispose()
+    with pytest.raises(ValueError, match="pass --redis-url"):
+        build_config(_remediator_args("--database-url", url))
+    assert build_config(_remediator_args("--database-url", url, "--redis-url", "redis://127.0.0.1:1/0"))
