@@ -29,8 +29,8 @@ def register(commands: Any) -> None:
     add_flag(parser, "--agent-url-template", default=DEFAULT_URL_TEMPLATE,
              help="base URL of an agent server, with {agent} where the agent name goes")
     secret = parser.add_mutually_exclusive_group()
-    add_flag(secret, "--agent-secret", help="shared secret for X-Trinity-Agent-Token (prefer the file form)")  # type: ignore[arg-type]
-    add_flag(secret, "--agent-secret-file", help="file holding the shared agent secret")  # type: ignore[arg-type]
+    add_flag(secret, "--agent-secret", help="the backend's AGENT_AUTH_SECRET (prefer the file form)")  # type: ignore[arg-type]
+    add_flag(secret, "--agent-secret-file", help="file holding the backend's AGENT_AUTH_SECRET")  # type: ignore[arg-type]
     add_flag(parser, "--redis-url", help="Redis holding the capacity slots; without it, the agent_slots table")
     add_flag(parser, "--agent-timeout", default="3", help="seconds one agent may take to answer")
     add_flag(parser, "--poll-concurrency", default="50", help="agents polled at the same time")

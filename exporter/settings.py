@@ -63,7 +63,7 @@ def _read_secret(args: argparse.Namespace) -> str:
     secret = (args.agent_secret or "").strip()
     if not secret:
         raise ConfigError("no agent secret: pass --agent-secret-file PATH (or set EXEC_WATCHDOG_AGENT_SECRET) "
-                          "with the shared secret the agents verify X-Trinity-Agent-Token with")
+                          "holding the backend's AGENT_AUTH_SECRET (X-Trinity-Agent-Token is derived from it)")
     return str(secret)
 
 

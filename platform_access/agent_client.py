@@ -15,13 +15,22 @@ from urllib.parse import urlsplit
 import httpx
 
 from platform_access.auth import TOKEN_HEADER, agent_token
-from platform_access.names import check_agent_name, check_execution_id
+from platform_access.names import check_agent_name, check_host, execution_path, path_segment
+from platform_access.retained import (
+    MAX_BODY_BYTES,
+    BadRetainedResult,
+    NoRetainedResult,
+    RetainedResult,
+    is_coded_missing,
+    parse_retained,
+)
 from platform_access.timestamps import BadTimestamp, parse_utc
 
 T = TypeVar("T")
 ResultKind = Literal["answered", "unreachable", "timeout", "unauthorized", "not_found", "bad_response",
                      "server_error"]
 DEFAULT_URL_TEMPLATE = "http://agent-{agent}:8000"
+_MARK = "zzagentmarkzz"  # stands in for {agent} while the template is parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +118,13 @@ class AgentClient:
                  terminate_timeout: float = 15.0, max_connections: int = 200,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not secret:
-            raise ValueError("agent secret is empty: set the shared secret the agents verify tokens with")
+            raise ValueError("agent secret is empty: set the backend's AGENT_AUTH_SECRET "
+                             "(each agent holds only the token derived from it)")
         self.url_template = check_url_template(url_template)
         self._agent_in_host = "{agent}" in urlsplit(self.url_template).netloc
+        # The template's host with the placeholder kept, to check the whole host a name makes.
+        marked = urlsplit(self.url_template.replace("{agent}", _MARK)).hostname or ""
+        self._host_template = marked.replace(_MARK, "{agent}")
         self._secret = secret
         self._tokens: dict[str, str] = {}
         self._terminate_timeout = terminate_timeout
@@ -125,7 +138,11 @@ class AgentClient:
 
     def base_url(self, agent: str) -> str:
         """The agent's base URL; raises InvalidIdentifier for names that do not fit safely."""
-        return self.url_template.replace("{agent}", check_agent_name(agent, in_host=self._agent_in_host))
+        if self._agent_in_host:
+            name = check_agent_name(agent, in_host=True)
+            check_host(self._host_template.replace("{agent}", name), name)
+            return self.url_template.replace("{agent}", name)
+        return self.url_template.replace("{agent}", path_segment(check_agent_name(agent)))
 
     def _token(self, agent: str) -> str:
         token = self._tokens.get(agent)
@@ -170,7 +187,7 @@ class AgentClient:
             return AgentResult("bad_response", detail=f"{agent}: {exc}")
 
     async def status(self, agent: str, execution_id: str) -> AgentResult[ExecutionStatus]:
-        result, body = await self._call("GET", agent, f"/api/executions/{check_execution_id(execution_id)}/status")
+        result, body = await self._call("GET", agent, execution_path(execution_id, "status"))
         if body is None:
             return result
         running, code = body.get("running"), body.get("returncode")
@@ -180,8 +197,8 @@ class AgentClient:
 
     async def terminate(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
         # The agent waits up to 5 s grace + 2 s after SIGKILL before answering.
-        path = f"/api/executions/{check_execution_id(execution_id)}/terminate"
-        result, body = await self._call("POST", agent, path, timeout=self._terminate_timeout)
+        result, body = await self._call("POST", agent, execution_path(execution_id, "terminate"),
+                                        timeout=self._terminate_timeout)
         if body is None:
             return result
         status, code = body.get("status"), body.get("returncode")
@@ -189,8 +206,42 @@ class AgentClient:
             return AgentResult("bad_response", detail=f"{agent}: unexpected terminate answer {body!r:.200}")
         return AgentResult("answered", TerminateOutcome(status, code))
 
+    async def result(self, agent: str, execution_id: str) -> AgentResult[RetainedResult | NoRetainedResult]:
+        """The run's retained result (Trinity #2944).
+
+        ``answered`` with a :class:`RetainedResult`, or with :class:`NoRetainedResult` for the coded
+        404; ``not_found`` for a bare 404 (an older image without the route); any other kind means
+        the agent could not be asked properly (retry, never fail). The body is read only up to
+        ``MAX_BODY_BYTES``.
+        """
+        url = self.base_url(agent) + execution_path(execution_id, "result")
+        try:
+            async with self._http.stream("GET", url, headers={TOKEN_HEADER: self._token(agent)}) as response:
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        return AgentResult("bad_response", detail=f"{url}: body larger than {MAX_BODY_BYTES} bytes")
+        except httpx.TimeoutException as exc:
+            return AgentResult("timeout", detail=f"{type(exc).__name__} calling {url}")
+        except httpx.HTTPError as exc:
+            return AgentResult("unreachable", detail=f"{type(exc).__name__} calling {url}: {exc}")
+        status = response.status_code
+        if status == 404:
+            if is_coded_missing(bytes(body)):
+                return AgentResult("answered", NoRetainedResult())
+            return AgentResult("not_found", detail=f"{url}: 404 without a code (an agent image without /result)")
+        if status != 200:
+            kind: ResultKind = ("unauthorized" if status == 401 else "server_error" if status >= 500
+                                else "bad_response")
+            return AgentResult(kind, detail=f"{url}: {status}")
+        try:
+            return AgentResult("answered", parse_retained(bytes(body)))
+        except BadRetainedResult as exc:
+            return AgentResult("bad_response", detail=f"{url}: {exc}")
+
     async def last_error(self, agent: str, execution_id: str) -> AgentResult[LastError]:
-        result, body = await self._call("GET", agent, f"/api/executions/{check_execution_id(execution_id)}/last-error")
+        result, body = await self._call("GET", agent, execution_path(execution_id, "last-error"))
         if body is None:
             return result
         kind, message = body.get("error_type"), body.get("error_message")

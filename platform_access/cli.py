@@ -17,8 +17,8 @@ def register(commands: Any) -> None:
     sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = sub.add_parser(
         "init", help="create Trinity's tables (the columns exec-watchdog uses) in a new database",
-        description="Create schedule_executions, agent_schedules, agent_ownership, agent_slots and execution_inflight in an "
-                    "empty database. Refuses, changing nothing, if any of them exists already.")
+        description="Create schedule_executions, agent_schedules, agent_ownership, agent_slots and "
+                    "execution_inflight in an empty database. Refuses, changing nothing, if any exists already.")
     add_flag(init, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of the new database")
     init.set_defaults(run=run_init)
 

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,16 +61,20 @@ HOSTILE_NAMES = [
     "../admin", "..", ".", "a1/../a2", "a1/..", "%2e%2e", "..%2f", "a1%2fx", "a1\\..\\a2", "/etc/passwd",
     "a1@evil.example", "evil.example:80", "//evil.example", "http://evil.example", "a1:1@evil.example", "a1?x=1",
     "a1#frag", "a1 ", " a1", "a1\n", "a1\r\nX: y", "a1\x00", "a1\t", "", "\uff41\uff11", "a1\u200b", "\ud800",
-    "'; DROP TABLE agent_ownership;--", "a" * 64, "[::1]", "127.0.0.1:22",
+    "'; DROP TABLE agent_ownership;--", "a" * 129, "[::1]", "127.0.0.1:22", "-a1", "_a1",
 ]
-# Valid for a path, not for a host name: uppercase, underscore, dot.
-PATH_ONLY_NAMES = ["A1", "a_1", "a.b", "Agent-7"]
-names = (st.sampled_from(HOSTILE_NAMES + PATH_ONLY_NAMES) | st.text(_chars, max_size=70)
-         | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", fullmatch=True)
-         | st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True))
+# Valid in a URL path, not in a host name: upper case, an empty label, a label over 63 characters.
+PATH_ONLY_NAMES = ["A1", "Agent-7", "a..b", "a" * 64]
+# What Trinity's sanitize_agent_name makes: lower case, digits, '_', '.', '-', a letter or digit first.
+TRINITY_NAMES = ["gamma_ops", "a.b", "ops.v2", "x_", "a1.", "0x7f.1", "1.2.3.4", "a._-b"]
+names = (st.sampled_from(HOSTILE_NAMES + PATH_ONLY_NAMES + TRINITY_NAMES) | st.text(_chars, max_size=70)
+         | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", fullmatch=True)
+         | st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,70}", fullmatch=True))
+# Trinity's ids: the agent server's rule [A-Za-z0-9_-]{1,128}, any first character (token_urlsafe).
 execution_ids = (st.sampled_from(["e1", "../../x", "e1/terminate", "e1?x=1", "e1#", "e1%2f..", "..", "e1\x00",
-                                  "'; DROP TABLE schedule_executions;--", "e" * 129, "2026-01-01T00:00:00Z"])
-                 | st.text(_chars, max_size=140) | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", fullmatch=True))
+                                  "'; DROP TABLE schedule_executions;--", "e" * 129, "2026-01-01T00:00:00Z",
+                                  "-", "_", "--x", "-Ab_9", "e1.x", "e1:x"])
+                 | st.text(_chars, max_size=140) | st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True))
 
 
 # -- credentials, as a function ---------------------------------------------------------------------
@@ -382,7 +387,7 @@ def test_secrets_never_appear_in_logs_or_responses(service: Service) -> None:
 
 # -- where an agent request may go --------------------------------------------------------------------
 
-TEMPLATES = ["http://agent-{agent}:8000", "https://{agent}.agents.example.internal", "http://127.0.0.1:9/agents/{agent}",
+TEMPLATES = ["http://agent-{agent}:8000", "http://{agent}:8000", "https://{agent}.agents.example.internal", "http://127.0.0.1:9/agents/{agent}",
              "http://127.0.0.1:9/fleet/{agent}/v1"]
 
 
@@ -396,7 +401,9 @@ def _assert_inside(template: str, url: str, agent: str, tail: str) -> None:
     if mark in sample.host:
         host_prefix, host_suffix = sample.host.split(mark)
         assert got.host == f"{host_prefix}{agent}{host_suffix}"
-        assert "." not in agent  # one DNS label: it cannot reach another domain
+        assert all(1 <= len(label) <= 63 for label in got.host.split(".")), got.host  # no empty label
+        with pytest.raises(OSError):
+            socket.inet_aton(got.host)  # never an address literal
         assert got.raw_path.decode() == path + tail
     else:
         assert got.host == sample.host
@@ -421,6 +428,7 @@ def clients() -> Iterator[dict[str, AgentClient]]:
 @given(template=st.sampled_from(TEMPLATES), agent=names, execution_id=execution_ids)
 @example(template=TEMPLATES[2], agent="..", execution_id="e1")
 @example(template=TEMPLATES[0], agent="a.evil.example", execution_id="e1")
+@example(template="https://{agent}.agents.example.internal", agent="a..b", execution_id="-x")
 def test_agent_urls_stay_inside_the_template(clients: dict[str, AgentClient], template: str, agent: str,
                                              execution_id: str) -> None:
     try:
@@ -542,7 +550,7 @@ async def test_agent_requests_with_the_agent_in_the_host_stay_on_template_hosts(
 # -- hostile agent names stored in the database -------------------------------------------------------
 
 ROW_HOSTILE = ["../admin", "a1@evil.example", "evil.example:80", "a1/../a2", "a1?x=1", "a1#f", "a1 ", "a1\n",
-               "%2e%2e", "..", "\uff41\uff11", "a" * 64, "'; DROP TABLE agent_ownership;--"]
+               "%2e%2e", "..", "\uff41\uff11", "a" * 129, "'; DROP TABLE agent_ownership;--"]
 
 
 @contextlib.asynccontextmanager

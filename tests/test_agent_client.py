@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 
 from platform_access.agent_client import AgentClient, check_url_template
 from platform_access.auth import agent_token
-from platform_access.names import InvalidIdentifier
+from platform_access.names import InvalidIdentifier, check_execution_id
 from simulated_platform.agent_server import AgentServer, serve_agents
 from tests.servers import free_port
 
@@ -91,21 +92,41 @@ async def test_nothing_listening_is_unreachable() -> None:
         await c.aclose()
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "a@b", "a b", "", "x" * 64, "a..b", "a\nb", "a%2fb"])
+@pytest.mark.parametrize("name", ["../x", "a/b", "a@b", "a b", "", "x" * 129, "-a", "_a", ".a", "a\nb", "a%2fb"])
 async def test_hostile_agent_names_are_refused_before_any_request(client: AgentClient, name: str) -> None:
     with pytest.raises(InvalidIdentifier):
         await client.running(name)
 
 
-async def test_host_templates_refuse_names_that_are_not_one_dns_label() -> None:
-    c = AgentClient("http://agent-{agent}:8000", SECRET)
+async def test_host_templates_admit_trinity_names_and_refuse_empty_labels_and_addresses() -> None:
+    """``_`` and ``.`` are legal in Trinity names; a host still never gets an empty label or becomes an IP."""
+    prefixed = AgentClient("http://agent-{agent}:8000", SECRET)
+    bare = AgentClient("http://{agent}:8000", SECRET)
     try:
-        assert c.base_url("worker-1") == "http://agent-worker-1:8000"
-        for name in ("evil.example.com", "Upper", "under_score", "-lead"):
+        assert prefixed.base_url("worker-1") == "http://agent-worker-1:8000"
+        assert prefixed.base_url("gamma_ops") == "http://agent-gamma_ops:8000"
+        assert prefixed.base_url("ops.v2") == "http://agent-ops.v2:8000"
+        for name in ("Upper", "-lead", "a..b", "a.", "x" * 58, "a:1", "a@b"):
             with pytest.raises(InvalidIdentifier):
-                c.base_url(name)
+                prefixed.base_url(name)
+        assert bare.base_url("gamma_ops") == "http://gamma_ops:8000"
+        for name in ("1.2.3.4", "0x7f.1", "10", "127.1"):
+            with pytest.raises(InvalidIdentifier, match="IP address"):
+                bare.base_url(name)
     finally:
-        await c.aclose()
+        await prefixed.aclose()
+        await bare.aclose()
+
+
+async def test_every_token_urlsafe_id_is_accepted(client: AgentClient) -> None:
+    """Trinity's ids start with '-' or '_' about 1 time in 32: each one is asked about, none refused."""
+    ids = [secrets.token_urlsafe(16) for _ in range(2_000)] + ["-leading", "_leading", "--", "-" * 22]
+    assert sum(i[0] in "-_" for i in ids) > 20
+    for execution_id in ids:
+        assert check_execution_id(execution_id) == execution_id
+    for execution_id in ids[-4:]:
+        answer = await client.status("a1", execution_id)
+        assert answer.kind == "not_found", answer  # asked, and the agent does not know it
 
 
 @pytest.mark.parametrize("template", ["agent-{agent}:8000", "http://{agent}{agent}", "ftp://x/{agent}",

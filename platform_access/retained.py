@@ -1,0 +1,103 @@
+"""A finished run's retained result, as the agent serves it (Trinity #2944).
+
+``GET /api/executions/{id}/result`` answers 200 with the run's terminal envelope plus
+``retained_at`` (ISO, written with an offset) and ``truncated_log``; 404
+``{"detail": {"code": "no_retained_result"}}`` when nothing is retained (or it expired); a bare 404
+from an older agent image that has no such route. This module turns the 200 body into a
+:class:`RetainedResult` or says why it cannot: the body is untrusted and may be huge, so its size is
+bounded before it is parsed and the response text again after. What the watchdog then does with a
+result (when to claim, which status to write) is remediator policy (``remediator/claim.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from platform_access.timestamps import BadTimestamp, parse_utc
+
+NO_RETAINED_RESULT = "no_retained_result"
+MAX_BODY_BYTES = 20_000_000  # a larger body is not read: the claim is retried later, never failed
+MAX_RESPONSE_CHARS = 4_000_000  # Trinity's bound on a claimed response
+
+
+class BadRetainedResult(ValueError):
+    """A 200 answer that is not a usable retained result (the claim is retried, never failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoRetainedResult:
+    """The agent's coded 404: it has the route and holds nothing for this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedResult:
+    status: str  # the envelope's own word: success | failed | cancelled (anything else reads as failed)
+    retained_at: datetime
+    response: str | None
+    error: str | None
+    error_code: str | None
+    terminal_reason: str | None
+    cost_usd: float | None
+    session_id: str | None
+    execution_log: str | None  # the transcript as JSON text, ready for the column
+    truncated_log: bool
+
+
+def is_coded_missing(body: bytes) -> bool:
+    """True for the coded 404 body; False for a bare or unreadable one (an older image)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    return isinstance(detail, dict) and detail.get("code") == NO_RETAINED_RESULT
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRetainedResult(f"{key} must be a string or null")
+    return value
+
+
+def parse_retained(raw: bytes) -> RetainedResult:
+    """The 200 body of ``/result`` as a :class:`RetainedResult`; :class:`BadRetainedResult` if unusable."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRetainedResult(f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRetainedResult("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRetainedResult("body is not a JSON object")
+    status = body.get("status")
+    if not isinstance(status, str) or not status:
+        raise BadRetainedResult("status must be a non-empty string")
+    stamp = body.get("retained_at")
+    if not isinstance(stamp, str):
+        raise BadRetainedResult("retained_at must be an ISO timestamp")
+    try:
+        retained_at = parse_utc(stamp)
+    except BadTimestamp as exc:
+        raise BadRetainedResult(f"retained_at: {exc}") from None
+    response = _optional_text(body, "response")
+    if response is not None and len(response) > MAX_RESPONSE_CHARS:
+        raise BadRetainedResult(f"response is longer than {MAX_RESPONSE_CHARS} characters")
+    metadata = body.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    cost = metadata.get("cost_usd")
+    session = body.get("session_id") or metadata.get("session_id")
+    log = body.get("execution_log")
+    return RetainedResult(
+        status=status, retained_at=retained_at, response=response, error=_optional_text(body, "error"),
+        error_code=_optional_text(body, "error_code"), terminal_reason=_optional_text(body, "terminal_reason"),
+        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        session_id=session if isinstance(session, str) else None,
+        execution_log=None if log is None else (log if isinstance(log, str) else json.dumps(log)),
+        truncated_log=body.get("truncated_log") is True,
+    )
