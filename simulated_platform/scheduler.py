@@ -80,6 +80,7 @@ class Scheduler:
         self.on_event = on_event or (lambda kind, started, detail: None)
         self.started: dict[str, Started] = {}
         self.held: set[str] = set()  # in the backend, not on the agent yet
+        self.retained_lost: set[str] = set()  # succeeded, retained by the agent, report lost
         self.counts: Counter[str] = Counter()
         self.owed_releases: set[tuple[str, str]] = set()
         self.dispatches = Dispatches(inflight, tick=marker_tick, grace=marker_grace) if inflight else None
@@ -140,7 +141,10 @@ class Scheduler:
     async def _dispatch_later(self, started: Started, seconds: float) -> None:
         await asyncio.sleep(self.hold_seconds)
         if self.hold_seconds >= RESTAMP_AFTER_SECONDS:
-            restamped = await anyio.to_thread.run_sync(self._restamp, started.execution_id)
+            try:
+                restamped = await anyio.to_thread.run_sync(self._restamp, started.execution_id)
+            except sa.exc.OperationalError:  # the database is down: dispatch on the old clock
+                restamped = None
             if restamped is not None:
                 started = Started(started.execution_id, started.agent, started.fault, restamped,
                                   started.timeout_seconds)
@@ -187,6 +191,7 @@ class Scheduler:
                 if self.dispatches:
                     self.dispatches.abandon(execution_id)  # the worker died: its marker lapses
                 self.counts["reports_lost"] += 1
+                self.retained_lost.add(execution_id)
                 self.on_event("report_lost", started, f"returncode {returncode}, retained by the agent, report lost")
                 return
             self._end_dispatch(execution_id)  # the call returned
