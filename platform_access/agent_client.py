@@ -64,6 +64,7 @@ class RunningSnapshot:
     executions: tuple[RunningEntry, ...]
     recently_completed_ids: frozenset[str]
     pending_ids: frozenset[str]
+    reports_pending: bool = True  # False for an image from before pending_ids (Trinity #2433)
 
     @property
     def running_ids(self) -> frozenset[str]:
@@ -150,8 +151,9 @@ class AgentClient:
             token = self._tokens[agent] = agent_token(self._secret, agent)
         return token
 
-    async def _call(self, method: str, agent: str, path: str,
-                    timeout: float | None = None) -> tuple[AgentResult[Any], Any]:
+    async def _call(self, method: str, agent: str, path: str, timeout: float | None = None,
+                    any_2xx: bool = False) -> tuple[AgentResult[Any], Any]:
+        """One request; ``any_2xx`` accepts every 2xx, its body read as ``{}`` if it is not a JSON object."""
         url = self.base_url(agent) + path
         try:
             response = await self._http.request(
@@ -167,12 +169,16 @@ class AgentClient:
             return AgentResult("not_found", detail=f"{url}: 404"), None
         if response.status_code >= 500:
             return AgentResult("server_error", detail=f"{url}: {response.status_code} {response.text[:200]}"), None
-        if response.status_code != 200:
+        if response.status_code != 200 and not (any_2xx and 200 <= response.status_code < 300):
             return AgentResult("bad_response", detail=f"{url}: unexpected {response.status_code}"), None
         try:
             body = response.json()
         except ValueError:
+            if any_2xx:
+                return AgentResult("answered"), {}
             return AgentResult("bad_response", detail=f"{url}: body is not JSON"), None
+        if any_2xx and not isinstance(body, dict):
+            return AgentResult("answered"), {}
         if not isinstance(body, dict):
             return AgentResult("bad_response", detail=f"{url}: body is not a JSON object"), None
         return AgentResult("answered"), body
@@ -196,15 +202,16 @@ class AgentClient:
         return AgentResult("answered", ExecutionStatus(execution_id, running, code))
 
     async def terminate(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
-        # The agent waits up to 5 s grace + 2 s after SIGKILL before answering.
+        # The agent waits up to 5 s grace + 2 s after SIGKILL before answering. As in Trinity, any
+        # 2xx counts as done; only an explicit already_finished says the process had ended.
         result, body = await self._call("POST", agent, execution_path(execution_id, "terminate"),
-                                        timeout=self._terminate_timeout)
+                                        timeout=self._terminate_timeout, any_2xx=True)
         if body is None:
             return result
-        status, code = body.get("status"), body.get("returncode")
-        if status not in ("terminated", "already_finished") or not (code is None or _is_int(code)):
-            return AgentResult("bad_response", detail=f"{agent}: unexpected terminate answer {body!r:.200}")
-        return AgentResult("answered", TerminateOutcome(status, code))
+        code = body.get("returncode")
+        status: Literal["terminated", "already_finished"] = (
+            "already_finished" if body.get("status") == "already_finished" else "terminated")
+        return AgentResult("answered", TerminateOutcome(status, code if _is_int(code) else None))
 
     async def result(self, agent: str, execution_id: str) -> AgentResult[RetainedResult | NoRetainedResult]:
         """The run's retained result (Trinity #2944).
@@ -218,7 +225,7 @@ class AgentClient:
         try:
             async with self._http.stream("GET", url, headers={TOKEN_HEADER: self._token(agent)}) as response:
                 body = bytearray()
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():  # decoded: the cap holds for compressed bodies too
                     body += chunk
                     if len(body) > MAX_BODY_BYTES:
                         return AgentResult("bad_response", detail=f"{url}: body larger than {MAX_BODY_BYTES} bytes")
@@ -278,4 +285,5 @@ def _parse_running(body: dict[str, Any]) -> RunningSnapshot:
         meta = item.get("metadata")
         entries.append(RunningEntry(item["execution_id"], pid if _is_int(pid) else None, started_at,
                                     meta if isinstance(meta, dict) else {}))
-    return RunningSnapshot(tuple(entries), _id_set(body, "recently_completed_ids"), _id_set(body, "pending_ids"))
+    return RunningSnapshot(tuple(entries), _id_set(body, "recently_completed_ids"), _id_set(body, "pending_ids"),
+                           reports_pending="pending_ids" in body)

@@ -18,6 +18,8 @@ from platform_access.schema import (
     PLATFORM_TABLES,
     RUNNING,
     STATUSES,
+    TERMINAL_STATUSES,
+    ZERO_TIMEOUT_SECONDS,
     agent_ownership,
     agent_schedules,
     metadata,
@@ -45,6 +47,7 @@ class Execution:
     started_at: datetime
     timeout_seconds: int
     leased: bool
+    agent_deleted: bool = False  # agent_ownership.deleted_at is set: not the watchdog's business
 
     def runtime_seconds(self, now: datetime) -> float:
         return (now - self.started_at).total_seconds()
@@ -57,7 +60,12 @@ class Agent:
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine with the settings concurrent writers need (SQLite: WAL and a busy timeout)."""
+    """An engine with the settings concurrent writers need (SQLite: a busy timeout).
+
+    Opening never changes the file: WAL is switched on only by :func:`create_platform_tables`
+    for a database it created, so a refused ``db init`` or a read-only URL
+    (``sqlite:///file:trinity.db?mode=ro&uri=true``) leaves the journal mode as it was.
+    """
     try:
         parsed = sa.make_url(url)
         parsed.port  # noqa: B018 (a non-numeric port only fails when read)
@@ -72,8 +80,7 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # per connection: the file is not changed
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -98,14 +105,17 @@ def create_platform_tables(engine: sa.Engine, extra: sa.MetaData | None = None) 
     metadata.create_all(engine)
     if extra is not None:
         extra.create_all(engine)
+    if engine.dialect.name == "sqlite":  # ours now: readers and writers side by side (persists in the file)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
-def _effective_timeout(*candidates: object) -> int:
-    """COALESCE(schedule, agent, 3600), skipping values no sane writer would store."""
-    for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_TIMEOUT_SECONDS
+def effective_timeout(schedule_timeout: object, agent_timeout: object) -> int:
+    """Trinity's rule: COALESCE(schedule, agent, 3600), then 0 (or anything but a positive integer) is 900 s."""
+    value = next((v for v in (schedule_timeout, agent_timeout) if v is not None), DEFAULT_TIMEOUT_SECONDS)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return ZERO_TIMEOUT_SECONDS
 
 
 _SELECT_EXECUTIONS = sa.select(
@@ -117,6 +127,7 @@ _SELECT_EXECUTIONS = sa.select(
     schedule_executions.c.lease_expires_at,
     agent_schedules.c.timeout_seconds.label("schedule_timeout"),
     agent_ownership.c.execution_timeout_seconds.label("agent_timeout"),
+    agent_ownership.c.deleted_at.label("agent_deleted_at"),
 ).select_from(
     schedule_executions.outerjoin(agent_schedules, agent_schedules.c.id == schedule_executions.c.schedule_id)
     .outerjoin(agent_ownership, agent_ownership.c.agent_name == schedule_executions.c.agent_name)
@@ -138,15 +149,20 @@ def _to_execution(row: Any) -> Execution:
         schedule_id=str(row.schedule_id),
         status=row.status,
         started_at=started,
-        timeout_seconds=_effective_timeout(row.schedule_timeout, row.agent_timeout),
+        timeout_seconds=effective_timeout(row.schedule_timeout, row.agent_timeout),
         leased=row.lease_expires_at is not None,
+        agent_deleted=row.agent_deleted_at is not None,
     )
 
 
 def running_executions(conn: sa.Connection) -> tuple[list[Execution], list[BadRow]]:
-    """Every running execution that is ours to watch (lease rows excluded), and the unreadable ones."""
+    """Every running execution that is ours to watch, and the unreadable ones.
+
+    Lease rows belong to another reaper; rows of soft-deleted agents are not the watchdog's business.
+    """
     query = _SELECT_EXECUTIONS.where(
-        schedule_executions.c.status == RUNNING, schedule_executions.c.lease_expires_at.is_(None)
+        schedule_executions.c.status == RUNNING, schedule_executions.c.lease_expires_at.is_(None),
+        agent_ownership.c.deleted_at.is_(None),
     )
     good: list[Execution] = []
     bad: list[BadRow] = []
@@ -178,8 +194,10 @@ def get_executions(conn: sa.Connection, execution_ids: list[str]) -> dict[str, E
 
 
 def fail_execution(conn: sa.Connection, execution: Execution, error: str, now: datetime) -> bool:
-    """``running -> failed`` if nobody else changed the row first. True when this call won."""
-    duration_ms = max(0, int((now - execution.started_at).total_seconds() * 1000))
+    """``running -> failed`` if nobody else changed the row first. True when this call won.
+
+    ``duration_ms`` is NULL, as Trinity's watchdog writes it on a failure.
+    """
     result = conn.execute(
         sa.update(schedule_executions)
         .where(
@@ -187,14 +205,57 @@ def fail_execution(conn: sa.Connection, execution: Execution, error: str, now: d
             schedule_executions.c.status == RUNNING,
             schedule_executions.c.lease_expires_at.is_(None),
         )
-        .values(status="failed", error=error, completed_at=format_utc(now), duration_ms=duration_ms)
+        .values(status="failed", error=error, completed_at=format_utc(now), duration_ms=None)
+    )
+    return result.rowcount == 1
+
+
+PG_INTEGER_MAX = 2**31 - 1  # duration_ms is an INTEGER column in PostgreSQL
+
+
+def duration_ms(started_at: datetime, completed_at: datetime) -> int | None:
+    """Elapsed milliseconds, clamped at 0; NULL above INTEGER (a stale start, not a measurement)."""
+    ms = max(0, int((completed_at - started_at).total_seconds() * 1000))
+    return None if ms > PG_INTEGER_MAX else ms
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The columns a claimed retained result writes (the remediator decides them)."""
+
+    status: str  # success | failed | cancelled
+    response: str | None
+    error: str | None
+    cost: float | None
+    session_id: str | None
+    execution_log: str | None
+
+
+def claim_execution(conn: sa.Connection, execution: Execution, claim: Claim, now: datetime) -> bool:
+    """Write a retained result over the row, guarded as Trinity guards it. True when this call won.
+
+    A success may overwrite anything but ``cancelled`` (and an earlier success); a failure or a
+    cancel only a non-terminal status. Lease rows are never touched.
+    """
+    table = schedule_executions
+    if claim.status == "success":
+        guard = table.c.status.notin_(("cancelled", "success"))
+    else:
+        guard = table.c.status.notin_(sorted(TERMINAL_STATUSES))
+    result = conn.execute(
+        sa.update(table)
+        .where(table.c.id == execution.id, guard, table.c.lease_expires_at.is_(None))
+        .values(status=claim.status, response=claim.response, error=claim.error, completed_at=format_utc(now),
+                duration_ms=duration_ms(execution.started_at, now), cost=claim.cost,
+                claude_session_id=claim.session_id, execution_log=claim.execution_log)
     )
     return result.rowcount == 1
 
 
 def agents(conn: sa.Connection) -> list[Agent]:
-    """Agents known to the platform (``agent_ownership``) with their parallel-task limit."""
-    rows = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.max_parallel_tasks))
+    """Agents known to the platform (``agent_ownership``, soft-deleted ones left out) with their limit."""
+    rows = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.max_parallel_tasks)
+                        .where(agent_ownership.c.deleted_at.is_(None)))
     out = []
     for name, limit in rows:
         if isinstance(name, str) and name:

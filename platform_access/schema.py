@@ -16,6 +16,8 @@ RUNNING = "running"
 STATUSES = frozenset({"queued", "running", "success", "failed", "cancelled", "skipped", "pending_retry"})
 MANUAL_SCHEDULE = "__manual__"
 DEFAULT_TIMEOUT_SECONDS = 3600
+ZERO_TIMEOUT_SECONDS = 900  # Trinity: a COALESCE that comes out 0 or NULL means 15 minutes
+TERMINAL_STATUSES = frozenset({"success", "failed", "cancelled", "skipped"})
 DEFAULT_MAX_PARALLEL_TASKS = 3
 
 schedule_executions = sa.Table(
@@ -34,6 +36,10 @@ schedule_executions = sa.Table(
     sa.Column("triggered_by", sa.Text, nullable=False),
     sa.Column("queued_at", sa.Text),
     sa.Column("lease_expires_at", sa.Text),
+    # Written only when a retained result is claimed (Trinity #2944).
+    sa.Column("cost", sa.Float),
+    sa.Column("execution_log", sa.Text),
+    sa.Column("claude_session_id", sa.Text),
     sa.Index("idx_schedule_executions_status", "status"),
 )
 
@@ -52,6 +58,7 @@ agent_ownership = sa.Table(
     sa.Column("agent_name", sa.Text, primary_key=True),
     sa.Column("execution_timeout_seconds", sa.Integer, server_default=str(DEFAULT_TIMEOUT_SECONDS)),
     sa.Column("max_parallel_tasks", sa.Integer, server_default=str(DEFAULT_MAX_PARALLEL_TASKS)),
+    sa.Column("deleted_at", sa.Text),  # soft-deleted agents are not the watchdog's business
 )
 
 PLATFORM_TABLES = (schedule_executions, agent_schedules, agent_ownership)

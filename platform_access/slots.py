@@ -154,6 +154,30 @@ class SqlSlots:
             return {name: int(n) for name, n in rows}
 
 
+class EmbeddedTablesMissing(RuntimeError):
+    """No Redis configured, and the database lacks the tables that stand in for it."""
+
+
+def require_store_for(redis_url: str | None, engine: sa.Engine) -> None:
+    """Without Redis, slots and in-flight markers live in SQL tables: refuse a database without them.
+
+    Trinity's own database has neither table (Trinity keeps both in Redis); running against it
+    without ``--redis-url`` would fail runs and then retry their slot releases forever. A database
+    that cannot be reached now is let through: every later read reports it.
+    """
+    if redis_url:
+        return
+    try:
+        existing = set(sa.inspect(engine).get_table_names())
+    except (sa.exc.OperationalError, sa.exc.InterfaceError):
+        return
+    missing = sorted({t.name for t in slot_metadata.sorted_tables} - existing)
+    if missing:
+        raise EmbeddedTablesMissing(
+            f"the database has no {' or '.join(missing)} table: it looks like Trinity's own database, which "
+            "keeps capacity slots and in-flight markers in Redis; pass --redis-url (the Redis Trinity uses)")
+
+
 def open_slot_store(redis_url: str | None, engine: sa.Engine) -> SlotStore:
     """Redis when a URL is configured, else the SQL table beside the executions."""
     if redis_url:

@@ -15,7 +15,8 @@ from starlette.websockets import WebSocket
 from platform_access.timestamps import format_utc
 from remediator.audit import Recovery
 
-EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_terminated"}
+EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_terminated",
+                 "claim_result": "result_recovered"}
 log = structlog.get_logger("exec_watchdog.remediator")
 
 

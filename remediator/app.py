@@ -30,8 +30,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from platform_access import database as db
 from platform_access.agent_client import AgentClient
+from platform_access.inflight import open_inflight_store
 from platform_access.poll_transport import PollTransport
-from platform_access.slots import open_slot_store
+from platform_access.slots import open_slot_store, require_store_for
 from remediator import audit
 from remediator.announce import Announcer, WebSocketHub
 from remediator.auth import Credentials
@@ -89,9 +90,10 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         announce_redis = Redis.from_url(config.announce_redis_url, socket_timeout=3) if config.announce_redis_url \
             else None
         silences = SilenceChecker(list(config.alertmanager_urls), http) if config.alertmanager_urls else None
+        await anyio.to_thread.run_sync(require_store_for, config.redis_url, engine)
         remediator = Remediator(engine, open_slot_store(config.redis_url, engine), agents,
                                 Announcer(hub, announce_redis, config.announce_channel), breaker, silences,
-                                metrics, config.settings)
+                                metrics, config.settings, inflight=open_inflight_store(config.redis_url, engine))
         state: State = app.state  # type: ignore[assignment]
         state.remediator, state.engine, state.hub, state.metrics, state.config = (
             remediator, engine, hub, metrics, config)

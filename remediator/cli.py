@@ -52,6 +52,10 @@ def register(commands: Any) -> None:
              help="verify and record 'would recover', change nothing")
     add_flag(p, "--min-orphan-age", type=float, default=60.0, help="seconds an execution must have run before it "
              "can be failed as an orphan (Trinity's watchdog uses 60)")
+    add_flag(p, "--claim-defer", type=float, default=180.0, help="seconds a retained result must have been kept "
+             "before it is claimed (Trinity's watchdog waits 180: the run may still report itself)")
+    add_flag(p, "--inflight-max-age", type=float, default=10_920.0, help="while in-flight markers cannot be read, "
+             "runs younger than this many seconds are held (Trinity: 3600 queue + 7260 + 60)")
     add_flag(p, "--breaker-max-actions", type=int, default=100, help="remediations allowed per breaker window")
     add_flag(p, "--breaker-window", type=float, default=300.0, help="breaker window in seconds")
     add_flag(p, "--claim-ttl", type=float, default=30.0, help="seconds before a half-done recovery is retried")
@@ -68,6 +72,7 @@ def _read_secret(path: str | None, flag: str) -> str | None:
 def build_config(args: argparse.Namespace) -> Any:
     from platform_access.agent_client import check_url_template
     from platform_access.database import create_engine
+    from platform_access.slots import EmbeddedTablesMissing, require_store_for
     from remediator.app import Config
     from remediator.auth import Credentials
     from remediator.remediate import Settings
@@ -76,14 +81,21 @@ def build_config(args: argparse.Namespace) -> Any:
     if not secret:
         raise ValueError("no agent secret: set --agent-secret-file (or EXEC_WATCHDOG_AGENT_SECRET)")
     check_url_template(args.agent_url_template)
-    create_engine(args.database_url).dispose()  # fail now on an unparseable URL
+    engine = create_engine(args.database_url)  # fails now on an unparseable URL
+    try:
+        require_store_for(args.redis_url, engine)
+    except EmbeddedTablesMissing as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        engine.dispose()
     password = _read_secret(args.basic_auth_password_file, "--basic-auth-password-file")
     credentials = Credentials(
         bearer_token=_read_secret(args.bearer_token_file, "--bearer-token-file"),
         basic_user=args.basic_auth_user, basic_password=password,
         allow_unauthenticated=args.insecure_no_auth)
-    for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout"):
-        if getattr(args, name) <= 0 and name != "min_orphan_age":
+    for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout",
+                 "claim_defer", "inflight_max_age"):
+        if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     return Config(
@@ -94,7 +106,8 @@ def build_config(args: argparse.Namespace) -> Any:
         breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
         sweep_interval_seconds=args.sweep_interval,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
-                          claim_ttl_seconds=args.claim_ttl,
+                          claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
+                          inflight_max_age_seconds=args.inflight_max_age,
                           crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),
     )
 

@@ -3,7 +3,8 @@
 The alert is a hint; the database and the agent are the truth. Every alert ends in exactly one
 outcome, written to the audit trail:
 
-- ``recovered``      this call won the guarded transition (then: release slot, announce)
+- ``recovered``      this call won the guarded transition: failed, or a retained result claimed
+                     (then: release slot, announce)
 - ``would_recover``  dry-run: everything verified, nothing changed
 - ``lost_race``      verified, but another writer changed the row first
 - ``skipped``        re-verification says there is nothing to do (the reason says why)
@@ -26,11 +27,13 @@ import sqlalchemy as sa
 import structlog
 
 from platform_access import database as db
-from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
+from platform_access import inflight as inflight_markers
+from platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
+from platform_access.inflight import InflightStore
 from platform_access.names import InvalidIdentifier, check_execution_id
 from platform_access.slots import SlotStore
 from platform_access.timestamps import utcnow
-from remediator import audit
+from remediator import audit, claim, texts
 from remediator.announce import Announcer
 from remediator.breaker import Breaker
 from remediator.metrics import RemediatorMetrics
@@ -39,7 +42,9 @@ from remediator.silences import SilenceChecker, SilenceCheckFailed
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE)
+CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
+LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
@@ -51,6 +56,8 @@ class Settings:
     claim_ttl_seconds: float = 30.0
     agent_concurrency: int = 50
     crash_after_transition: bool = False  # test hook: die between the transition and the release
+    claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
+    inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
 
 
 @dataclass(slots=True)
@@ -59,7 +66,8 @@ class Verdict:
     outcome: str = ""
     reason: str = ""
     execution: db.Execution | None = None
-    error: str = ""  # the failure text written to the row when recovered
+    error: str = ""  # the failure text written to the row, or the claim's announcement reason
+    claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
 
     def decide(self, outcome: str, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -76,23 +84,18 @@ class BatchResult:
         return self.unfinished or any(v.outcome in ("retry", "breaker_open") for v in self.verdicts)
 
 
-def orphan_reason(agent: str) -> str:
-    return (f"Execution lost: agent {agent} reports it neither running, pending nor recently completed "
-            "— recovered by watchdog")
-
-
-def overdue_reason(runtime_seconds: float, timeout_seconds: int) -> str:
-    minutes = int(runtime_seconds // 60)
-    return (f"Execution auto-terminated after {minutes} minutes by watchdog "
-            f"(exceeded timeout of {timeout_seconds} s)")
+def orphan_reason(agent: str, *, no_retained_result: bool = True) -> str:
+    """The failure text of an orphan on a current agent (it reports pending runs)."""
+    return texts.orphan_text(agent, reports_pending=True, no_retained_result=no_retained_result)
 
 
 class Remediator:
     def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentClient, announcer: Announcer,
                  breaker: Breaker, silences: SilenceChecker | None, metrics: RemediatorMetrics,
-                 settings: Settings) -> None:
+                 settings: Settings, inflight: InflightStore | None = None) -> None:
         self.engine = engine
         self.slots = slots
+        self.inflight = inflight
         self.agents = agents
         self.announcer = announcer
         self.breaker = breaker
@@ -140,13 +143,14 @@ class Remediator:
         for v in verdicts:
             self._verify_row(v, rows.get(v.alert.execution_id), now)
         await self._check_silences([v for v in verdicts if v.outcome == ""])
-        orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation == FAIL_ORPHAN]
+        orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
         await self._verify_orphans_on_agents(orphans)
         for v in verdicts:
             if v.outcome == "":
                 self._gate(v)
         overdue = [v for v in verdicts if v.outcome == "" and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v) for v in overdue))
+        await asyncio.gather(*(self._prefix_last_error(v) for v in verdicts if v.outcome == "" and v.claim is None))
         ready = [v for v in verdicts if v.outcome == ""]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -176,6 +180,8 @@ class Remediator:
             return v.decide("skipped", "lease row: another reaper owns it")
         if row.agent_name != alert.agent:
             return v.decide("skipped", f"alert names agent {alert.agent!r}, the row says {row.agent_name!r}")
+        if row.agent_deleted:
+            return v.decide("skipped", "the agent is soft-deleted (agent_ownership.deleted_at): not ours")
         if alert.remediation == FAIL_ORPHAN and runtime < self.settings.min_orphan_age_seconds:
             return v.decide("skipped", f"too young to be an orphan: {runtime:.1f} s < "
                                        f"{self.settings.min_orphan_age_seconds:g} s")
@@ -198,6 +204,7 @@ class Remediator:
                 v.decide("silenced", f"silenced now by {hit.id}")
 
     async def _verify_orphans_on_agents(self, verdicts: list[Verdict]) -> None:
+        """The agent's word, then the in-flight marker, then the retained result (claim before fail)."""
         by_agent: dict[str, list[Verdict]] = {}
         for v in verdicts:
             by_agent.setdefault(v.alert.agent, []).append(v)
@@ -206,14 +213,74 @@ class Remediator:
             async with self._agent_slots:
                 return agent, await self.agents.running(agent)
 
+        candidates: list[tuple[Verdict, RunningSnapshot]] = []
         for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
             for v in by_agent[agent]:
+                execution_id = v.alert.execution_id
                 if not answer.answered:
                     v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
-                elif answer.unwrap().knows(v.alert.execution_id):
-                    v.decide("skipped", "agent knows the execution (running, pending or recently completed)")
+                elif execution_id in answer.unwrap().running_ids or execution_id in answer.unwrap().pending_ids:
+                    v.decide("skipped", "agent knows the execution (running or pending)")
+                elif (execution_id not in answer.unwrap().recently_completed_ids
+                      and self._age(v) < self.settings.min_orphan_age_seconds):
+                    v.decide("skipped", f"too young to be an orphan: {self._age(v):.1f} s")
                 else:
-                    v.error = orphan_reason(agent)
+                    candidates.append((v, answer.unwrap()))
+        await self._check_inflight([v for v, _ in candidates])
+        candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
+        answers = await asyncio.gather(*(self._retained(v) for v, _ in candidates))
+        for (v, snapshot), retained in zip(candidates, answers, strict=True):
+            self._apply_claim_decision(v, snapshot, retained)
+
+    def _age(self, v: Verdict) -> float:
+        assert v.execution is not None
+        return v.execution.runtime_seconds(utcnow())
+
+    async def _check_inflight(self, verdicts: list[Verdict]) -> None:
+        """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
+        if not verdicts or self.inflight is None:
+            return
+        store = self.inflight
+        found = await anyio.to_thread.run_sync(lambda: store.verdicts(v.alert.execution_id for v in verdicts))
+        for v in verdicts:
+            verdict = found.get(v.alert.execution_id, inflight_markers.Verdict.UNKNOWN)
+            if not inflight_markers.withholds(verdict, self._age(v), self.settings.inflight_max_age_seconds):
+                continue
+            if verdict is inflight_markers.Verdict.ALIVE:
+                v.decide("skipped", "a backend dispatcher still holds it (in-flight marker alive)")
+            else:
+                v.decide("retry", "in-flight markers unreadable and the run is younger than "
+                                  f"{self.settings.inflight_max_age_seconds:g} s: it may still be in flight")
+
+    async def _retained(self, v: Verdict) -> AgentResult[object]:
+        async with self._agent_slots:
+            answer = await self.agents.result(v.alert.agent, v.alert.execution_id)
+        return AgentResult(answer.kind, answer.value, answer.detail)
+
+    def _apply_claim_decision(self, v: Verdict, snapshot: RunningSnapshot, answer: AgentResult[object]) -> None:
+        recently_completed = v.alert.execution_id in snapshot.recently_completed_ids
+        decision = claim.decide(answer, recently_completed=recently_completed, now=utcnow(),
+                                defer_seconds=self.settings.claim_defer_seconds)
+        if decision.step == "claim":
+            assert decision.result is not None
+            v.claim = claim.claim_of(decision.result)
+            v.error = claim.announcement_reason(v.claim)
+        elif decision.step in ("fail", "fail_no_record"):
+            v.error = texts.orphan_text(v.alert.agent, reports_pending=snapshot.reports_pending,
+                                        no_retained_result=decision.step == "fail_no_record")
+        else:
+            v.decide("skipped" if decision.step == "wait" else "retry", decision.reason)
+
+    async def _prefix_last_error(self, v: Verdict) -> None:
+        """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
+        async with self._agent_slots:
+            try:
+                answer = await asyncio.wait_for(self.agents.last_error(v.alert.agent, v.alert.execution_id),
+                                                LAST_ERROR_TIMEOUT_SECONDS)
+            except TimeoutError:
+                answer = AgentResult("timeout")
+        last: LastError | None = answer.value if answer.answered else None
+        v.error = texts.with_last_error(v.error, last)
 
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:
@@ -235,7 +302,7 @@ class Remediator:
             v.decide("skipped", "already finished on the agent: left for the orphan path")
         else:
             runtime = v.execution.runtime_seconds(utcnow())
-            v.error = overdue_reason(runtime, v.execution.timeout_seconds)
+            v.error = texts.overdue_text(runtime, v.execution.timeout_seconds)
 
     def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """One transaction: each guarded update, and the outbox row of each one we won."""
@@ -244,10 +311,13 @@ class Remediator:
         with self.engine.begin() as conn:
             for v in verdicts:
                 assert v.execution is not None
-                if db.fail_execution(conn, v.execution, v.error, now):
+                won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
+                       else db.fail_execution(conn, v.execution, v.error, now))
+                if won:
                     recovery = audit.Recovery(
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
-                        action=v.alert.remediation, reason=v.error, fingerprint=v.alert.fingerprint,
+                        action=CLAIM_RESULT if v.claim is not None else v.alert.remediation, reason=v.error,
+                        fingerprint=v.alert.fingerprint,
                         runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
                         recovered_at=now)
                     winners.append(recovery)

@@ -1,0 +1,78 @@
+"""Claiming a run's retained result (Trinity #2944): every rule in one place.
+
+Before the watchdog fails a run the agent no longer knows, and for every run the agent lists as
+recently completed, it asks the agent for the run's retained result (``GET
+/api/executions/{id}/result``) and acts on the answer:
+
+- a result retained at least ``CLAIM_DEFER_SECONDS`` ago: claim it (status mapping, columns and
+  notice below); a younger one is left alone for now, the run may still be reporting itself;
+- the coded 404 (``no_retained_result``): an orphan is failed, its text ending
+  ", no retained result"; a recently-completed run waits (its record may be a moment away,
+  or it never comes and the run leaves the window and takes the orphan path);
+- a bare 404 (an agent image without the route): an orphan is failed as before; a
+  recently-completed run waits;
+- anything else (unreachable, 5xx, bad JSON, a body over 20 MB, a response over 4 M characters):
+  retry later, never fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from platform_access.agent_client import AgentResult
+from platform_access.database import Claim
+from platform_access.retained import RetainedResult
+from remediator.texts import MAX_ERROR_CHARS
+
+CLAIM_DEFER_SECONDS = 180.0
+# One line ahead of a claimed success's response, so readers know where it came from.
+RECOVERED_NOTICE = ("[Recovered by watchdog: this result was kept by the agent after the platform "
+                    "lost track of the run]")
+_STATUS = {"success": "success", "cancelled": "cancelled"}  # anything else is a failure
+
+Step = Literal["claim", "fail", "fail_no_record", "wait", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDecision:
+    step: Step
+    reason: str = ""
+    result: RetainedResult | None = None
+
+
+def decide(answer: AgentResult[object], *, recently_completed: bool, now: datetime,
+           defer_seconds: float = CLAIM_DEFER_SECONDS) -> ClaimDecision:
+    """What to do with a run, given the agent's answer to ``/result``."""
+    if answer.kind == "answered" and isinstance(answer.value, RetainedResult):
+        age = (now - answer.value.retained_at).total_seconds()
+        if age < defer_seconds:
+            return ClaimDecision("retry", f"retained result is {max(age, 0):.0f} s old: claimed once it is "
+                                          f"{defer_seconds:g} s old (the run may still report itself)")
+        return ClaimDecision("claim", result=answer.value)
+    missing = (answer.kind == "answered") or answer.kind == "not_found"  # coded or bare 404
+    if not missing:
+        return ClaimDecision("retry", f"retained result not asked ({answer.kind}): {answer.detail}; "
+                                      "a run is never failed on that")
+    if recently_completed:
+        return ClaimDecision("wait", "recently completed on the agent and no retained result yet: waits for "
+                                     "one, or for the run to leave the recently-completed window")
+    return ClaimDecision("fail_no_record" if answer.kind == "answered" else "fail")
+
+
+def claim_of(result: RetainedResult) -> Claim:
+    """The columns a claimed result writes: Trinity's status mapping, the notice on a success."""
+    status = _STATUS.get(result.status, "failed")
+    response = result.response
+    if status == "success":
+        response = f"{RECOVERED_NOTICE}\n{response or ''}"
+    error = None
+    if status != "success":
+        error = (result.error or f"{status} on the agent ({result.terminal_reason or 'no detail'})")[:MAX_ERROR_CHARS]
+    return Claim(status=status, response=response, error=error, cost=result.cost_usd,
+                 session_id=result.session_id, execution_log=result.execution_log)
+
+
+def announcement_reason(claim: Claim) -> str:
+    return f"terminal claimed from the agent's retained result: status={claim.status}"

@@ -1,0 +1,33 @@
+"""The texts a recovery writes into ``schedule_executions.error``, worded as Trinity's watchdog words them.
+
+Kept together so the wording operators grep for matches Trinity's own, in one place.
+"""
+
+from __future__ import annotations
+
+from platform_access.agent_client import LastError
+
+MAX_ERROR_CHARS = 2_000  # Trinity's MAX_ERROR_MESSAGE_LENGTH: the whole text, prefix included
+NO_RETAINED_RESULT_SUFFIX = ", no retained result"
+
+
+def orphan_text(agent: str, *, reports_pending: bool, no_retained_result: bool) -> str:
+    """What the agent said (``not pending`` only when its image reports pending runs) and what we checked."""
+    agent_side = ("not running, not pending, not recently completed" if reports_pending
+                  else "not running, not recently completed")
+    text = (f"Execution not tracked by agent '{agent}' ({agent_side}) and no live backend dispatcher "
+            "(no in-flight marker) — recovered by watchdog")
+    return text + NO_RETAINED_RESULT_SUFFIX if no_retained_result else text
+
+
+def overdue_text(runtime_seconds: float, timeout_seconds: int) -> str:
+    minutes = int(runtime_seconds // 60)
+    return (f"Execution auto-terminated after {minutes} minutes by watchdog "
+            f"(exceeded timeout of {timeout_seconds}s)")
+
+
+def with_last_error(text: str, last_error: LastError | None) -> str:
+    """Prefix the agent's last error, if it has one, and cap the whole at 2,000 characters."""
+    if last_error is not None and last_error.error_message:
+        text = f"[{last_error.error_type or 'error'}] {last_error.error_message}. Cleanup: {text}"
+    return text[:MAX_ERROR_CHARS]
