@@ -3,8 +3,13 @@
 A real PostgreSQL and Redis (our own, on loopback), the simulated platform (agents running real
 processes, a scheduler that loses reports and hangs runs as told), the exporter, a real Prometheus,
 two clustered Alertmanagers and two remediator replicas, fast profile. For ``--minutes`` it starts
-``--executions`` runs evenly (a mix of normal, late-reported, lost-report and hung runs) and, one
-after another with a pause between, injects faults drawn at random from the issue's list:
+``--executions`` runs evenly (a mix of normal, late-reported, lost-report and hung runs, runs whose
+success the agent retained while the report was lost, and dispatches the backend holds for
+``--hold`` seconds before the agent gets them) on agents named with every separator Trinity allows
+(``agent-001``, ``agent_002``, ``agent.003``), with Trinity's ids and in-flight markers in Redis
+(refreshed every second, for dispatches half a second old: Trinity's 15 s and 5 s scaled to the
+fast profile), and, one after another with a pause between, injects faults drawn at random from
+the issue's list:
 
     database        PostgreSQL stopped (every connection cut) for --db-outage seconds, then back
     redis           Redis paused (SIGSTOP: nothing answers, nothing is lost) for --redis-outage s
@@ -20,8 +25,11 @@ Every --check-interval seconds the invariants of tests/test_faults.py are checke
 so far (false kills and duplicates are final the moment they are seen; a leaked slot counts once
 it persists for --leak-grace seconds); at the end the runs are left to settle and everything is
 checked strictly. Printed every ~30 s, and at the end: executions, faults injected, recoveries,
-false kills, duplicates, leaked slots (all three must be 0), runs never recovered, time to
-recovery median/p95/max, and the remediators' RSS at start and end with its trend.
+false kills, duplicates, leaked slots (all three must be 0), runs never recovered, retained
+successes written as ``success`` and results lost (must be 0), in-flight dispatches left alone
+(all of them must be), time to recovery median/p95/max, and the remediators' RSS at start and end
+with its trend. A retained result is claimed no sooner than 180 s after it was retained, so those
+runs take that long to recover and ``--settle`` leaves room for the last of them.
 
 Runs the simulated platform's own failures as a real platform has them: a completion report the
 database refused (it was down) is lost, so that run is a real orphan; a slot the platform could not
@@ -61,12 +69,14 @@ from exec_watchdog.logs import configure_logging
 from pipeline.platform import FaultClock, Platform, PlatformOptions, ensure_database
 from pipeline.stack import Stack, StackOptions
 from pipeline.timing import Timing
+from platform_access.inflight import RedisInflight
 from platform_access.schema import schedule_executions
 from platform_access.slots import open_slot_store
 from platform_access.timestamps import parse_utc, utcnow
 from simulated_platform.agent_server import serve_agents
 from simulated_platform.process_registry import RegistryConfig
 from simulated_platform.scheduler import Fault
+from simulated_platform.workload import agent_names
 from tests.test_faults import (
     Announcements,
     Findings,
@@ -85,12 +95,15 @@ KILLED_REPLICA = "remediator-2"  # remediator-1 is never killed: its RSS is foll
 # The workload: (fault, share, shortest, longest run in seconds); every normal run ends well
 # before the schedules' timeout, so only hung runs are ever overdue.
 MIX: tuple[tuple[Fault, float, float, float], ...] = (
-    ("none", 0.50, 0.5, 15.0),
-    ("none", 0.10, 15.0, 25.0),
+    ("none", 0.42, 0.5, 15.0),
+    ("none", 0.08, 15.0, 25.0),
     ("late_report", 0.10, 0.5, 8.0),
-    ("lose_report", 0.20, 0.5, 8.0),
+    ("lose_report", 0.12, 0.5, 8.0),
+    ("retained_success", 0.10, 0.5, 8.0),
     ("hang", 0.10, 0.0, 0.0),
+    ("inflight", 0.08, 0.5, 8.0),
 )
+MARKER_TICK, MARKER_GRACE = 1.0, 0.5  # Trinity's 15 s and 5 s, scaled to the fast profile's 3 s minimum age
 
 
 # -- the simulated platform, failing as a real one does ------------------------------------------
@@ -98,21 +111,55 @@ MIX: tuple[tuple[Fault, float, float, float], ...] = (
 class SoakScheduler(FaultClock):
     """The fault-recording scheduler, retrying the slot releases it owes while Redis is down."""
 
-    async def release_owed(self) -> None:
+    async def keep_releasing_owed(self) -> None:
         while True:
             await asyncio.sleep(2)
-            await anyio.to_thread.run_sync(super().release_owed)
+            await anyio.to_thread.run_sync(self.release_owed)
 
 
-async def start_platform(options: PlatformOptions) -> Platform:
+async def start_platform(options: PlatformOptions, hold_seconds: float) -> Platform:
+    assert options.redis_url is not None
     engine = ensure_database(options.database_url)
     slots = open_slot_store(options.redis_url, engine)
-    server = await serve_agents(options.agent_names, options.agent_secret,
+    server = await serve_agents(agent_names(options.agents), options.agent_secret,
                                 config=RegistryConfig(completed_window=options.completed_window))
     scheduler = SoakScheduler(engine, slots, server, timeout_seconds=options.timeout_seconds,
-                              late_report_seconds=options.late_report_seconds)
+                              late_report_seconds=options.late_report_seconds,
+                              inflight=RedisInflight.from_url(options.redis_url), hold_seconds=hold_seconds,
+                              marker_tick=MARKER_TICK, marker_grace=MARKER_GRACE)
     scheduler.prepare()
     return Platform(options, engine, slots, server, scheduler)
+
+
+@dataclass
+class Outcomes:
+    """What became of the runs the issue names: retained successes and held dispatches."""
+
+    claimed: list[str] = field(default_factory=list)  # retained success written as success
+    results_lost: list[str] = field(default_factory=list)  # retained success written failed
+    unclaimed: list[str] = field(default_factory=list)  # retained success still running
+    inflight: int = 0
+    inflight_left_alone: int = 0
+    inflight_touched: list[str] = field(default_factory=list)  # recovered or failed by the watchdog
+
+    @classmethod
+    def read(cls, engine: sa.Engine, retained_lost: set[str], inflight: set[str]) -> Outcomes:
+        with engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(
+                sa.select(schedule_executions.c.id, schedule_executions.c.status, schedule_executions.c.error)
+                .where(schedule_executions.c.id.in_(sorted(retained_lost | inflight))))}
+            touched = set(conn.execute(sa.text("SELECT execution_id FROM watchdog_recoveries")).scalars())
+        o = cls(inflight=len(inflight))
+        for execution_id in sorted(retained_lost):
+            status = rows[execution_id].status if execution_id in rows else "running"
+            {"success": o.claimed, "running": o.unclaimed}.get(status, o.results_lost).append(execution_id)
+        for execution_id in sorted(inflight):
+            row = rows.get(execution_id)
+            if execution_id in touched or (row is not None and "by watchdog" in (row.error or "")):
+                o.inflight_touched.append(execution_id)
+            else:
+                o.inflight_left_alone += 1
+        return o
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -215,6 +262,10 @@ class Soak:
         self.restart_victims += forgotten
 
     @property
+    def agents(self) -> list[str]:
+        return sorted(self.platform.server.agents)
+
+    @property
     def scheduler(self) -> SoakScheduler:
         assert isinstance(self.platform.scheduler, SoakScheduler)
         return self.platform.scheduler
@@ -229,7 +280,7 @@ class Soak:
     # -- workload -------------------------------------------------------------------------------
 
     async def generate(self, until: float) -> None:
-        agents = self.platform.options.agent_names
+        agents = self.agents
         interval = until / self.args.executions
         weights = [share for _, share, _, _ in MIX]
         for i in range(self.args.executions):
@@ -288,7 +339,7 @@ class Soak:
         self.log("fault over: redis answers again")
 
     async def _agent_fault(self, mode: str) -> None:
-        agent = self.fault_rng.choice(self.platform.options.agent_names)
+        agent = self.fault_rng.choice(self.agents)
         self.log(f"fault: {agent} {'hangs' if mode == 'hang' else 'answers garbage'} for {self.args.agent_fault:g} s")
         self.platform.server.agents[agent].set_fault(mode)  # type: ignore[arg-type]
         try:
@@ -305,9 +356,9 @@ class Soak:
     def _busiest_agent(self) -> tuple[str, list[str]]:
         running: dict[str, list[str]] = {}
         for execution_id, s in self.scheduler.started.items():
-            if execution_id not in self.scheduler.finished:
+            if execution_id not in self.scheduler.finished and execution_id not in self.scheduler.held:
                 running.setdefault(s.agent, []).append(execution_id)
-        agent = max(self.platform.options.agent_names, key=lambda a: len(running.get(a, [])))
+        agent = max(self.agents, key=lambda a: len(running.get(a, [])))
         return agent, running.get(agent, [])
 
     async def _agent_restart(self) -> str:
@@ -448,6 +499,14 @@ class Soak:
         print(f"  false kills       {len(false_kills)}" + (f" {sorted(false_kills)[:10]}" if false_kills else ""))
         print(f"  duplicates        {len(duplicates)}" + (f" {sorted(duplicates)[:10]}" if duplicates else ""))
         print(f"  leaked slots      {len(leaked)}" + (f" {sorted(leaked)[:10]}" if leaked else ""))
+        o = Outcomes.read(self.platform.engine, set(s.retained_lost), {i for i, v in s.started.items()
+                                                                     if v.fault == "inflight"})
+        print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost)} successes the agent retained "
+              f"while the report was lost were written as success; results lost {len(o.results_lost)}"
+              + (f" {o.results_lost[:10]}" if o.results_lost else "")
+              + (f"; still running {len(o.unclaimed)}" if o.unclaimed else ""))
+        print(f"  in-flight         {o.inflight_left_alone} of {o.inflight} dispatches held in the backend left "
+              f"alone" + (f"; touched by the watchdog {o.inflight_touched[:10]}" if o.inflight_touched else ""))
         print(f"  time to recovery  {spread(list(ttr.values()))}  (from the fault: lost report, agent restart, "
               "timeout crossed)")
         print(f"                    undisturbed by an injected fault: {spread(quiet)}")
@@ -456,7 +515,8 @@ class Soak:
             print(f"  remediator RSS    {line}")
         if self.crashes:
             print(f"  crashed children  {self.crashes}")
-        broken = bool(false_kills or duplicates or leaked or missed or self.crashes or final.unannounced)
+        broken = bool(false_kills or duplicates or leaked or missed or self.crashes or final.unannounced
+                      or o.results_lost or o.unclaimed or o.inflight_touched)
         print(f"\n{'INVARIANTS BROKEN' if broken else 'all invariants held'}")
         return 1 if broken else 0
 
@@ -467,7 +527,7 @@ async def soak(args: argparse.Namespace) -> int:
     with PostgresProcess() as postgres, RedisProcess() as rds:
         options = PlatformOptions(database_url=postgres.url, agents=args.agents, redis_url=rds.url,
                                   timeout_seconds=args.timeout, completed_window=5.0, late_report_seconds=2.0)
-        platform = await start_platform(options)
+        platform = await start_platform(options, args.hold)
         stack = Stack(StackOptions(postgres.url, platform.url_template, options.agent_secret, redis_url=rds.url,
                                    alertmanagers=2, remediators=2,
                                    remediator_flags=("--breaker-max-actions", str(args.breaker_max_actions))),
@@ -489,7 +549,7 @@ async def soak(args: argparse.Namespace) -> int:
             tasks = [asyncio.create_task(s.generate(run_seconds - drain)),
                      asyncio.create_task(s.inject(run_seconds - drain)),
                      asyncio.create_task(s.monitor()),
-                     asyncio.create_task(s.scheduler.release_owed())]
+                     asyncio.create_task(s.scheduler.keep_releasing_owed())]
             await asyncio.sleep(max(0.0, run_seconds - s.elapsed()))
             s.log("run over: no more executions or faults; letting everything settle")
             for task in tasks[:2]:
@@ -504,6 +564,7 @@ async def soak(args: argparse.Namespace) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             stack.stop()
+            await platform.scheduler.aclose()
             await platform.stop()
     if code == 0:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -532,12 +593,19 @@ def main() -> int:
                         help="the remediators' breaker budget per 300 s; the default 100 is below the planned "
                              "recovery rate of a full soak (about 35%% of the runs are lost), and the breaker is "
                              "there to stop a runaway, which this is not")
-    parser.add_argument("--settle", type=float, default=180.0, help="seconds allowed to settle at the end")
+    parser.add_argument("--settle", type=float, default=360.0,
+                        help="seconds allowed to settle at the end (a retained result is claimed 180 s after it "
+                             "was retained at the soonest)")
+    parser.add_argument("--hold", type=float, default=20.0,
+                        help="seconds the backend holds an 'inflight' dispatch before the agent gets it (well "
+                             "past the fast profile's minimum orphan age, so only the marker protects it)")
     args = parser.parse_args()
     if args.minutes < 2:
         parser.error("--minutes must be at least 2: the last runs need time to be lost and recovered")
     if args.executions < 1:
         parser.error("--executions must be at least 1")
+    if not 0 <= args.hold <= args.timeout:
+        parser.error("--hold must be from 0 to --timeout seconds")
     if not 1 <= args.agents <= 1000:
         parser.error("--agents must be from 1 to 1000")
     if args.timeout < 30:

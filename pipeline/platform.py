@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -68,14 +69,14 @@ def ensure_database(url: str) -> sa.Engine:
 class FaultClock(Scheduler):
     """The scheduler, remembering when each execution's fault happened."""
 
-    def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentServer, *, timeout_seconds: int = 3600,
-                 late_report_seconds: float = 3.0, on_event: EventCallback | None = None) -> None:
+    def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentServer, *,
+                 on_event: EventCallback | None = None, **options: Any) -> None:
+        """``options`` are the :class:`Scheduler`'s (timeout, late reports, in-flight markers)."""
         self.fault_at: dict[str, datetime] = {}
         self.finished: set[str] = set()
         self.on_execution: EventCallback = on_event or (lambda kind, started, detail: None)
         self.on_agent: AgentCallback = lambda what, agent, forgotten: None
-        super().__init__(engine, slots, agents, timeout_seconds=timeout_seconds,
-                         late_report_seconds=late_report_seconds, on_event=self._event)
+        super().__init__(engine, slots, agents, on_event=self._event, **options)
 
     def _event(self, kind: str, started: Started, detail: str) -> None:
         if kind in ("report_lost", "start_failed"):
@@ -90,8 +91,9 @@ class FaultClock(Scheduler):
         now = utcnow()
         forgotten = 0
         for execution_id, s in self.started.items():
-            if s.agent == agent and execution_id not in self.finished:
-                # Killed unreported; a hung run is now an orphan from this moment on.
+            if s.agent == agent and execution_id not in self.finished and execution_id not in self.held:
+                # Killed unreported; a hung run is now an orphan from this moment on. A dispatch still
+                # held in the backend is not on the agent yet: the restart does not touch it.
                 self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
                 self.finished.add(execution_id)
                 forgotten += 1

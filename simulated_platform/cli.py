@@ -14,14 +14,17 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "simulate", help="run simulated agents (real processes) and a scheduler that loses track of some runs",
         description="Serve N simulated Trinity agents on one port (URL template printed at start) and start "
-                    "executions on them at a steady rate, with faults: lost completion reports (orphans), "
-                    "hung processes (overdue), late reports (must never be failed), agent restarts and "
-                    "outages. Writes to the platform database like Trinity's backend does.",
+                    "executions on them at a steady rate, with faults: lost completion reports (orphans; "
+                    "retained_success: the agent kept the success), hung processes (overdue), late reports "
+                    "and dispatches held in the backend (inflight; both must never be failed), agent "
+                    "restarts and outages. Writes to the platform database, the capacity slots and the "
+                    "in-flight markers like Trinity's backend does.",
         epilog="example: exec-watchdog simulate --agents 5 --rate 2 --duration 60 "
-               "--faults lose_report=0.2,hang=0.05,late_report=0.1 --restart-every 30")
+               "--faults lose_report=0.2,retained_success=0.05,hang=0.05,late_report=0.1,inflight=0.05 "
+               "--restart-every 30")
     add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db",
              help="platform database (created if it is a new SQLite file)")
-    add_flag(p, "--redis-url", help="capacity slots in Redis; the SQL table when unset")
+    add_flag(p, "--redis-url", help="capacity slots and in-flight markers in Redis; SQL tables when unset")
     add_flag(p, "--listen", default="127.0.0.1:0", help="host:port for the agents (port 0 picks a free one)")
     add_flag(p, "--agent-secret", default="simulated-agent-secret", help="shared secret agents verify tokens with")
     add_flag(p, "--agents", type=int, default=5, help="number of simulated agents")
@@ -29,7 +32,10 @@ def register(commands: Any) -> None:
     add_flag(p, "--duration", type=float, default=60.0, help="seconds to keep starting executions")
     add_flag(p, "--run-seconds", default="2,6", help="min,max seconds a normal execution runs")
     add_flag(p, "--timeout", type=int, default=20, help="timeout_seconds of the simulated schedules")
-    add_flag(p, "--faults", default="lose_report=0.15,hang=0.05,late_report=0.1", help="execution fault mix")
+    add_flag(p, "--faults", help="execution fault mix, NAME=SHARE,... (default: lose_report=0.1, "
+             "retained_success=0.05, hang=0.05, late_report=0.1, inflight=0.05)")
+    add_flag(p, "--hold", type=float, default=30.0,
+             help="seconds the backend holds an 'inflight' dispatch before the agent gets it")
     add_flag(p, "--restart-every", type=float, default=0.0, help="restart a random agent every N seconds (0: never)")
     add_flag(p, "--outage-every", type=float, default=0.0, help="take a random agent down every N seconds (0: never)")
     add_flag(p, "--seed", type=int, help="random seed, for a repeatable run")
@@ -37,16 +43,19 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulated_platform.workload import Workload, parse_mix
+    from simulated_platform.workload import DEFAULT_MIX, Workload, parse_mix
 
     try:
         low, _, high = args.run_seconds.partition(",")
         workload = Workload(rate_per_second=args.rate, duration_seconds=args.duration,
-                            run_seconds=(float(low), float(high or low)), mix=parse_mix(args.faults),
+                            run_seconds=(float(low), float(high or low)),
+                            mix=parse_mix(args.faults) if args.faults is not None else dict(DEFAULT_MIX),
                             agent_restart_every=args.restart_every, agent_outage_every=args.outage_every,
                             seed=args.seed)
         if not 1 <= args.agents <= 10_000:
             raise ValueError("--agents must be from 1 to 10000")
+        if not 0 <= args.hold <= 3600:
+            raise ValueError("--hold must be from 0 to 3600 seconds")
         host, _, port = args.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {args.listen!r} must be host:port")
@@ -60,15 +69,16 @@ async def _simulate(args: argparse.Namespace, workload: Any, host: str, port: in
     import sqlalchemy as sa
 
     from platform_access.database import create_engine, create_platform_tables
+    from platform_access.inflight import open_inflight_store
     from platform_access.slots import open_slot_store, slot_metadata
     from simulated_platform.agent_server import serve_agents
     from simulated_platform.scheduler import Scheduler
-    from simulated_platform.workload import run_workload
+    from simulated_platform.workload import agent_names, run_workload
 
     engine = create_engine(args.database_url)
     if "schedule_executions" not in sa.inspect(engine).get_table_names():
         create_platform_tables(engine, slot_metadata)
-    names = [f"agent-{i:03d}" for i in range(1, args.agents + 1)]
+    names = agent_names(args.agents)
     server = await serve_agents(names, args.agent_secret, host=host, port=port)
 
     def show(kind: str, started: Any, detail: str) -> None:
@@ -76,7 +86,7 @@ async def _simulate(args: argparse.Namespace, workload: Any, host: str, port: in
             print(f"{kind:>16}  {started.agent}  {started.execution_id}  {started.fault:<11} {detail}", flush=True)
 
     scheduler = Scheduler(engine, open_slot_store(args.redis_url, engine), server, timeout_seconds=args.timeout,
-                          on_event=show)
+                          on_event=show, inflight=open_inflight_store(args.redis_url, engine), hold_seconds=args.hold)
     scheduler.prepare()
     print(f"simulated platform: {len(names)} agents at {server.url_template} "
           f"(secret {args.agent_secret!r}), database {args.database_url}", flush=True)
@@ -84,6 +94,7 @@ async def _simulate(args: argparse.Namespace, workload: Any, host: str, port: in
         await run_workload(scheduler, workload)
         await scheduler.drain()
     finally:
+        await scheduler.aclose()
         await server.stop()
         engine.dispose()
         print("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(scheduler.counts.items())), flush=True)

@@ -3,39 +3,54 @@ insert the row, take a capacity slot, dispatch to the agent, and on completion w
 status and release the slot — and it can be told to get things wrong the ways platforms do.
 
 Execution faults (per execution):
-    none          completes and is reported normally
-    lose_report   the process finishes but the completion report is lost: an orphan
-    hang          the process runs far past its timeout (overdue); ending it reports nothing
-    late_report   the report arrives ``late_report_seconds`` after the process ended, while the
-                  agent still lists it as recently completed: must never be failed
+    none              completes and is reported normally
+    lose_report       dispatched asynchronously (so the agent retains nothing); the process
+                      finishes but the completion report is lost: an orphan to fail
+    retained_success  dispatched synchronously and succeeds, the agent retains its result, the
+                      backend worker that waited for it dies (the report is lost, its in-flight
+                      marker lapses): an orphan whose success must be claimed, never failed
+    hang              the process runs far past its timeout (overdue); ending it reports nothing
+    late_report       the report arrives ``late_report_seconds`` after the process ended, while the
+                      agent still lists it as recently completed: must never be failed
+    inflight          the backend holds the dispatch ``hold_seconds`` before the agent gets it:
+                      the row says running, the agent knows nothing, only the in-flight marker
+                      says it is alive; then it runs and is reported normally: never an orphan
 Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
 ``stop_agent``/``resume_agent`` (unreachable: never orphans).
+
+Like Trinity's backend: ids are ``secrets.token_urlsafe(16)``; every dispatch is registered in
+the in-flight registry (:mod:`simulated_platform.dispatches`) for its whole call when an
+``inflight`` store is given, and a dispatch held 5 s or more is re-anchored when it is granted
+(``started_at`` = now; admission stays in ``queued_at``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import uuid
+import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import anyio.to_thread
 import redis
 import sqlalchemy as sa
 import structlog
 
+from platform_access.inflight import REFRESH_SECONDS, InflightStore
 from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
 from platform_access.slots import SlotStore
 from platform_access.timestamps import format_utc, utcnow
 from simulated_platform.agent_server import AgentServer
+from simulated_platform.dispatches import GRACE_SECONDS, Dispatches
+from simulated_platform.process_registry import RunResult
 
-Fault = Literal["none", "lose_report", "hang", "late_report"]
-FAULTS: tuple[Fault, ...] = ("none", "lose_report", "hang", "late_report")
+Fault = Literal["none", "lose_report", "retained_success", "hang", "late_report", "inflight"]
+FAULTS: tuple[Fault, ...] = ("none", "lose_report", "retained_success", "hang", "late_report", "inflight")
 HANG_SECONDS = 24 * 3600  # "forever", for a simulation
+RESTAMP_AFTER_SECONDS = 5.0  # Trinity's DISPATCH_RESTAMP_THRESHOLD_SECONDS
 log = structlog.get_logger("exec_watchdog.simulate")
 
 
@@ -51,17 +66,24 @@ class Started:
 class Scheduler:
     def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentServer, *,
                  timeout_seconds: int = 3600, late_report_seconds: float = 3.0,
-                 on_event: Callable[[str, Started, str], None] | None = None) -> None:
+                 on_event: Callable[[str, Started, str], None] | None = None,
+                 inflight: InflightStore | None = None, hold_seconds: float = 30.0,
+                 marker_tick: float = REFRESH_SECONDS, marker_grace: float = GRACE_SECONDS) -> None:
+        if hold_seconds < 0:
+            raise ValueError(f"hold_seconds must be >= 0, got {hold_seconds!r}")
         self.engine = engine
         self.slots = slots
         self.agents = agents
         self.timeout_seconds = timeout_seconds
         self.late_report_seconds = late_report_seconds
+        self.hold_seconds = hold_seconds
         self.on_event = on_event or (lambda kind, started, detail: None)
         self.started: dict[str, Started] = {}
+        self.held: set[str] = set()  # in the backend, not on the agent yet
+        self.retained_lost: set[str] = set()  # succeeded, retained by the agent, report lost
         self.counts: Counter[str] = Counter()
         self.owed_releases: set[tuple[str, str]] = set()
-        self._ids = itertools.count(1)
+        self.dispatches = Dispatches(inflight, tick=marker_tick, grace=marker_grace) if inflight else None
         self._tasks: set[asyncio.Task[None]] = set()
         for name in agents.agents:
             agents.registry(name).on_complete(self._completion_hook(name))
@@ -79,23 +101,78 @@ class Scheduler:
                         timeout_seconds=self.timeout_seconds))
 
     async def start(self, agent: str, seconds: float, fault: Fault = "none") -> Started:
+        """Admit a run (row and slot) and dispatch it; an ``inflight`` run is dispatched later,
+        in the background, and :meth:`drain` waits for it."""
         if fault not in FAULTS:
             raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
-        execution_id = f"sim-{next(self._ids):06d}-{uuid.uuid4().hex[:8]}"
+        execution_id = secrets.token_urlsafe(16)
         started = Started(execution_id, agent, fault, utcnow(), self.timeout_seconds)
         await anyio.to_thread.run_sync(self._insert, started)
         self.started[execution_id] = started  # only runs that really have a row
+        if self.dispatches:
+            self.dispatches.register(execution_id, agent)
+        self.counts[f"started_{fault}"] += 1
+        if fault == "inflight":
+            self.held.add(execution_id)
+            self.on_event("started", started, f"held {self.hold_seconds:g}s in the backend, then {seconds:g}s")
+            self._background(self._dispatch_later(started, seconds))
+            return started
+        await self._dispatch(started, seconds)
+        self.on_event("started", started, f"{seconds:g}s" if fault != "hang" else "hangs")
+        return started
+
+    async def _dispatch(self, started: Started, seconds: float) -> None:
+        execution_id, fault = started.execution_id, started.fault
+        if self.dispatches:
+            self.dispatches.calling(execution_id)
+        result = RunResult(synchronous=fault != "lose_report")
         try:
-            await self.agents.registry(agent).start(
-                execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault})
+            await self.agents.registry(started.agent).start(
+                execution_id, HANG_SECONDS if fault == "hang" else seconds, {"fault": fault}, result=result)
         except Exception:
             # The row says running but no agent runs it: an orphan from the start.
+            self._end_dispatch(execution_id)
             self.counts["starts_failed"] += 1
             self.on_event("start_failed", started, "the agent did not start it")
             raise
-        self.counts[f"started_{fault}"] += 1
-        self.on_event("started", started, f"{seconds:g}s" if fault != "hang" else "hangs")
-        return started
+        if not result.synchronous:
+            self._end_dispatch(execution_id)  # the agent answered 202: the backend holds nothing now
+
+    async def _dispatch_later(self, started: Started, seconds: float) -> None:
+        await asyncio.sleep(self.hold_seconds)
+        if self.hold_seconds >= RESTAMP_AFTER_SECONDS:
+            try:
+                restamped = await anyio.to_thread.run_sync(self._restamp, started.execution_id)
+            except sa.exc.OperationalError:  # the database is down: dispatch on the old clock
+                restamped = None
+            if restamped is not None:
+                started = Started(started.execution_id, started.agent, started.fault, restamped,
+                                  started.timeout_seconds)
+                self.started[started.execution_id] = started
+        self.held.discard(started.execution_id)
+        try:
+            await self._dispatch(started, seconds)
+        except Exception:
+            return  # counted as a failed start
+        self.on_event("dispatched", started, f"{seconds:g}s after {self.hold_seconds:g}s in the backend")
+
+    def _restamp(self, execution_id: str) -> datetime | None:
+        """The dispatch waited: its clock starts now (Trinity's restamp_execution_dispatch)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            updated = conn.execute(sa.update(schedule_executions).where(
+                schedule_executions.c.id == execution_id, schedule_executions.c.status == "running",
+            ).values(started_at=format_utc(now)))
+        return now if updated.rowcount == 1 else None
+
+    def _end_dispatch(self, execution_id: str) -> None:
+        if self.dispatches:
+            self.dispatches.end(execution_id)
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _insert(self, s: Started) -> None:
         with self.engine.begin() as conn:
@@ -110,6 +187,14 @@ class Scheduler:
             started = self.started.get(execution_id)
             if started is None:
                 return
+            if started.fault == "retained_success":
+                if self.dispatches:
+                    self.dispatches.abandon(execution_id)  # the worker died: its marker lapses
+                self.counts["reports_lost"] += 1
+                self.retained_lost.add(execution_id)
+                self.on_event("report_lost", started, f"returncode {returncode}, retained by the agent, report lost")
+                return
+            self._end_dispatch(execution_id)  # the call returned
             if started.fault == "lose_report":
                 self.counts["reports_lost"] += 1
                 self.on_event("report_lost", started, "process ended, report lost")
@@ -121,9 +206,7 @@ class Scheduler:
                 self.on_event("hang_ended", started, f"returncode {returncode}, unreported")
                 return
             delay = self.late_report_seconds if started.fault == "late_report" else 0.0
-            task = asyncio.get_running_loop().create_task(self._report(started, returncode, delay))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._report(started, returncode, delay))
         return completed
 
     async def _report(self, started: Started, returncode: int, delay: float) -> None:
@@ -166,6 +249,8 @@ class Scheduler:
     def restart_agent(self, agent: str) -> None:
         registry = self.agents.registry(agent)
         forgotten = len(registry.running()) + len(registry.pending_ids())
+        for execution_id in [e.execution_id for e in registry.running()] + registry.pending_ids():
+            self._end_dispatch(execution_id)  # the connection broke: the backend's call fails
         registry.wipe()
         self.counts["agent_restarts"] += 1
         log.info("agent_restarted", agent=agent, executions_forgotten=forgotten)
@@ -178,6 +263,11 @@ class Scheduler:
         self.agents.agents[agent].set_fault("none")
 
     async def drain(self) -> None:
-        """Wait for late reports in flight."""
-        if self._tasks:
+        """Wait for held dispatches and late reports in flight."""
+        while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop writing in-flight markers (those written lapse on their own)."""
+        if self.dispatches:
+            await self.dispatches.aclose()

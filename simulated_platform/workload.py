@@ -9,13 +9,22 @@ from dataclasses import dataclass, field
 
 from simulated_platform.scheduler import FAULTS, Fault, Scheduler
 
+DEFAULT_MIX: dict[Fault, float] = {"lose_report": 0.1, "retained_success": 0.05, "hang": 0.05, "late_report": 0.1,
+                                   "inflight": 0.05}
+
+
+def agent_names(count: int) -> list[str]:
+    """Names as Trinity's ``sanitize_agent_name`` can make them, every separator it allows in turn:
+    ``agent-001``, ``agent_002``, ``agent.003``, ..."""
+    return [f"agent{'-_.'[(i - 1) % 3]}{i:03d}" for i in range(1, count + 1)]
+
 
 @dataclass(frozen=True)
 class Workload:
     rate_per_second: float = 1.0
     duration_seconds: float = 60.0
     run_seconds: tuple[float, float] = (2.0, 6.0)
-    mix: dict[Fault, float] = field(default_factory=lambda: {"lose_report": 0.15, "hang": 0.05, "late_report": 0.1})
+    mix: dict[Fault, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     agent_restart_every: float = 0.0  # seconds; 0 = never
     agent_outage_every: float = 0.0
     agent_outage_seconds: float = 10.0

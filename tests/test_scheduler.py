@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import secrets
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 
 from platform_access import database as db
+from platform_access.inflight import MARKER_TTL_SECONDS, InflightStore, RedisInflight, SqlInflight, Verdict, marker_key
 from platform_access.schema import schedule_executions
 from platform_access.slots import SqlSlots, slot_metadata
+from platform_access.timestamps import parse_utc
 from simulated_platform.agent_server import AgentServer, serve_agents
 from simulated_platform.scheduler import Scheduler
-from simulated_platform.workload import Workload, parse_mix, run_workload
+from simulated_platform.workload import Workload, agent_names, parse_mix, run_workload
 
 
 @pytest.fixture
@@ -164,3 +173,180 @@ async def test_slot_release_refused_by_redis_is_owed_and_retried(tmp_path: Path)
     finally:
         await server.stop()
         engine.dispose()
+
+
+# -- Trinity's backend today: ids, names, in-flight markers, retained results -----------------------
+
+AGENTS = ["a1", "gamma_ops", "beta.ops"]  # every separator sanitize_agent_name allows
+
+
+@pytest.fixture(params=["redis", "sql"])
+def markers(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[InflightStore, sa.Engine]:
+    """A marker store of each kind, and the platform database beside it."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.create_platform_tables(engine, slot_metadata)
+    if request.param == "redis":
+        return RedisInflight(request.getfixturevalue("redis_client")), engine
+    return SqlInflight(engine), engine
+
+
+@contextlib.asynccontextmanager
+async def backend(markers: tuple[InflightStore, sa.Engine], **options: Any) -> AsyncIterator[
+        tuple[Scheduler, AgentServer, InflightStore, sa.Engine]]:
+    store, engine = markers
+    server = await serve_agents(AGENTS, "s")
+    options = {"marker_tick": 0.1, "marker_grace": 0.2, **options}
+    scheduler = Scheduler(engine, SqlSlots(engine), server, timeout_seconds=60, inflight=store, **options)
+    scheduler.prepare()
+    try:
+        yield scheduler, server, store, engine
+    finally:
+        await scheduler.aclose()
+        await server.stop()
+        engine.dispose()
+
+
+def _verdict(store: InflightStore, execution_id: str) -> Verdict:
+    return store.verdicts([execution_id])[execution_id]
+
+
+def _known(server: AgentServer, agent: str, execution_id: str) -> bool:
+    registry = server.registry(agent)
+    return execution_id in ({e.execution_id for e in registry.running()} | set(registry.pending_ids())
+                            | set(registry.recently_completed_ids()))
+
+
+def _row(engine: sa.Engine, execution_id: str) -> Any:
+    with engine.connect() as c:
+        return c.execute(sa.select(schedule_executions).where(schedule_executions.c.id == execution_id)).one()
+
+
+async def test_ids_are_made_like_token_urlsafe_16_and_names_may_hold_underscores_and_dots(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers) as (scheduler, _, _, engine):
+        runs = [await scheduler.start(agent, 0.1) for agent in AGENTS]
+        for run in runs:
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}", run.execution_id), run.execution_id
+            await _until(lambda run=run: _status(engine, run.execution_id) == "success")  # type: ignore[misc]
+    assert len({r.execution_id for r in runs}) == 3
+    assert agent_names(4) == ["agent-001", "agent_002", "agent.003", "agent-004"]
+
+
+def test_about_one_id_in_32_starts_with_a_dash_or_an_underscore() -> None:
+    """The id maker is the standard library's; this pins the share the watchdog must cope with."""
+    ids = [secrets.token_urlsafe(16) for _ in range(20_000)]
+    share = sum(i[0] in "-_" for i in ids) / len(ids)
+    assert 0.025 < share < 0.038
+
+
+async def test_an_inflight_dispatch_is_held_with_a_live_parked_marker_the_agent_knows_nothing_of(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, hold_seconds=1.5) as (scheduler, server, store, engine):
+        run = await scheduler.start("gamma_ops", 0.3, "inflight")
+        assert _row(engine, run.execution_id).status == "running"
+        assert scheduler.slots.held("gamma_ops") == {run.execution_id}
+        await _until(lambda: _verdict(store, run.execution_id) is Verdict.ALIVE)
+        assert not _known(server, "gamma_ops", run.execution_id), "only the marker says it is alive"
+        if isinstance(store, RedisInflight):
+            marker = store.marker(run.execution_id)
+            assert marker is not None
+            assert (marker.agent, marker.phase, marker.pid) == ("gamma_ops", "parked", os.getpid())
+            assert abs(marker.since - time.time()) < 10
+        await _until(lambda: _known(server, "gamma_ops", run.execution_id))
+        await _until(lambda: _status(engine, run.execution_id) == "success")
+        await _until(lambda: _verdict(store, run.execution_id) is Verdict.ABSENT)
+    assert scheduler.counts["started_inflight"] == 1 and scheduler.counts["reported"] == 1
+
+
+async def test_a_dispatch_held_five_seconds_or_more_is_re_anchored_at_grant(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, hold_seconds=5.0) as (scheduler, server, _, engine):
+        run = await scheduler.start("beta.ops", 30, "inflight")
+        await _until(lambda: _known(server, "beta.ops", run.execution_id), timeout=20)
+        row = _row(engine, run.execution_id)
+    started, queued = parse_utc(row.started_at), parse_utc(row.queued_at)
+    assert (started - queued).total_seconds() >= 4.9, "started_at is the grant, queued_at the admission"
+    assert scheduler.started[run.execution_id].started_at == started
+
+
+async def test_a_fast_dispatch_never_writes_a_marker_and_a_long_one_is_marked_calling(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, marker_grace=0.6) as (scheduler, _, store, engine):
+        fast = await scheduler.start("a1", 0.1)
+        slow = await scheduler.start("a1", 1.5)
+        seen: set[Verdict] = set()
+        while _status(engine, fast.execution_id) == "running":
+            seen.add(_verdict(store, fast.execution_id))
+            await asyncio.sleep(0.02)
+        await _until(lambda: _verdict(store, slow.execution_id) is Verdict.ALIVE)
+        if isinstance(store, RedisInflight):
+            marker = store.marker(slow.execution_id)
+            assert marker is not None and marker.phase == "calling"
+        await _until(lambda: _status(engine, slow.execution_id) == "success")
+        await _until(lambda: _verdict(store, slow.execution_id) is Verdict.ABSENT)
+    assert seen == {Verdict.ABSENT}
+
+
+async def test_retained_success_loses_the_report_the_agent_keeps_the_success_and_the_marker_lapses(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, marker_grace=0.1) as (scheduler, server, store, engine):
+        run = await scheduler.start("gamma_ops", 0.6, "retained_success")
+        await _until(lambda: _verdict(store, run.execution_id) is Verdict.ALIVE)
+        registry = server.registry("gamma_ops")
+        await _until(lambda: registry.retained(run.execution_id) is not None)
+        record = registry.retained(run.execution_id)
+        await asyncio.sleep(0.5)  # several ticks: a dead worker deletes nothing
+        assert _verdict(store, run.execution_id) is Verdict.ALIVE
+        if isinstance(store, RedisInflight):
+            assert 0 < markers_ttl(store, run.execution_id) <= MARKER_TTL_SECONDS
+        assert _status(engine, run.execution_id) == "running"
+        assert run.execution_id in registry.recently_completed_ids()
+    assert record is not None and record.envelope["status"] == "success"
+    assert scheduler.counts["reports_lost"] == 1
+
+
+async def test_a_lost_asynchronous_report_leaves_no_record_and_no_marker(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, marker_grace=0.1) as (scheduler, server, store, engine):
+        run = await scheduler.start("beta.ops", 0.6, "lose_report")
+        sync = await scheduler.start("beta.ops", 0.6, "retained_success")  # ends after it: a witness
+        registry = server.registry("beta.ops")
+        await _until(lambda: registry.retained(sync.execution_id) is not None)
+        assert registry.retained(run.execution_id) is None
+        assert run.execution_id in registry.recently_completed_ids()
+        assert _verdict(store, run.execution_id) is Verdict.ABSENT
+        assert _status(engine, run.execution_id) == "running"
+
+
+async def test_an_agent_restart_ends_the_dispatches_on_it_but_not_those_held_in_the_backend(
+        markers: tuple[InflightStore, sa.Engine]) -> None:
+    async with backend(markers, marker_grace=0.1, hold_seconds=1.5) as (scheduler, _, store, engine):
+        lost = await scheduler.start("a1", 30)
+        held = await scheduler.start("a1", 0.2, "inflight")
+        await _until(lambda: _verdict(store, lost.execution_id) is Verdict.ALIVE
+                     and _verdict(store, held.execution_id) is Verdict.ALIVE)
+        scheduler.restart_agent("a1")
+        await _until(lambda: _verdict(store, lost.execution_id) is Verdict.ABSENT)
+        assert _verdict(store, held.execution_id) is Verdict.ALIVE
+        await _until(lambda: _status(engine, held.execution_id) == "success")
+    assert _status(engine, lost.execution_id) == "running"
+
+
+async def test_markers_fail_open_when_their_store_is_down(tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.create_platform_tables(engine, slot_metadata)
+    dead = RedisInflight.from_url(f"redis://127.0.0.1:{_free_port()}", timeout=0.2)
+    async with backend((dead, engine), marker_grace=0.0) as (scheduler, _, _, _):
+        run = await scheduler.start("a1", 0.5)
+        await _until(lambda: _status(engine, run.execution_id) == "success")
+    assert scheduler.dispatches is not None and scheduler.dispatches.failed_ticks > 0
+
+
+def markers_ttl(store: RedisInflight, execution_id: str) -> int:
+    return int(store._redis.ttl(marker_key(execution_id)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
