@@ -257,6 +257,7 @@ class ScriptedAgent:
 
     def __init__(self) -> None:
         self.result: tuple[int, bytes] = (500, b'{"detail":"boom"}')
+        self.terminate: tuple[int, bytes] = (200, b'{"status":"terminated"}')
         agent = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -270,6 +271,13 @@ class ScriptedAgent:
                     status, body = 404, b'{"detail":"Execution not found"}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # terminate
+                status, body = agent.terminate
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -342,3 +350,23 @@ def test_a_trinity_database_without_slot_tables_and_without_redis_is_refused_at_
     with pytest.raises(ValueError, match="pass --redis-url"):
         build_config(_remediator_args("--database-url", url))
     assert build_config(_remediator_args("--database-url", url, "--redis-url", "redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.parametrize(("answer", "status"), [
+    ((202, b""), "terminated"),
+    ((204, b""), "terminated"),
+    ((200, b'{"status":"stopping"}'), "terminated"),
+    ((200, b'{"status":"already_finished","returncode":0}'), "already_finished"),
+])
+async def test_terminate_counts_any_2xx_as_done(scripted: ScriptedAgent, answer: tuple[int, bytes],
+                                                status: str) -> None:
+    """Trinity's watchdog fails an overdue run after any terminate answer below 300."""
+    from platform_access.agent_client import AgentClient
+
+    scripted.terminate = answer
+    client = AgentClient(scripted.url_template, "s")
+    try:
+        result = await client.terminate("a1", "e1")
+    finally:
+        await client.aclose()
+    assert result.answered and result.unwrap().status == status, result
