@@ -36,7 +36,8 @@ DAY = 86_400
 
 @pytest.fixture
 async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "gamma_ops", "old"], SECRET, without_result_route=["old"],
+    server = await serve_agents(["a1", "gamma_ops", "old", "legacy"], SECRET, without_result_route=["old"],
+                                legacy=["legacy"],
                                 config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
     yield server
     await server.stop()
@@ -120,6 +121,16 @@ async def test_an_agent_image_without_the_result_route_fails_the_orphan_as_befor
     assert harness.row("e-old").error == orphan_text("old", reports_pending=True, no_retained_result=False)
 
 
+async def test_an_agent_from_before_pending_ids_is_not_said_to_have_reported_pending(harness: Harness) -> None:
+    """Trinity says "not pending" only when the image reports pending runs (and this one has no /result)."""
+    harness.add_execution("e-legacy", "legacy")
+    [verdict] = await _decide(harness, alert("e-legacy", "legacy"))
+    assert verdict["outcome"] == "recovered", verdict
+    assert harness.row("e-legacy").error == (
+        "Execution not tracked by agent 'legacy' (not running, not recently completed) and no live backend "
+        "dispatcher (no in-flight marker) — recovered by watchdog")
+
+
 async def test_a_result_younger_than_the_defer_is_claimed_only_once_old_enough(
         database_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
     async with remediator(database_url, redis_url, agents, claim_defer_seconds=1.0) as h:
@@ -186,10 +197,10 @@ async def test_unreadable_markers_hold_a_run_younger_than_the_bound_only(
         h.app.state.remediator.inflight = RedisInflight.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
         h.add_execution("e-young", "a1", age_seconds=900)
         h.add_execution("e-old", "a1", age_seconds=1_100)
-        verdicts = {v["reason"][:40]: v for v in await _decide(h, alert("e-young", "a1"), alert("e-old", "a1"))}
-        assert h.row("e-young").status == "running"
-        assert h.row("e-old").status == "failed"
-    assert any(v["outcome"] == "retry" and "may still be in flight" in v["reason"] for v in verdicts.values())
+        young, old = await _decide(h, alert("e-young", "a1"), alert("e-old", "a1"))
+        assert young["outcome"] == "retry" and "may still be in flight" in young["reason"], young
+        assert old["outcome"] == "recovered", old
+        assert (h.row("e-young").status, h.row("e-old").status) == ("running", "failed")
 
 
 async def test_failing_a_run_older_than_24_8_days_writes_null_duration(harness: Harness) -> None:
