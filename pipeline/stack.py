@@ -49,6 +49,7 @@ class StackOptions:
     remediators: int = 1  # every replica gets every notification
     log_level: str = "info"
     remediator_flags: tuple[str, ...] = ()  # extra flags for every replica (e.g. --dry-run)
+    exporter_flags: tuple[str, ...] = ()  # extra flags for the exporter
 
     def __post_init__(self) -> None:
         if not 1 <= self.alertmanagers <= 5 or not 1 <= self.remediators <= 5:
@@ -123,6 +124,7 @@ class Stack:
                             f"{agent_timeout:g}")
         if o.redis_url:
             argv += ["--redis-url", o.redis_url]
+        argv += list(o.exporter_flags)
         return Child("exporter", argv, self.logs / "exporter.log", lambda: http_ok(f"{self.exporter_url}/healthz"),
                      cwd=self.workdir, env=self._child_env())
 

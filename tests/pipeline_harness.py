@@ -259,7 +259,8 @@ class Pipeline:
 @contextlib.contextmanager
 def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None = None, agents: int = 8,
                      alertmanagers: int = 1, remediators: int = 1, completed_window: float = 4.0,
-                     timeout_seconds: int = 300) -> Iterator[Pipeline]:
+                     timeout_seconds: int = 300, remediator_flags: tuple[str, ...] = (),
+                     exporter_flags: tuple[str, ...] = ()) -> Iterator[Pipeline]:
     """Start everything, wait until alerts can flow end to end, and always stop everything."""
     loop = LoopThread()
     platform: Platform | None = None
@@ -272,7 +273,8 @@ def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None 
                                   late_report_seconds=completed_window / 2)
         platform = loop.call(lambda: Platform.start(options))
         stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret, redis_url=redis_url,
-                                   alertmanagers=alertmanagers, remediators=remediators), workdir)
+                                   alertmanagers=alertmanagers, remediators=remediators,
+                                   remediator_flags=remediator_flags, exporter_flags=exporter_flags), workdir)
         stack.start()
         stack.wait_ready()
         feed = EventFeed(stack.remediator_urls, stack.token)
