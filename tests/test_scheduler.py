@@ -205,13 +205,15 @@ async def backend(markers: tuple[InflightStore, sa.Engine], **options: Any) -> A
         tuple[Scheduler, AgentServer, InflightStore, sa.Engine]]:
     store, engine = markers
     server = await serve_agents(AGENTS, "s")
-    options = {"marker_tick": 0.1, "marker_grace": 0.2, **options}
-    scheduler = Scheduler(engine, SqlSlots(engine), server, timeout_seconds=60, inflight=store, **options)
-    scheduler.prepare()
+    scheduler: Scheduler | None = None
     try:
+        options = {"marker_tick": 0.1, "marker_grace": 0.2, **options}
+        scheduler = Scheduler(engine, SqlSlots(engine), server, timeout_seconds=60, inflight=store, **options)
+        scheduler.prepare()
         yield scheduler, server, store, engine
     finally:
-        await scheduler.aclose()
+        if scheduler is not None:
+            await scheduler.aclose()
         await server.stop()
         engine.dispose()
 
@@ -360,3 +362,11 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_bad_hold_or_marker_timing_is_refused(markers: tuple[InflightStore, sa.Engine]) -> None:
+    for options, message in (({"hold_seconds": -1}, "hold_seconds"), ({"marker_tick": 0}, "marker tick"),
+                             ({"marker_grace": -0.5}, "marker tick")):
+        with pytest.raises(ValueError, match=message):
+            async with backend(markers, **options):
+                pass
