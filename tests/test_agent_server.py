@@ -619,6 +619,9 @@ async def test_an_unknown_fault_mode_is_refused(server: AgentServer) -> None:
     ({"execution_id": "e", "seconds": 1, "exit_code": 256}, 422, "exit_code must be"),
     ({"execution_id": "e/../x", "seconds": 1}, 422, "execution_id must match"),
     ({"execution_id": "e", "seconds": 1, "metadata": [1]}, 422, "'metadata' has the wrong type"),
+    ({"execution_id": "e", "seconds": 1, "synchronous": "yes"}, 422, "'synchronous' has the wrong type"),
+    ({"execution_id": "e", "seconds": 1, "cost_usd": -1}, 422, "cost_usd must be"),
+    ({"execution_id": "e", "seconds": 1, "response": 5}, 422, "'response' has the wrong type"),
     ([1, 2], 400, "must be a JSON object"),
 ])
 async def test_bad_start_requests_get_a_clear_error(server: AgentServer, body: object, status: int,
