@@ -41,6 +41,8 @@ class Profile:
     runbook_url: str = _tunable("text")
     orphan_min_age_seconds: int = _tunable("seconds")
     orphan_for: str = _tunable("duration")
+    completed_unreported_for: str = _tunable("duration")
+    claim_defer_seconds: int = _tunable("seconds")
     overdue_default_timeout_seconds: int = _tunable("seconds")
     overdue_for: str = _tunable("duration")
     stuck_threshold_seconds: int = _tunable("seconds")

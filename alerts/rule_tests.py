@@ -307,6 +307,97 @@ def overdue_agent_unreachable(p: Profile) -> dict[str, Any]:
     }
 
 
+@case("ExecWatchdogExecutionOrphaned stays silent while a backend dispatcher still holds the execution")
+def orphan_in_flight(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = p.orphan_min_age_seconds + 10 * t.step
+    late = t.fires(0, "orphan_for") + 10 * t.step
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, late)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(late)}"),
+            series(exporter.EXECUTION_DISPATCH_INFLIGHT, _execution(p), f"1x{t.steps(late)}"),
+        ],
+        "alert_rule_test": silent(rules.ORPHANED, 0, late),
+    }
+
+
+@case("ExecWatchdogExecutionOrphaned fires orphan_for after the in-flight marker lapses")
+def orphan_marker_lapsed(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = p.orphan_min_age_seconds + 10 * t.step
+    fires = t.fires(4 * t.step, "orphan_for")
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(fires)}"),
+            series(exporter.EXECUTION_DISPATCH_INFLIGHT, _execution(p), f"1x3 0x{t.steps(fires)}"),
+        ],
+        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+    }
+
+
+def _completed_alert(p: Profile, runtime: int) -> dict[str, Any]:
+    return {
+        "exp_labels": {**_execution(p), "severity": "critical", "remediation": "claim_result"},
+        "exp_annotations": {
+            "summary": "An execution finished on its agent but the database still shows it running.",
+            "description": (
+                f"Agent {AGENT} lists execution {EXECUTION} (schedule {SCHEDULE}) as recently completed, yet "
+                f"the database has shown it as running for {humanize_duration(runtime)}. The remediator "
+                "claims the result the agent kept, writes it and releases its slot."
+            ),
+            "runbook_url": runbook(p, rules.COMPLETED_UNREPORTED),
+        },
+    }
+
+
+@case("ExecWatchdogExecutionCompletedUnreported fires completed_unreported_for after the agent lists the "
+      "execution as recently completed")
+def completed_unreported(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = 10 * t.step
+    fires = t.fires(4 * t.step, "completed_unreported_for")
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
+            series(exporter.EXECUTION_RECENTLY_COMPLETED, _execution(p), f"0x3 1x{t.steps(fires)}"),
+        ],
+        "alert_rule_test": boundary(rules.COMPLETED_UNREPORTED, fires, t.step, _completed_alert(p, start + fires)),
+    }
+
+
+@case("ExecWatchdogExecutionCompletedUnreported stays silent while the agent is unreachable")
+def completed_agent_unreachable(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    late = t.fires(0, "completed_unreported_for") + 10 * t.step
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(0, late)),
+            series(exporter.AGENT_UP, {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT},
+                   f"0x{t.steps(late)}"),
+        ],
+        "alert_rule_test": silent(rules.COMPLETED_UNREPORTED, 0, late),
+    }
+
+
+@case("ExecWatchdogExecutionOverdue never terminates an execution the agent lists as recently completed")
+def overdue_recently_completed(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    timeout = 10 * t.step
+    late = t.fires(t.first_above(0, timeout), "overdue_for") + 10 * t.step
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(0, late)),
+            series(exporter.EXECUTION_TIMEOUT, _execution(p), f"{timeout}x{t.steps(late)}"),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(late)}"),
+            series(exporter.EXECUTION_RECENTLY_COMPLETED, _execution(p), f"1x{t.steps(late)}"),
+        ],
+        "alert_rule_test": silent(rules.OVERDUE, late),
+    }
+
+
 @case("ExecWatchdogExecutionStuck warns stuck_for after an execution passes the stuck threshold")
 def stuck(p: Profile) -> dict[str, Any]:
     t = Timeline(p)

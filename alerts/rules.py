@@ -16,6 +16,7 @@ from remediator import metric_names as remediator
 
 ORPHANED = "ExecWatchdogExecutionOrphaned"
 OVERDUE = "ExecWatchdogExecutionOverdue"
+COMPLETED_UNREPORTED = "ExecWatchdogExecutionCompletedUnreported"
 STUCK = "ExecWatchdogExecutionStuck"
 AGENT_UNREACHABLE = "ExecWatchdogAgentUnreachable"
 EXPORTER_DOWN = "ExecWatchdogExporterDown"
@@ -24,13 +25,14 @@ REMEDIATOR_FAILING = "ExecWatchdogRemediatorFailing"
 BREAKER_OPEN = "ExecWatchdogRemediatorBreakerOpen"
 HEARTBEAT = "ExecWatchdogHeartbeat"
 
-ALERTS = (ORPHANED, OVERDUE, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
+ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
           REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT)
 
 # The label that tells the remediator what to do, and its values (docs/contracts.md).
 REMEDIATION_LABEL = "remediation"
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
+CLAIM_RESULT = "claim_result"
 
 # One execution as the exporter publishes it. job/instance keep two exporter replicas apart
 # (otherwise a one-to-one comparison would fail on duplicate matches).
@@ -62,14 +64,19 @@ def execution_rules(p: Profile) -> list[Rule]:
     runtime = exporter.EXECUTION_RUNTIME
     known = exporter.EXECUTION_AGENT_KNOWN
     timeout = exporter.EXECUTION_TIMEOUT
+    completed = exporter.EXECUTION_RECENTLY_COMPLETED
+    inflight = exporter.EXECUTION_DISPATCH_INFLIGHT
     return [
         _alert(
             p, ORPHANED,
             # Runtime on the left, so $value is the age. agent_known is absent while the agent
-            # cannot be asked, so an unreachable agent never makes orphans.
+            # cannot be asked, so an unreachable agent never makes orphans; a run a backend
+            # dispatcher still holds (Trinity's in-flight marker) is never one either.
             f"{runtime} > {p.orphan_min_age_seconds}\n"
             f"and {_EXECUTION}\n"
-            f"{known} == 0\n",
+            f"{known} == 0\n"
+            f"unless {_EXECUTION}\n"
+            f"{inflight} == 1\n",
             p.orphan_for, "critical",
             "An execution is running in the database but unknown to its agent.",
             f"Agent {{{{ $labels.agent }}}} answered and does not know execution {_EXECUTION_NAMES}, which the "
@@ -91,7 +98,9 @@ def execution_rules(p: Profile) -> list[Rule]:
             f"    {runtime} * 0 + {p.overdue_default_timeout_seconds}\n"
             f"  )\n"
             f"and {_EXECUTION}\n"
-            f"{known} == 1\n",
+            f"{known} == 1\n"
+            f"unless {_EXECUTION}\n"
+            f"{completed} == 1\n",
             p.overdue_for, "critical",
             "An execution has run past its timeout.",
             f"Execution {_EXECUTION_NAMES} on agent {{{{ $labels.agent }}}} has been running for "
@@ -99,6 +108,22 @@ def execution_rules(p: Profile) -> list[Rule]:
             f"{p.overdue_default_timeout_seconds}s when none is set). The remediator terminates it "
             "on the agent, marks it failed and releases its slot.",
             **{REMEDIATION_LABEL: TERMINATE_OVERDUE},
+        ),
+        _alert(
+            p, COMPLETED_UNREPORTED,
+            # Finished on the agent, still running in the database: its retained result is claimed
+            # (never terminated: the overdue rule leaves these runs alone).
+            f"{runtime}\n"
+            f"and {_EXECUTION}\n"
+            f"{completed} == 1\n"
+            f"unless {_EXECUTION}\n"
+            f"{inflight} == 1\n",
+            p.completed_unreported_for, "critical",
+            "An execution finished on its agent but the database still shows it running.",
+            f"Agent {{{{ $labels.agent }}}} lists execution {_EXECUTION_NAMES} as recently completed, "
+            "yet the database has shown it as running for {{ $value | humanizeDuration }}. The "
+            "remediator claims the result the agent kept, writes it and releases its slot.",
+            **{REMEDIATION_LABEL: CLAIM_RESULT},
         ),
         _alert(
             p, STUCK,

@@ -25,6 +25,7 @@ from exporter.gather import Gatherer, poll_client
 from exporter.settings import ExporterSettings
 from exporter.snapshot import Snapshot
 from platform_access.database import create_engine
+from platform_access.inflight import InflightStore, RedisInflight, SqlInflight
 from platform_access.slots import RedisSlots, SlotStore, SqlSlots
 
 INDEX = """exec-watchdog exporter
@@ -70,14 +71,16 @@ def create_app(settings: ExporterSettings) -> Starlette:
                              concurrency=settings.poll_concurrency)
         redis_client = None
         slots: SlotStore = SqlSlots(engine)
+        inflight: InflightStore = SqlInflight(engine)
         if settings.redis_url:
             redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.database_timeout,
                                                 socket_connect_timeout=settings.database_timeout)
-            slots = RedisSlots(redis_client)
+            slots, inflight = RedisSlots(redis_client), RedisInflight(redis_client)
         resources["gatherer"] = Gatherer(
             engine, client, slots, agent_timeout=settings.agent_timeout,
             poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
-            scrape_timeout=settings.scrape_timeout)
+            scrape_timeout=settings.scrape_timeout, inflight=inflight,
+            inflight_max_age_seconds=settings.inflight_max_age_seconds)
         try:
             yield
         finally:

@@ -33,6 +33,9 @@ def register(commands: Any) -> None:
     add_flag(secret, "--agent-secret-file", help="file holding the backend's AGENT_AUTH_SECRET")  # type: ignore[arg-type]
     add_flag(parser, "--redis-url", help="Redis holding the capacity slots; without it, the agent_slots table")
     add_flag(parser, "--agent-timeout", default="3", help="seconds one agent may take to answer")
+    add_flag(parser, "--inflight-max-age", default="10920",
+             help="while in-flight markers cannot be read, runs younger than this many seconds count as in "
+                  "flight (Trinity: 3600 queue + 7260 + 60)")
     add_flag(parser, "--poll-concurrency", default="50", help="agents polled at the same time")
     add_flag(parser, "--database-timeout", default="5", help="seconds the database read may take")
     add_flag(parser, "--scrape-timeout", default="8",
@@ -43,12 +46,26 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        _require_stores(settings)
         sock = _bind(settings)
     except ConfigError as exc:
         print(f"exec-watchdog exporter: {exc}", file=sys.stderr)
         return 2
     serve(settings, sock)
     return 0
+
+
+def _require_stores(settings: ExporterSettings) -> None:
+    from platform_access.database import create_engine
+    from platform_access.slots import EmbeddedTablesMissing, require_store_for
+
+    engine = create_engine(settings.database_url)
+    try:
+        require_store_for(settings.redis_url, engine)
+    except EmbeddedTablesMissing as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 def _bind(settings: ExporterSettings) -> socket.socket:

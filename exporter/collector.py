@@ -24,6 +24,13 @@ HELP = {
     names.EXECUTION_AGENT_KNOWN: "1 if the agent's registry has the execution (running, pending or recently "
                                  "completed), 0 if the agent answered without it; absent when the agent could "
                                  "not be asked.",
+    names.EXECUTION_RECENTLY_COMPLETED: "1 if the agent lists the execution as recently completed (finished, "
+                                        "its report not in the database yet), else 0; absent when the agent "
+                                        "could not be asked.",
+    names.EXECUTION_DISPATCH_INFLIGHT: "1 if a backend dispatcher may still hold the execution (its in-flight "
+                                       "marker is alive, or the markers are unreadable and it is younger than "
+                                       "the in-flight bound), else 0; absent unless the agent answered without "
+                                       "it running or pending.",
     names.AGENT_UP: "1 if the agent answered GET /api/executions/running in this scrape, else 0.",
     names.AGENT_REGISTRY_EXECUTIONS: "Executions in the agent's registry, by state.",
     names.AGENT_SLOTS_USED: "Capacity slots held on the agent.",
@@ -43,6 +50,8 @@ class ExecWatchdogCollector(Collector):
         exec_watchdog_execution_runtime_seconds{agent="a1",execution_id="e-42",schedule_id="nightly"} 4213.5
         exec_watchdog_execution_timeout_seconds{agent="a1",execution_id="e-42",schedule_id="nightly"} 3600.0
         exec_watchdog_execution_agent_known{agent="a1",execution_id="e-42",schedule_id="nightly"} 0.0
+        exec_watchdog_execution_recently_completed{agent="a1",execution_id="e-42",schedule_id="nightly"} 0.0
+        exec_watchdog_execution_dispatch_inflight{agent="a1",execution_id="e-42",schedule_id="nightly"} 0.0
         exec_watchdog_agent_up{agent="a1"} 1.0
         exec_watchdog_agent_registry_executions{agent="a1",state="pending"} 2.0
         exec_watchdog_exporter_database_up 1.0
@@ -69,6 +78,10 @@ class ExecWatchdogCollector(Collector):
             f.timeout.add_metric(labels, e.timeout_seconds)
             if e.agent_known is not None:
                 f.known.add_metric(labels, 1.0 if e.agent_known else 0.0)
+            if e.recently_completed is not None:
+                f.recently_completed.add_metric(labels, 1.0 if e.recently_completed else 0.0)
+            if e.dispatch_inflight is not None:
+                f.inflight.add_metric(labels, 1.0 if e.dispatch_inflight else 0.0)
 
         for a in snapshot.agents:
             f.up.add_metric([a.name], 1.0 if a.up else 0.0)
@@ -94,6 +107,8 @@ class _Families(NamedTuple):
     runtime: GaugeMetricFamily
     timeout: GaugeMetricFamily
     known: GaugeMetricFamily
+    recently_completed: GaugeMetricFamily
+    inflight: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -113,6 +128,8 @@ class _Families(NamedTuple):
             runtime=gauge(names.EXECUTION_RUNTIME, EXECUTION_LABELS),
             timeout=gauge(names.EXECUTION_TIMEOUT, EXECUTION_LABELS),
             known=gauge(names.EXECUTION_AGENT_KNOWN, EXECUTION_LABELS),
+            recently_completed=gauge(names.EXECUTION_RECENTLY_COMPLETED, EXECUTION_LABELS),
+            inflight=gauge(names.EXECUTION_DISPATCH_INFLIGHT, EXECUTION_LABELS),
             up=gauge(names.AGENT_UP, ("agent",)),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS, ("agent", "state")),
             slots_used=gauge(names.AGENT_SLOTS_USED, ("agent",)),

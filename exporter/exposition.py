@@ -52,6 +52,12 @@ def render_snapshot(snapshot: Snapshot) -> bytes:
     out.append(_header(names.EXECUTION_AGENT_KNOWN))
     out.extend([f"{names.EXECUTION_AGENT_KNOWN}{labels}{'1.0' if e.agent_known else '0.0'}\n"
                 for labels, e in pairs if e.agent_known is not None])
+    out.append(_header(names.EXECUTION_RECENTLY_COMPLETED))
+    out.extend([f"{names.EXECUTION_RECENTLY_COMPLETED}{labels}{'1.0' if e.recently_completed else '0.0'}\n"
+                for labels, e in pairs if e.recently_completed is not None])
+    out.append(_header(names.EXECUTION_DISPATCH_INFLIGHT))
+    out.extend([f"{names.EXECUTION_DISPATCH_INFLIGHT}{labels}{'1.0' if e.dispatch_inflight else '0.0'}\n"
+                for labels, e in pairs if e.dispatch_inflight is not None])
 
     agents = [(f'agent="{_escape(a.name)}"', a) for a in snapshot.agents]
     out.append(_header(names.AGENT_UP))

@@ -1,7 +1,9 @@
 """One scrape's worth of facts: a single database read, then every agent polled concurrently.
 
 The database is read once (running executions and ``agent_ownership`` on one connection). The
-agents to poll are the distinct agents of those executions plus every ``agent_ownership`` row.
+agents to poll are the distinct agents of those executions plus every ``agent_ownership`` row
+(soft-deleted agents left out). Then, in one read, the in-flight markers of the runs an agent
+answered without (or lists as recently completed), as Trinity's watchdog reads them.
 Polls run concurrently under a semaphore, each with its own timeout, and the whole gather has a
 deadline, so one slow or dead agent costs at most its timeout and never stalls the scrape. The
 capacity slots are read at the same time as the polls.
@@ -26,6 +28,7 @@ from exec_watchdog import __version__
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
+from platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
 from platform_access.names import InvalidIdentifier
 from platform_access.poll_transport import PollTransport
 from platform_access.schema import DEFAULT_MAX_PARALLEL_TASKS
@@ -70,7 +73,8 @@ class Gatherer:
     def __init__(self, engine: sa.Engine, client: AgentClient, slots: SlotStore | None = None, *,
                  agent_timeout: float = 3.0, poll_concurrency: int = 50, database_timeout: float = 5.0,
                  scrape_timeout: float = 8.0, clock: Callable[[], datetime] = utcnow,
-                 version: str = __version__) -> None:
+                 version: str = __version__, inflight: InflightStore | None = None,
+                 inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS) -> None:
         if poll_concurrency < 1:
             raise ValueError("poll concurrency must be at least 1")
         if min(agent_timeout, database_timeout, scrape_timeout) <= 0:
@@ -78,6 +82,8 @@ class Gatherer:
         self._engine = engine
         self._client = client
         self._slots = slots
+        self._markers = inflight
+        self._inflight_max_age = inflight_max_age_seconds
         self._agent_timeout = agent_timeout
         self._poll_concurrency = poll_concurrency
         self._database_timeout = database_timeout
@@ -135,10 +141,12 @@ class Gatherer:
 
         agent_facts = []
         known_ids: dict[str, frozenset[str]] = {}
+        completed_ids: dict[str, frozenset[str]] = {}
         for name in names:
             result = results[name]
             answer = result.value if result.answered else None
             if answer is not None:
+                completed_ids[name] = answer.recently_completed_ids
                 known_ids[name] = answer.running_ids | answer.pending_ids | answer.recently_completed_ids
                 registry: RegistryCounts | None = RegistryCounts(
                     len(answer.executions), len(answer.pending_ids), len(answer.recently_completed_ids))
@@ -153,11 +161,18 @@ class Gatherer:
                 poll_error="" if answer is not None else result.kind,
             ))
 
+        # Trinity reads the marker of every run its agent does not know or lists as recently completed.
+        asked = [e for e in watched if e.agent_name in known_ids
+                 and (e.id not in known_ids[e.agent_name] or e.id in completed_ids[e.agent_name])]
+        verdicts = await self._inflight_verdicts([e.id for e in asked], deadline)
         executions = tuple(
             ExecutionFacts(
                 agent=e.agent_name, execution_id=e.id, schedule_id=e.schedule_id,
                 runtime_seconds=(read.now - e.started_at).total_seconds(), timeout_seconds=e.timeout_seconds,
                 agent_known=(e.id in known_ids[e.agent_name]) if e.agent_name in known_ids else None,
+                recently_completed=(e.id in completed_ids[e.agent_name]) if e.agent_name in completed_ids else None,
+                dispatch_inflight=withholds(verdicts[e.id], (read.now - e.started_at).total_seconds(),
+                                            self._inflight_max_age) if e.id in verdicts else None,
             )
             for e in watched
         )
@@ -176,6 +191,20 @@ class Gatherer:
             executions, bad = running_executions(conn)
             limits = {a.name: a.max_parallel_tasks for a in agents(conn)}
         return _DatabaseRead(self._clock(), executions, len(bad), limits)
+
+    async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:
+        """One read of the markers; unknown for all when the store fails or is too slow."""
+        if not ids:
+            return {}
+        if self._markers is None:
+            return dict.fromkeys(ids, Verdict.ABSENT)  # nobody writes markers here
+        store = self._markers
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(store.verdicts, ids),
+                                          max(0.1, deadline - time.perf_counter()))
+        except TimeoutError:
+            self._log_change("inflight", "timeout", "in-flight markers not read before the scrape deadline")
+            return dict.fromkeys(ids, Verdict.UNKNOWN)
 
     def _read_slots(self) -> dict[str, int] | None:
         if self._slots is None:

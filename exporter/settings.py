@@ -7,6 +7,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -28,6 +29,7 @@ class ExporterSettings:
     poll_concurrency: int = 50
     database_timeout: float = 5.0
     scrape_timeout: float = 8.0
+    inflight_max_age_seconds: float = 10_920.0
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -76,6 +78,9 @@ def _check_database_url(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = parsed.database
+        if path and str(parsed.query.get("uri", "")).lower() == "true" and path.startswith("file:"):
+            # An SQLite URI filename, e.g. sqlite:///file:trinity.db?mode=ro&uri=true (read-only).
+            path = urlsplit(path).path
         if not path or path == ":memory:":
             raise ConfigError(f"--database-url {url!r} names no file: the exporter reads Trinity's database")
         if not Path(path).is_file():
@@ -122,4 +127,5 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         poll_concurrency=concurrency,
         database_timeout=_positive_seconds("--database-timeout", args.database_timeout),
         scrape_timeout=scrape_timeout,
+        inflight_max_age_seconds=_positive_seconds("--inflight-max-age", args.inflight_max_age),
     )

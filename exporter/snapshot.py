@@ -26,6 +26,13 @@ class ExecutionFacts:
     # True: the agent's registry has it (running, pending or recently completed); False: the agent
     # answered and does not have it; None: the agent could not be asked, so nobody knows.
     agent_known: bool | None
+    # True: the agent lists it as recently completed (its result is claimed, it is never terminated);
+    # None when the agent could not be asked.
+    recently_completed: bool | None = None
+    # True: a backend dispatcher may still hold it (in-flight marker alive, or the markers could
+    # not be read and the run is younger than the in-flight bound): never an orphan. None: not
+    # asked (the agent knows the run as running or pending, or could not be asked).
+    dispatch_inflight: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

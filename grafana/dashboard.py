@@ -274,7 +274,7 @@ def agents() -> Panels:
         time_series(
             "Agent poll errors",
             "Failed polls of the agents' registries by reason (unreachable, timeout, unauthorized, "
-            "bad_response); unauthorized usually means a wrong shared secret.",
+            "bad_response); unauthorized usually means the exporter's AGENT_AUTH_SECRET is not the backend's.",
             "cps",
             [
                 Query(

@@ -29,7 +29,8 @@ from simulated_platform.scheduler import Started
 
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
                "late_report": "its report will arrive late", "none": "normal"}
-ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated"}
+ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
+                "result_recovered": "retained result claimed"}
 
 
 class Account:

@@ -134,6 +134,7 @@ class Stack:
                             "--database-url", o.database_url, "--agent-url-template", o.agent_url_template,
                             "--agent-secret-file", str(secret_file), "--bearer-token-file", str(token_file),
                             "--min-orphan-age", str(self.settings["orphan_min_age_seconds"]),
+                            "--claim-defer", str(self.settings["claim_defer_seconds"]),
                             "--replica-id", self.replica_ids[index], "--sweep-interval", f"{sweep:g}")
         for am in self.alertmanager_urls:
             argv += ["--alertmanager-url", am]

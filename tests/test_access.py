@@ -456,7 +456,10 @@ class Recorder:
                 body = json.dumps({"executions": [], "recently_completed_ids": [], "pending_ids": [],
                                    "status": "terminated", "running": False, "returncode": 0,
                                    "error_type": None, "error_message": None}).encode()
-                self.send_response(200)
+                status = 200
+                if self.path.endswith("/result"):  # nothing retained, as a current agent says it
+                    status, body = 404, b'{"detail":{"code":"no_retained_result"}}'
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -493,6 +496,7 @@ async def _call_every_endpoint(client: AgentClient, agent: str, execution_id: st
     await client.status(agent, execution_id)
     await client.terminate(agent, execution_id)
     await client.last_error(agent, execution_id)
+    await client.result(agent, execution_id)
 
 
 @pytest.fixture
@@ -518,7 +522,8 @@ async def test_agent_requests_reach_only_the_template_address(recorder: Recorder
         assert path in (f"/agents/{agent}/api/executions/running",
                         f"/agents/{agent}/api/executions/{execution_id}/status",
                         f"/agents/{agent}/api/executions/{execution_id}/terminate",
-                        f"/agents/{agent}/api/executions/{execution_id}/last-error"), path
+                        f"/agents/{agent}/api/executions/{execution_id}/last-error",
+                        f"/agents/{agent}/api/executions/{execution_id}/result"), path
 
 
 @HTTP_PROPERTY
@@ -544,7 +549,8 @@ async def test_agent_requests_with_the_agent_in_the_host_stay_on_template_hosts(
         assert (url.scheme, url.host, url.port, url.userinfo, url.query) == ("http", f"agent-{agent}", 8000, b"", b"")
         assert url.raw_path.decode() in ("/api/executions/running", f"/api/executions/{execution_id}/status",
                                          f"/api/executions/{execution_id}/terminate",
-                                         f"/api/executions/{execution_id}/last-error")
+                                         f"/api/executions/{execution_id}/last-error",
+                                         f"/api/executions/{execution_id}/result")
 
 
 # -- hostile agent names stored in the database -------------------------------------------------------
@@ -599,7 +605,10 @@ async def test_hostile_agent_names_in_rows_make_the_remediator_call_nobody(datab
         # The control: a safe row is asked about at the template's address, and recovered.
         response = await client.post("/api/v1/alerts", json=notification(alert("e-ok", "ok1")))
         assert response.json()["alerts"][0]["outcome"] == "recovered", response.text
-    assert recorder.requests == [("GET", "/agents/ok1/api/executions/running", f"127.0.0.1:{recorder.port}")]
+    host = f"127.0.0.1:{recorder.port}"
+    assert recorder.requests == [("GET", "/agents/ok1/api/executions/running", host),
+                                 ("GET", "/agents/ok1/api/executions/e-ok/result", host),
+                                 ("GET", "/agents/ok1/api/executions/e-ok/last-error", host)]
     engine.dispose()
 
 

@@ -112,7 +112,9 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     labels = {r["alert"]: r["labels"] for r in rendered_rules("production")}
     assert labels[rules.ORPHANED] == {"severity": "critical", "remediation": "fail_orphan"}
     assert labels[rules.OVERDUE] == {"severity": "critical", "remediation": "terminate_overdue"}
-    assert [name for name, labels in labels.items() if "remediation" in labels] == [rules.ORPHANED, rules.OVERDUE]
+    assert labels[rules.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
+    assert [name for name, labels in labels.items() if "remediation" in labels] == [
+        rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED]
 
 
 def _github_anchor(heading: str) -> str:
@@ -160,6 +162,7 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
     # The parser really found the rules' metrics (an empty set would pass the check above).
     assert {exporter_metrics.EXECUTION_RUNTIME, exporter_metrics.EXECUTION_AGENT_KNOWN,
             exporter_metrics.EXECUTION_TIMEOUT, exporter_metrics.AGENT_UP, exporter_metrics.DATABASE_UP,
+            exporter_metrics.EXECUTION_RECENTLY_COMPLETED, exporter_metrics.EXECUTION_DISPATCH_INFLIGHT,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up"} == used
 
@@ -194,6 +197,7 @@ def test_amtool_accepts_the_alertmanager_config(profile: str, receivers: dict[st
 ROUTES = {
     rules.ORPHANED: REMEDIATOR_RECEIVER,
     rules.OVERDUE: REMEDIATOR_RECEIVER,
+    rules.COMPLETED_UNREPORTED: REMEDIATOR_RECEIVER,
     rules.STUCK: OPERATOR_RECEIVER,
     rules.AGENT_UNREACHABLE: OPERATOR_RECEIVER,
     rules.EXPORTER_DOWN: OPERATOR_RECEIVER,

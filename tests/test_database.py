@@ -75,7 +75,7 @@ def test_unreadable_rows_are_reported_not_returned(platform: sa.Engine) -> None:
             db.get_execution(c, "odd-status")
 
 
-def test_fail_execution_wins_once_and_sets_error_completion_and_duration(platform: sa.Engine) -> None:
+def test_fail_execution_wins_once_and_sets_error_and_completion_with_a_null_duration(platform: sa.Engine) -> None:
     now = utcnow()
     with platform.begin() as c:
         insert_execution(c, "e1", "a1", age_seconds=90, now=now)
@@ -89,7 +89,7 @@ def test_fail_execution_wins_once_and_sets_error_completion_and_duration(platfor
     assert row.status == "failed"
     assert row.error == "lost — recovered by watchdog"
     assert parse_utc(row.completed_at) == now
-    assert 89_000 <= row.duration_ms <= 91_000
+    assert row.duration_ms is None  # Trinity's watchdog writes NULL on a failure
 
 
 def test_fail_execution_never_touches_completed_or_leased_rows(platform: sa.Engine) -> None:
@@ -114,11 +114,13 @@ def test_extra_trinity_columns_are_tolerated_and_left_alone(database_url: str) -
             "CREATE TABLE schedule_executions (id TEXT PRIMARY KEY, schedule_id TEXT NOT NULL, agent_name TEXT, "
             "status TEXT NOT NULL, started_at TEXT NOT NULL, completed_at TEXT, duration_ms INTEGER, "
             "message TEXT NOT NULL, response TEXT, error TEXT, triggered_by TEXT NOT NULL, queued_at TEXT, "
-            "lease_expires_at TEXT, cost REAL, tool_calls TEXT, context_used INTEGER, model_used TEXT)"))
+            "lease_expires_at TEXT, cost REAL, tool_calls TEXT, context_used INTEGER, model_used TEXT, "
+            "execution_log TEXT, claude_session_id TEXT)"))
         c.execute(sa.text("CREATE TABLE agent_schedules (id TEXT PRIMARY KEY, agent_name TEXT NOT NULL, "
                           "name TEXT NOT NULL, cron_expression TEXT, timeout_seconds INTEGER)"))
         c.execute(sa.text("CREATE TABLE agent_ownership (id INTEGER PRIMARY KEY, agent_name TEXT, owner_id INTEGER, "
-                          "execution_timeout_seconds INTEGER DEFAULT 3600, max_parallel_tasks INTEGER DEFAULT 3)"))
+                          "execution_timeout_seconds INTEGER DEFAULT 3600, max_parallel_tasks INTEGER DEFAULT 3, "
+                          "deleted_at TEXT)"))
         c.execute(sa.text(
             "INSERT INTO schedule_executions (id, schedule_id, agent_name, status, started_at, message, "
             "triggered_by, cost, model_used) VALUES ('x', '__manual__', 'a1', 'running', "

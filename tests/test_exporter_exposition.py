@@ -19,6 +19,7 @@ labels = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 def snapshots(draw: st.DrawFn) -> Snapshot:
     executions = tuple(
         ExecutionFacts(draw(labels), draw(labels), draw(labels), draw(st.floats()), draw(st.integers(0, 10**9)),
+                       draw(st.sampled_from([True, False, None])), draw(st.sampled_from([True, False, None])),
                        draw(st.sampled_from([True, False, None])))
         for _ in range(draw(st.integers(0, 5))))
     agents = tuple(

@@ -646,10 +646,12 @@ def test_database_outage_delays_recoveries_and_loses_none(world: World) -> None:
 
 
 def test_redis_outage_finishes_every_recovery_exactly_once_afterwards(world: World) -> None:
-    """Redis (slots and the announcement relay) stops answering while runs are forgotten and a run
-    crosses its timeout: the rows are failed, but the slot releases and announcements stay owed
-    (the webhook answers 503, the sweep retries) until Redis answers again; then each is released
-    and announced exactly once, and the run still going keeps its slot."""
+    """Redis (slots, in-flight markers and the announcement relay) stops answering while runs are
+    forgotten and a run crosses its timeout. The overdue run is terminated and failed, its slot
+    release and announcement owed (the webhook answers 503, the sweep retries). The forgotten runs
+    are held, as Trinity holds them: with the markers unreadable a dispatcher may still own a run
+    younger than the in-flight bound. Once Redis answers again each is recovered, released and
+    announced exactly once, and the run still going keeps its slot."""
     w = world
     w.p.set_timeout(REDIS_OVERDUE, 5)
     forgotten = w.start(REDIS_AGENT, 600, n=3)
@@ -660,12 +662,13 @@ def test_redis_outage_finishes_every_recovery_exactly_once_afterwards(world: Wor
 
     w.redis.pause()
     try:
-        # The database still works: the watchdog fails the rows, then owes the rest for longer
-        # than its Redis clients wait (5 s), so the first attempts fail and are retried.
-        eventually(lambda: all(w.p.recovery(r.execution_id) for r in lost), orphan_deadline(w) + 2,
-                   "the lost runs are failed while Redis is down")
-        holds(lambda: all(w.p.recovery(r.execution_id).announced_at is None for r in lost), REDIS_OUTAGE,
-              "no recovery counts as announced while Redis is down")
+        # The database still works: the watchdog fails the overdue row, then owes the rest for
+        # longer than its Redis clients wait (5 s), so the first attempts fail and are retried.
+        eventually(lambda: all(w.p.recovery(r.execution_id) for r in overdue), orphan_deadline(w) + 2,
+                   "the overdue run is failed while Redis is down")
+        holds(lambda: all(w.p.recovery(r.execution_id) is None for r in forgotten)
+              and all(w.p.recovery(r.execution_id).announced_at is None for r in overdue), REDIS_OUTAGE,
+              "no forgotten run is failed and no recovery counts as announced while Redis is down")
     finally:
         w.redis.resume()
 
