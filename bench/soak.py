@@ -28,8 +28,8 @@ checked strictly. Printed every ~30 s, and at the end: executions, faults inject
 false kills, duplicates, leaked slots (all three must be 0), runs never recovered, retained
 successes written as ``success`` and results lost (must be 0), in-flight dispatches left alone
 (all of them must be), time to recovery median/p95/max, and the remediators' RSS at start and end
-with its trend. A retained result is claimed no sooner than 180 s after it was retained, so those
-runs take that long to recover and ``--settle`` leaves room for the last of them.
+with its trend. A retained result is claimed no sooner than the profile's claim defer after it was
+retained (fast 3 s; production and Trinity 180 s), so those runs take at least that long.
 
 Runs the simulated platform's own failures as a real platform has them: a completion report the
 database refused (it was down) is lost, so that run is a real orphan; a slot the platform could not
@@ -593,9 +593,7 @@ def main() -> int:
                         help="the remediators' breaker budget per 300 s; the default 100 is below the planned "
                              "recovery rate of a full soak (about 35%% of the runs are lost), and the breaker is "
                              "there to stop a runaway, which this is not")
-    parser.add_argument("--settle", type=float, default=360.0,
-                        help="seconds allowed to settle at the end (a retained result is claimed 180 s after it "
-                             "was retained at the soonest)")
+    parser.add_argument("--settle", type=float, default=180.0, help="seconds allowed to settle at the end")
     parser.add_argument("--hold", type=float, default=20.0,
                         help="seconds the backend holds an 'inflight' dispatch before the agent gets it (well "
                              "past the fast profile's minimum orphan age, so only the marker protects it)")

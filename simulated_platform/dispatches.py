@@ -44,6 +44,7 @@ class Dispatches:
         self.store, self.tick, self.grace = store, tick, grace
         self.live: dict[str, Dispatch] = {}
         self.failed_ticks = 0
+        self._failing = False  # in a store outage: logged once, when it starts and when it ends
         self._deletes: set[str] = set()
         self._written: dict[str, str] = {}  # id -> phase its marker was written with
         self._refresher: asyncio.Task[None] | None = None
@@ -103,4 +104,10 @@ class Dispatches:
             self.failed_ticks += 1
             self._written.clear()
             self._deletes |= deletes
-            log.warning("inflight_markers_not_written", error=str(exc))
+            if not self._failing:
+                log.warning("inflight_markers_not_written", error=str(exc))
+            self._failing = True
+            return
+        if self._failing:
+            log.info("inflight_markers_written_again")
+            self._failing = False

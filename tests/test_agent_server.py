@@ -449,6 +449,44 @@ async def test_an_old_image_answers_result_with_the_bare_404() -> None:
             assert (await client.get("/api/executions/e1/result")).json() == {"detail": "Not Found"}
 
 
+async def test_a_restart_before_the_record_is_written_loses_it() -> None:
+    config = RegistryConfig(retain_delay=0.5)
+    async with await serve_agents(["alpha"], SECRET, config=config) as srv, agent_client(srv, "alpha") as client:
+        codes: dict[str, int] = {}
+        srv.registry("alpha").on_complete(lambda execution_id, code: codes.__setitem__(execution_id, code))
+        await start(client, "unlucky", seconds=0)
+        await eventually(lambda: "unlucky" in codes)
+        await client.post("/sim/restart")
+        await asyncio.sleep(0.8)
+        response = await client.get("/api/executions/unlucky/result")
+    assert response.status_code == 404 and response.json() == NO_RECORD
+
+
+async def test_trinity_ids_with_any_first_character_and_names_with_underscores_and_dots_work_everywhere() -> None:
+    config = RegistryConfig(unregister_delay=30, drain_seconds=0.2)
+    async with await serve_agents(["gamma_ops", "beta.ops"], SECRET, config=config) as srv:
+        for name in ("gamma_ops", "beta.ops"):
+            async with agent_client(srv, name) as client:
+                for execution_id in ("-AbCdEfGhIjKlMnOpQrStU", "_0123456789abcdefghijk"):
+                    await start(client, execution_id, seconds=0)
+                    status = srv.registry(name).status
+                    await eventually(lambda: getattr(status(execution_id), "state", None) == "exited")  # noqa: B023
+                    assert (await client.get(f"/api/executions/{execution_id}/status")).status_code == 200
+                    assert (await client.get(f"/api/executions/{execution_id}/last-error")).status_code == 200
+                    terminate = await client.post(f"/api/executions/{execution_id}/terminate")
+                    assert terminate.json()["status"] == "already_finished"
+                    assert (await retained(client, execution_id))["status"] == "success"
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("retained_max", 0), ("retained_max", 1.5), ("retained_log_max_bytes", True), ("drain_seconds", -1),
+    ("retain_delay", float("nan")), ("retained_ttl", float("inf")),
+])
+def test_bad_retention_and_drain_settings_are_refused(option: str, value: object) -> None:
+    with pytest.raises(ValueError, match=option):
+        RegistryConfig(**{option: value})  # type: ignore[arg-type]
+
+
 # -- restart ----------------------------------------------------------------------------------------
 
 async def test_restart_kills_every_process_and_forgets_everything_without_reporting() -> None:
@@ -581,6 +619,9 @@ async def test_an_unknown_fault_mode_is_refused(server: AgentServer) -> None:
     ({"execution_id": "e", "seconds": 1, "exit_code": 256}, 422, "exit_code must be"),
     ({"execution_id": "e/../x", "seconds": 1}, 422, "execution_id must match"),
     ({"execution_id": "e", "seconds": 1, "metadata": [1]}, 422, "'metadata' has the wrong type"),
+    ({"execution_id": "e", "seconds": 1, "synchronous": "yes"}, 422, "'synchronous' has the wrong type"),
+    ({"execution_id": "e", "seconds": 1, "cost_usd": -1}, 422, "cost_usd must be"),
+    ({"execution_id": "e", "seconds": 1, "response": 5}, 422, "'response' has the wrong type"),
     ([1, 2], 400, "must be a JSON object"),
 ])
 async def test_bad_start_requests_get_a_clear_error(server: AgentServer, body: object, status: int,

@@ -135,11 +135,21 @@ def test_db_init_creates_once_then_refuses(tmp_path: Path) -> None:
 def test_simulate_command_runs_with_faults_and_summarises(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "exec_watchdog", "simulate", "--agents", "2", "--rate", "10", "--duration", "1",
-         "--run-seconds", "0.1,0.2", "--faults", "lose_report=0.3", "--seed", "3",
-         f"--database-url=sqlite:///{tmp_path / 'sim.db'}"], capture_output=True, text=True, timeout=60)
+         "--run-seconds", "0.1,0.2", "--faults", "lose_report=0.2,retained_success=0.2,inflight=0.3",
+         "--hold", "0.5", "--seed", "2", f"--database-url=sqlite:///{tmp_path / 'sim.db'}"],
+        capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "simulated platform: 2 agents" in result.stdout
-    assert "report_lost" in result.stdout and "summary:" in result.stdout
+    assert "simulated platform: 2 agents at" in result.stdout
+    assert "report_lost" in result.stdout and "dispatched" in result.stdout
+    summary = dict(item.split("=") for item in result.stdout.split("summary: ")[1].strip().split(", "))
+    assert int(summary["started_inflight"]) > 0 and int(summary["started_retained_success"]) > 0
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sim.db'}")
+    with engine.connect() as c:
+        names = set(c.execute(sa.select(schedule_executions.c.agent_name)).scalars())
+        ids = list(c.execute(sa.select(schedule_executions.c.id)).scalars())
+    engine.dispose()
+    assert names == {"agent-001", "agent_002"}
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
 
 
 def test_simulate_command_refuses_bad_flags(tmp_path: Path) -> None:
@@ -195,13 +205,15 @@ async def backend(markers: tuple[InflightStore, sa.Engine], **options: Any) -> A
         tuple[Scheduler, AgentServer, InflightStore, sa.Engine]]:
     store, engine = markers
     server = await serve_agents(AGENTS, "s")
-    options = {"marker_tick": 0.1, "marker_grace": 0.2, **options}
-    scheduler = Scheduler(engine, SqlSlots(engine), server, timeout_seconds=60, inflight=store, **options)
-    scheduler.prepare()
+    scheduler: Scheduler | None = None
     try:
+        options = {"marker_tick": 0.1, "marker_grace": 0.2, **options}
+        scheduler = Scheduler(engine, SqlSlots(engine), server, timeout_seconds=60, inflight=store, **options)
+        scheduler.prepare()
         yield scheduler, server, store, engine
     finally:
-        await scheduler.aclose()
+        if scheduler is not None:
+            await scheduler.aclose()
         await server.stop()
         engine.dispose()
 
@@ -350,3 +362,11 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_bad_hold_or_marker_timing_is_refused(markers: tuple[InflightStore, sa.Engine]) -> None:
+    for options, message in (({"hold_seconds": -1}, "hold_seconds"), ({"marker_tick": 0}, "marker tick"),
+                             ({"marker_grace": -0.5}, "marker tick")):
+        with pytest.raises(ValueError, match=message):
+            async with backend(markers, **options):
+                pass
