@@ -28,7 +28,7 @@ import structlog
 
 from platform_access import database as db
 from platform_access import inflight as inflight_markers
-from platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
+from platform_access.agent_client import AgentClient
 from platform_access.inflight import InflightStore
 from platform_access.names import InvalidIdentifier, check_execution_id
 from platform_access.slots import SlotStore
@@ -37,6 +37,7 @@ from remediator import audit, claim, texts
 from remediator.announce import Announcer
 from remediator.breaker import Breaker
 from remediator.metrics import RemediatorMetrics
+from remediator.orphans import OrphanCheck
 from remediator.payload import Alert
 from remediator.silences import SilenceChecker, SilenceCheckFailed
 
@@ -44,7 +45,6 @@ FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
 CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database
 ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
-LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
@@ -95,7 +95,6 @@ class Remediator:
                  settings: Settings, inflight: InflightStore | None = None) -> None:
         self.engine = engine
         self.slots = slots
-        self.inflight = inflight
         self.agents = agents
         self.announcer = announcer
         self.breaker = breaker
@@ -103,6 +102,8 @@ class Remediator:
         self.metrics = metrics
         self.settings = settings
         self._agent_slots = asyncio.Semaphore(settings.agent_concurrency)
+        self.orphans = OrphanCheck(agents, self._agent_slots, inflight, settings.min_orphan_age_seconds,
+                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
     async def handle(self, alerts: Iterable[Alert]) -> BatchResult:
         result = BatchResult([Verdict(a) for a in alerts])
@@ -144,13 +145,14 @@ class Remediator:
             self._verify_row(v, rows.get(v.alert.execution_id), now)
         await self._check_silences([v for v in verdicts if v.outcome == ""])
         orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
-        await self._verify_orphans_on_agents(orphans)
+        await self.orphans.verify(orphans)
         for v in verdicts:
             if v.outcome == "":
                 self._gate(v)
         overdue = [v for v in verdicts if v.outcome == "" and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v) for v in overdue))
-        await asyncio.gather(*(self._prefix_last_error(v) for v in verdicts if v.outcome == "" and v.claim is None))
+        await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
+                               if v.outcome == "" and v.claim is None))
         ready = [v for v in verdicts if v.outcome == ""]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -202,85 +204,6 @@ class Remediator:
             hit = next((s for s in active if s.matches(v.alert.labels)), None)
             if hit is not None:
                 v.decide("silenced", f"silenced now by {hit.id}")
-
-    async def _verify_orphans_on_agents(self, verdicts: list[Verdict]) -> None:
-        """The agent's word, then the in-flight marker, then the retained result (claim before fail)."""
-        by_agent: dict[str, list[Verdict]] = {}
-        for v in verdicts:
-            by_agent.setdefault(v.alert.agent, []).append(v)
-
-        async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
-            async with self._agent_slots:
-                return agent, await self.agents.running(agent)
-
-        candidates: list[tuple[Verdict, RunningSnapshot]] = []
-        for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
-            for v in by_agent[agent]:
-                execution_id = v.alert.execution_id
-                if not answer.answered:
-                    v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
-                elif execution_id in answer.unwrap().running_ids or execution_id in answer.unwrap().pending_ids:
-                    v.decide("skipped", "agent knows the execution (running or pending)")
-                elif (execution_id not in answer.unwrap().recently_completed_ids
-                      and self._age(v) < self.settings.min_orphan_age_seconds):
-                    v.decide("skipped", f"too young to be an orphan: {self._age(v):.1f} s")
-                else:
-                    candidates.append((v, answer.unwrap()))
-        await self._check_inflight([v for v, _ in candidates])
-        candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
-        answers = await asyncio.gather(*(self._retained(v) for v, _ in candidates))
-        for (v, snapshot), retained in zip(candidates, answers, strict=True):
-            self._apply_claim_decision(v, snapshot, retained)
-
-    def _age(self, v: Verdict) -> float:
-        assert v.execution is not None
-        return v.execution.runtime_seconds(utcnow())
-
-    async def _check_inflight(self, verdicts: list[Verdict]) -> None:
-        """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
-        if not verdicts or self.inflight is None:
-            return
-        store = self.inflight
-        found = await anyio.to_thread.run_sync(lambda: store.verdicts(v.alert.execution_id for v in verdicts))
-        for v in verdicts:
-            verdict = found.get(v.alert.execution_id, inflight_markers.Verdict.UNKNOWN)
-            if not inflight_markers.withholds(verdict, self._age(v), self.settings.inflight_max_age_seconds):
-                continue
-            if verdict is inflight_markers.Verdict.ALIVE:
-                v.decide("skipped", "a backend dispatcher still holds it (in-flight marker alive)")
-            else:
-                v.decide("retry", "in-flight markers unreadable and the run is younger than "
-                                  f"{self.settings.inflight_max_age_seconds:g} s: it may still be in flight")
-
-    async def _retained(self, v: Verdict) -> AgentResult[object]:
-        async with self._agent_slots:
-            answer = await self.agents.result(v.alert.agent, v.alert.execution_id)
-        return AgentResult(answer.kind, answer.value, answer.detail)
-
-    def _apply_claim_decision(self, v: Verdict, snapshot: RunningSnapshot, answer: AgentResult[object]) -> None:
-        recently_completed = v.alert.execution_id in snapshot.recently_completed_ids
-        decision = claim.decide(answer, recently_completed=recently_completed, now=utcnow(),
-                                defer_seconds=self.settings.claim_defer_seconds)
-        if decision.step == "claim":
-            assert decision.result is not None
-            v.claim = claim.claim_of(decision.result)
-            v.error = claim.announcement_reason(v.claim)
-        elif decision.step in ("fail", "fail_no_record"):
-            v.error = texts.orphan_text(v.alert.agent, reports_pending=snapshot.reports_pending,
-                                        no_retained_result=decision.step == "fail_no_record")
-        else:
-            v.decide("skipped" if decision.step == "wait" else "retry", decision.reason)
-
-    async def _prefix_last_error(self, v: Verdict) -> None:
-        """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
-        async with self._agent_slots:
-            try:
-                answer = await asyncio.wait_for(self.agents.last_error(v.alert.agent, v.alert.execution_id),
-                                                LAST_ERROR_TIMEOUT_SECONDS)
-            except TimeoutError:
-                answer = AgentResult("timeout")
-        last: LastError | None = answer.value if answer.answered else None
-        v.error = texts.with_last_error(v.error, last)
 
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:

@@ -194,7 +194,8 @@ async def test_unreadable_markers_hold_a_run_younger_than_the_bound_only(
         database_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
     async with remediator(database_url, redis_url, agents, claim_defer_seconds=0,
                           inflight_max_age_seconds=1_000) as h:
-        h.app.state.remediator.inflight = RedisInflight.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+        h.app.state.remediator.orphans.inflight = RedisInflight.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                                                         timeout=0.5)
         h.add_execution("e-young", "a1", age_seconds=900)
         h.add_execution("e-old", "a1", age_seconds=1_100)
         young, old = await _decide(h, alert("e-young", "a1"), alert("e-old", "a1"))

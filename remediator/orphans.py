@@ -1,0 +1,132 @@
+"""Is a run really lost? At action time: the agent's word, the in-flight marker, then its retained result.
+
+For ``fail_orphan`` and ``claim_result`` alerts, in Trinity's order:
+
+1. ``GET /api/executions/running`` again: running or pending → nothing to do; not answered → retry.
+2. The in-flight markers of the rest, one read for the batch: a live dispatcher → nothing to do;
+   markers unreadable and the run younger than the in-flight bound → retry.
+3. The retained result (``remediator/claim.py`` has every rule): claim it, fail the run, wait or retry.
+
+Before a run is failed (here or after a terminate) the agent's ``/last-error`` is asked (2 s) and
+put first in the text (``remediator/texts.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio.to_thread
+
+from platform_access import database as db
+from platform_access import inflight as markers
+from platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
+from platform_access.timestamps import utcnow
+from remediator import claim, texts
+from remediator.payload import Alert
+
+LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
+
+
+class Subject(Protocol):
+    """What this module reads and decides of one alert's verdict."""
+
+    alert: Alert
+    execution: db.Execution | None
+    outcome: str
+    error: str
+    claim: db.Claim | None
+
+    def decide(self, outcome: str, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class OrphanCheck:
+    agents: AgentClient
+    limit: asyncio.Semaphore  # shared with every other agent request of the remediator
+    inflight: markers.InflightStore | None
+    min_orphan_age_seconds: float
+    claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
+    inflight_max_age_seconds: float = markers.DEFAULT_MAX_AGE_SECONDS
+
+    async def verify(self, verdicts: Sequence[Subject]) -> None:
+        """Decide each verdict, or leave it undecided with ``error`` (a failure) or ``claim`` set."""
+        by_agent: dict[str, list[Subject]] = {}
+        for v in verdicts:
+            by_agent.setdefault(v.alert.agent, []).append(v)
+
+        async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
+            async with self.limit:
+                return agent, await self.agents.running(agent)
+
+        candidates: list[tuple[Subject, RunningSnapshot]] = []
+        for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
+            for v in by_agent[agent]:
+                if not answer.answered:
+                    v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
+                    continue
+                snapshot, execution_id = answer.unwrap(), v.alert.execution_id
+                if execution_id in snapshot.running_ids or execution_id in snapshot.pending_ids:
+                    v.decide("skipped", "agent knows the execution (running or pending)")
+                elif execution_id not in snapshot.recently_completed_ids and _age(v) < self.min_orphan_age_seconds:
+                    v.decide("skipped", f"too young to be an orphan: {_age(v):.1f} s")
+                else:
+                    candidates.append((v, snapshot))
+        await self._check_inflight([v for v, _ in candidates])
+        candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
+        answers = await asyncio.gather(*(self._retained(v) for v, _ in candidates))
+        for (v, snapshot), retained in zip(candidates, answers, strict=True):
+            self._apply(v, snapshot, retained)
+
+    async def _check_inflight(self, verdicts: list[Subject]) -> None:
+        """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
+        if not verdicts or self.inflight is None:
+            return
+        store = self.inflight
+        found = await anyio.to_thread.run_sync(lambda: store.verdicts(v.alert.execution_id for v in verdicts))
+        for v in verdicts:
+            verdict = found.get(v.alert.execution_id, markers.Verdict.UNKNOWN)
+            if not markers.withholds(verdict, _age(v), self.inflight_max_age_seconds):
+                continue
+            if verdict is markers.Verdict.ALIVE:
+                v.decide("skipped", "a backend dispatcher still holds it (in-flight marker alive)")
+            else:
+                v.decide("retry", "in-flight markers unreadable and the run is younger than "
+                                  f"{self.inflight_max_age_seconds:g} s: it may still be in flight")
+
+    async def _retained(self, v: Subject) -> AgentResult[object]:
+        async with self.limit:
+            answer = await self.agents.result(v.alert.agent, v.alert.execution_id)
+        return AgentResult(answer.kind, answer.value, answer.detail)
+
+    def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object]) -> None:
+        recently_completed = v.alert.execution_id in snapshot.recently_completed_ids
+        decision = claim.decide(answer, recently_completed=recently_completed, now=utcnow(),
+                                defer_seconds=self.claim_defer_seconds)
+        if decision.step == "claim":
+            assert decision.result is not None
+            v.claim = claim.claim_of(decision.result)
+            v.error = claim.announcement_reason(v.claim)
+        elif decision.step in ("fail", "fail_no_record"):
+            v.error = texts.orphan_text(v.alert.agent, reports_pending=snapshot.reports_pending,
+                                        no_retained_result=decision.step == "fail_no_record")
+        else:
+            v.decide("skipped" if decision.step == "wait" else "retry", decision.reason)
+
+    async def prefix_last_error(self, v: Subject) -> None:
+        """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
+        async with self.limit:
+            try:
+                answer = await asyncio.wait_for(self.agents.last_error(v.alert.agent, v.alert.execution_id),
+                                                LAST_ERROR_TIMEOUT_SECONDS)
+            except TimeoutError:
+                answer = AgentResult("timeout")
+        last: LastError | None = answer.value if answer.answered else None
+        v.error = texts.with_last_error(v.error, last)
+
+
+def _age(v: Subject) -> float:
+    assert v.execution is not None
+    return v.execution.runtime_seconds(utcnow())
