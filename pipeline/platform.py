@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from platform_access.database import create_engine, create_platform_tables
+from platform_access.inflight import open_inflight_store
 from platform_access.slots import SlotStore, open_slot_store, slot_metadata
 from platform_access.timestamps import utcnow
 from remediator import audit
@@ -38,6 +39,11 @@ class PlatformOptions:
     timeout_seconds: int = 15  # the simulated schedules' timeout
     completed_window: float = 5.0  # how long an agent lists a finished run (Trinity: 300 s)
     late_report_seconds: float = 2.0  # must stay below completed_window, or a late report looks lost
+    hold_seconds: float = 8.0  # how long an ``inflight`` run waits in the "backend" before its agent gets it
+    # In-flight markers: written for dispatches older than marker_grace, refreshed every marker_tick.
+    # Trinity's 5 s and 15 s sit well inside its 60 s orphan minimum; the fast profile's is 3 s.
+    marker_grace: float = 0.5
+    marker_tick: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 1000:
@@ -130,8 +136,12 @@ class Platform:
         except BaseException:
             engine.dispose()
             raise
+        # In-flight dispatch markers where the watchdog reads them: Redis as Trinity, else the table.
         scheduler = FaultClock(engine, slots, server, timeout_seconds=options.timeout_seconds,
-                               late_report_seconds=options.late_report_seconds, on_event=on_event)
+                               late_report_seconds=options.late_report_seconds, on_event=on_event,
+                               inflight=open_inflight_store(options.redis_url, engine),
+                               hold_seconds=options.hold_seconds, marker_grace=options.marker_grace,
+                               marker_tick=options.marker_tick)
         try:
             scheduler.prepare()
         except BaseException:

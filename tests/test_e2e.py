@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -20,13 +21,14 @@ import sqlalchemy as sa
 from grafana.queries import labelled_queries
 from platform_access.timestamps import parse_utc
 from remediator.audit import recoveries
+from remediator.claim import RECOVERED_NOTICE
 from remediator.remediate import orphan_reason
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 
-LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG, DASHBOARD = (
-    f"agent-{i:03d}" for i in range(1, 10))
+LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG, DASHBOARD, RETAINED, HELD = (
+    f"agent-{i:03d}" for i in range(1, 12))
 SLACK = 4.0  # a loaded 2-core machine: scheduling, SQLite and HTTP on top of the pipeline's floor
 # Trinity's text, after the agent's last error when it still has one ("[type] message. Cleanup: ").
 OVERDUE_RE = re.compile(r"(?:\[[^\]]*\] .*\. Cleanup: )?"
@@ -38,11 +40,12 @@ OVERDUE_RE = re.compile(r"(?:\[[^\]]*\] .*\. Cleanup: )?"
 def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
     workdir = tmp_path_factory.mktemp("e2e")
     with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", redis_url=redis_url,
-                          agents=9) as p:
+                          agents=11) as p:
         yield p
 
 
-def assert_recovered_once(p: Pipeline, execution_id: str, agent: str, event_action: str) -> None:
+def assert_recovered_once(p: Pipeline, execution_id: str, agent: str, event_action: str,
+                          reason: str | None = None) -> None:
     """Slot released, and exactly one announcement (WebSocket and Redis) once the alert is over."""
     # The row is failed first; the slot release and the announcement follow it.
     eventually(lambda: execution_id not in p.held(agent), 5, f"the slot of {execution_id} is released")
@@ -55,7 +58,7 @@ def assert_recovered_once(p: Pipeline, execution_id: str, agent: str, event_acti
     assert event["type"] == "watchdog_recovery"
     assert event["agent_name"] == agent
     assert event["action"] == event_action
-    assert event["reason"] == p.row(execution_id).error
+    assert event["reason"] == (p.row(execution_id).error if reason is None else reason)
     assert p.redis_feed is not None
     assert p.redis_feed.for_execution(execution_id) == [event]
     recovered = [d for d in p.decisions(execution_id) if d["outcome"] == "recovered"]
@@ -78,6 +81,44 @@ def test_lost_report_is_failed_after_the_agent_forgets_it(pipeline: Pipeline) ->
     latency = (parse_utc(row.completed_at) - ended).total_seconds()
     assert p.completed_window <= latency <= floor + SLACK, (latency, floor)
     assert_recovered_once(p, started.execution_id, LOST, "orphan_recovered")
+
+
+def test_lost_report_of_a_retained_success_is_claimed_as_success(pipeline: Pipeline) -> None:
+    """The agent kept the result of a run whose report was lost (Trinity #2944): the watchdog writes
+    the run's success, never failed, releases its slot and announces result_recovered once."""
+    p = pipeline
+    started = p.start(RETAINED, 0.5, "retained_success")
+    eventually(lambda: p.fault_at(started.execution_id), 10, "the run ended, its report lost")
+    defer = float(p.stack.settings["claim_defer_seconds"])
+    deadline = p.timing.orphan_floor(0.5, p.completed_window) + defer + SLACK + 5
+
+    def written() -> Any:
+        row = p.row(started.execution_id)
+        return row if row.status != "running" else None
+
+    row: Any = eventually(written, deadline, "the run's retained result is claimed")
+
+    assert row.status == "success" and row.error is None, row
+    assert row.response.startswith(RECOVERED_NOTICE)
+    assert_recovered_once(p, started.execution_id, RETAINED, "result_recovered",
+                          "terminal claimed from the agent's retained result: status=success")
+
+
+def test_a_dispatch_held_in_the_backend_is_never_failed(pipeline: Pipeline) -> None:
+    """While the backend holds a dispatch the agent knows nothing of it, yet its in-flight marker is
+    alive (Trinity #2433): no alert, no decision; it then runs and is reported normally."""
+    p = pipeline
+    hold = p.platform.options.hold_seconds
+    started = p.start(HELD, 0.5, "inflight")
+    marker = f'exec_watchdog_execution_dispatch_inflight{{execution_id="{started.execution_id}"}} == 1'
+    eventually(lambda: p.series(marker), hold, "the exporter sees the dispatch in flight")
+    assert hold > p.timing.orphan_min_age + p.timing.detection("fail_orphan"), "the hold must outlast detection"
+
+    eventually(lambda: p.status(started.execution_id) == "success", hold + 15, "the held run completes normally")
+
+    assert p.alerts("ExecWatchdogExecutionOrphaned", agent=HELD) == []
+    assert p.decisions(started.execution_id) == []
+    assert p.recovery(started.execution_id) is None
 
 
 def test_agent_restart_orphans_every_run_it_forgot(pipeline: Pipeline) -> None:
