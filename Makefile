@@ -40,6 +40,7 @@ system-deps:
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_exporter.py
 	$(BIN)/python bench/bench_remediator.py
+	$(BIN)/python bench/bench_inflight.py
 	$(BIN)/python bench/bench_recovery.py
 
 clean:
