@@ -26,6 +26,7 @@ from platform_access.database import Claim
 from platform_access.retained import RetainedResult
 from remediator.texts import MAX_ERROR_CHARS
 
+REMEDIATION = "claim_result"  # the alert label of runs the agent lists as recently completed: claimed, never failed
 CLAIM_DEFER_SECONDS = 180.0
 # One line ahead of a claimed success's response, so readers know where it came from.
 RECOVERED_NOTICE = ("[Recovered by watchdog: this result was kept by the agent after the platform "

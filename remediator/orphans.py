@@ -109,6 +109,9 @@ class OrphanCheck:
             assert decision.result is not None
             v.claim = claim.claim_of(decision.result)
             v.error = claim.announcement_reason(v.claim)
+        elif decision.step in ("fail", "fail_no_record") and v.alert.remediation == claim.REMEDIATION:
+            v.decide("skipped", "no retained result, and no longer listed as recently completed: "
+                                "the orphan alert takes it (a claim_result alert never fails a run)")
         elif decision.step in ("fail", "fail_no_record"):
             v.error = texts.orphan_text(v.alert.agent, reports_pending=snapshot.reports_pending,
                                         no_retained_result=decision.step == "fail_no_record")

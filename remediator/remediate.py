@@ -43,7 +43,7 @@ from remediator.silences import SilenceChecker, SilenceCheckFailed
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
-CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database
+CLAIM_RESULT = claim.REMEDIATION  # recently completed on the agent, still running in the database
 ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
 log = structlog.get_logger("exec_watchdog.remediator")
 

@@ -178,6 +178,17 @@ async def test_a_recently_completed_row_without_a_record_waits(harness: Harness,
     assert harness.slots.held("a1") == {"e-wait"}
 
 
+async def test_a_claim_result_alert_never_fails_a_run(harness: Harness, agents: AgentServer) -> None:
+    """A run that left the recently-completed window with no record is the orphan alert's to fail."""
+    harness.add_execution("e-gone", "a1")
+    harness.add_execution("e-kept", "a1")
+    await _finish(agents, "a1", "e-kept", forget=True)
+    gone, kept = await _decide(harness, alert("e-gone", "a1", "claim_result"), alert("e-kept", "a1", "claim_result"))
+    assert gone["outcome"] == "skipped" and "the orphan alert takes it" in gone["reason"], gone
+    assert harness.row("e-gone").status == "running"
+    assert kept["outcome"] == "recovered" and harness.row("e-kept").status == "success"
+
+
 async def test_a_live_inflight_marker_holds_the_orphan_until_it_is_cleared(harness: Harness) -> None:
     harness.add_execution("_e-parked", "a1")
     markers = RedisInflight(harness.redis)
