@@ -200,11 +200,15 @@ class Gatherer:
             return dict.fromkeys(ids, Verdict.ABSENT)  # nobody writes markers here
         store = self._markers
         try:
-            return await asyncio.wait_for(asyncio.to_thread(store.verdicts, ids),
-                                          max(0.1, deadline - time.perf_counter()))
+            found = await asyncio.wait_for(asyncio.to_thread(store.verdicts, ids),
+                                           max(0.1, deadline - time.perf_counter()))
         except TimeoutError:
             self._log_change("inflight", "timeout", "in-flight markers not read before the scrape deadline")
             return dict.fromkeys(ids, Verdict.UNKNOWN)
+        unreadable = all(v is Verdict.UNKNOWN for v in found.values())
+        self._log_change("inflight", "down" if unreadable else "up", "in-flight markers unreadable: runs younger "
+                         "than the in-flight bound count as in flight" if unreadable else "in-flight markers readable")
+        return found
 
     def _read_slots(self) -> dict[str, int] | None:
         if self._slots is None:
