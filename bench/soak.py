@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -139,26 +140,23 @@ class Outcomes:
     results_lost: list[str] = field(default_factory=list)  # retained success written failed
     unclaimed: list[str] = field(default_factory=list)  # retained success still running
     inflight: int = 0
-    inflight_left_alone: int = 0
-    inflight_touched: list[str] = field(default_factory=list)  # recovered or failed by the watchdog
+    inflight_touched: list[str] = field(default_factory=list)  # acted on while the backend held it
+    inflight_lost_later: int = 0  # truly lost once on its agent (a restart, a refused report)
 
     @classmethod
-    def read(cls, engine: sa.Engine, retained_lost: set[str], inflight: set[str]) -> Outcomes:
+    def read(cls, engine: sa.Engine, retained_lost: set[str], inflight: set[str], false_kills: set[str],
+             fault_at: Mapping[str, datetime]) -> Outcomes:
         with engine.connect() as conn:
-            rows = {r.id: r for r in conn.execute(
-                sa.select(schedule_executions.c.id, schedule_executions.c.status, schedule_executions.c.error)
-                .where(schedule_executions.c.id.in_(sorted(retained_lost | inflight))))}
-            touched = set(conn.execute(sa.text("SELECT execution_id FROM watchdog_recoveries")).scalars())
+            status = dict(conn.execute(sa.select(schedule_executions.c.id, schedule_executions.c.status)
+                                       .where(schedule_executions.c.id.in_(sorted(retained_lost)))).all())
         o = cls(inflight=len(inflight))
         for execution_id in sorted(retained_lost):
-            status = rows[execution_id].status if execution_id in rows else "running"
-            {"success": o.claimed, "running": o.unclaimed}.get(status, o.results_lost).append(execution_id)
-        for execution_id in sorted(inflight):
-            row = rows.get(execution_id)
-            if execution_id in touched or (row is not None and "by watchdog" in (row.error or "")):
-                o.inflight_touched.append(execution_id)
-            else:
-                o.inflight_left_alone += 1
+            {"success": o.claimed, "running": o.unclaimed}.get(status.get(execution_id, "running"),
+                                                                o.results_lost).append(execution_id)
+        # A held dispatch has no fault: the watchdog acting on it is a false kill (recovered with no
+        # fault, or before it). Once dispatched it can be lost like any run, and is then recovered.
+        o.inflight_touched = sorted(inflight & false_kills)
+        o.inflight_lost_later = len((inflight - false_kills) & set(fault_at))
         return o
 
 
@@ -499,14 +497,16 @@ class Soak:
         print(f"  false kills       {len(false_kills)}" + (f" {sorted(false_kills)[:10]}" if false_kills else ""))
         print(f"  duplicates        {len(duplicates)}" + (f" {sorted(duplicates)[:10]}" if duplicates else ""))
         print(f"  leaked slots      {len(leaked)}" + (f" {sorted(leaked)[:10]}" if leaked else ""))
-        o = Outcomes.read(self.platform.engine, set(s.retained_lost), {i for i, v in s.started.items()
-                                                                     if v.fault == "inflight"})
+        o = Outcomes.read(self.platform.engine, set(s.retained_lost),
+                          {i for i, v in s.started.items() if v.fault == "inflight"}, false_kills, s.fault_at)
         print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost)} successes the agent retained "
-              f"while the report was lost were written as success; results lost {len(o.results_lost)}"
+              f"while the report was lost (retained_success runs, and reports the database refused) were "
+              f"written as success; results lost {len(o.results_lost)}"
               + (f" {o.results_lost[:10]}" if o.results_lost else "")
               + (f"; still running {len(o.unclaimed)}" if o.unclaimed else ""))
-        print(f"  in-flight         {o.inflight_left_alone} of {o.inflight} dispatches held in the backend left "
-              f"alone" + (f"; touched by the watchdog {o.inflight_touched[:10]}" if o.inflight_touched else ""))
+        print(f"  in-flight         {o.inflight - len(o.inflight_touched)} of {o.inflight} dispatches held in the "
+              f"backend left alone while held ({o.inflight_lost_later} of them truly lost later, on their agent, "
+              f"and recovered)" + (f"; acted on while held {o.inflight_touched[:10]}" if o.inflight_touched else ""))
         print(f"  time to recovery  {spread(list(ttr.values()))}  (from the fault: lost report, agent restart, "
               "timeout crossed)")
         print(f"                    undisturbed by an injected fault: {spread(quiet)}")

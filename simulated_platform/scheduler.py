@@ -216,6 +216,8 @@ class Scheduler:
             won = await anyio.to_thread.run_sync(self._write_final, started, returncode)
         except sa.exc.OperationalError:  # the database refused the report: now a real orphan
             self.counts["reports_refused"] += 1
+            if returncode == 0:
+                self.retained_lost.add(started.execution_id)  # the agent kept the success all the same
             self.on_event("report_lost", started, "database refused the completion report")
             return
         self.counts["reported" if won else "report_too_late"] += 1
