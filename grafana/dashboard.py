@@ -46,7 +46,7 @@ PROMETHEUS_DATASOURCE_NAME = "Exec watchdog Prometheus"
 ALERTMANAGER_DATASOURCE_UID = "exec-watchdog-alertmanager"
 ALERTMANAGER_DATASOURCE_NAME = "Exec watchdog Alertmanager"
 
-REMEDIATION_ALERTS = "ExecWatchdogExecution(Orphaned|Overdue)"
+REMEDIATION_ALERTS = "ExecWatchdogExecution(Orphaned|Overdue|CompletedUnreported)"
 TOP_N = 10
 
 # Annotation queries run on their own step, not the panel's interval; the window is two steps so a
@@ -58,6 +58,8 @@ AGENT = 'agent=~"$agent"'
 RUNTIME = f"{exporter_metrics.EXECUTION_RUNTIME}{{{AGENT}}}"
 TIMEOUT = f"{exporter_metrics.EXECUTION_TIMEOUT}{{{AGENT}}}"
 KNOWN = f"{exporter_metrics.EXECUTION_AGENT_KNOWN}{{{AGENT}}}"
+COMPLETED = f"{exporter_metrics.EXECUTION_RECENTLY_COMPLETED}{{{AGENT}}}"
+INFLIGHT = f"{exporter_metrics.EXECUTION_DISPATCH_INFLIGHT}{{{AGENT}}}"
 ALERTS = f'ALERTS{{alertname=~"{REMEDIATION_ALERTS}", {AGENT}}}'
 FIRING = f'ALERTS{{alertname=~"{REMEDIATION_ALERTS}", alertstate="firing", {AGENT}}}'
 REMEDIATIONS = remediator_metrics.REMEDIATIONS
@@ -180,6 +182,16 @@ def executions() -> Panels:
                 "Known to agent": column(unit="none", mappings=value_texts({0: ("No", "red"), 1: ("Yes", "green")})),
             },
             sort_by="Runtime",
+            width=24,
+        ),
+        time_series(
+            "Finished but unreported, or held in the backend",
+            "Per agent: runs the agent lists as recently completed while the database still says "
+            "running (their retained result is claimed), and runs a backend dispatcher still holds "
+            "(in-flight marker alive, or markers unreadable for a young run: never orphans).",
+            "short",
+            [Query(f"count by (agent) ({COMPLETED} == 1)", "{{agent}} finished, unreported"),
+             Query(f"count by (agent) ({INFLIGHT} == 1)", "{{agent}} held in the backend")],
             width=24,
         ),
     ]

@@ -474,7 +474,8 @@ def test_every_published_metric_has_a_place_on_the_dashboard() -> None:
 def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_contract() -> None:
     contract = CONTRACTS.read_text(encoding="utf-8")
     alert_names = set(re.findall(r"`(ExecWatchdog\w+)`", contract))
-    remediated = {"ExecWatchdogExecutionOrphaned", "ExecWatchdogExecutionOverdue"}
+    remediated = {"ExecWatchdogExecutionOrphaned", "ExecWatchdogExecutionOverdue",
+                  "ExecWatchdogExecutionCompletedUnreported"}
     assert remediated | {"ExecWatchdogExecutionStuck"} <= alert_names
     matched = {name for name in alert_names if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == remediated
@@ -484,7 +485,7 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() ->
     from alerts import rules
 
     matched = {name for name in rules.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
-    assert matched == {rules.ORPHANED, rules.OVERDUE}
+    assert matched == {rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED}
 
 
 def test_job_names_appear_only_in_up_selectors(board: dict[str, Any]) -> None:
