@@ -255,10 +255,16 @@ def test_resolved_notification_is_recorded_and_changes_nothing(pipeline: Pipelin
 
 
 
+# Runs only some runs are ever in: finished but unreported, held in the backend.
+RARE_STATES = ("exec_watchdog_execution_recently_completed", "exec_watchdog_execution_dispatch_inflight")
+
+
 def sparse(expr: str) -> bool:
     """Panels empty by design when nothing is wrong at this moment: alerts listed only while some
-    fire, and annotations that mark moments only when something happened."""
-    return ("ALERTS{" in expr and "or vector(0)" not in expr) or expr.rstrip().endswith("> 0")
+    fire, annotations that mark moments only when something happened, and counts of runs in a
+    rare state."""
+    return (("ALERTS{" in expr and "or vector(0)" not in expr) or expr.rstrip().endswith("> 0")
+            or any(name in expr for name in RARE_STATES))
 
 
 def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -> None:
