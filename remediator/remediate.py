@@ -35,7 +35,7 @@ from remediator.announce import Announcer
 from remediator.breaker import Breaker
 from remediator.metrics import RemediatorMetrics
 from remediator.payload import Alert
-from remediator.silences import SilenceChecker, SilenceCheckFailed
+from remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
@@ -193,9 +193,9 @@ class Remediator:
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            hit = next((s for s in active if s.matches(v.alert.labels)), None)
-            if hit is not None:
-                v.decide("silenced", f"silenced now by {hit.id}")
+            imposed = covering(active, v.alert.labels)
+            if imposed is not None:
+                v.decide(*imposed)
 
     async def _verify_orphans_on_agents(self, verdicts: list[Verdict]) -> None:
         by_agent: dict[str, list[Verdict]] = {}
