@@ -68,6 +68,7 @@ def _read_secret(path: str | None, flag: str) -> str | None:
 def build_config(args: argparse.Namespace) -> Any:
     from platform_access.agent_client import check_url_template
     from platform_access.database import create_engine
+    from platform_access.urls import check_redis_url
     from remediator.app import Config
     from remediator.auth import Credentials
     from remediator.remediate import Settings
@@ -77,6 +78,9 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ValueError("no agent secret: set --agent-secret-file (or EXEC_WATCHDOG_AGENT_SECRET)")
     check_url_template(args.agent_url_template)
     create_engine(args.database_url).dispose()  # fail now on an unparseable URL
+    for flag, url in (("--redis-url", args.redis_url), ("--announce-redis-url", args.announce_redis_url)):
+        if url:
+            check_redis_url(url, flag)
     password = _read_secret(args.basic_auth_password_file, "--basic-auth-password-file")
     credentials = Credentials(
         bearer_token=_read_secret(args.bearer_token_file, "--bearer-token-file"),
