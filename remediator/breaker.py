@@ -1,5 +1,8 @@
 """A breaker that stops a runaway batch: too many remediations in a window stops all acting.
 
+It counts changes made: budget is taken before acting and given back (:meth:`refund`) when the
+attempt changed nothing (a duplicate, a lost race, a terminate that failed).
+
 It resumes on its own when the window has passed, or when an operator resets it.
 """
 
@@ -43,6 +46,11 @@ class Breaker:
             return False
         self._actions.append(now)
         return True
+
+    def refund(self) -> None:
+        """Give back the budget of one action that changed nothing."""
+        if self._actions:
+            self._actions.pop()
 
     def reset(self) -> None:
         self._actions.clear()
