@@ -137,8 +137,8 @@ class Remediator:
     def _refund(self, verdicts: list[Verdict]) -> None:
         """The breaker counts changes made: a duplicate or a failed attempt gives its budget back."""
         for v in verdicts:
-            if v.reserved and v.outcome != "recovered":
-                self.breaker.refund()
+            if v.reserved:
+                self.breaker.settle(v.alert.execution_id, changed=v.outcome == "recovered")
 
     # -- screening: what is ours to act on --------------------------------------------------------
 
@@ -251,7 +251,7 @@ class Remediator:
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:
             v.decide("would_recover", f"dry run: would {v.alert.remediation.replace('_', ' ')}")
-        elif not self.breaker.allow():
+        elif not self.breaker.allow(v.alert.execution_id):
             self.metrics.breaker_open.set(1)
             v.decide("breaker_open", f"breaker open: more than {self.breaker.max_actions} remediations in "
                                      f"{self.breaker.window_seconds:g} s")
