@@ -60,6 +60,7 @@ class Config:
     body_deadline_seconds: float = 10.0  # a client trickling its body is dropped (408), not waited for
     stalled_after_seconds: float = 90.0  # readiness fails when a delivery runs this long (past every deadline)
     agent_timeout: float = 5.0
+    agent_terminate_timeout: float = 15.0  # overall, body included: the agent takes up to 7 s to answer
     breaker_max_actions: int = 100
     breaker_window_seconds: float = 300.0
     sweep_interval_seconds: float = 5.0
@@ -86,6 +87,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         engine = db.create_engine(config.database_url)
         await anyio.to_thread.run_sync(audit.create_tables, engine)
         agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout,
+                             terminate_timeout=config.agent_terminate_timeout,
                              transport=PollTransport(max_connections=config.settings.agent_concurrency))
         http = httpx.AsyncClient(timeout=httpx.Timeout(3.0), follow_redirects=False)
         announce_redis = Redis.from_url(config.announce_redis_url, socket_timeout=3) if config.announce_redis_url \
