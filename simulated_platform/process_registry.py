@@ -177,6 +177,7 @@ class ProcessRegistry:
         self._sh = _which("sh") if self.config.kind == "sleep" else ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[str, _Run] = {}  # pending, running and exited
+        self.sigints: dict[str, int] = {}  # SIGINTs sent per execution: more than one is a double terminate
         self._completed: dict[str, tuple[float, int]] = {}  # id -> (monotonic end, returncode); oldest first
         self._graveyard: dict[int, _Run] = {}  # killed by wipe(), still to be reaped silently
         self._callbacks: list[CompletionCallback] = []
@@ -259,6 +260,8 @@ class ProcessRegistry:
         for sig, wait in ((signal.SIGINT, self.config.grace_seconds),
                           (signal.SIGKILL, self.config.kill_wait_seconds)):
             if run.state == "running":
+                if sig == signal.SIGINT:
+                    self.sigints[execution_id] = self.sigints.get(execution_id, 0) + 1
                 try:
                     os.killpg(run.pid, sig)  # safe: the leader is unreaped, so its pid is not reused
                 except ProcessLookupError:

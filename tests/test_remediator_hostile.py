@@ -21,7 +21,7 @@ from remediator import audit
 from simulated_platform.agent_server import AgentServer, serve_agents
 from simulated_platform.process_registry import RegistryConfig
 from tests.agent_front import AgentFront, agent_front
-from tests.remediator_harness import Harness, alert, notification, received, remediator, subscriber
+from tests.remediator_harness import alert, notification, received, remediator, subscriber
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "test-agent-secret"
@@ -159,8 +159,9 @@ async def test_an_agent_answering_absurdly_nested_json_costs_only_its_own_alerts
 
 
 async def test_a_dropped_audit_table_is_a_retry_not_a_crash(
-        sqlite_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
-    async with remediator(sqlite_url, redis_url, agents) as h:
+        database_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
+    """SQLite reports a missing table as OperationalError, PostgreSQL as ProgrammingError: both 503."""
+    async with remediator(database_url, redis_url, agents) as h:
         h.add_execution("e1", "a1", age_seconds=120)
         with h.engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE watchdog_decisions"))
