@@ -114,3 +114,27 @@ def test_a_row_lock_held_elsewhere_fails_fast_instead_of_waiting(postgres_url: s
         thread.join()
         locker.dispose()
         engine.dispose()
+
+
+async def test_the_exporter_counts_a_non_utf8_row_and_keeps_publishing(
+        sqlite_platform: tuple[sa.Engine, Path]) -> None:
+    """exporter_database_up stays 1, the bad row is in invalid_rows, the good one is published."""
+    from exporter.gather import Gatherer, poll_client
+    from tests.servers import free_port
+
+    engine, path = sqlite_platform
+    with engine.begin() as conn:
+        insert_execution(conn, "e-ok", "a1", age_seconds=5)
+        insert_execution(conn, "e-bad", "a1", age_seconds=5)
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE schedule_executions SET started_at = CAST(x'32303236ff' AS TEXT) WHERE id = 'e-bad'")
+    raw.commit()
+    raw.close()
+    client = poll_client(f"http://127.0.0.1:{free_port()}/{{agent}}", "secret", timeout=1.0, concurrency=4)
+    try:
+        snapshot = await Gatherer(engine, client, agent_timeout=1.0, scrape_timeout=3.0).gather()
+    finally:
+        await client.aclose()
+    assert snapshot.database_up
+    assert snapshot.invalid_rows == 1
+    assert [e.execution_id for e in snapshot.executions] == ["e-ok"]

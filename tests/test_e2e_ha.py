@@ -100,10 +100,10 @@ def test_twelve_overdue_and_twelve_orphaned_are_terminated_and_recovered_exactly
 
     for run in runs:
         eventually(lambda run=run: p.failed(run.execution_id), 90, f"{run.execution_id} is failed")
-    holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 6,
-          "exactly one WebSocket announcement per execution, across both replicas")
     double_terminates = {r.execution_id: n for r in overdue if (n := p.sigints(r.execution_id, r.agent)) != 1}
     assert double_terminates == {}, "each overdue process got exactly one SIGINT"
+    holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 6,
+          "exactly one WebSocket announcement per execution, across both replicas")
     for run in runs:
         assert [d["outcome"] for d in p.decisions(run.execution_id)].count("recovered") == 1
         assert len(p.redis_feed.for_execution(run.execution_id)) == 1
