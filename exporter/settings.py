@@ -73,19 +73,20 @@ def _check_database_url(url: str) -> str:
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
-        raise ConfigError(f"--database-url {redacted(url)} is not a database URL: use sqlite:///path/to/trinity.db "
+        raise ConfigError(f"--database-url {redacted(url)!r} is not a database URL: use sqlite:///path/to/trinity.db "
                           "or postgresql+psycopg://user@host:5432/dbname") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = parsed.database
         if not path or path == ":memory:":
-            raise ConfigError(f"--database-url {redacted(url)} names no file: the exporter reads Trinity's database")
+            raise ConfigError(f"--database-url {redacted(url)!r} names no file: the exporter reads Trinity's database")
         if not Path(path).is_file():
             # Opening a missing SQLite file would silently create an empty database.
             raise ConfigError(f"--database-url: {path!r} does not exist; point it at Trinity's database "
                               "(or create one with `exec-watchdog db init`)")
     elif backend != "postgresql":
-        raise ConfigError(f"--database-url {redacted(url)}: unsupported database {backend!r}; use SQLite or PostgreSQL")
+        raise ConfigError(f"--database-url {redacted(url)!r}: unsupported database {backend!r}; "
+                          "use SQLite or PostgreSQL")
     return url
 
 

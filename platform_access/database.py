@@ -24,6 +24,7 @@ from platform_access.schema import (
     schedule_executions,
 )
 from platform_access.timestamps import BadTimestamp, format_utc, parse_utc
+from platform_access.urls import redacted_url
 
 
 class BadRow(ValueError):
@@ -65,7 +66,7 @@ def redacted(url: str | sa.URL) -> str:
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
-        return "<unparseable URL>"  # cannot tell where a password would be in it
+        return redacted_url(str(url))  # not a SQLAlchemy URL: mask whatever looks like a password
 
 
 def create_engine(url: str, *, statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
@@ -77,7 +78,7 @@ def create_engine(url: str, *, statement_timeout: float = STATEMENT_TIMEOUT_SECO
         parsed.port  # noqa: B018 (a non-numeric port only fails when read)
     except (sa.exc.ArgumentError, ValueError):
         raise ValueError(
-            f"unparseable database URL {redacted(url)}: use sqlite:///path/to/file.db or "
+            f"unparseable database URL {redacted(url)!r}: use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user@host:5432/dbname") from None
     if parsed.get_backend_name() == "sqlite":
         # SQLite has no statement timeout; its writers queue for the one write lock at most this long.

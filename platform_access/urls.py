@@ -26,9 +26,9 @@ def redacted_url(url: str) -> str:
 def check_redis_url(url: str, flag: str) -> str:
     """A Redis URL redis-py accepts, or a ValueError that names the flag and hides the password."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{flag} {redacted_url(url)} must start with redis://, rediss:// or unix://")
+        raise ValueError(f"{flag} {redacted_url(url)!r} must start with redis://, rediss:// or unix://")
     try:
         redis.Redis.from_url(url).close()
     except ValueError as exc:
-        raise ValueError(f"{flag} {redacted_url(url)}: {exc}") from None
+        raise ValueError(f"{flag} {redacted_url(url)!r}: {exc}") from None
     return url
