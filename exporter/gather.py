@@ -26,7 +26,7 @@ import structlog
 
 from exec_watchdog import __version__
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
-from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
+from platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
 from platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
 from platform_access.names import InvalidIdentifier
@@ -237,7 +237,7 @@ class Gatherer:
         async def poll(agent: str) -> AgentResult[RunningSnapshot]:
             async with semaphore:
                 try:
-                    return await asyncio.wait_for(self._client.running(agent), self._agent_timeout)
+                    return _slim(await asyncio.wait_for(self._client.running(agent), self._agent_timeout))
                 except TimeoutError:
                     return AgentResult("timeout", detail=f"no answer within {self._agent_timeout}s")
                 except Exception as exc:  # a bug here must cost one agent's data, not the scrape
@@ -276,6 +276,17 @@ class Gatherer:
 
 
 _UNSET = object()
+
+
+def _slim(result: AgentResult[RunningSnapshot]) -> AgentResult[RunningSnapshot]:
+    """Keep only what a scrape publishes (ids): an agent's answer may carry megabytes of metadata,
+    and a thousand answers are held until the scrape ends."""
+    if not result.answered:
+        return result
+    answer = result.unwrap()
+    return AgentResult("answered", RunningSnapshot(
+        tuple(RunningEntry(e.execution_id, None, None) for e in answer.executions),
+        answer.recently_completed_ids, answer.pending_ids))
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from exec_watchdog.flags import ConfigError, read_secret_file
 from platform_access.agent_client import check_url_template
+from platform_access.database import redacted
+from platform_access.urls import check_redis_url
 
 DEFAULT_LISTEN = "127.0.0.1:9463"
 
@@ -73,7 +75,7 @@ def _check_database_url(url: str) -> str:
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
-        raise ConfigError(f"--database-url {url!r} is not a database URL: use sqlite:///path/to/trinity.db "
+        raise ConfigError(f"--database-url {redacted(url)!r} is not a database URL: use sqlite:///path/to/trinity.db "
                           "or postgresql+psycopg://user@host:5432/dbname") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -82,22 +84,24 @@ def _check_database_url(url: str) -> str:
             # An SQLite URI filename, e.g. sqlite:///file:trinity.db?mode=ro&uri=true (read-only).
             path = urlsplit(path).path
         if not path or path == ":memory:":
-            raise ConfigError(f"--database-url {url!r} names no file: the exporter reads Trinity's database")
+            raise ConfigError(f"--database-url {redacted(url)!r} names no file: the exporter reads Trinity's database")
         if not Path(path).is_file():
             # Opening a missing SQLite file would silently create an empty database.
             raise ConfigError(f"--database-url: {path!r} does not exist; point it at Trinity's database "
                               "(or create one with `exec-watchdog db init`)")
     elif backend != "postgresql":
-        raise ConfigError(f"--database-url {url!r}: unsupported database {backend!r}; use SQLite or PostgreSQL")
+        raise ConfigError(f"--database-url {redacted(url)!r}: unsupported database {backend!r}; "
+                          "use SQLite or PostgreSQL")
     return url
 
 
 def _check_redis_url(url: str | None) -> str | None:
     if not url:
         return None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"--redis-url {url!r} must start with redis://, rediss:// or unix://")
-    return url
+    try:
+        return check_redis_url(url, "--redis-url")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> ExporterSettings:

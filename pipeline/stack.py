@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import yaml
 
 from alerts.render import duration_seconds, profile_settings, render_rules
 from pipeline.children import Child, Children, find_binary, free_port, http_ok
@@ -50,11 +51,20 @@ class StackOptions:
     log_level: str = "info"
     remediator_flags: tuple[str, ...] = ()  # extra flags for every replica (e.g. --dry-run)
     exporter_flags: tuple[str, ...] = ()  # extra flags for the exporter
+    remediation_group_interval: str | None = None  # overrides the profile's, e.g. "5s" for HA runs
 
     def __post_init__(self) -> None:
         if not 1 <= self.alertmanagers <= 5 or not 1 <= self.remediators <= 5:
             raise ValueError("alertmanagers and remediators must each be from 1 to 5")
         profile_settings(self.profile)  # a clear error for an unknown profile
+
+
+def _with_remediation_group_interval(config_text: str, interval: str) -> str:
+    config = yaml.safe_load(config_text)
+    for route in config["route"]["routes"]:
+        if route["receiver"] == "remediator":
+            route["group_interval"] = interval
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def _get_json(url: str) -> Any:
@@ -199,6 +209,8 @@ class Stack:
             o.profile, rules, f"127.0.0.1:{self._exporter_port}",
             [f"127.0.0.1:{p}" for p in self._remediator_ports], [f"127.0.0.1:{p}" for p in self._am_ports]))
         am_text = alertmanager_config(o.profile, [f"{u}/api/v1/alerts" for u in self.remediator_urls], token_file)
+        if o.remediation_group_interval:
+            am_text = _with_remediation_group_interval(am_text, o.remediation_group_interval)
         for i in range(o.alertmanagers):
             home = self.workdir / f"alertmanager-{i + 1}"
             home.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ answered, unreachable, timed out, unauthorized, not found and garbage.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -128,6 +129,7 @@ class AgentClient:
         self._host_template = marked.replace(_MARK, "{agent}")
         self._secret = secret
         self._tokens: dict[str, str] = {}
+        self._timeout = timeout
         self._terminate_timeout = terminate_timeout
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False,
@@ -155,10 +157,15 @@ class AgentClient:
                     any_2xx: bool = False) -> tuple[AgentResult[Any], Any]:
         """One request; ``any_2xx`` accepts every 2xx, its body read as ``{}`` if it is not a JSON object."""
         url = self.base_url(agent) + path
+        deadline = self._timeout if timeout is None else timeout
         try:
-            response = await self._http.request(
-                method, url, headers={TOKEN_HEADER: self._token(agent)},
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+            # httpx's timeouts bound each read; an agent trickling a byte at a time would never
+            # trip them. The whole call, body included, gets one overall deadline.
+            async with asyncio.timeout(deadline):
+                response = await self._http.request(
+                    method, url, headers={TOKEN_HEADER: self._token(agent)}, timeout=deadline)
+        except TimeoutError:
+            return AgentResult("timeout", detail=f"no complete answer within {deadline:g} s calling {url}"), None
         except httpx.TimeoutException as exc:
             return AgentResult("timeout", detail=f"{type(exc).__name__} calling {url}"), None
         except httpx.HTTPError as exc:
@@ -173,10 +180,10 @@ class AgentClient:
             return AgentResult("bad_response", detail=f"{url}: unexpected {response.status_code}"), None
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
             if any_2xx:
                 return AgentResult("answered"), {}
-            return AgentResult("bad_response", detail=f"{url}: body is not JSON"), None
+            return AgentResult("bad_response", detail=f"{url}: body is not JSON we can read"), None
         if any_2xx and not isinstance(body, dict):
             return AgentResult("answered"), {}
         if not isinstance(body, dict):

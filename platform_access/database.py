@@ -26,6 +26,7 @@ from platform_access.schema import (
     schedule_executions,
 )
 from platform_access.timestamps import BadTimestamp, format_utc, parse_utc
+from platform_access.urls import redacted_url
 
 
 class BadRow(ValueError):
@@ -59,8 +60,22 @@ class Agent:
     max_parallel_tasks: int
 
 
-def create_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine with the settings concurrent writers need (SQLite: a busy timeout).
+STATEMENT_TIMEOUT_SECONDS = 10.0  # no query of ours runs longer; a stuck one must fail, not pile up
+LOCK_TIMEOUT_SECONDS = 3.0  # a row another writer holds locked: give up (and retry later) instead of queueing
+
+
+def redacted(url: str | sa.URL) -> str:
+    """A database URL fit for logs and error messages: the password is never shown."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return redacted_url(str(url))  # not a SQLAlchemy URL: mask whatever looks like a password
+
+
+def create_engine(url: str, *, statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+                  lock_timeout: float = LOCK_TIMEOUT_SECONDS, **kwargs: Any) -> sa.Engine:
+    """An engine whose connections give up instead of waiting without end: PostgreSQL gets a
+    statement and a lock timeout on every connection, SQLite a busy timeout.
 
     Opening never changes the file: WAL is switched on only by :func:`create_platform_tables`
     for a database it created, so a refused ``db init`` or a read-only URL
@@ -71,17 +86,21 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         parsed.port  # noqa: B018 (a non-numeric port only fails when read)
     except (sa.exc.ArgumentError, ValueError):
         raise ValueError(
-            f"unparseable database URL {url!r}: use sqlite:///path/to/file.db or "
+            f"unparseable database URL {redacted(url)!r}: use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user@host:5432/dbname") from None
     if parsed.get_backend_name() == "sqlite":
-        kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        # SQLite has no statement timeout; its writers queue for the one write lock at most this long.
+        kwargs.setdefault("connect_args", {"timeout": statement_timeout, "check_same_thread": False})
         engine = sa.create_engine(parsed, **kwargs)
+        busy_ms = int(statement_timeout * 1000)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Text that is not UTF-8 must cost its own row (BadRow), not the whole query.
+            dbapi_conn.text_factory = _lenient_text
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA synchronous=NORMAL")  # per connection: the file is not changed
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         return engine
@@ -90,8 +109,39 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 10)
-        return sa.create_engine(parsed, **kwargs)
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        options = connect_args.get("options", "")
+        for setting, seconds in (("statement_timeout", statement_timeout), ("lock_timeout", lock_timeout)):
+            if f"{setting}=" not in options:  # the caller's own value wins
+                options += f" -c {setting}={int(seconds * 1000)}"
+        connect_args["options"] = options.strip()
+        return sa.create_engine(parsed, connect_args=connect_args, **kwargs)
     raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use SQLite or PostgreSQL")
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _readable_text(value: object) -> bool:
+    """False for text SQLite handed back with undecodable bytes (see ``_lenient_text``)."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def database_now(conn: sa.Connection) -> datetime:
+    """The database's clock, as aware UTC. Ages are measured on it: the platform wrote
+    ``started_at`` on that clock (or close to it), and ours may be skewed."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+    else:
+        value = conn.execute(sa.text("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")).scalar_one()
+    return parse_utc(value)
 
 
 def create_platform_tables(engine: sa.Engine, extra: sa.MetaData | None = None) -> None:
@@ -135,6 +185,8 @@ _SELECT_EXECUTIONS = sa.select(
 
 
 def _to_execution(row: Any) -> Execution:
+    if not all(_readable_text(v) for v in row):
+        raise BadRow(f"execution {row.id!r} has text that is not valid UTF-8")
     if not isinstance(row.agent_name, str) or not row.agent_name:
         raise BadRow(f"execution {row.id!r} has no agent_name")
     if row.status not in STATUSES:

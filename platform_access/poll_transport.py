@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an agent with tens of thousands of executions is ~5 MB
+# Bodies of all polls in flight together: the per-response cap alone lets 50 concurrent 5 MiB
+# answers take hundreds of MB. Must be at least MAX_RESPONSE_BYTES so one maximal answer fits.
+DEFAULT_BODY_BUDGET_BYTES = MAX_RESPONSE_BYTES
 _HEAD_LIMIT = 64 * 1024
 _DROPPED_HEADERS = frozenset({b"accept-encoding", b"connection", b"keep-alive"})
 
@@ -47,6 +50,64 @@ def _mapped(request: httpx.Request, timeout_error: type[httpx.TimeoutException],
         raise os_error(f"{type(exc).__name__}: {exc}", request=request) from None
 
 
+class ByteBudget:
+    """Bytes of response bodies held at once, across every request of one transport.
+
+    A body takes its bytes before it is read (all at once when its length is declared, chunk by
+    chunk otherwise) and gives them back when httpx closes the response, after the caller read it.
+    Waiting for budget counts against the request's read deadline like waiting for the peer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < MAX_RESPONSE_BYTES:
+            raise ValueError(f"the body budget must hold one maximal response ({MAX_RESPONSE_BYTES} bytes)")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._freed = asyncio.Condition()
+
+    async def take(self, size: int) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used + size <= self.limit)
+            self.used += size
+            self.peak = max(self.peak, self.used)
+
+    async def give(self, size: int) -> None:
+        if size:
+            async with self._freed:
+                self.used -= size
+                self._freed.notify_all()
+
+
+class _Lease:
+    """The budget one response holds; given back exactly once."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget, self.size = budget, 0
+
+    async def take(self, size: int) -> None:
+        await self.budget.take(size)
+        self.size += size
+
+    async def end(self) -> None:
+        size, self.size = self.size, 0
+        await self.budget.give(size)
+
+
+class _BudgetedBody(httpx.AsyncByteStream):
+    def __init__(self, body: bytes, lease: _Lease) -> None:
+        self._body, self._lease = body, lease
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def aclose(self) -> None:
+        self._body = b""
+        await self._lease.end()
+
+
 class _Connection:
     __slots__ = ("reader", "writer")
 
@@ -60,7 +121,7 @@ class _Connection:
     def close(self) -> None:
         self.writer.close()
 
-    async def exchange(self, head: bytes, request: httpx.Request, no_body: bool,
+    async def exchange(self, head: bytes, request: httpx.Request, no_body: bool, lease: _Lease,
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         self.writer.write(head)
         await self.writer.drain()
@@ -77,15 +138,18 @@ class _Connection:
         if no_body or status in (204, 304):
             return status, headers, b"", keep_alive
         if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-            return status, headers, await self._read_chunked(request), keep_alive
+            return status, headers, await self._read_chunked(request, lease), keep_alive
         length = fields.get(b"content-length")
         if length is not None:
             if not length.strip().isdigit():
                 raise httpx.RemoteProtocolError(f"bad Content-Length {length!r}", request=request)
             size = int(length)
             _check_size(size, request)
+            await lease.take(size)
             return status, headers, await self.reader.readexactly(size), keep_alive
-        body = await self.reader.read(MAX_RESPONSE_BYTES + 1)  # delimited by the server closing
+        # Delimited by the server closing: the most it may send is taken up front.
+        await lease.take(MAX_RESPONSE_BYTES + 1)
+        body = await self.reader.read(MAX_RESPONSE_BYTES + 1)
         while body and not self.reader.at_eof():
             more = await self.reader.read(MAX_RESPONSE_BYTES + 1 - len(body))
             if not more:
@@ -95,7 +159,7 @@ class _Connection:
         _check_size(len(body), request)
         return status, headers, body, False
 
-    async def _read_chunked(self, request: httpx.Request) -> bytes:
+    async def _read_chunked(self, request: httpx.Request, lease: _Lease) -> bytes:
         parts: list[bytes] = []
         total = 0
         while True:
@@ -111,6 +175,7 @@ class _Connection:
                 return b"".join(parts)
             total += size
             _check_size(total, request)
+            await lease.take(size)
             parts.append(await self.reader.readexactly(size))
             if await self.reader.readexactly(2) != b"\r\n":
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=request)
@@ -140,9 +205,11 @@ def _parse_head(raw: bytes, request: httpx.Request) -> tuple[int, list[tuple[byt
 class PollTransport(httpx.AsyncBaseTransport):
     """Plain-HTTP GETs over pooled keep-alive connections; anything else goes to ``fallback``."""
 
-    def __init__(self, *, max_connections: int = 50, fallback: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, *, max_connections: int = 50, fallback: httpx.AsyncBaseTransport | None = None,
+                 body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        self.budget = ByteBudget(body_budget_bytes)
         self._max_idle = max_connections
         self._in_flight = asyncio.Semaphore(max_connections)
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -166,12 +233,14 @@ class PollTransport(httpx.AsyncBaseTransport):
         async with self._in_flight:
             for attempt in (1, 2):
                 connection, reused = await self._checkout(origin, request, timeouts.get("connect"))
+                lease = _Lease(self.budget)
                 try:
                     with _mapped(request, httpx.ReadTimeout, httpx.ReadError):
                         async with asyncio.timeout(timeouts.get("read")):
                             status, headers, body, keep_alive = await connection.exchange(
-                                head, request, request.method == "HEAD")
+                                head, request, request.method == "HEAD", lease)
                 except _StaleConnection:
+                    await lease.end()
                     connection.close()
                     if reused and attempt == 1:
                         continue  # the server dropped an idle connection: a GET is safe to resend
@@ -179,12 +248,16 @@ class PollTransport(httpx.AsyncBaseTransport):
                                                     request=request) from None
                 except BaseException:
                     connection.close()  # mid-exchange (cancelled, timed out, garbage): never reuse it
+                    await asyncio.shield(lease.end())
                     raise
                 if keep_alive:
                     self._checkin(origin, connection)
                 else:
                     connection.close()
-                return httpx.Response(status, headers=headers, content=body, request=request,
+                if lease.size > len(body):  # a close-delimited body took the most it could be
+                    await lease.budget.give(lease.size - len(body))
+                    lease.size = len(body)
+                return httpx.Response(status, headers=headers, stream=_BudgetedBody(body, lease), request=request,
                                       extensions={"http_version": b"HTTP/1.1"})
         raise AssertionError("unreachable")  # pragma: no cover
 

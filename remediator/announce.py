@@ -84,7 +84,9 @@ class Announcer:
         if self.redis is not None and events:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in events:
-                    pipe.eval(_PUBLISH_ONCE, 1, f"watchdog:announced:{event['execution_id']}",
+                    # One marker per recovery: a re-run of a recovered id is announced again.
+                    marker = f"watchdog:announced:{event['execution_id']}:{event['timestamp']}"
+                    pipe.eval(_PUBLISH_ONCE, 1, marker,
                               ANNOUNCED_MARKER_TTL_SECONDS, self.channel, json.dumps(event))
                 fresh = [bool(published) for published in await pipe.execute()]
         for recovery, event, first_time in zip(recoveries, events, fresh, strict=True):

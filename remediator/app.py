@@ -58,7 +58,10 @@ class Config:
     alertmanager_urls: tuple[str, ...] = ()  # re-check silences just before acting
     protect_metrics: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    body_deadline_seconds: float = 10.0  # a client trickling its body is dropped (408), not waited for
+    stalled_after_seconds: float = 90.0  # readiness fails when a delivery runs this long (past every deadline)
     agent_timeout: float = 5.0
+    agent_terminate_timeout: float = 15.0  # overall, body included: the agent takes up to 7 s to answer
     breaker_max_actions: int = 100
     breaker_window_seconds: float = 300.0
     sweep_interval_seconds: float = 5.0
@@ -85,8 +88,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         engine = db.create_engine(config.database_url)
         await anyio.to_thread.run_sync(audit.create_tables, engine)
         agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout,
+                             terminate_timeout=config.agent_terminate_timeout,
                              transport=PollTransport(max_connections=config.settings.agent_concurrency))
-        http = httpx.AsyncClient(timeout=httpx.Timeout(3.0))
+        http = httpx.AsyncClient(timeout=httpx.Timeout(3.0), follow_redirects=False)
         announce_redis = Redis.from_url(config.announce_redis_url, socket_timeout=3) if config.announce_redis_url \
             else None
         silences = SilenceChecker(list(config.alertmanager_urls), http) if config.alertmanager_urls else None
@@ -176,7 +180,11 @@ async def _webhook(request: Request, state: State) -> Response:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         return _problem(415, f"content type must be application/json, got {media_type or 'none'!r}")
-    body = await _read_body(request, state.config.max_body_bytes)
+    try:
+        async with asyncio.timeout(state.config.body_deadline_seconds):
+            body = await _read_body(request, state.config.max_body_bytes)
+    except TimeoutError:
+        return _problem(408, f"body not received within {state.config.body_deadline_seconds:g} s")
     if body is None:
         return _problem(413, f"body larger than {state.config.max_body_bytes} bytes")
     try:
@@ -188,7 +196,7 @@ async def _webhook(request: Request, state: State) -> Response:
         try:
             with state.metrics.duration.labels("batch").time():
                 result = await state.remediator.handle(notification.alerts)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.SQLAlchemyError as exc:
             return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
     summary = [{"fingerprint": v.alert.fingerprint, "execution_id": v.alert.execution_id[:200],
                 "outcome": v.outcome, "reason": v.reason} for v in result.verdicts[:100]]
@@ -209,10 +217,13 @@ async def audit_api(request: Request) -> Response:
     if unknown:
         return _problem(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
     raw_limit = params.get("limit", "100")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
+    # Length first: int() of thousands of digits raises (and costs) before any range check.
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4) or not 1 <= int(raw_limit) <= 1000:
         return _problem(400, "limit must be a whole number from 1 to 1000")
     if any("\x00" in params.get(k, "") for k in ("agent", "execution_id")):
         return _problem(400, "agent and execution_id must not contain NUL characters")
+    if any(len(params.get(k, "")) > 200 for k in ("agent", "execution_id")):
+        return _problem(400, "agent and execution_id are at most 200 characters (the audit keeps no longer ones)")
     state = _state(request)
 
     def query() -> list[dict[str, Any]]:
@@ -253,8 +264,19 @@ async def events(ws: WebSocket) -> None:
         state.hub.remove(ws)
 
 
+# The page loads nothing from elsewhere and may not be framed (clickjacking its breaker button).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+                               "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 async def page(request: Request) -> Response:
-    return FileResponse(PAGE, media_type="text/html")
+    return FileResponse(PAGE, media_type="text/html", headers=PAGE_HEADERS)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -276,8 +298,15 @@ async def readyz(request: Request) -> Response:
         with state.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
+    progress = state.remediator.progress
+    if progress.oldest_seconds() > state.config.stalled_after_seconds:
+        return JSONResponse({"status": "unready", "stalled_deliveries": progress.in_flight,
+                             "oldest_seconds": round(progress.oldest_seconds(), 1)}, status_code=503)
     try:
-        await anyio.to_thread.run_sync(ping)
+        with anyio.fail_after(3.0):
+            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
+    except TimeoutError:
+        return JSONResponse({"status": "unready", "database": "no answer within 3 s"}, status_code=503)
     except sa.exc.SQLAlchemyError as exc:
         return JSONResponse({"status": "unready", "database": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ready", "database": "ok"})

@@ -1,6 +1,7 @@
 """The remediator's own tables: an audit trail of every decision, and the recoveries outbox.
 
-``watchdog_recoveries`` has one row per recovered execution, written in the same transaction as
+``watchdog_recoveries`` has one row per recovery (an execution id and when it was recovered: a
+run that comes back to ``running`` after a recovery can be recovered again), written in the same transaction as
 the guarded ``running -> failed`` update. It is what makes the slot release and the announcement
 happen exactly once: whoever holds the row's claim finishes it, and a crashed claim expires so a
 later notification, the background sweep or another replica finishes it instead.
@@ -14,9 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 
 from platform_access.timestamps import format_utc, parse_utc
 
+log = structlog.get_logger("exec_watchdog.remediator")
 audit_metadata = sa.MetaData()
 
 decisions = sa.Table(
@@ -47,7 +50,7 @@ recoveries = sa.Table(
     sa.Column("fingerprint", sa.Text, nullable=False),
     sa.Column("runtime_seconds", sa.Float, nullable=False),
     sa.Column("alert_started_at", sa.Text, nullable=False),
-    sa.Column("recovered_at", sa.Text, nullable=False),
+    sa.Column("recovered_at", sa.Text, primary_key=True),
     sa.Column("slot_released_at", sa.Text),
     sa.Column("announced_at", sa.Text),
     sa.Column("claimed_by", sa.Text),
@@ -135,7 +138,14 @@ def claim_unfinished(engine: sa.Engine, replica: str, now: datetime, claim_ttl: 
                 claimed.append(execution_id)
         query = sa.select(recoveries).where(recoveries.c.execution_id.in_(claimed))
         rows = conn.execute(query).all() if claimed else []
-    return [_recovery(r) for r in rows]
+    readable = []
+    for row in rows:
+        try:
+            readable.append(_recovery(row))
+        except (ValueError, TypeError) as exc:  # BadTimestamp is a ValueError
+            # Reported and skipped: one bad row must not stop every other owed release.
+            log.warning("unreadable_recovery", execution_id=str(row.execution_id)[:200], error=str(exc)[:300])
+    return readable
 
 
 def _recovery(row: Any) -> Recovery:
@@ -151,7 +161,8 @@ def mark_finished(conn: sa.Connection, execution_ids: list[str], now: datetime, 
     if execution_ids:
         stamp = format_utc(now)
         conn.execute(sa.update(recoveries)
-                     .where(recoveries.c.execution_id.in_(execution_ids), recoveries.c.claimed_by == replica)
+                     .where(recoveries.c.execution_id.in_(execution_ids), recoveries.c.claimed_by == replica,
+                            recoveries.c.announced_at.is_(None))
                      .values(slot_released_at=stamp, announced_at=stamp))
 
 

@@ -1,5 +1,8 @@
 """A breaker that stops a runaway batch: too many remediations in a window stops all acting.
 
+It counts changes made: budget is taken before acting and given back (:meth:`settle`) when the
+attempt changed nothing (a duplicate, a lost race, a terminate that failed).
+
 It resumes on its own when the window has passed, or when an operator resets it.
 """
 
@@ -17,11 +20,13 @@ class Breaker:
         self.max_actions = max_actions
         self.window_seconds = window_seconds
         self._clock = clock
-        self._actions: deque[float] = deque()
+        self._actions: deque[tuple[float, str]] = deque()  # (when, execution id)
+        self._holders: dict[str, int] = {}  # attempts in flight per execution id
+        self._changed: set[str] = set()
         self._tripped_until = 0.0
 
     def _expire(self, now: float) -> None:
-        while self._actions and self._actions[0] <= now - self.window_seconds:
+        while self._actions and self._actions[0][0] <= now - self.window_seconds:
             self._actions.popleft()
 
     @property
@@ -32,8 +37,13 @@ class Breaker:
             self._actions.clear()
         return self._tripped_until > now
 
-    def allow(self) -> bool:
-        """Take one action's worth of budget; False (and trip) when the window is full."""
+    def allow(self, key: str = "") -> bool:
+        """Take one action's worth of budget for ``key`` (an execution id); False (and trip) when
+        the window is full. Attempts on a key that already holds budget share it: duplicates can
+        make at most one change between them."""
+        if key and key in self._holders:
+            self._holders[key] += 1
+            return True
         if self.is_open:
             return False
         now = self._clock()
@@ -41,8 +51,28 @@ class Breaker:
         if len(self._actions) >= self.max_actions:
             self._tripped_until = now + self.window_seconds
             return False
-        self._actions.append(now)
+        self._actions.append((now, key))
+        if key:
+            self._holders[key] = 1
         return True
+
+    def settle(self, key: str, changed: bool) -> None:
+        """One attempt on ``key`` is over. When the last one ends and none changed anything, the
+        budget goes back: a duplicate, a lost race or a failed terminate is not a remediation."""
+        if changed:
+            self._changed.add(key)
+        left = self._holders.get(key, 0) - 1
+        if left > 0:
+            self._holders[key] = left
+            return
+        self._holders.pop(key, None)
+        if key in self._changed:
+            self._changed.discard(key)
+            return
+        for index in range(len(self._actions) - 1, -1, -1):
+            if self._actions[index][1] == key:
+                del self._actions[index]
+                break
 
     def reset(self) -> None:
         self._actions.clear()

@@ -62,6 +62,10 @@ def register(commands: Any) -> None:
     add_flag(p, "--sweep-interval", type=float, default=5.0, help="seconds between sweeps for half-done recoveries")
     add_flag(p, "--replica-id", help="name of this replica in the audit trail (default: host name + random)")
     add_flag(p, "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest webhook body accepted")
+    add_flag(p, "--max-connections", type=int, default=1000,
+             help="open client connections at most (kept below the open-files limit); more are closed at once")
+    add_flag(p, "--header-timeout", type=float, default=10.0,
+             help="seconds a client has to send a request's headers before it is disconnected")
     p.set_defaults(run=run)
 
 
@@ -73,6 +77,7 @@ def build_config(args: argparse.Namespace) -> Any:
     from platform_access.agent_client import check_url_template
     from platform_access.database import create_engine
     from platform_access.slots import EmbeddedTablesMissing, require_store_for
+    from platform_access.urls import check_redis_url
     from remediator.app import Config
     from remediator.auth import Credentials
     from remediator.remediate import Settings
@@ -88,13 +93,16 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ValueError(str(exc)) from None
     finally:
         engine.dispose()
+    for flag, url in (("--redis-url", args.redis_url), ("--announce-redis-url", args.announce_redis_url)):
+        if url:
+            check_redis_url(url, flag)
     password = _read_secret(args.basic_auth_password_file, "--basic-auth-password-file")
     credentials = Credentials(
         bearer_token=_read_secret(args.bearer_token_file, "--bearer-token-file"),
         basic_user=args.basic_auth_user, basic_password=password,
         allow_unauthenticated=args.insecure_no_auth)
     for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout",
-                 "claim_defer", "inflight_max_age"):
+                 "claim_defer", "inflight_max_age", "header_timeout", "max_connections"):
         if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -121,9 +129,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     import structlog
-    import uvicorn
 
     from remediator.app import create_app
+    from remediator.server import serve
 
     try:
         config = build_config(args)
@@ -135,6 +143,5 @@ def run(args: argparse.Namespace) -> int:
         structlog.get_logger("exec_watchdog.remediator").warning(
             "insecure_no_auth", message="ACCEPTING UNAUTHENTICATED REQUESTS: anyone who can reach "
             f"{args.listen} can fail executions. Use only for local experiments.")
-    uvicorn.run(create_app(config), host=host, port=port, log_config=None, access_log=False,
-                timeout_keep_alive=75)  # longer than Alertmanager's idle connections: avoids EOF on reuse
+    serve(create_app(config), host, port, max_connections=args.max_connections, header_timeout=args.header_timeout)
     return 0

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -25,7 +27,10 @@ from platform_access import inflight as markers
 from platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
 from platform_access.timestamps import utcnow
 from remediator import claim, texts
+from remediator.deadlines import AgentBusy, AgentGate
 from remediator.payload import Alert
+
+T = TypeVar("T")
 
 LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
 
@@ -45,21 +50,23 @@ class Subject(Protocol):
 @dataclass(slots=True)
 class OrphanCheck:
     agents: AgentClient
-    limit: asyncio.Semaphore  # shared with every other agent request of the remediator
+    gate: AgentGate  # shared with every other agent request of the remediator
     inflight: markers.InflightStore | None
     min_orphan_age_seconds: float
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = markers.DEFAULT_MAX_AGE_SECONDS
 
-    async def verify(self, verdicts: Sequence[Subject]) -> None:
-        """Decide each verdict, or leave it undecided with ``error`` (a failure) or ``claim`` set."""
+    async def verify(self, verdicts: Sequence[Subject], now: datetime) -> None:
+        """Decide each verdict, or leave it undecided with ``error`` (a failure) or ``claim`` set.
+
+        ``now`` is the database's clock: ages compare it with the ``started_at`` the platform wrote.
+        """
         by_agent: dict[str, list[Subject]] = {}
         for v in verdicts:
             by_agent.setdefault(v.alert.agent, []).append(v)
 
         async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
-            async with self.limit:
-                return agent, await self.agents.running(agent)
+            return agent, await self._call(agent, self.agents.running(agent))
 
         candidates: list[tuple[Subject, RunningSnapshot]] = []
         for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
@@ -70,17 +77,17 @@ class OrphanCheck:
                 snapshot, execution_id = answer.unwrap(), v.alert.execution_id
                 if execution_id in snapshot.running_ids or execution_id in snapshot.pending_ids:
                     v.decide("skipped", "agent knows the execution (running or pending)")
-                elif execution_id not in snapshot.recently_completed_ids and _age(v) < self.min_orphan_age_seconds:
-                    v.decide("skipped", f"too young to be an orphan: {_age(v):.1f} s")
+                elif execution_id not in snapshot.recently_completed_ids and _age(v, now) < self.min_orphan_age_seconds:
+                    v.decide("skipped", f"too young to be an orphan: {_age(v, now):.1f} s")
                 else:
                     candidates.append((v, snapshot))
-        await self._check_inflight([v for v, _ in candidates])
+        await self._check_inflight([v for v, _ in candidates], now)
         candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
         answers = await asyncio.gather(*(self._retained(v) for v, _ in candidates))
         for (v, snapshot), retained in zip(candidates, answers, strict=True):
             self._apply(v, snapshot, retained)
 
-    async def _check_inflight(self, verdicts: list[Subject]) -> None:
+    async def _check_inflight(self, verdicts: list[Subject], now: datetime) -> None:
         """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
         if not verdicts or self.inflight is None:
             return
@@ -88,7 +95,7 @@ class OrphanCheck:
         found = await anyio.to_thread.run_sync(lambda: store.verdicts(v.alert.execution_id for v in verdicts))
         for v in verdicts:
             verdict = found.get(v.alert.execution_id, markers.Verdict.UNKNOWN)
-            if not markers.withholds(verdict, _age(v), self.inflight_max_age_seconds):
+            if not markers.withholds(verdict, _age(v, now), self.inflight_max_age_seconds):
                 continue
             if verdict is markers.Verdict.ALIVE:
                 v.decide("skipped", "a backend dispatcher still holds it (in-flight marker alive)")
@@ -96,9 +103,17 @@ class OrphanCheck:
                 v.decide("retry", "in-flight markers unreadable and the run is younger than "
                                   f"{self.inflight_max_age_seconds:g} s: it may still be in flight")
 
+    async def _call(self, agent: str, call: Coroutine[Any, Any, AgentResult[T]]) -> AgentResult[T]:
+        """One agent request in its turn: a slow agent waits for its own turns, not everyone's."""
+        try:
+            async with self.gate.turn(agent):
+                return await call
+        except AgentBusy as exc:
+            call.close()
+            return AgentResult("timeout", detail=str(exc))
+
     async def _retained(self, v: Subject) -> AgentResult[object]:
-        async with self.limit:
-            answer = await self.agents.result(v.alert.agent, v.alert.execution_id)
+        answer = await self._call(v.alert.agent, self.agents.result(v.alert.agent, v.alert.execution_id))
         return AgentResult(answer.kind, answer.value, answer.detail)
 
     def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object]) -> None:
@@ -120,16 +135,16 @@ class OrphanCheck:
 
     async def prefix_last_error(self, v: Subject) -> None:
         """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
-        async with self.limit:
-            try:
-                answer = await asyncio.wait_for(self.agents.last_error(v.alert.agent, v.alert.execution_id),
-                                                LAST_ERROR_TIMEOUT_SECONDS)
-            except TimeoutError:
-                answer = AgentResult("timeout")
+        try:
+            answer = await asyncio.wait_for(
+                self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)),
+                LAST_ERROR_TIMEOUT_SECONDS)
+        except TimeoutError:
+            answer = AgentResult("timeout")
         last: LastError | None = answer.value if answer.answered else None
         v.error = texts.with_last_error(v.error, last)
 
 
-def _age(v: Subject) -> float:
+def _age(v: Subject, now: datetime) -> float:
     assert v.execution is not None
-    return v.execution.runtime_seconds(utcnow())
+    return v.execution.runtime_seconds(now)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,18 +29,19 @@ import structlog
 
 from platform_access import database as db
 from platform_access import inflight as inflight_markers
-from platform_access.agent_client import AgentClient
+from platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
 from platform_access.inflight import InflightStore
 from platform_access.names import InvalidIdentifier, check_execution_id
 from platform_access.slots import SlotStore
 from platform_access.timestamps import utcnow
-from remediator import audit, claim, texts
+from remediator import action_claims, audit, claim, texts
 from remediator.announce import Announcer
 from remediator.breaker import Breaker
+from remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from remediator.metrics import RemediatorMetrics
 from remediator.orphans import OrphanCheck
 from remediator.payload import Alert
-from remediator.silences import SilenceChecker, SilenceCheckFailed
+from remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
@@ -55,6 +57,9 @@ class Settings:
     dry_run: bool = False
     claim_ttl_seconds: float = 30.0
     agent_concurrency: int = 50
+    agent_calls_per_agent: int = 4  # so one slow agent cannot take every call slot
+    agent_wait_seconds: float = 10.0  # longest wait for a turn to call an agent
+    action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
     crash_after_transition: bool = False  # test hook: die between the transition and the release
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
@@ -68,6 +73,7 @@ class Verdict:
     execution: db.Execution | None = None
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
+    reserved: bool = False  # took breaker budget; given back unless it ends recovered
 
     def decide(self, outcome: str, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -82,6 +88,11 @@ class BatchResult:
     def retry(self) -> bool:
         """Alertmanager should deliver again: something transient stopped us."""
         return self.unfinished or any(v.outcome in ("retry", "breaker_open") for v in self.verdicts)
+
+
+def metric_remediation(value: str) -> str:
+    """A bounded label value: label text is untrusted, every distinct value would be a series."""
+    return value if value in ACTIONS else ("none" if not value else "other")
 
 
 def orphan_reason(agent: str, *, no_retained_result: bool = True) -> str:
@@ -101,28 +112,43 @@ class Remediator:
         self.silences = silences
         self.metrics = metrics
         self.settings = settings
-        self._agent_slots = asyncio.Semaphore(settings.agent_concurrency)
-        self.orphans = OrphanCheck(agents, self._agent_slots, inflight, settings.min_orphan_age_seconds,
-                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
+        self.agent_gate = AgentGate(settings.agent_concurrency, settings.agent_calls_per_agent,
+                                    settings.agent_wait_seconds)
+        self.progress = ProgressMonitor()
+        self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
+                                   settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
     async def handle(self, alerts: Iterable[Alert]) -> BatchResult:
-        result = BatchResult([Verdict(a) for a in alerts])
-        actionable = [v for v in result.verdicts if self._screen(v)]
-        if actionable:
+        with self.progress.delivery():
+            result = BatchResult([Verdict(a) for a in alerts])
+            actionable = [v for v in result.verdicts if self._screen(v)]
+            if actionable:
+                try:
+                    result.unfinished = not await self._act(actionable)
+                except sa.exc.DBAPIError as exc:
+                    for v in actionable:
+                        if v.outcome == "":
+                            v.decide("retry", f"database unavailable: {type(exc).__name__}")
+                finally:
+                    self._refund(actionable)
             try:
-                result.unfinished = not await self._act(actionable)
-            except sa.exc.OperationalError as exc:
-                for v in actionable:
-                    if v.outcome == "":
-                        v.decide("retry", f"database unavailable: {type(exc).__name__}")
-        await self._record(result.verdicts)
-        return result
+                await self._record(result.verdicts)
+            except sa.exc.SQLAlchemyError as exc:  # the actions stand; the audit row is owed: retry
+                log.error("audit_write_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+                result.unfinished = True
+            return result
+
+    def _refund(self, verdicts: list[Verdict]) -> None:
+        """The breaker counts changes made: a duplicate or a failed attempt gives its budget back."""
+        for v in verdicts:
+            if v.reserved:
+                self.breaker.settle(v.alert.execution_id, changed=v.outcome == "recovered")
 
     # -- screening: what is ours to act on --------------------------------------------------------
 
     def _screen(self, v: Verdict) -> bool:
         alert = v.alert
-        self.metrics.alerts.labels(alert.status, alert.remediation or "none").inc()
+        self.metrics.alerts.labels(alert.status, metric_remediation(alert.remediation)).inc()
         if alert.status == "resolved":
             v.decide("ignored", "resolved notification: recorded, never acted on")
         elif alert.remediation not in ACTIONS:
@@ -139,18 +165,21 @@ class Remediator:
 
     async def _act(self, verdicts: list[Verdict]) -> bool:
         """Verify and act; False when a recovery's slot release or announcement is still owed."""
-        now = utcnow()
-        rows = await anyio.to_thread.run_sync(self._load, sorted({v.alert.execution_id for v in verdicts}))
+        rows, now = await anyio.to_thread.run_sync(self._load, sorted({v.alert.execution_id for v in verdicts}))
+        seen: set[str] = set()
         for v in verdicts:
             self._verify_row(v, rows.get(v.alert.execution_id), now)
+            if v.outcome == "" and v.alert.execution_id in seen:
+                v.decide("skipped", "duplicate of another alert in this notification")
+            seen.add(v.alert.execution_id)
         await self._check_silences([v for v in verdicts if v.outcome == ""])
         orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
-        await self.orphans.verify(orphans)
+        await self.orphans.verify(orphans, now)
         for v in verdicts:
             if v.outcome == "":
                 self._gate(v)
         overdue = [v for v in verdicts if v.outcome == "" and v.alert.remediation == TERMINATE_OVERDUE]
-        await asyncio.gather(*(self._terminate(v) for v in overdue))
+        await asyncio.gather(*(self._terminate(v, now) for v in overdue))
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
                                if v.outcome == "" and v.claim is None))
         ready = [v for v in verdicts if v.outcome == ""]
@@ -164,9 +193,10 @@ class Remediator:
                 return False
         return True
 
-    def _load(self, ids: list[str]) -> dict[str, db.Execution | db.BadRow]:
+    def _load(self, ids: list[str]) -> tuple[dict[str, db.Execution | db.BadRow], datetime]:
+        """The rows, and the database's clock to age them with (never ours: it may be skewed)."""
         with self.engine.connect() as conn:
-            return db.get_executions(conn, ids)
+            return db.get_executions(conn, ids), db.database_now(conn)
 
     def _verify_row(self, v: Verdict, row: db.Execution | db.BadRow | None, now: datetime) -> None:
         alert = v.alert
@@ -201,22 +231,52 @@ class Remediator:
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            hit = next((s for s in active if s.matches(v.alert.labels)), None)
-            if hit is not None:
-                v.decide("silenced", f"silenced now by {hit.id}")
+            imposed = covering(active, v.alert.labels)
+            if imposed is not None:
+                v.decide(*imposed)
 
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:
             v.decide("would_recover", f"dry run: would {v.alert.remediation.replace('_', ' ')}")
-        elif not self.breaker.allow():
+        elif not self.breaker.allow(v.alert.execution_id):
             self.metrics.breaker_open.set(1)
             v.decide("breaker_open", f"breaker open: more than {self.breaker.max_actions} remediations in "
                                      f"{self.breaker.window_seconds:g} s")
+        else:
+            v.reserved = True
 
-    async def _terminate(self, v: Verdict) -> None:
+    async def _terminate(self, v: Verdict, now: datetime) -> None:
         assert v.execution is not None
-        async with self._agent_slots:
-            answer = await self.agents.terminate(v.alert.agent, v.alert.execution_id)
+        holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
+        refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
+        if refused:
+            return v.decide("lost_race", refused)
+        answer = await self._terminate_on_agent(v.alert.agent, v.alert.execution_id)
+        self._judge_terminate(v, answer, now)
+        if not v.error:  # no kill happened: the next attempt need not wait for the claim to expire
+            await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
+        return None
+
+    def _claim_action(self, execution_id: str, holder: str) -> str:
+        """Claim the execution before acting outside the database; '' when held, else why not."""
+        if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
+            return "another replica or delivery is already terminating it"
+        with self.engine.connect() as conn:
+            row = db.get_executions(conn, [execution_id]).get(execution_id)
+        if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
+            action_claims.release(self.engine, execution_id, holder)
+            return "another writer changed the row first"
+        return ""
+
+    async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
+        try:
+            async with self.agent_gate.turn(agent):
+                return await self.agents.terminate(agent, execution_id)
+        except AgentBusy as exc:
+            return AgentResult("timeout", detail=str(exc))
+
+    def _judge_terminate(self, v: Verdict, answer: AgentResult[TerminateOutcome], now: datetime) -> None:
+        assert v.execution is not None
         if answer.kind == "not_found":
             v.decide("skipped", "agent does not know it: left for the orphan path")
         elif not answer.answered:
@@ -224,19 +284,42 @@ class Remediator:
         elif answer.unwrap().status == "already_finished":
             v.decide("skipped", "already finished on the agent: left for the orphan path")
         else:
-            runtime = v.execution.runtime_seconds(utcnow())
+            runtime = v.execution.runtime_seconds(now)
             v.error = texts.overdue_text(runtime, v.execution.timeout_seconds)
 
     def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
+        """All together in one transaction; if the database refuses that, each alert on its own, so
+        one alert's failure (a held lock, a constraint) is that alert's retry, not everyone's."""
+        if len(verdicts) > 1:
+            try:
+                return self._transition_together(verdicts)
+            except sa.exc.DBAPIError as exc:
+                log.warning("transition_batch_failed", error_type=type(exc).__name__, alerts=len(verdicts))
+                for v in verdicts:  # rolled back: whatever the batch decided did not happen
+                    v.outcome = v.reason = ""
+        winners = []
+        for index, v in enumerate(verdicts):
+            try:
+                winners += self._transition_together([v])
+            except sa.exc.DBAPIError as exc:
+                v.decide("retry", f"database refused the transition: {type(exc).__name__}")
+                if exc.connection_invalidated:  # the database is gone, not this row: stop trying
+                    for rest in verdicts[index + 1:]:
+                        rest.decide("retry", f"database unavailable: {type(exc).__name__}")
+                    break
+        return winners
+
+    def _transition_together(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """One transaction: each guarded update, and the outbox row of each one we won."""
-        now = utcnow()
         winners = []
         with self.engine.begin() as conn:
+            now = db.database_now(conn)
             for v in verdicts:
                 assert v.execution is not None
                 won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
                        else db.fail_execution(conn, v.execution, v.error, now))
-                if won:
+                killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
+                if won or killed:  # a kill whose exit report won the update is still ours
                     recovery = audit.Recovery(
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
                         action=CLAIM_RESULT if v.claim is not None else v.alert.remediation, reason=v.error,
@@ -244,7 +327,8 @@ class Remediator:
                         runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
                         recovered_at=now)
                     winners.append(recovery)
-                    v.decide("recovered", v.error)
+                    v.decide("recovered", v.error if won else
+                             f"{v.error}; the platform recorded the exit of our kill first")
                 else:
                     v.decide("lost_race", "another writer changed the row first")
             # Same transaction as the updates: a won transition always has its outbox row.
@@ -302,7 +386,7 @@ class Remediator:
         items = []
         for v in verdicts:
             a = v.alert
-            self.metrics.remediations.labels(a.remediation or "none", v.outcome).inc()
+            self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
             items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
                                         a.execution_id[:200], v.outcome, v.reason[:1000]))

@@ -220,6 +220,7 @@ class ProcessRegistry:
         self._sh = _which("sh") if self.config.kind == "sleep" else ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runs: dict[str, _Run] = {}  # pending, running and exited
+        self.sigints: dict[str, int] = {}  # SIGINTs sent per execution: more than one is a double terminate
         self._completed: dict[str, tuple[float, int]] = {}  # id -> (monotonic end, returncode); oldest first
         self._retained = RetainedResults(self.config.retained_ttl, self.config.retained_max,
                                          self.config.retained_log_max_bytes)
@@ -320,6 +321,8 @@ class ProcessRegistry:
         for sig, wait in ((signal.SIGINT, self.config.grace_seconds),
                           (signal.SIGKILL, self.config.kill_wait_seconds)):
             if run.state == "running":
+                if sig == signal.SIGINT:
+                    self.sigints[execution_id] = self.sigints.get(execution_id, 0) + 1
                 try:
                     os.killpg(run.pid, sig)  # safe: the leader is unreaped, so its pid is not reused
                 except ProcessLookupError:

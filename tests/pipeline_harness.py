@@ -203,6 +203,10 @@ class Pipeline:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(recoveries).where(recoveries.c.execution_id == execution_id)).first()
 
+    def sigints(self, execution_id: str, agent: str) -> int:
+        """SIGINTs the agent sent to the execution's process group: more than one is a double terminate."""
+        return self.loop.do(lambda: self.platform.server.registry(agent).sigints.get(execution_id, 0))
+
     def held(self, agent: str) -> set[str]:
         return self.platform.slots.held(agent)
 
@@ -260,7 +264,8 @@ class Pipeline:
 def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None = None, agents: int = 8,
                      alertmanagers: int = 1, remediators: int = 1, completed_window: float = 4.0,
                      timeout_seconds: int = 300, remediator_flags: tuple[str, ...] = (),
-                     exporter_flags: tuple[str, ...] = ()) -> Iterator[Pipeline]:
+                     exporter_flags: tuple[str, ...] = (), remediation_group_interval: str | None = None,
+                     ) -> Iterator[Pipeline]:
     """Start everything, wait until alerts can flow end to end, and always stop everything."""
     loop = LoopThread()
     platform: Platform | None = None
@@ -274,7 +279,8 @@ def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None 
         platform = loop.call(lambda: Platform.start(options))
         stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret, redis_url=redis_url,
                                    alertmanagers=alertmanagers, remediators=remediators,
-                                   remediator_flags=remediator_flags, exporter_flags=exporter_flags), workdir)
+                                   remediator_flags=remediator_flags, exporter_flags=exporter_flags,
+                                   remediation_group_interval=remediation_group_interval), workdir)
         stack.start()
         stack.wait_ready()
         feed = EventFeed(stack.remediator_urls, stack.token)

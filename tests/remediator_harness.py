@@ -98,7 +98,8 @@ async def remediator(database_url: str, redis_url: str, agents: AgentServer, *,
     engine = db.create_engine(database_url)
     if "schedule_executions" not in sa.inspect(engine).get_table_names():
         db.create_platform_tables(engine, slot_metadata)
-    config_keys = {"breaker_max_actions", "breaker_window_seconds", "sweep_interval_seconds"}
+    config_keys = {"breaker_max_actions", "breaker_window_seconds", "sweep_interval_seconds",
+                   "agent_terminate_timeout", "stalled_after_seconds"}
     config = Config(
         database_url=database_url, agent_url_template=agents.url_template, agent_secret=SECRET,
         credentials=Credentials(bearer_token=TOKEN), redis_url=redis_url, announce_redis_url=redis_url,

@@ -73,3 +73,39 @@ def test_two_alertmanagers_and_two_replicas_act_exactly_once(ha_pipeline: Pipeli
         peers = httpx.get(f"{url}/api/v2/status", timeout=5).json()["cluster"]["peers"]
         assert len(peers) == 2
     p.stack.children.check()
+
+
+@pytest.fixture
+def ha_pipeline_5s(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path / "stack", postgres_url, redis_url=redis_url, agents=8, alertmanagers=2,
+                          remediators=2, remediation_group_interval="5s") as p:
+        yield p
+
+
+def test_twelve_overdue_and_twelve_orphaned_are_terminated_and_recovered_exactly_once(
+        ha_pipeline_5s: Pipeline) -> None:
+    """Two clustered Alertmanagers (group_interval 5 s), both notifying both replicas: each overdue
+    process gets one SIGINT (the action claim), each execution one recovery and one announcement."""
+    p = ha_pipeline_5s
+    assert p.redis_feed is not None
+    overdue_agents = ["agent-005", "agent-006", "agent-007", "agent-008"]
+    for agent in overdue_agents:
+        p.set_timeout(agent, 4)
+    orphans = [p.start(agent, 600) for agent in ("agent-001", "agent-002", "agent-003", "agent-004")
+               for _ in range(3)]
+    overdue = [p.start(agent, 3600, "hang") for agent in overdue_agents for _ in range(3)]
+    for agent in ("agent-001", "agent-002", "agent-003", "agent-004"):
+        p.restart_agent(agent)
+    runs = orphans + overdue
+
+    for run in runs:
+        eventually(lambda run=run: p.failed(run.execution_id), 90, f"{run.execution_id} is failed")
+    double_terminates = {r.execution_id: n for r in overdue if (n := p.sigints(r.execution_id, r.agent)) != 1}
+    assert double_terminates == {}, "each overdue process got exactly one SIGINT"
+    holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 6,
+          "exactly one WebSocket announcement per execution, across both replicas")
+    for run in runs:
+        assert [d["outcome"] for d in p.decisions(run.execution_id)].count("recovered") == 1
+        assert len(p.redis_feed.for_execution(run.execution_id)) == 1
+        assert run.execution_id not in p.held(run.agent)
+    p.stack.children.check()

@@ -1,0 +1,81 @@
+"""Bounded waiting for agents: a slow agent may cost its own alerts a retry, never the others.
+
+Each agent gets a few calls at a time (``per_agent``) out of a shared total; a call that cannot
+get its turn within ``wait_seconds`` is given up (the alert is retried later) instead of queueing
+behind a peer that trickles. The calls themselves carry an overall deadline in the agent client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+
+
+class AgentBusy(Exception):
+    """No turn to call this agent within the wait bound."""
+
+
+class AgentGate:
+    def __init__(self, total: int, per_agent: int, wait_seconds: float) -> None:
+        if total < 1 or per_agent < 1 or wait_seconds <= 0:
+            raise ValueError("agent gate needs total >= 1, per_agent >= 1 and a positive wait")
+        self.per_agent = per_agent
+        self.wait_seconds = wait_seconds
+        self._total = asyncio.Semaphore(total)
+        self._agents: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # semaphore, [users]
+
+    @contextlib.asynccontextmanager
+    async def turn(self, agent: str) -> AsyncIterator[None]:
+        semaphore, users = self._agents.setdefault(agent, (asyncio.Semaphore(self.per_agent), [0]))
+        users[0] += 1
+        try:
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await semaphore.acquire()
+            except TimeoutError:
+                raise AgentBusy(f"{self.per_agent} calls to agent {agent!r} still running after "
+                                f"{self.wait_seconds:g} s") from None
+            try:
+                try:
+                    async with asyncio.timeout(self.wait_seconds):
+                        await self._total.acquire()
+                except TimeoutError:
+                    raise AgentBusy(f"no free agent call slot within {self.wait_seconds:g} s") from None
+                try:
+                    yield
+                finally:
+                    self._total.release()
+            finally:
+                semaphore.release()
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._agents[agent]  # bounded by the agents in use, not every name ever seen
+
+
+class ProgressMonitor:
+    """Deliveries in flight and how long the oldest has run: readiness turns 503 when one is
+    stuck far past every deadline, i.e. the remediator cannot make progress."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}
+        self._next = 0
+
+    @contextlib.contextmanager
+    def delivery(self) -> Iterator[None]:
+        token = self._next
+        self._next += 1
+        self._started[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._started[token]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    def oldest_seconds(self) -> float:
+        return time.monotonic() - min(self._started.values()) if self._started else 0.0
