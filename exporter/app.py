@@ -77,7 +77,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
         resources["gatherer"] = Gatherer(
             engine, client, slots, agent_timeout=settings.agent_timeout,
             poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
-            scrape_timeout=settings.scrape_timeout)
+            scrape_timeout=settings.scrape_timeout, shard=settings.shard)
         try:
             yield
         finally:

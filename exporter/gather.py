@@ -6,6 +6,8 @@ Polls run concurrently under a semaphore, each with its own timeout, and the who
 deadline, so one slow or dead agent costs at most its timeout and never stalls the scrape. The
 capacity slots are read at the same time as the polls.
 
+With ``--shard K/N`` both reads and the polls cover only the shard's agents (exporter.sharding).
+
 Concurrent scrapes (two Prometheus replicas, say) share one in-flight gather instead of doubling
 the load on the database and the agents.
 """
@@ -23,6 +25,7 @@ import sqlalchemy as sa
 import structlog
 
 from exec_watchdog import __version__
+from exporter.sharding import Shard
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
@@ -70,7 +73,7 @@ class Gatherer:
     def __init__(self, engine: sa.Engine, client: AgentClient, slots: SlotStore | None = None, *,
                  agent_timeout: float = 3.0, poll_concurrency: int = 50, database_timeout: float = 5.0,
                  scrape_timeout: float = 8.0, clock: Callable[[], datetime] = utcnow,
-                 version: str = __version__) -> None:
+                 version: str = __version__, shard: Shard | None = None) -> None:
         if poll_concurrency < 1:
             raise ValueError("poll concurrency must be at least 1")
         if min(agent_timeout, database_timeout, scrape_timeout) <= 0:
@@ -78,6 +81,7 @@ class Gatherer:
         self._engine = engine
         self._client = client
         self._slots = slots
+        self._shard = shard  # None: the whole fleet
         self._agent_timeout = agent_timeout
         self._poll_concurrency = poll_concurrency
         self._database_timeout = database_timeout
@@ -173,8 +177,9 @@ class Gatherer:
 
     def _read_database(self) -> _DatabaseRead:
         with self._engine.connect() as conn:
-            executions, bad = running_executions(conn)
-            limits = {a.name: a.max_parallel_tasks for a in agents(conn)}
+            executions, bad = running_executions(conn) if self._shard is None else self._shard.read_running(conn)
+            limits = {a.name: a.max_parallel_tasks for a in agents(conn)
+                      if self._shard is None or self._shard.owns(a.name)}
         return _DatabaseRead(self._clock(), executions, len(bad), limits)
 
     def _read_slots(self) -> dict[str, int] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from exec_watchdog.flags import ConfigError, read_secret_file
+from exporter.sharding import Shard, parse_shard
 from platform_access.agent_client import check_url_template
 
 DEFAULT_LISTEN = "127.0.0.1:9463"
@@ -28,6 +29,7 @@ class ExporterSettings:
     poll_concurrency: int = 50
     database_timeout: float = 5.0
     scrape_timeout: float = 8.0
+    shard: Shard | None = None  # None: this exporter watches the whole fleet
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -122,4 +124,14 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         poll_concurrency=concurrency,
         database_timeout=_positive_seconds("--database-timeout", args.database_timeout),
         scrape_timeout=scrape_timeout,
+        shard=_shard(getattr(args, "shard", None)),
     )
+
+
+def _shard(value: str | None) -> Shard | None:
+    if not value:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise ConfigError(f"--shard {exc}") from None
