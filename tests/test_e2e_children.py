@@ -33,7 +33,7 @@ def test_prometheus_config_passes_promtool_with_the_rendered_rules(tmp_path: Pat
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules("fast"))
     config = tmp_path / "prometheus.yml"
-    config.write_text(prometheus_config("fast", rules, "127.0.0.1:9463", ["127.0.0.1:9464", "127.0.0.1:9465"],
+    config.write_text(prometheus_config("fast", rules, ["127.0.0.1:9463"], ["127.0.0.1:9464", "127.0.0.1:9465"],
                                         ["127.0.0.1:9093", "127.0.0.1:9094"]))
 
     result = subprocess.run([find_binary("promtool"), "check", "config", str(config)], capture_output=True, text=True)
