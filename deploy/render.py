@@ -34,6 +34,7 @@ from alerts.render import (
     render_alertmanager_config,
     render_rules,
 )
+from alerts.rules import REPLICA_LABEL
 from exec_watchdog.generated import sync_generated
 from grafana import DASHBOARD_PATH
 
@@ -187,7 +188,6 @@ def prometheus_config() -> dict[str, Any]:
     }
 
 
-REPLICA_LABEL = "replica"
 # The Service label that names the Prometheus job (the ServiceMonitors' jobLabel), as discovered.
 JOB_LABEL_META = "__meta_kubernetes_service_label_exec_watchdog_io_job"
 

@@ -13,12 +13,10 @@ from typing import Any
 import yaml
 
 from alerts.render import profile_settings, render_alertmanager_config
+from alerts.rules import REPLICA_LABEL
 
 EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
 REMEDIATOR_JOB = "exec-watchdog-remediator"
-
-
-REPLICA_LABEL = "replica"  # a Prometheus HA set's external label, dropped for alerts
 
 
 def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], remediators: Sequence[str],
