@@ -84,7 +84,11 @@ def serve_synthetic_child(plan_path: str) -> int:
         await send({"type": "http.response.body", "body": body})
 
     async def main() -> None:
-        sock = socket.create_server(("127.0.0.1", 0), backlog=4096)  # listening before READY is printed
+        # IPPROTO_TCP explicitly, so asyncio sets TCP_NODELAY (as simulated_platform.agent_server does):
+        # without it every answer waits ~40 ms for a delayed ACK. Listening before READY is printed.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4096)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/agents/{{agent}}", flush=True)
