@@ -182,6 +182,36 @@ def orphan_flapping(p: Profile) -> dict[str, Any]:
     }
 
 
+@case("ExecWatchdogExecutionOrphaned stays silent when every other scrape misses the execution (a terminate "
+      "draining, a slow or lost poll)")
+def orphan_single_misses(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = p.orphan_min_age_seconds + 10 * t.step
+    late = t.fires(0, "orphan_for") + 10 * t.step
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, late)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), " ".join(["0 1"] * t.steps(late))),
+        ],
+        "alert_rule_test": silent(rules.ORPHANED, *range(0, late + 1, t.step)),
+    }
+
+
+@case("ExecWatchdogExecutionOrphaned starts orphan_for over after a lost scrape")
+def orphan_lost_scrape(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = p.orphan_min_age_seconds + 10 * t.step
+    fires = t.fires(2 * t.step, "orphan_for")
+    runtime = f"{start} stale {start + 2 * t.step}+{t.step}x{t.steps(fires)}"
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), runtime),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0 stale 0x{t.steps(fires)}"),
+        ],
+        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+    }
+
+
 @case("ExecWatchdogExecutionOrphaned stays silent while the agent is unreachable and agent_known is absent")
 def orphan_agent_unreachable(p: Profile) -> dict[str, Any]:
     t = Timeline(p)

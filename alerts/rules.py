@@ -34,6 +34,10 @@ FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"
 CLAIM_RESULT = "claim_result"
 
+# The external label that tells the servers of a Prometheus HA set apart; dropped from alerts
+# (alert_relabel_configs) so their alerts are identical and Alertmanager deduplicates them.
+REPLICA_LABEL = "replica"
+
 # One execution as the exporter publishes it. job/instance keep two exporter replicas apart
 # (otherwise a one-to-one comparison would fail on duplicate matches).
 _EXECUTION = "on (job, instance, agent, execution_id)"

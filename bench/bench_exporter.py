@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -153,16 +153,16 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 @contextmanager
 def exporter(database_url: str, url_template: str, redis_url: str | None, concurrency: int,
-             workdir: Path) -> Iterator[tuple[str, int]]:
+             workdir: Path, extra: Sequence[str] = ("--agent-timeout", "5", "--scrape-timeout", "20"),
+             name: str = "exporter") -> Iterator[tuple[str, int]]:
     from tests.servers import free_port, wait_for_port
 
     port = free_port()
     argv = [*exporter_command(), "--listen", f"127.0.0.1:{port}", "--database-url", database_url,
-            "--agent-url-template", url_template, "--poll-concurrency", str(concurrency),
-            "--agent-timeout", "5", "--scrape-timeout", "20"]
+            "--agent-url-template", url_template, "--poll-concurrency", str(concurrency), *extra]
     if redis_url:
         argv += ["--redis-url", redis_url]
-    log = (workdir / "exporter.log").open("w")
+    log = (workdir / f"{name}.log").open("w")
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=log, env={**os.environ, "EXEC_WATCHDOG_AGENT_SECRET": SECRET})
     try:
         wait_for_port(port, proc=proc)

@@ -37,6 +37,7 @@ release (Redis was down) is released by it once Redis answers again.
 
     .venv/bin/python bench/soak.py                      # 20 minutes, 2,000 executions
     .venv/bin/python bench/soak.py --minutes 5 --executions 500 --seed 7
+    .venv/bin/python bench/soak.py --profile production --minutes 12 --executions 600 --timeout 60
 
 Exits 1 when an invariant is broken. Needs Prometheus, Alertmanager, PostgreSQL and Redis
 installed (`make system-deps`). Everything listens on 127.0.0.1 only.
@@ -482,8 +483,8 @@ class Soak:
                 quiet.append(seconds)
         a = self.args
         print()
-        print(f"soak: {self.elapsed() / 60:.1f} min, seed {a.seed}, {a.agents} agents, fast profile; PostgreSQL, "
-              f"Redis, 2 clustered Alertmanagers, 2 remediator replicas")
+        print(f"soak: {self.elapsed() / 60:.1f} min, seed {a.seed}, {a.agents} agents, {a.profile} profile; "
+              f"PostgreSQL, Redis, 2 clustered Alertmanagers, 2 remediator replicas")
         print(f"  executions        {len(s.started)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}); "
               f"agent restarts killed {self.restart_victims} runs unreported; "
               f"reports refused by the database {s.counts['reports_refused']}, "
@@ -529,7 +530,7 @@ async def soak(args: argparse.Namespace) -> int:
                                   timeout_seconds=args.timeout, completed_window=5.0, late_report_seconds=2.0)
         platform = await start_platform(options, args.hold)
         stack = Stack(StackOptions(postgres.url, platform.url_template, options.agent_secret, redis_url=rds.url,
-                                   alertmanagers=2, remediators=2,
+                                   profile=args.profile, alertmanagers=2, remediators=2,
                                    remediator_flags=("--breaker-max-actions", str(args.breaker_max_actions))),
                       workdir / "stack")
         stack.keep_workdir = True
@@ -542,7 +543,7 @@ async def soak(args: argparse.Namespace) -> int:
             s = Soak(args, platform, stack, postgres, rds, announcements, random.Random(args.seed),
                      random.Random(args.seed + 1_000_003))
             s.memory.sample(stack, 0.0)
-            timing = Timing.of("fast")
+            timing = Timing.of(args.profile)
             s.log(f"pipeline ready (work dir {workdir}); {args.executions} executions over {args.minutes:g} min on "
                   f"{args.agents} agents, faults from {', '.join(FAULTS)}; {timing.describe()}")
             drain = args.timeout + 30.0  # the last runs must have time to end, be lost and be recovered
@@ -578,6 +579,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="length of the run (default 20)")
     parser.add_argument("--executions", type=int, default=2000, help="executions started over the run")
     parser.add_argument("--seed", type=int, default=1, help="seed of the workload and the fault schedule")
+    parser.add_argument("--profile", choices=("fast", "production"), default="fast",
+                        help="the alerts/ profile's timings (scrape, evaluation, for, group_wait, orphan minimum age)")
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--timeout", type=int, default=30,
                         help="the schedules' timeout: hung runs are overdue after it")

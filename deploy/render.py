@@ -7,11 +7,13 @@
   AlertmanagerConfig, with the bearer token taken from the ``exec-watchdog`` Secret;
 - ``kubernetes/base/grafana-dashboard.yaml``: ``grafana/dashboards/exec-watchdog.json`` in a
   ConfigMap that Grafana's dashboard sidecar loads (label ``grafana_dashboard: "1"``);
-- ``compose/prometheus.yml``: the scrape and evaluation settings of the production profile.
+- ``compose/prometheus.yml``: the scrape and evaluation settings of the production profile;
+- ``prometheus-ha/prometheus.yml``: one server of a Prometheus HA pair (replica external label,
+  dropped for alerts), scraping every exporter shard.
 
 Command line (``--check`` fails when a committed file is stale; tests/test_deploy.py runs it)::
 
-    python -m deploy.render            # rewrite the four files
+    python -m deploy.render            # rewrite the five files
     python -m deploy.render --check
 """
 
@@ -32,12 +34,14 @@ from alerts.render import (
     render_alertmanager_config,
     render_rules,
 )
+from alerts.rules import REPLICA_LABEL
 from exec_watchdog.generated import sync_generated
 from grafana import DASHBOARD_PATH
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 BASE_DIR = DEPLOY_DIR / "kubernetes" / "base"
 COMPOSE_DIR = DEPLOY_DIR / "compose"
+HA_DIR = DEPLOY_DIR / "prometheus-ha"
 
 PROFILE = "production"
 # The namespace the base is written for; an overlay that changes it patches REMEDIATOR_URL too.
@@ -184,6 +188,49 @@ def prometheus_config() -> dict[str, Any]:
     }
 
 
+# The Service label that names the Prometheus job (the ServiceMonitors' jobLabel), as discovered.
+JOB_LABEL_META = "__meta_kubernetes_service_label_exec_watchdog_io_job"
+
+
+def prometheus_ha_config() -> dict[str, Any]:
+    """One server of a Prometheus HA pair, for a Prometheus not run by prometheus-operator.
+
+    Start two servers from this one file, each with its own ``PROMETHEUS_REPLICA`` (``a``, ``b``)
+    and ``--enable-feature=expand-external-labels``: both evaluate the same rules and notify both
+    Alertmanagers; the ``replica`` label keeps their series apart in remote storage and is dropped
+    from the alerts, so the two servers' alerts are identical and Alertmanager deduplicates them.
+    Every exporter shard and remediator replica is found through the Kubernetes API.
+    """
+    settings = profile_settings(PROFILE)
+    return {
+        "global": {
+            "scrape_interval": settings["scrape_interval"],
+            "scrape_timeout": settings["scrape_timeout"],
+            "evaluation_interval": settings["evaluation_interval"],
+            "external_labels": {REPLICA_LABEL: "${PROMETHEUS_REPLICA}"},
+        },
+        "rule_files": ["/etc/prometheus/rules/*.yml"],
+        "alerting": {
+            "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],
+            "alertmanagers": [{"static_configs": [{"targets": ["alertmanager-0.alertmanager:9093",
+                                                               "alertmanager-1.alertmanager:9093"]}]}],
+        },
+        # Every endpoint of a Service labelled exec-watchdog.io/job (each exporter shard's pod, each
+        # remediator's pod), under that label as its job: what the ServiceMonitors do.
+        "scrape_configs": [{
+            "job_name": "exec-watchdog",
+            "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": [NAMESPACE]}}],
+            "relabel_configs": [
+                {"source_labels": [JOB_LABEL_META], "regex": f"{settings['exporter_job']}|{settings['remediator_job']}",
+                 "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": "metrics|http",
+                 "action": "keep"},
+                {"source_labels": [JOB_LABEL_META], "target_label": "job"},
+            ],
+        }],
+    }
+
+
 def render_files() -> dict[Path, str]:
     """Every generated file, by path, with its content."""
     return {
@@ -191,6 +238,7 @@ def render_files() -> dict[Path, str]:
         BASE_DIR / "alertmanagerconfig.yaml": _dump([alertmanager_config()], "alerts/ (the production profile)"),
         BASE_DIR / "grafana-dashboard.yaml": _dump([dashboard_config_map()], "grafana/dashboards/exec-watchdog.json"),
         COMPOSE_DIR / "prometheus.yml": _dump([prometheus_config()], "alerts/profiles.yml (production)"),
+        HA_DIR / "prometheus.yml": _dump([prometheus_ha_config()], "alerts/profiles.yml (production)"),
     }
 
 

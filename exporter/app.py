@@ -80,7 +80,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
             engine, client, slots, agent_timeout=settings.agent_timeout,
             poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
             scrape_timeout=settings.scrape_timeout, inflight=inflight,
-            inflight_max_age_seconds=settings.inflight_max_age_seconds)
+            inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
         try:
             yield
         finally:

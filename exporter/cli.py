@@ -40,6 +40,8 @@ def register(commands: Any) -> None:
     add_flag(parser, "--database-timeout", default="5", help="seconds the database read may take")
     add_flag(parser, "--scrape-timeout", default="8",
              help="seconds one whole scrape may take; keep it below Prometheus' scrape_timeout")
+    add_flag(parser, "--shard", help="K/N: watch only shard K (0..N-1) of N, by a stable hash of the agent name; "
+                                     "K may be a StatefulSet pod name ending in its ordinal (POD_NAME/4)")
     parser.set_defaults(run=run)
 
 
@@ -93,7 +95,8 @@ def serve(settings: ExporterSettings, sock: socket.socket) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     structlog.get_logger("exporter").info(
         "exporter starting", listen=f"{settings.host}:{settings.port}", agent_url_template=settings.agent_url_template,
-        poll_concurrency=settings.poll_concurrency, agent_timeout=settings.agent_timeout)
+        poll_concurrency=settings.poll_concurrency, agent_timeout=settings.agent_timeout,
+        shard=str(settings.shard) if settings.shard else "all")
     config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)
 

@@ -8,6 +8,8 @@ Polls run concurrently under a semaphore, each with its own timeout, and the who
 deadline, so one slow or dead agent costs at most its timeout and never stalls the scrape. The
 capacity slots are read at the same time as the polls.
 
+With ``--shard K/N`` both reads and the polls cover only the shard's agents (exporter.sharding).
+
 Concurrent scrapes (two Prometheus replicas, say) share one in-flight gather instead of doubling
 the load on the database and the agents.
 """
@@ -25,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 
 from exec_watchdog import __version__
+from exporter.sharding import Shard
 from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
 from platform_access.database import Execution, agents, running_executions
@@ -74,7 +77,7 @@ class Gatherer:
                  agent_timeout: float = 3.0, poll_concurrency: int = 50, database_timeout: float = 5.0,
                  scrape_timeout: float = 8.0, clock: Callable[[], datetime] = utcnow,
                  version: str = __version__, inflight: InflightStore | None = None,
-                 inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS) -> None:
+                 inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, shard: Shard | None = None) -> None:
         if poll_concurrency < 1:
             raise ValueError("poll concurrency must be at least 1")
         if min(agent_timeout, database_timeout, scrape_timeout) <= 0:
@@ -84,6 +87,7 @@ class Gatherer:
         self._slots = slots
         self._markers = inflight
         self._inflight_max_age = inflight_max_age_seconds
+        self._shard = shard  # None: the whole fleet
         self._agent_timeout = agent_timeout
         self._poll_concurrency = poll_concurrency
         self._database_timeout = database_timeout
@@ -188,8 +192,9 @@ class Gatherer:
 
     def _read_database(self) -> _DatabaseRead:
         with self._engine.connect() as conn:
-            executions, bad = running_executions(conn)
-            limits = {a.name: a.max_parallel_tasks for a in agents(conn)}
+            executions, bad = running_executions(conn) if self._shard is None else self._shard.read_running(conn)
+            limits = {a.name: a.max_parallel_tasks for a in agents(conn)
+                      if self._shard is None or self._shard.owns(a.name)}
         return _DatabaseRead(self._clock(), executions, len(bad), limits)
 
     async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from exec_watchdog.flags import ConfigError, read_secret_file
+from exporter.sharding import Shard, parse_shard
 from platform_access.agent_client import check_url_template
 from platform_access.database import redacted
 from platform_access.urls import check_redis_url
@@ -32,6 +33,7 @@ class ExporterSettings:
     database_timeout: float = 5.0
     scrape_timeout: float = 8.0
     inflight_max_age_seconds: float = 10_920.0
+    shard: Shard | None = None  # None: this exporter watches the whole fleet
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -132,4 +134,14 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         database_timeout=_positive_seconds("--database-timeout", args.database_timeout),
         scrape_timeout=scrape_timeout,
         inflight_max_age_seconds=_positive_seconds("--inflight-max-age", args.inflight_max_age),
+        shard=_shard(getattr(args, "shard", None)),
     )
+
+
+def _shard(value: str | None) -> Shard | None:
+    if not value:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise ConfigError(f"--shard {exc}") from None

@@ -13,15 +13,21 @@ from typing import Any
 import yaml
 
 from alerts.render import profile_settings, render_alertmanager_config
+from alerts.rules import REPLICA_LABEL
 
 EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
 REMEDIATOR_JOB = "exec-watchdog-remediator"
 
 
-def prometheus_config(profile: str, rule_file: Path, exporter: str, remediators: Sequence[str],
-                      alertmanagers: Sequence[str]) -> str:
-    """prometheus.yml: scrape the exporter and the remediators, evaluate the rules, notify every
-    Alertmanager (an HA pair must get every alert from Prometheus itself). Targets are host:port."""
+def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], remediators: Sequence[str],
+                      alertmanagers: Sequence[str], replica: str | None = None) -> str:
+    """prometheus.yml: scrape the exporter (every shard) and the remediators, evaluate the rules,
+    notify every Alertmanager (an HA pair must get every alert from Prometheus itself). Targets are
+    host:port.
+
+    ``replica`` makes this server one of an HA set: its series carry ``replica="<name>"`` as an
+    external label, and the label is dropped from the alerts it sends, so the alerts of every
+    replica are identical and Alertmanager deduplicates them."""
     settings = profile_settings(profile)
     if settings["exporter_job"] != EXPORTER_JOB or settings["remediator_job"] != REMEDIATOR_JOB:
         raise ValueError(f"profile {profile!r} names jobs {settings['exporter_job']!r} and "
@@ -32,6 +38,7 @@ def prometheus_config(profile: str, rule_file: Path, exporter: str, remediators:
             "scrape_interval": settings["scrape_interval"],
             "scrape_timeout": settings["scrape_timeout"],
             "evaluation_interval": settings["evaluation_interval"],
+            **({"external_labels": {REPLICA_LABEL: replica}} if replica else {}),
         },
         "rule_files": [str(rule_file)],
         "alerting": {"alertmanagers": [{
@@ -40,10 +47,12 @@ def prometheus_config(profile: str, rule_file: Path, exporter: str, remediators:
             "static_configs": [{"targets": list(alertmanagers)}],
         }]},
         "scrape_configs": [
-            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]},
+            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": list(exporters)}]},
             {"job_name": REMEDIATOR_JOB, "static_configs": [{"targets": list(remediators)}]},
         ],
     }
+    if replica:
+        config["alerting"]["alert_relabel_configs"] = [{"action": "labeldrop", "regex": REPLICA_LABEL}]
     return yaml.safe_dump(config, sort_keys=False)
 
 

@@ -52,10 +52,14 @@ class StackOptions:
     remediator_flags: tuple[str, ...] = ()  # extra flags for every replica (e.g. --dry-run)
     exporter_flags: tuple[str, ...] = ()  # extra flags for the exporter
     remediation_group_interval: str | None = None  # overrides the profile's, e.g. "5s" for HA runs
+    exporter_shards: int = 1  # N exporters, each --shard K/N, all scraped by every Prometheus
+    prometheus_replicas: int = 1  # an HA set: same rules, own replica label, dropped for alerts
 
     def __post_init__(self) -> None:
-        if not 1 <= self.alertmanagers <= 5 or not 1 <= self.remediators <= 5:
-            raise ValueError("alertmanagers and remediators must each be from 1 to 5")
+        if not all(1 <= n <= 5 for n in (self.alertmanagers, self.remediators, self.exporter_shards,
+                                         self.prometheus_replicas)):
+            raise ValueError("alertmanagers, remediators, exporter shards and Prometheus replicas must each be "
+                             "from 1 to 5")
         profile_settings(self.profile)  # a clear error for an unknown profile
 
 
@@ -85,13 +89,15 @@ class Stack:
         # Binaries first: a missing one is an error before anything starts.
         self._prometheus_bin = find_binary(*PROMETHEUS)
         self._alertmanager_bin = find_binary(*ALERTMANAGER)
-        self._prometheus_port = free_port()
-        self._exporter_port = free_port()
+        self._prometheus_ports = [free_port() for _ in range(options.prometheus_replicas)]
+        self._exporter_ports = [free_port() for _ in range(options.exporter_shards)]
         self._remediator_ports = [free_port() for _ in range(options.remediators)]
         self._am_ports = [free_port() for _ in range(options.alertmanagers)]
         self._cluster_ports = [free_port() for _ in range(options.alertmanagers)] if options.alertmanagers > 1 else []
-        self.prometheus_url = f"http://127.0.0.1:{self._prometheus_port}"
-        self.exporter_url = f"http://127.0.0.1:{self._exporter_port}"
+        self.prometheus_urls = [f"http://127.0.0.1:{p}" for p in self._prometheus_ports]
+        self.exporter_urls = [f"http://127.0.0.1:{p}" for p in self._exporter_ports]
+        self.prometheus_url = self.prometheus_urls[0]
+        self.exporter_url = self.exporter_urls[0]
         self.remediator_urls = [f"http://127.0.0.1:{p}" for p in self._remediator_ports]
         self.alertmanager_urls = [f"http://127.0.0.1:{p}" for p in self._am_ports]
         self.replica_ids = [f"remediator-{i + 1}" for i in range(options.remediators)]
@@ -123,19 +129,23 @@ class Stack:
         return [sys.executable, "-m", "exec_watchdog", "--log-level", self.options.log_level,
                 "--log-format", "json", *args]
 
-    def _exporter(self, secret_file: Path) -> Child:
+    def _exporter(self, index: int, secret_file: Path) -> Child:
         o = self.options
         # The exporter must answer within Prometheus' scrape_timeout, and each agent within that.
         scrape_timeout = min(8.0, 0.8 * duration_seconds(str(self.settings["scrape_timeout"])))
         agent_timeout = min(3.0, 0.6 * scrape_timeout)
-        argv = self._python("exporter", "--listen", f"127.0.0.1:{self._exporter_port}", "--database-url",
+        argv = self._python("exporter", "--listen", f"127.0.0.1:{self._exporter_ports[index]}", "--database-url",
                             o.database_url, "--agent-url-template", o.agent_url_template, "--agent-secret-file",
                             str(secret_file), "--scrape-timeout", f"{scrape_timeout:g}", "--agent-timeout",
                             f"{agent_timeout:g}")
         if o.redis_url:
             argv += ["--redis-url", o.redis_url]
         argv += list(o.exporter_flags)
-        return Child("exporter", argv, self.logs / "exporter.log", lambda: http_ok(f"{self.exporter_url}/healthz"),
+        name, url = "exporter", self.exporter_urls[index]
+        if o.exporter_shards > 1:
+            argv += ["--shard", f"{index}/{o.exporter_shards}"]
+            name = f"exporter-{index + 1}"
+        return Child(name, argv, self.logs / f"{name}.log", lambda: http_ok(f"{url}/healthz"),
                      cwd=self.workdir, env=self._child_env())
 
     def _remediator(self, index: int, secret_file: Path, token_file: Path) -> Child:
@@ -183,14 +193,17 @@ class Stack:
 
         return Child(name, argv, self.logs / f"{name}.log", ready, cwd=home)
 
-    def _prometheus(self, config: Path) -> Child:
-        home = self.workdir / "prometheus"
+    def _prometheus_name(self, index: int) -> str:
+        return "prometheus" if self.options.prometheus_replicas == 1 else f"prometheus-{index + 1}"
+
+    def _prometheus(self, index: int, config: Path) -> Child:
+        name, url = self._prometheus_name(index), self.prometheus_urls[index]
+        home = self.workdir / name
         argv = [self._prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self._prometheus_port}",
-                f"--web.external-url={self.prometheus_url}", "--web.enable-lifecycle",
+                f"--web.listen-address=127.0.0.1:{self._prometheus_ports[index]}",
+                f"--web.external-url={url}", "--web.enable-lifecycle",
                 f"--rules.alert.resend-delay={self.settings['alert_resend_delay']}", "--log.level=info"]
-        return Child("prometheus", argv, self.logs / "prometheus.log",
-                     lambda: http_ok(f"{self.prometheus_url}/-/ready"), cwd=home)
+        return Child(name, argv, self.logs / f"{name}.log", lambda: http_ok(f"{url}/-/ready"), cwd=home)
 
     def start(self) -> None:
         """Write the configurations and launch every child (does not wait: see :meth:`wait_ready`)."""
@@ -200,14 +213,18 @@ class Stack:
         o = self.options
         secret_file = self._secret_file("agent-secret", o.agent_secret)
         token_file = self._secret_file("remediator-token", self.token)
-        prom_home = self.workdir / "prometheus"
-        prom_home.mkdir(parents=True, exist_ok=True)
-        rules = prom_home / "rules.yml"
-        rules.write_text(render_rules(o.profile))
-        prom_config = prom_home / "prometheus.yml"
-        prom_config.write_text(prometheus_config(
-            o.profile, rules, f"127.0.0.1:{self._exporter_port}",
-            [f"127.0.0.1:{p}" for p in self._remediator_ports], [f"127.0.0.1:{p}" for p in self._am_ports]))
+        prom_configs = []
+        for i in range(o.prometheus_replicas):
+            prom_home = self.workdir / self._prometheus_name(i)
+            prom_home.mkdir(parents=True, exist_ok=True)
+            rules = prom_home / "rules.yml"
+            rules.write_text(render_rules(o.profile))
+            prom_config = prom_home / "prometheus.yml"
+            prom_config.write_text(prometheus_config(
+                o.profile, rules, [f"127.0.0.1:{p}" for p in self._exporter_ports],
+                [f"127.0.0.1:{p}" for p in self._remediator_ports], [f"127.0.0.1:{p}" for p in self._am_ports],
+                replica=self._prometheus_name(i) if o.prometheus_replicas > 1 else None))
+            prom_configs.append(prom_config)
         am_text = alertmanager_config(o.profile, [f"{u}/api/v1/alerts" for u in self.remediator_urls], token_file)
         if o.remediation_group_interval:
             am_text = _with_remediation_group_interval(am_text, o.remediation_group_interval)
@@ -218,18 +235,23 @@ class Stack:
             self.children.add(self._alertmanager(i, home / "alertmanager.yml"))
         for i in range(o.remediators):
             self.children.add(self._remediator(i, secret_file, token_file))
-        self.children.add(self._exporter(secret_file))
-        self.children.add(self._prometheus(prom_config))
+        for i in range(o.exporter_shards):
+            self.children.add(self._exporter(i, secret_file))
+        for i, prom_config in enumerate(prom_configs):
+            self.children.add(self._prometheus(i, prom_config))
         self.children.start_all()
 
     def _prometheus_wired(self) -> bool:
-        """Every target scraped successfully and every Alertmanager discovered."""
-        targets = _get_json(f"{self.prometheus_url}/api/v1/targets?state=active")
-        managers = _get_json(f"{self.prometheus_url}/api/v1/alertmanagers")
+        """Every Prometheus scrapes every target successfully and knows every Alertmanager."""
+        return all(self._wired(url) for url in self.prometheus_urls)
+
+    def _wired(self, prometheus_url: str) -> bool:
+        targets = _get_json(f"{prometheus_url}/api/v1/targets?state=active")
+        managers = _get_json(f"{prometheus_url}/api/v1/alertmanagers")
         if not isinstance(targets, dict) or not isinstance(managers, dict):
             return False
         active = targets.get("data", {}).get("activeTargets", [])
-        wanted = 1 + self.options.remediators
+        wanted = self.options.exporter_shards + self.options.remediators
         up = [t for t in active if t.get("health") == "up"]
         known = managers.get("data", {}).get("activeAlertmanagers", [])
         return len(active) == wanted and len(up) == wanted and len(known) == self.options.alertmanagers
@@ -264,10 +286,11 @@ class Stack:
     def summary(self) -> dict[str, Any]:
         """Where everything is, for people."""
         return {
-            "prometheus": self.prometheus_url,
+            "prometheus": self.prometheus_url if len(self.prometheus_urls) == 1 else self.prometheus_urls,
             "alertmanager": self.alertmanager_urls,
             "remediator": self.remediator_urls,
-            "exporter_metrics": f"{self.exporter_url}/metrics",
+            "exporter_metrics": (f"{self.exporter_url}/metrics" if len(self.exporter_urls) == 1
+                                 else [f"{u}/metrics" for u in self.exporter_urls]),
             "remediator_metrics": [f"{u}/metrics" for u in self.remediator_urls],
             "recoveries_page": [f"{u}/#token={self.token}" for u in self.remediator_urls],
             "workdir": str(self.workdir),

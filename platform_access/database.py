@@ -6,6 +6,7 @@ and the database decides which one wins.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -207,23 +208,43 @@ def _to_execution(row: Any) -> Execution:
     )
 
 
-def running_executions(conn: sa.Connection) -> tuple[list[Execution], list[BadRow]]:
+def running_executions(conn: sa.Connection, agent_names: Sequence[str | None] | None = None,
+                       ) -> tuple[list[Execution], list[BadRow]]:
     """Every running execution that is ours to watch, and the unreadable ones.
 
     Lease rows belong to another reaper; rows of soft-deleted agents are not the watchdog's business.
+    ``agent_names`` limits the read to those agents' rows (``None`` in it: rows without an agent).
     """
     query = _SELECT_EXECUTIONS.where(
         schedule_executions.c.status == RUNNING, schedule_executions.c.lease_expires_at.is_(None),
         agent_ownership.c.deleted_at.is_(None),
     )
+    queries = [query] if agent_names is None else [query.where(f) for f in _agent_filters(agent_names)]
     good: list[Execution] = []
     bad: list[BadRow] = []
-    for row in conn.execute(query):
-        try:
-            good.append(_to_execution(row))
-        except BadRow as exc:
-            bad.append(exc)
+    for q in queries:
+        for row in conn.execute(q):
+            try:
+                good.append(_to_execution(row))
+            except BadRow as exc:
+                bad.append(exc)
     return good, bad
+
+
+def _agent_filters(names: Sequence[str | None], chunk: int = 5000) -> list[sa.ColumnElement[bool]]:
+    column = schedule_executions.c.agent_name
+    named = [n for n in names if n is not None]
+    filters: list[sa.ColumnElement[bool]] = [column.in_(named[i:i + chunk]) for i in range(0, len(named), chunk)]
+    if None in names:
+        filters.append(column.is_(None))
+    return filters
+
+
+def running_agent_names(conn: sa.Connection) -> list[str | None]:
+    """The distinct agents of the running rows we watch (``None`` for rows without one)."""
+    query = sa.select(schedule_executions.c.agent_name).distinct().where(
+        schedule_executions.c.status == RUNNING, schedule_executions.c.lease_expires_at.is_(None))
+    return list(conn.execute(query).scalars())
 
 
 def get_execution(conn: sa.Connection, execution_id: str) -> Execution | None:

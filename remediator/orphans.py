@@ -14,8 +14,7 @@ put first in the text (``remediator/texts.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar

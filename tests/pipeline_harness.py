@@ -230,14 +230,14 @@ class Pipeline:
         wanted = {"alertname": alertname, **labels}
         return [a for a in response.json() if all(a["labels"].get(k) == v for k, v in wanted.items())]
 
-    def query(self, expr: str) -> dict[str, Any]:
-        """Prometheus' whole answer to an instant query."""
-        response = self.http.get(f"{self.stack.prometheus_url}/api/v1/query", params={"query": expr})
+    def query(self, expr: str, prometheus_url: str | None = None) -> dict[str, Any]:
+        """Prometheus' whole answer to an instant query (the first Prometheus unless told)."""
+        response = self.http.get(f"{prometheus_url or self.stack.prometheus_url}/api/v1/query", params={"query": expr})
         body: dict[str, Any] = response.json()
         return body
 
-    def series(self, expr: str) -> list[dict[str, Any]]:
-        body = self.query(expr)
+    def series(self, expr: str, prometheus_url: str | None = None) -> list[dict[str, Any]]:
+        body = self.query(expr, prometheus_url)
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
@@ -265,7 +265,7 @@ def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None 
                      alertmanagers: int = 1, remediators: int = 1, completed_window: float = 4.0,
                      timeout_seconds: int = 300, remediator_flags: tuple[str, ...] = (),
                      exporter_flags: tuple[str, ...] = (), remediation_group_interval: str | None = None,
-                     ) -> Iterator[Pipeline]:
+                     exporter_shards: int = 1, prometheus_replicas: int = 1) -> Iterator[Pipeline]:
     """Start everything, wait until alerts can flow end to end, and always stop everything."""
     loop = LoopThread()
     platform: Platform | None = None
@@ -280,7 +280,9 @@ def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None 
         stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret, redis_url=redis_url,
                                    alertmanagers=alertmanagers, remediators=remediators,
                                    remediator_flags=remediator_flags, exporter_flags=exporter_flags,
-                                   remediation_group_interval=remediation_group_interval), workdir)
+                                   remediation_group_interval=remediation_group_interval,
+                                   exporter_shards=exporter_shards, prometheus_replicas=prometheus_replicas),
+                      workdir)
         stack.start()
         stack.wait_ready()
         feed = EventFeed(stack.remediator_urls, stack.token)

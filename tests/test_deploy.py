@@ -303,6 +303,14 @@ def _find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> 
     return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
 
 
+def _workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Deployments and StatefulSets: every object that runs pods."""
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+WORKLOAD = {"exporter": "StatefulSet", "remediator": "Deployment"}
+
+
 def _component(objects: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind
              and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
@@ -403,9 +411,9 @@ def _validate(obj: dict[str, Any], operator_schemas: dict[tuple[str, str], dict[
 def test_every_object_of_the_example_overlay_is_valid_for_its_kind(
         overlay: list[dict[str, Any]], operator_schemas: dict[tuple[str, str], dict[str, Any]]) -> None:
     kinds = {(o["apiVersion"], o["kind"]) for o in overlay}
-    assert kinds >= PROMETHEUS_OPERATOR_KINDS | {("apps/v1", "Deployment"), ("v1", "Service"),
-                                                 ("policy/v1", "PodDisruptionBudget"), ("v1", "ConfigMap"),
-                                                 ("v1", "Secret"), ("v1", "Namespace")}
+    assert kinds >= PROMETHEUS_OPERATOR_KINDS | {("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"),
+                                                 ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"),
+                                                 ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Namespace")}
     for obj in overlay:
         try:
             _validate(obj, operator_schemas)
@@ -438,18 +446,18 @@ def test_schemas_reject_a_typo_or_a_wrong_type(overlay: list[dict[str, Any]], ki
 
 
 def test_every_service_selects_pods_and_targets_a_named_container_port(overlay: list[dict[str, Any]]) -> None:
-    deployments = _find(overlay, "Deployment")
+    deployments = _workloads(overlay)
     for service in _find(overlay, "Service"):
         selector = service["spec"]["selector"]
         pods = [d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
-        assert len(pods) == 1, f"Service {service['metadata']['name']} selects {len(pods)} Deployments"
+        assert len(pods) == 1, f"Service {service['metadata']['name']} selects {len(pods)} workloads"
         port_names = {p["name"] for p in _container(pods[0])["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names
 
 
 def test_deployment_selectors_match_their_own_pod_labels(overlay: list[dict[str, Any]]) -> None:
-    for deployment in _find(overlay, "Deployment"):
+    for deployment in _workloads(overlay):
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
@@ -471,9 +479,27 @@ def test_service_monitors_scrape_with_the_job_name_and_intervals_the_rules_assum
         assert endpoint["scrapeTimeout"] == PRODUCTION["scrape_timeout"]
 
 
-def test_the_exporter_runs_once_and_the_remediator_at_least_twice_with_a_disruption_budget(
-        overlay: list[dict[str, Any]]) -> None:
-    assert _component(overlay, "Deployment", "exporter")["spec"]["replicas"] == 1
+def test_the_exporter_shards_match_the_replicas_and_the_remediator_runs_twice_with_a_disruption_budget(
+        overlay: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.settings import settings_from_args
+
+    exporter = _component(overlay, "StatefulSet", "exporter")
+    replicas = exporter["spec"]["replicas"]
+    assert exporter["spec"]["serviceName"] == _component(overlay, "Service", "exporter")["metadata"]["name"]
+    assert _component(overlay, "Service", "exporter")["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e for e in _container(exporter)["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # Each pod, its name substituted as Kubernetes does, is a different shard of `replicas`.
+    shards = set()
+    for ordinal in range(replicas):
+        pod_name = f"{exporter['metadata']['name']}-{ordinal}"
+        value = env["EXEC_WATCHDOG_SHARD"]["value"].replace("$(POD_NAME)", pod_name)
+        args = _parse_command(["exporter", "--agent-secret", "x", "--database-url", "postgresql://db/x"],
+                              {"EXEC_WATCHDOG_SHARD": value}, monkeypatch)
+        shard = settings_from_args(args).shard
+        assert shard is not None and shard.count == replicas
+        shards.add(shard.index)
+    assert shards == set(range(replicas))
     remediator = _component(overlay, "Deployment", "remediator")
     assert remediator["spec"]["replicas"] >= 2
     (budget,) = _find(overlay, "PodDisruptionBudget")
@@ -486,7 +512,7 @@ def test_the_remediator_is_ready_on_readyz_and_alive_on_healthz(overlay: list[di
     container = _container(_component(overlay, "Deployment", "remediator"))
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    exporter = _container(_component(overlay, "Deployment", "exporter"))
+    exporter = _container(_component(overlay, "StatefulSet", "exporter"))
     assert exporter["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
@@ -525,7 +551,7 @@ def _parse_command(args: list[str], env: dict[str, str], monkeypatch: pytest.Mon
 @pytest.mark.parametrize("component", ["exporter", "remediator"])
 def test_containers_set_only_settings_their_command_reads_and_their_args_parse(
         overlay: list[dict[str, Any]], component: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    container = _container(_component(overlay, "Deployment", component))
+    container = _container(_component(overlay, WORKLOAD[component], component))
     assert container["args"][0] == component
     env = _container_env(container, overlay)
     settings = {name for name in env if name.startswith("EXEC_WATCHDOG_")}
@@ -539,7 +565,7 @@ def test_containers_set_only_settings_their_command_reads_and_their_args_parse(
 @pytest.mark.parametrize("component", ["exporter", "remediator"])
 def test_credentials_come_from_the_secret_as_files_and_connection_urls_as_secret_refs(
         overlay: list[dict[str, Any]], component: str) -> None:
-    deployment = _component(overlay, "Deployment", component)
+    deployment = _component(overlay, WORKLOAD[component], component)
     container, pod = _container(deployment), deployment["spec"]["template"]["spec"]
     env = _container_env(container, overlay)
     assert env["EXEC_WATCHDOG_DATABASE_URL"] == "secret:database-url"
@@ -566,7 +592,7 @@ def test_every_secret_key_the_manifests_use_is_in_the_secret_and_its_example(ove
                   if line and not line.startswith("#")}
     assert set(secret["data"]) == documented
     used: set[str] = set()
-    for deployment in _find(overlay, "Deployment"):
+    for deployment in _workloads(overlay):
         pod = deployment["spec"]["template"]["spec"]
         for entry in _container(deployment).get("env", []):
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
@@ -598,7 +624,7 @@ def test_alertmanager_reaches_the_remediator_service_in_the_overlays_namespace(o
 def test_pods_meet_the_restricted_pod_security_standard(overlay: list[dict[str, Any]]) -> None:
     (namespace,) = _find(overlay, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    for deployment in _find(overlay, "Deployment"):
+    for deployment in _workloads(overlay):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
@@ -615,7 +641,7 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay: list[dict[str, 
 def test_the_only_wildcard_binds_are_the_listen_addresses_inside_the_pods(overlay: list[dict[str, Any]]) -> None:
     text = json.dumps(overlay)
     wildcard = [m.start() for m in re.finditer(r"0\.0\.0\.0", text)]
-    listens = [c for d in _find(overlay, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]]
+    listens = [c for d in _workloads(overlay) for c in d["spec"]["template"]["spec"]["containers"]]
     assert len(wildcard) == len(listens)
     for container in listens:
         assert {"name": "EXEC_WATCHDOG_LISTEN", "value": f"0.0.0.0:{container['ports'][0]['containerPort']}"} \
@@ -624,11 +650,11 @@ def test_the_only_wildcard_binds_are_the_listen_addresses_inside_the_pods(overla
 
 def test_the_base_deploys_the_image_of_this_version_and_the_overlay_retags_it(overlay: list[dict[str, Any]]) -> None:
     base = kustomize_build_base()
-    images = {c["image"] for d in _find(base, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {c["image"] for d in _workloads(base) for c in d["spec"]["template"]["spec"]["containers"]}
     version = __version__ if "+" not in __version__ else tomllib.loads(
         (ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert images == {f"exec-watchdog:{version}"}
-    overlaid = {c["image"] for d in _find(overlay, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
+    overlaid = {c["image"] for d in _workloads(overlay) for c in d["spec"]["template"]["spec"]["containers"]}
     assert overlaid == {f"registry.example.com/exec-watchdog:{version}"}
 
 
@@ -1123,3 +1149,39 @@ def test_deployment_docs_name_only_files_that_exist(document: Path) -> None:
     missing = [n for n in named if not (ROOT / n.rstrip("/")).exists()]
     assert not missing, f"{document.name} names missing files: {missing}"
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus HA pair (deploy/prometheus-ha)
+
+
+def test_the_prometheus_ha_config_drops_its_replica_label_from_alerts_and_scrapes_every_shard(
+        tmp_path: Path) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus-ha" / "prometheus.yml").read_text())
+    (replica_label,) = config["global"]["external_labels"]
+    assert config["global"]["external_labels"][replica_label] == "${PROMETHEUS_REPLICA}"
+    # Dropped for alerts, and only that label: the two servers' alerts become identical.
+    assert config["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": replica_label}]
+    assert len(config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]) == 2
+    for key in ("scrape_interval", "scrape_timeout", "evaluation_interval"):
+        assert config["global"][key] == PRODUCTION[key]
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "endpoints", "namespaces": {"names": [render.NAMESPACE]}}]
+    keep, port, rename = job["relabel_configs"]
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], PRODUCTION["exporter_job"]) \
+        and re.fullmatch(keep["regex"], PRODUCTION["remediator_job"])
+    # Every port the Services name, and the job taken from the Service label the ServiceMonitors use.
+    base = kustomize_build_base()
+    service_ports = {p["name"] for s in _find(base, "Service") for p in s["spec"]["ports"]}
+    assert {n for n in service_ports if re.fullmatch(port["regex"], n)} == service_ports
+    assert rename == {"source_labels": [render.JOB_LABEL_META], "target_label": "job"}
+    assert render.JOB_LABEL_META.endswith("_exec_watchdog_io_job")
+    # Debian's promtool is built without Kubernetes discovery: check the rest of the file with
+    # the discovery swapped for static targets.
+    job.pop("kubernetes_sd_configs")
+    job["static_configs"] = [{"targets": ["exporter-0:9463"]}]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(config))
+    result = subprocess.run([_tool("promtool"), "check", "config", "--syntax-only", str(checked)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -33,7 +33,7 @@ def test_prometheus_config_passes_promtool_with_the_rendered_rules(tmp_path: Pat
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules("fast"))
     config = tmp_path / "prometheus.yml"
-    config.write_text(prometheus_config("fast", rules, "127.0.0.1:9463", ["127.0.0.1:9464", "127.0.0.1:9465"],
+    config.write_text(prometheus_config("fast", rules, ["127.0.0.1:9463"], ["127.0.0.1:9464", "127.0.0.1:9465"],
                                         ["127.0.0.1:9093", "127.0.0.1:9094"]))
 
     result = subprocess.run([find_binary("promtool"), "check", "config", str(config)], capture_output=True, text=True)
@@ -44,6 +44,26 @@ def test_prometheus_config_passes_promtool_with_the_rendered_rules(tmp_path: Pat
     assert parsed["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093",
                                                                                        "127.0.0.1:9094"]
     assert parsed["global"]["scrape_interval"] == "1s"
+    assert "external_labels" not in parsed["global"] and "alert_relabel_configs" not in parsed["alerting"]
+
+
+def test_a_prometheus_replica_labels_its_series_and_drops_the_label_from_alerts(tmp_path: Path) -> None:
+    """One server of an HA set scrapes every exporter shard; its replica label never reaches alerts."""
+    from alerts.render import render_rules
+
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render_rules("production"))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(prometheus_config("production", rules, ["127.0.0.1:9463", "127.0.0.1:9473"],
+                                        ["127.0.0.1:9464"], ["127.0.0.1:9093"], replica="prometheus-2"))
+
+    result = subprocess.run([find_binary("promtool"), "check", "config", str(config)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    parsed = yaml.safe_load(config.read_text())
+    assert parsed["global"]["external_labels"] == {"replica": "prometheus-2"}
+    assert parsed["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
+    assert parsed["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9463", "127.0.0.1:9473"]
 
 
 def test_alertmanager_config_sends_every_notification_to_every_replica(tmp_path: Path) -> None:
