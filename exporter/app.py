@@ -7,6 +7,7 @@ on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -22,13 +23,15 @@ from starlette.routing import Route
 
 from exporter.exposition import CONTENT_TYPE, render_snapshot
 from exporter.gather import Gatherer, poll_client
+from exporter.history import RunHistory
 from exporter.settings import ExporterSettings
 from exporter.snapshot import Snapshot
 from platform_access.database import create_engine
 from platform_access.slots import RedisSlots, SlotStore, SqlSlots
 
 INDEX = """exec-watchdog exporter
-/metrics  running executions, agent presence and capacity (one fresh scrape per request)
+/metrics  running executions, agent presence and capacity (one fresh scrape per request),
+          run history per schedule (read incrementally)
 /healthz  200 while the process serves requests
 """
 
@@ -62,6 +65,7 @@ PlatformCollector(registry=_PROCESS)
 
 def create_app(settings: ExporterSettings) -> Starlette:
     resources: dict[str, Gatherer] = {}
+    histories: dict[str, RunHistory] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -78,6 +82,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
             engine, client, slots, agent_timeout=settings.agent_timeout,
             poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
             scrape_timeout=settings.scrape_timeout)
+        histories["history"] = RunHistory(engine)
         try:
             yield
         finally:
@@ -87,8 +92,9 @@ def create_app(settings: ExporterSettings) -> Starlette:
             engine.dispose()
 
     async def metrics(request: Request) -> Response:
-        snapshot = await resources["gatherer"].gather()
-        return Response(render(snapshot), headers={"Content-Type": CONTENT_TYPE})
+        snapshot, history = await asyncio.gather(
+            resources["gatherer"].gather(), histories["history"].scrape(settings.scrape_timeout))
+        return Response(render(snapshot) + history, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok\n")

@@ -23,8 +23,18 @@ INVALID_ROWS = f"{PREFIX}_exporter_invalid_rows"
 AGENT_POLL_ERRORS = f"{PREFIX}_exporter_agent_poll_errors_total"
 BUILD_INFO = f"{PREFIX}_build_info"
 
+# Run history, per schedule (exporter/history.py).
+SCHEDULE_RUN_DURATION = f"{PREFIX}_schedule_run_duration_seconds"
+SCHEDULE_RUNS_ENDED_BY_WATCHDOG = f"{PREFIX}_schedule_runs_ended_by_watchdog_total"
+SCHEDULE_TIMEOUT = f"{PREFIX}_schedule_timeout_seconds"
+HISTORY_READY = f"{PREFIX}_exporter_history_ready"
+HISTORY_SKIPPED_ROWS = f"{PREFIX}_exporter_history_skipped_rows"
+HISTORY_READ_DURATION = f"{PREFIX}_exporter_history_read_duration_seconds"
+
 ALL = (
     EXECUTION_RUNTIME, EXECUTION_TIMEOUT, EXECUTION_AGENT_KNOWN,
     AGENT_UP, AGENT_REGISTRY_EXECUTIONS, AGENT_SLOTS_USED, AGENT_SLOTS_LIMIT,
     SCRAPE_DURATION, DATABASE_UP, INVALID_ROWS, AGENT_POLL_ERRORS, BUILD_INFO,
+    SCHEDULE_RUN_DURATION, SCHEDULE_RUNS_ENDED_BY_WATCHDOG, SCHEDULE_TIMEOUT,
+    HISTORY_READY, HISTORY_SKIPPED_ROWS, HISTORY_READ_DURATION,
 )

@@ -18,6 +18,7 @@ from platform_access.schema import (
     PLATFORM_TABLES,
     RUNNING,
     STATUSES,
+    ZERO_TIMEOUT_SECONDS,
     agent_ownership,
     agent_schedules,
     metadata,
@@ -100,12 +101,12 @@ def create_platform_tables(engine: sa.Engine, extra: sa.MetaData | None = None) 
         extra.create_all(engine)
 
 
-def _effective_timeout(*candidates: object) -> int:
-    """COALESCE(schedule, agent, 3600), skipping values no sane writer would store."""
-    for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_TIMEOUT_SECONDS
+def effective_timeout(schedule_timeout: object, agent_timeout: object) -> int:
+    """Trinity's rule: COALESCE(schedule, agent, 3600), then 0 (or anything but a positive integer) is 900 s."""
+    value = next((v for v in (schedule_timeout, agent_timeout) if v is not None), DEFAULT_TIMEOUT_SECONDS)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return ZERO_TIMEOUT_SECONDS
 
 
 _SELECT_EXECUTIONS = sa.select(
@@ -138,7 +139,7 @@ def _to_execution(row: Any) -> Execution:
         schedule_id=str(row.schedule_id),
         status=row.status,
         started_at=started,
-        timeout_seconds=_effective_timeout(row.schedule_timeout, row.agent_timeout),
+        timeout_seconds=effective_timeout(row.schedule_timeout, row.agent_timeout),
         leased=row.lease_expires_at is not None,
     )
 

@@ -16,6 +16,7 @@ RUNNING = "running"
 STATUSES = frozenset({"queued", "running", "success", "failed", "cancelled", "skipped", "pending_retry"})
 MANUAL_SCHEDULE = "__manual__"
 DEFAULT_TIMEOUT_SECONDS = 3600
+ZERO_TIMEOUT_SECONDS = 900  # Trinity: a COALESCE that comes out 0 or NULL means 15 minutes
 DEFAULT_MAX_PARALLEL_TASKS = 3
 
 schedule_executions = sa.Table(
