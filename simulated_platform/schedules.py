@@ -15,14 +15,20 @@ benchmarks write it straight into the table).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
+from platform_access.schema import agent_schedules
 from platform_access.timestamps import format_utc
+from simulated_platform.scheduler import Scheduler
 
 Draw = Callable[[random.Random], float]
 
@@ -108,3 +114,34 @@ def history_rows(placed: Sequence[tuple[SimSchedule, str]], start: datetime, end
             at += timedelta(seconds=schedule.every_seconds * rng.uniform(0.9, 1.1))
     rows.sort(key=lambda r: str(r["completed_at"]))
     yield from rows
+
+
+def register(engine: sa.Engine, placed: Sequence[tuple[SimSchedule, str]]) -> None:
+    """Write the schedules' ``agent_schedules`` rows (the agents must exist already)."""
+    with engine.begin() as conn:
+        for schedule, agent in placed:
+            conn.execute(sa.insert(agent_schedules).values(
+                id=schedule.schedule_id(agent), agent_name=agent, name=f"simulated {schedule.name}",
+                timeout_seconds=schedule.timeout_seconds))
+
+
+def place(schedules: Sequence[SimSchedule], agents: Sequence[str]) -> list[tuple[SimSchedule, str]]:
+    """Each schedule on an agent of its own (round robin)."""
+    return [(schedule, agents[i % len(agents)]) for i, schedule in enumerate(schedules)]
+
+
+async def run_schedules(scheduler: Scheduler, placed: Sequence[tuple[SimSchedule, str]], duration_seconds: float,
+                        *, every_seconds: float = 3.0, seed: int | None = None) -> None:
+    """Start a run of every placed schedule every ``every_seconds`` (jittered) for ``duration_seconds``.
+
+    Runs past their timeout start as ``hang`` runs: the watchdog's overdue alert ends them, and
+    nobody reports them, as on a real platform.
+    """
+    rng = random.Random(seed)
+    deadline = time.monotonic() + duration_seconds
+    while time.monotonic() < deadline:
+        for schedule, agent in placed:
+            seconds, overruns = schedule.runs(rng)
+            await scheduler.start(agent, 0.0 if overruns else seconds, "hang" if overruns else "none",
+                                  schedule_id=schedule.schedule_id(agent), timeout_seconds=schedule.timeout_seconds)
+        await asyncio.sleep(every_seconds * rng.uniform(0.8, 1.2))
