@@ -14,8 +14,8 @@ must cover commit lag plus clock skew between the platform's writers and the exp
 
 What the counters cannot see: rows the platform deletes (retention pruning) stay counted until the
 exporter restarts, when the totals drop and Prometheus reads a counter reset; a late ``success``
-written over a ``failed`` more than ``overlap_seconds`` later is counted under both statuses until
-a restart. Both show as a one-off step in ``increase()``, never as a lasting error.
+written over a ``failed`` stays counted as failed (or, written more than ``overlap_seconds``
+later, as both) until a restart. Both show as a one-off step, never as a lasting error.
 
 Reads run in a worker thread. A scrape waits for the read it started at most its budget, then
 publishes the last finished state; a read still running is joined by the next scrape, never
@@ -117,6 +117,7 @@ class RunHistory:
         self._totals = _Totals()
         self._lock = threading.Lock()  # one read at a time, even if called from two threads
         self._reading: asyncio.Future[None] | None = None
+        self._failing = False
         self._rendered = _render_families(None, {}, read_seconds=None)
         self.reads = 0
 
@@ -171,7 +172,13 @@ class RunHistory:
         try:
             self.read()
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            log.warning("run history not read", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            if not self._failing:  # once per outage, not every scrape; the totals stay as last read
+                log.warning("run history not read", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("run history read again")
+            self._failing = False
 
     def exposition(self) -> bytes:
         return self._rendered

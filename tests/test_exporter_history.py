@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -150,3 +151,19 @@ async def test_a_scrape_publishes_the_last_finished_read_and_never_starts_two(en
     assert first == second and history.reads == 1
     assert b'exec_watchdog_schedule_run_duration_seconds_count{agent="a1",schedule_id="s1",status="success"} 1.0' \
         in first
+
+
+async def test_an_unreadable_database_keeps_the_last_totals_and_the_scrape_answers(tmp_path: Path) -> None:
+    from platform_access.database import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'trinity.db'}")
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        _complete(conn, "r1")
+    history = RunHistory(engine)
+    await history.scrape(5.0)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE agent_schedules")  # the next read fails
+    body = await history.scrape(5.0)
+    assert b'status="success"} 1.0' in body and history.reads == 1
+    engine.dispose()
