@@ -225,6 +225,8 @@ def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -
     something to show do once something happened: a run going on, a recovery, an agent error."""
     p = pipeline
     p.start(LONG, 600)  # something running, for the per-execution panels
+    short = p.start(LONG, 0.5)  # something completed, for the run-history panels
+    eventually(lambda: p.status(short.execution_id) == "success", 20, "a short run completed")
     orphan = p.start(DASHBOARD, 600)
     p.restart_agent(DASHBOARD)
     eventually(lambda: p.failed(orphan.execution_id), 20, "a recovery happened")
@@ -236,6 +238,8 @@ def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -
         p.resume_agent(DASHBOARD)
     eventually(lambda: p.series(f'exec_watchdog_execution_runtime_seconds{{agent="{LONG}"}}'), 10,
                "the long run is scraped")
+    eventually(lambda: p.series(f'exec_watchdog_schedule:successful_runs:window{{agent="{LONG}"}}'), 15,
+               "the completed run is in the recorded run history")
 
     # rate() and increase() need two samples of a new series: allow a few scrapes for them.
     deadline = time.monotonic() + 10
