@@ -102,6 +102,10 @@ class _Totals:
     skipped: int = 0
     since: str | None = None  # the next read takes rows with completed_at >= this (None: all rows)
     recent: set[str] = field(default_factory=set)  # ids already counted with completed_at >= since
+    # The exposition of each histogram and of each schedule's counters, re-rendered only when they
+    # change: at ~130,000 series rendering everything on every read would cost more than the read.
+    histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    ended_text: dict[_Schedule, bytes] = field(default_factory=dict)
 
 
 class RunHistory:
@@ -136,6 +140,7 @@ class RunHistory:
             since = totals.since
             next_since = format_utc(self._clock() - self._overlap)
             recent: set[str] = set()
+            changed: set[tuple[str, str, str]] = set()
             with self._engine.connect() as conn:
                 timeouts = schedule_timeouts(conn)
                 for run in completed_runs(conn, completed_since=since):
@@ -148,10 +153,15 @@ class RunHistory:
                     if isinstance(run, SkippedRow):
                         totals.skipped += 1
                         continue
-                    totals.durations[(run.agent, run.schedule_id, run.status)].observe(run.duration_seconds)
+                    key = (run.agent, run.schedule_id, run.status)
+                    totals.durations[key].observe(run.duration_seconds)
+                    changed.add(key)
                     if run.watchdog_action is not None:
                         totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
             totals.since, totals.recent = next_since, recent
+            for key in changed:
+                totals.histogram_text[key] = _histogram_text(key, totals.durations[key])
+                totals.ended_text[key[:2]] = _ended_text(key[:2], totals.ended)
             self.reads += 1
             seconds = time.perf_counter() - started
             self._rendered = _render_families(totals, timeouts, read_seconds=seconds)
@@ -200,49 +210,50 @@ _number: Callable[[float], str] = floatToGoString  # client_python's formatting 
 _LE = [_number(b) for b in DURATION_BUCKETS]
 
 
+def _histogram_text(key: tuple[str, str, str], histogram: _Histogram) -> bytes:
+    agent, schedule, status = key
+    duration = names.SCHEDULE_RUN_DURATION
+    labels = f'agent="{_escape(agent)}",schedule_id="{_escape(schedule)}",status="{status}"'
+    cumulative, lines = 0, []
+    for le, count in zip(_LE, histogram.buckets, strict=True):
+        cumulative += count
+        lines.append(f'{duration}_bucket{{{labels},le="{le}"}} {_number(cumulative)}\n')
+    lines.append(f"{duration}_count{{{labels}}} {_number(cumulative)}\n")
+    lines.append(f"{duration}_sum{{{labels}}} {_number(histogram.total)}\n")
+    return "".join(lines).encode()
+
+
+def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> bytes:
+    # Every action for every schedule with runs, zeros included, so the first one shows in increase().
+    agent, schedule_id = schedule
+    name = names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG
+    return "".join(
+        f'{name}{{action="{action}",agent="{_escape(agent)}",schedule_id="{_escape(schedule_id)}"}} '
+        f"{_number(ended.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS).encode()
+
+
 def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
                      read_seconds: float | None) -> bytes:
-    """Text format 0.0.4, as client_python writes histograms, counters and gauges.
-
-    Written into one buffer a histogram at a time: at ~130,000 series (bench/history.md) a list of
-    every line would hold the text twice over in string objects before joining.
-    """
-    buffer = bytearray()
-
-    def write(*lines: str) -> None:
-        buffer.extend("".join(lines).encode())
-
-    duration = names.SCHEDULE_RUN_DURATION
-    write(_header(duration, "histogram"))
+    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order."""
+    parts = [_header(names.SCHEDULE_RUN_DURATION, "histogram").encode()]
     if totals is not None:
-        for (agent, schedule, status), histogram in sorted(totals.durations.items()):
-            labels = f'agent="{_escape(agent)}",schedule_id="{_escape(schedule)}",status="{status}"'
-            cumulative, lines = 0, []
-            for le, count in zip(_LE, histogram.buckets, strict=True):
-                cumulative += count
-                lines.append(f'{duration}_bucket{{{labels},le="{le}"}} {_number(cumulative)}\n')
-            write(*lines, f"{duration}_count{{{labels}}} {_number(cumulative)}\n",
-                  f"{duration}_sum{{{labels}}} {_number(histogram.total)}\n")
-    ended = names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG
-    write(_header(ended, "counter"))
+        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))
+    parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, "counter").encode())
     if totals is not None:
-        # Every action for every schedule with runs, zeros included, so the first one shows in increase().
-        schedules = sorted({(agent, schedule) for agent, schedule, _status in totals.durations})
-        for agent, schedule in schedules:
-            write(*(f'{ended}{{action="{action}",agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
-                    f"{_number(totals.ended.get((agent, schedule, action), 0))}\n" for action in WATCHDOG_ACTIONS))
-    write(_header(names.SCHEDULE_TIMEOUT, "gauge"))
-    for (agent, schedule), seconds in sorted(timeouts.items()):
-        write(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
-              f"{_number(seconds)}\n")
-    write(_header(names.HISTORY_READY, "gauge"), f"{names.HISTORY_READY} {'0.0' if totals is None else '1.0'}\n")
-    write(_header(names.HISTORY_SKIPPED_ROWS, "gauge"))
+        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text))
+    lines = [_header(names.SCHEDULE_TIMEOUT, "gauge")]
+    lines.extend(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
+                 f"{_number(seconds)}\n" for (agent, schedule), seconds in sorted(timeouts.items()))
+    lines.append(_header(names.HISTORY_READY, "gauge"))
+    lines.append(f"{names.HISTORY_READY} {'0.0' if totals is None else '1.0'}\n")
+    lines.append(_header(names.HISTORY_SKIPPED_ROWS, "gauge"))
     if totals is not None:
-        write(f"{names.HISTORY_SKIPPED_ROWS} {_number(totals.skipped)}\n")
-    write(_header(names.HISTORY_READ_DURATION, "gauge"))
+        lines.append(f"{names.HISTORY_SKIPPED_ROWS} {_number(totals.skipped)}\n")
+    lines.append(_header(names.HISTORY_READ_DURATION, "gauge"))
     if read_seconds is not None:
-        write(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
-    return bytes(buffer)
+        lines.append(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
+    parts.append("".join(lines).encode())
+    return b"".join(parts)
 
 
 __all__ = ["DURATION_BUCKETS", "FINAL_STATUSES", "RunHistory"]

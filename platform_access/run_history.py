@@ -47,7 +47,10 @@ _WATCHDOG_ACTION = sa.case(
 _SELECT_COMPLETED = sa.select(
     _t.id, _t.agent_name, _t.schedule_id, _t.status, _t.started_at, _t.completed_at, _t.duration_ms,
     _WATCHDOG_ACTION.label("watchdog_action"),
-).where(_t.status.in_(FINAL_STATUSES), _t.completed_at.is_not(None))
+).where(_t.completed_at.is_not(None))
+# The status is checked in Python, not in SQL: Trinity's schema indexes `status` but not
+# `completed_at`, and with `status IN (...)` SQLite walks that index over every final row (1.7x
+# slower than the plain scan an incremental read needs anyway).
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ def completed_runs(conn: sa.Connection, *, completed_since: str | None = None,
     if completed_since is not None:
         query = query.where(_t.completed_at >= completed_since)
     for row in conn.execution_options(yield_per=batch).execute(query):
-        yield _completed_run(row)
+        if row.status in FINAL_STATUSES:
+            yield _completed_run(row)
 
 
 def _completed_run(row: Any) -> CompletedRun | SkippedRow:
