@@ -39,6 +39,7 @@ system-deps:
 # Benchmarks print figures and their ratio to the issue's baseline (not timed tests).
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_exporter.py
+	$(BIN)/python bench/bench_history.py
 	$(BIN)/python bench/bench_remediator.py
 	$(BIN)/python bench/bench_inflight.py
 	$(BIN)/python bench/bench_recovery.py

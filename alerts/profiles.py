@@ -20,7 +20,7 @@ PROFILES: tuple[str, ...] = ("fast", "production")
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yml")
 
-Kind = Literal["duration", "seconds", "text"]
+Kind = Literal["duration", "seconds", "count", "text"]
 
 
 def _tunable(kind: Kind) -> Any:
@@ -60,6 +60,9 @@ class Profile:
     operator_group_interval: str = _tunable("duration")
     operator_repeat_interval: str = _tunable("duration")
     heartbeat_interval: str = _tunable("duration")
+    advice_window: str = _tunable("duration")
+    advice_min_runs: int = _tunable("count")
+    timeout_advice_for: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""
@@ -131,9 +134,10 @@ def load_file(path: Path = PROFILES_FILE) -> tuple[dict[str, Profile], dict[str,
 def _checked(path: Path, tunable: str, profile: str, value: object) -> object:
     kind = _kind(tunable)
     where = f"{path}: {tunable}.{profile}"
-    if kind == "seconds":
+    if kind in ("seconds", "count"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ProfileError(f"{where}: expected a positive whole number of seconds, got {value!r}")
+            unit = "seconds" if kind == "seconds" else "runs"
+            raise ProfileError(f"{where}: expected a positive whole number of {unit}, got {value!r}")
         return value
     if not isinstance(value, str) or not value:
         raise ProfileError(f"{where}: expected a string, got {value!r}")

@@ -30,11 +30,21 @@ EXPORTER_INSTANCE = "exporter:9465"
 REMEDIATOR_INSTANCE = "remediator:9464"
 
 
-def case(name: str) -> Callable[[Case], Case]:
+def case(name: str, applies: Callable[[Profile], bool] | None = None) -> Callable[[Case], Case]:
+    """Register a case; ``applies`` leaves it out of the profiles it says no to."""
     def register(build: Case) -> Case:
         CASES.append((name, build))
+        if applies is not None:
+            ONLY[name] = applies
         return build
     return register
+
+
+ONLY: dict[str, Callable[[Profile], bool]] = {}
+
+
+def cases_for(profile: Profile) -> list[tuple[str, Case]]:
+    return [(name, build) for name, build in CASES if name not in ONLY or ONLY[name](profile)]
 
 
 def humanize_duration(seconds: int) -> str:
@@ -661,10 +671,14 @@ def heartbeat(p: Profile) -> dict[str, Any]:
     }
 
 
+# The timeout-advice cases live beside their rules; importing them registers them here.
+from alerts import timeout_rule_tests  # noqa: E402, F401
+
+
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:
     """Every case for ``profile``, as promtool test groups."""
     interval = profile.evaluation_interval
-    return [{"name": name, "interval": interval, **build(profile)} for name, build in CASES]
+    return [{"name": name, "interval": interval, **build(profile)} for name, build in cases_for(profile)]
 
 
 def promtool_file(profile: Profile, rule_file: str, groups: list[dict[str, Any]] | None = None) -> dict[str, Any]:

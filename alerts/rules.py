@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alerts import timeout_rules
 from alerts.profiles import Profile
 from exporter import metric_names as exporter
 from remediator import metric_names as remediator
@@ -26,7 +27,7 @@ BREAKER_OPEN = "ExecWatchdogRemediatorBreakerOpen"
 HEARTBEAT = "ExecWatchdogHeartbeat"
 
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT)
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *timeout_rules.ALERTS)
 
 # The label that tells the remediator what to do, and its values (docs/contracts.md).
 REMEDIATION_LABEL = "remediation"
@@ -215,5 +216,6 @@ def rule_groups(profile: Profile) -> dict[str, Any]:
         "groups": [
             {"name": "exec-watchdog.executions", "interval": interval, "rules": execution_rules(profile)},
             {"name": "exec-watchdog.pipeline", "interval": interval, "rules": pipeline_rules(profile)},
+            timeout_rules.timeout_group(profile, _alert),
         ]
     }

@@ -18,6 +18,7 @@ The pipeline, in the order data flows:
   remediator  the Alertmanager webhook: re-verify, terminate, mark failed, release slot, announce
   demo        all of it, with real Prometheus and Alertmanager as child processes
   db          create the embedded database (never alters an existing one)
+  advise      advise a timeout per schedule from its completed runs (reads only)
 
 Every flag can also be set by an environment variable named EXEC_WATCHDOG_<FLAG>
 (for example EXEC_WATCHDOG_DATABASE_URL); a flag on the command line wins.
@@ -26,6 +27,7 @@ Every flag can also be set by an environment variable named EXEC_WATCHDOG_<FLAG>
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` on one part never pays for another part's imports at module load.
+    from exec_watchdog import advise as advise_cli
     from exporter import cli as exporter_cli
     from pipeline import cli as pipeline_cli
     from platform_access import cli as platform_cli
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="json", choices=["json", "console"],
                         help="json: one object per line (default); console: for people")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cli, exporter_cli, remediator_cli, pipeline_cli, platform_cli):
+    for module in (simulate_cli, exporter_cli, remediator_cli, pipeline_cli, platform_cli, advise_cli):
         module.register(commands)
     return parser
 

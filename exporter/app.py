@@ -8,6 +8,7 @@ on shutdown.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import redis
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from exporter.exposition import CONTENT_TYPE, render_snapshot
 from exporter.gather import Gatherer, poll_client
+from exporter.history import RunHistory
 from exporter.settings import ExporterSettings
 from exporter.snapshot import Snapshot
 from platform_access.database import create_engine
@@ -29,7 +31,8 @@ from platform_access.inflight import InflightStore, RedisInflight, SqlInflight
 from platform_access.slots import RedisSlots, SlotStore, SqlSlots
 
 INDEX = """exec-watchdog exporter
-/metrics  running executions, agent presence and capacity (one fresh scrape per request)
+/metrics  running executions, agent presence and capacity (one fresh scrape per request),
+          run history per schedule (read incrementally)
 /healthz  200 while the process serves requests
 """
 
@@ -63,6 +66,7 @@ PlatformCollector(registry=_PROCESS)
 
 def create_app(settings: ExporterSettings) -> Starlette:
     resources: dict[str, Gatherer] = {}
+    histories: dict[str, RunHistory] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +85,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
             poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
             scrape_timeout=settings.scrape_timeout, inflight=inflight,
             inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
+        histories["history"] = RunHistory(engine, owns=settings.shard.owns if settings.shard else None)
         try:
             yield
         finally:
@@ -90,8 +95,12 @@ def create_app(settings: ExporterSettings) -> Starlette:
             engine.dispose()
 
     async def metrics(request: Request) -> Response:
+        # The history read comes after the gather, not beside it: on a busy host the two compete for
+        # the same cores and both get slower (bench/history.md); it waits at most what is left.
+        started = time.monotonic()
         snapshot = await resources["gatherer"].gather()
-        return Response(render(snapshot), headers={"Content-Type": CONTENT_TYPE})
+        history = await histories["history"].scrape(settings.scrape_timeout - (time.monotonic() - started))
+        return Response(render(snapshot) + history, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok\n")

@@ -30,6 +30,7 @@ from grafana.panels import (
     time_series,
     value_texts,
 )
+from grafana.timeout_panels import timeouts
 from remediator import metric_names as remediator_metrics
 
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
@@ -489,6 +490,7 @@ def build() -> model.Dashboard:
         ("Executions", executions()),
         ("Alerts and recoveries", alerts_and_recoveries()),
         ("Agents and capacity", agents()),
+        ("Timeouts from evidence", timeouts()),
         ("Watchdog health", health()),
     ):
         board = board.with_row(row(title))

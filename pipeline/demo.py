@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--profile", default="fast", choices=PROFILES,
              help="alerts/ profile: fast (seconds) or production (minutes: the first recovery takes a while)")
     add_flag(parser, "--seed", type=int, help="random seed, for a repeatable run")
+    add_flag(parser, "--advice-schedules", default="on", choices=["on", "off"],
+             help="also run four schedules with distinct runtimes (fast, slow, heavy tail, too tight) so the "
+                  "timeout advice and its TooTight/TooLoose warnings have something to show")
     add_flag(parser, "--summary-every", type=float, default=10.0, help="seconds between summary lines")
     add_flag(parser, "--workdir", help="directory for configurations, data and logs (default: a temporary one, "
                                        "removed on a clean exit)")
@@ -184,6 +187,12 @@ class Demo:
         self._task(poll_alerts(stack.alertmanager_urls[0], account.on_alerts))
         self._task(self._summaries(account))
         workload = self._task(run_workload(platform.scheduler, self.workload))
+        if self.args.advice_schedules == "on":
+            from simulated_platform.schedules import DEMO, place, register, run_schedules
+
+            placed = place(DEMO, options.agent_names)
+            await asyncio.to_thread(register, platform.engine, placed)
+            self._task(run_schedules(platform.scheduler, placed, self.workload.duration_seconds, seed=self.args.seed))
         crash = self._task(self._watch_children(stack))
         timer = self._task(asyncio.sleep(self.workload.duration_seconds if self.args.duration else 1e9))
         done, _ = await asyncio.wait({crash, timer, stopped, workload}, return_when=asyncio.FIRST_COMPLETED)

@@ -24,13 +24,11 @@ from typing import Literal
 from platform_access.agent_client import AgentResult
 from platform_access.database import Claim
 from platform_access.retained import RetainedResult
+from platform_access.run_history import RECOVERED_NOTICE
 from remediator.texts import MAX_ERROR_CHARS
 
 REMEDIATION = "claim_result"  # the alert label of runs the agent lists as recently completed: claimed, never failed
 CLAIM_DEFER_SECONDS = 180.0
-# One line ahead of a claimed success's response, so readers know where it came from.
-RECOVERED_NOTICE = ("[Recovered by watchdog: this result was kept by the agent after the platform "
-                    "lost track of the run]")
 _STATUS = {"success": "success", "cancelled": "cancelled"}  # anything else is a failure
 
 Step = Literal["claim", "fail", "fail_no_record", "wait", "retry"]

@@ -61,6 +61,7 @@ class Started:
     fault: Fault
     started_at: datetime
     timeout_seconds: int
+    schedule_id: str = ""  # "" means the agent's simulated schedule, sim-{agent}
 
 
 class Scheduler:
@@ -100,13 +101,15 @@ class Scheduler:
                         id=f"sim-{name}", agent_name=name, name=f"simulated work on {name}",
                         timeout_seconds=self.timeout_seconds))
 
-    async def start(self, agent: str, seconds: float, fault: Fault = "none") -> Started:
+    async def start(self, agent: str, seconds: float, fault: Fault = "none", *, schedule_id: str = "",
+                    timeout_seconds: int | None = None) -> Started:
         """Admit a run (row and slot) and dispatch it; an ``inflight`` run is dispatched later,
-        in the background, and :meth:`drain` waits for it."""
+        in the background, and :meth:`drain` waits for it. ``schedule_id``/``timeout_seconds``
+        give it a schedule of its own (see schedules.py)."""
         if fault not in FAULTS:
             raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
         execution_id = secrets.token_urlsafe(16)
-        started = Started(execution_id, agent, fault, utcnow(), self.timeout_seconds)
+        started = Started(execution_id, agent, fault, utcnow(), timeout_seconds or self.timeout_seconds, schedule_id)
         await anyio.to_thread.run_sync(self._insert, started)
         self.started[execution_id] = started  # only runs that really have a row
         if self.dispatches:
@@ -177,7 +180,7 @@ class Scheduler:
     def _insert(self, s: Started) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(schedule_executions).values(
-                id=s.execution_id, schedule_id=f"sim-{s.agent}", agent_name=s.agent, status="running",
+                id=s.execution_id, schedule_id=s.schedule_id or f"sim-{s.agent}", agent_name=s.agent, status="running",
                 started_at=format_utc(s.started_at), message=f"simulated {s.fault} run", triggered_by="schedule",
                 queued_at=format_utc(s.started_at)))
         self.slots.acquire(s.agent, s.execution_id, s.started_at, f"simulated {s.fault} run", s.timeout_seconds)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts import rule_tests, rules
+from alerts import rule_tests, rules, timeout_rules
 from alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEIVER, REMEDIATOR_RECEIVER
 from alerts.profiles import PROFILES, load_profile
 from alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
@@ -34,9 +34,10 @@ def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
-def rendered_rules(profile: str) -> list[dict[str, Any]]:
+def rendered_rules(profile: str, *, recording: bool = False) -> list[dict[str, Any]]:
+    """The alert rules of the rendered file (and the recording rules with ``recording``)."""
     document = yaml.safe_load(render_rules(profile))
-    return [rule for group in document["groups"] for rule in group["rules"]]
+    return [rule for group in document["groups"] for rule in group["rules"] if recording or "alert" in rule]
 
 
 def test_a_missing_tool_fails_the_run_and_says_to_run_make_system_deps() -> None:
@@ -52,11 +53,14 @@ def test_promtool_accepts_the_rule_file(profile: str, tmp_path: Path) -> None:
     path.write_text(render_rules(profile))
     result = run(require_tool("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(rules.ALERTS)} rules found" in result.stdout
+    recorded = len(timeout_rules.recording_rules(load_profile(profile)))
+    assert f"SUCCESS: {len(rules.ALERTS) + recorded} rules found" in result.stdout
 
 
-@pytest.mark.parametrize(("profile", "case"), [(p, name) for p in PROFILES for name, _ in rule_tests.CASES],
-                         ids=[f"{p}: {name}" for p in PROFILES for name, _ in rule_tests.CASES])
+_CASES = [(p, name) for p in PROFILES for name, _ in rule_tests.cases_for(load_profile(p))]
+
+
+@pytest.mark.parametrize(("profile", "case"), _CASES, ids=[f"{p}: {name}" for p, name in _CASES])
 def test_rule_behaves_as_the_case_says(profile: str, case: str, tmp_path: Path) -> None:
     """One promtool test group per case, so a failure names its sentence."""
     group = next(g for g in rule_tests.promtool_groups(load_profile(profile)) if g["name"] == case)
@@ -156,15 +160,18 @@ def test_metric_name_parser_finds_selectors_and_skips_functions_keywords_and_lab
 @pytest.mark.parametrize("profile", PROFILES)
 def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str) -> None:
     """A renamed metric must fail here, not silently disarm an alert."""
-    published = set(exporter_metrics.ALL) | set(remediator_metrics.ALL) | {"up"}
-    used = {name for rule in rendered_rules(profile) for name in metric_names(rule["expr"])}
+    duration = exporter_metrics.SCHEDULE_RUN_DURATION
+    published = (set(exporter_metrics.ALL) | set(remediator_metrics.ALL) | {"up"}
+                 | {f"{duration}_bucket", f"{duration}_count"} | set(timeout_rules.RECORDED))
+    used = {name for rule in rendered_rules(profile, recording=True) for name in metric_names(rule["expr"])}
     assert used <= published, f"rules use metrics nobody publishes: {sorted(used - published)}"
     # The parser really found the rules' metrics (an empty set would pass the check above).
     assert {exporter_metrics.EXECUTION_RUNTIME, exporter_metrics.EXECUTION_AGENT_KNOWN,
             exporter_metrics.EXECUTION_TIMEOUT, exporter_metrics.AGENT_UP, exporter_metrics.DATABASE_UP,
             exporter_metrics.EXECUTION_RECENTLY_COMPLETED, exporter_metrics.EXECUTION_DISPATCH_INFLIGHT,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
-            "up"} == used
+            "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
+            exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -205,6 +212,8 @@ ROUTES = {
     rules.REMEDIATOR_FAILING: OPERATOR_RECEIVER,
     rules.BREAKER_OPEN: OPERATOR_RECEIVER,
     rules.HEARTBEAT: HEARTBEAT_RECEIVER,
+    timeout_rules.TOO_TIGHT: OPERATOR_RECEIVER,  # warnings about configuration: never remediated
+    timeout_rules.TOO_LOOSE: OPERATOR_RECEIVER,
 }
 
 

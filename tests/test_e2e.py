@@ -263,8 +263,10 @@ def sparse(expr: str) -> bool:
     """Panels empty by design when nothing is wrong at this moment: alerts listed only while some
     fire, annotations that mark moments only when something happened, and counts of runs in a
     rare state."""
+    # The advised timeout needs advice_min_runs successful runs of one schedule in the window:
+    # tests/test_e2e_timeouts.py runs schedules for it and checks those panels with data.
     return (("ALERTS{" in expr and "or vector(0)" not in expr) or expr.rstrip().endswith("> 0")
-            or any(name in expr for name in RARE_STATES))
+            or any(name in expr for name in RARE_STATES) or "timeout_seconds:advised" in expr)
 
 
 def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -> None:
@@ -272,6 +274,8 @@ def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -
     something to show do once something happened: a run going on, a recovery, an agent error."""
     p = pipeline
     p.start(LONG, 600)  # something running, for the per-execution panels
+    short = p.start(LONG, 0.5)  # something completed, for the run-history panels
+    eventually(lambda: p.status(short.execution_id) == "success", 20, "a short run completed")
     orphan = p.start(DASHBOARD, 600)
     p.restart_agent(DASHBOARD)
     eventually(lambda: p.failed(orphan.execution_id), 20, "a recovery happened")
@@ -283,6 +287,8 @@ def test_every_dashboard_query_runs_on_the_real_prometheus(pipeline: Pipeline) -
         p.resume_agent(DASHBOARD)
     eventually(lambda: p.series(f'exec_watchdog_execution_runtime_seconds{{agent="{LONG}"}}'), 10,
                "the long run is scraped")
+    eventually(lambda: p.series(f'exec_watchdog_schedule:successful_runs:window{{agent="{LONG}"}}'), 15,
+               "the completed run is in the recorded run history")
 
     # rate() and increase() need two samples of a new series: allow a few scrapes for them.
     deadline = time.monotonic() + 10

@@ -1,0 +1,264 @@
+"""Run history per schedule: completed runs' durations and the runs the watchdog ended.
+
+The counters are derived from the table, not from memory: the first read aggregates every
+completed run; later reads add only the rows completed since (``completed_at`` at or after a
+watermark). So a restarted exporter publishes the same totals as the one before it, and
+Prometheus sees a counter that simply continues (an exporter that counted from its own start
+would look like a reset and ``increase()`` would count the restart's backlog twice).
+
+Late and equal timestamps: a writer stamps ``completed_at`` before its transaction commits, so a
+row can become visible with a timestamp older than rows already read. Every read therefore goes
+back ``overlap_seconds`` before the start of the previous read (by the exporter's clock), and
+skips the ids it already counted in that stretch; only those ids are remembered. The overlap
+must cover commit lag plus clock skew between the platform's writers and the exporter.
+
+What the counters cannot see: rows the platform deletes (retention pruning) stay counted until the
+exporter restarts, when the totals drop and Prometheus reads a counter reset; a late ``success``
+written over a ``failed`` stays counted as failed (or, written more than ``overlap_seconds``
+later, as both) until a restart. Both show as a one-off step, never as a lasting error.
+
+Reads run in a worker thread. A scrape waits for the read it started at most its budget, then
+publishes the last finished state; a read still running is joined by the next scrape, never
+started twice. The first read of a large table (1,000,000 rows: see bench/bench_history.py) takes
+a few scrapes; until it finishes ``exec_watchdog_exporter_history_ready`` is 0 and no history
+series are published, rather than partial totals.
+
+Exposition (a few lines)::
+
+    exec_watchdog_schedule_run_duration_seconds_bucket{agent="a1",schedule_id="nightly",status="success",le="60.0"} 12.0
+    exec_watchdog_schedule_run_duration_seconds_count{agent="a1",schedule_id="nightly",status="success"} 40.0
+    exec_watchdog_schedule_runs_ended_by_watchdog_total{action="auto_terminated",agent="a1",schedule_id="nightly"} 3.0
+    exec_watchdog_schedule_timeout_seconds{agent="a1",schedule_id="nightly"} 600.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+import structlog
+from prometheus_client.utils import floatToGoString
+
+from exporter import metric_names as names
+from platform_access.run_history import (
+    FINAL_STATUSES,
+    WATCHDOG_ACTIONS,
+    SkippedRow,
+    completed_runs,
+    schedule_timeouts,
+)
+from platform_access.timestamps import format_utc, utcnow
+
+log = structlog.get_logger("exporter")
+
+# Upper bounds (seconds) from a second to a day. Between a minute and two hours, where timeouts are
+# set, neighbours differ by at most half, so a p99 estimated inside a bucket (linearly, as
+# histogram_quantile does) is off by a fraction of the bucket, not by a doubling.
+DURATION_BUCKETS: tuple[float, ...] = (
+    1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 360, 450, 600, 750, 900, 1200, 1500,
+    1800, 2100, 2400, 2700, 3000, 3600, 4500, 5400, 7200, 10800, 14400, 21600, 43200, 86400, float("inf"),
+)
+OVERLAP_SECONDS = 300.0  # how far back each read looks for rows committed late
+
+HELP = {
+    names.SCHEDULE_RUN_DURATION: "Durations of a schedule's completed runs (duration_ms, else completed_at - "
+                                 "started_at), by final status; manual runs under schedule_id __manual__.",
+    names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG: "Completed runs the watchdog ended, by action: orphan_recovered, "
+                                           "auto_terminated, result_recovered (recognised by the texts it writes).",
+    names.SCHEDULE_TIMEOUT: "Effective timeout of the schedule's runs: COALESCE(schedule, agent, 3600), 0 means 900.",
+    names.HISTORY_READY: "1 once the first full read of the run history has finished (history series are "
+                         "published from then on).",
+    names.HISTORY_SKIPPED_ROWS: "Completed rows left out of the run history: no agent name or unreadable timestamps.",
+    names.HISTORY_READ_DURATION: "Wall time of the last finished run-history read.",
+}
+
+_Schedule = tuple[str, str]  # (agent, schedule_id)
+
+
+@dataclass(slots=True)
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # not cumulative
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+@dataclass(slots=True)
+class _Totals:
+    """Everything counted so far. Only the reader thread mutates it; scrapes read rendered bytes."""
+
+    durations: dict[tuple[str, str, str], _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    ended: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    skipped: int = 0
+    since: str | None = None  # the next read takes rows with completed_at >= this (None: all rows)
+    recent: set[str] = field(default_factory=set)  # ids already counted with completed_at >= since
+    # The exposition of each histogram and of each schedule's counters, re-rendered only when they
+    # change: at ~130,000 series rendering everything on every read would cost more than the read.
+    histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    ended_text: dict[_Schedule, bytes] = field(default_factory=dict)
+
+
+class RunHistory:
+    """The incremental reader and the exposition of what it has read."""
+
+    def __init__(self, engine: sa.Engine, *, overlap_seconds: float = OVERLAP_SECONDS,
+                 clock: Callable[[], datetime] = utcnow, owns: Callable[[str], bool] | None = None) -> None:
+        if overlap_seconds < 0:
+            raise ValueError("the history overlap must not be negative")
+        self._engine = engine
+        self._overlap = timedelta(seconds=overlap_seconds)
+        self._clock = clock
+        self._owns = owns  # a shard publishes only its own agents' history: every series once in all
+        self._totals = _Totals()
+        self._lock = threading.Lock()  # one read at a time, even if called from two threads
+        self._reading: asyncio.Future[None] | None = None
+        self._failing = False
+        self._rendered = _render_families(None, {}, read_seconds=None)
+        self.reads = 0
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def read(self) -> None:
+        """Add the rows completed since the last read (every completed row the first time).
+
+        The watermark is the exporter's clock at the start of the previous read, minus the
+        overlap: a row committed after that read began was stamped (by the writer's clock) no
+        earlier than that, as long as commit lag plus clock skew stay below the overlap.
+        """
+        with self._lock:
+            started = time.perf_counter()
+            totals = self._totals
+            since = totals.since
+            next_since = format_utc(self._clock() - self._overlap)
+            recent: set[str] = set()
+            changed: set[tuple[str, str, str]] = set()
+            with self._engine.connect() as conn:
+                timeouts = schedule_timeouts(conn)
+                if self._owns is not None:
+                    timeouts = {key: value for key, value in timeouts.items() if self._owns(key[0])}
+                for run in completed_runs(conn, completed_since=since):
+                    if run.id in totals.recent:
+                        if run.completed_at >= next_since:
+                            recent.add(run.id)
+                        continue
+                    if run.completed_at >= next_since:
+                        recent.add(run.id)
+                    if isinstance(run, SkippedRow):
+                        totals.skipped += 1
+                        continue
+                    if self._owns is not None and not self._owns(run.agent):
+                        continue
+                    key = (run.agent, run.schedule_id, run.status)
+                    totals.durations[key].observe(run.duration_seconds)
+                    changed.add(key)
+                    if run.watchdog_action is not None:
+                        totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
+            totals.since, totals.recent = next_since, recent
+            for key in changed:
+                totals.histogram_text[key] = _histogram_text(key, totals.durations[key])
+                totals.ended_text[key[:2]] = _ended_text(key[:2], totals.ended)
+            self.reads += 1
+            seconds = time.perf_counter() - started
+            self._rendered = _render_families(totals, timeouts, read_seconds=seconds)
+
+    # -- scraping --------------------------------------------------------------------------------
+
+    async def scrape(self, budget: float) -> bytes:
+        """The history families, after waiting at most ``budget`` seconds for a fresh read."""
+        if self._reading is None or self._reading.done():
+            task = asyncio.ensure_future(asyncio.to_thread(self._read_logged))
+            self._reading = task
+        # Still reading after the budget: publish the last finished state; the next scrape joins this read.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reading), max(0.0, budget))
+        return self._rendered
+
+    def _read_logged(self) -> None:
+        try:
+            self.read()
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            if not self._failing:  # once per outage, not every scrape; the totals stay as last read
+                log.warning("run history not read", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("run history read again")
+            self._failing = False
+
+    def exposition(self) -> bytes:
+        return self._rendered
+
+
+# -- exposition ----------------------------------------------------------------------------------
+
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def _header(name: str, kind: str) -> str:
+    return f"# HELP {name} {HELP[name]}\n# TYPE {name} {kind}\n"
+
+
+_number: Callable[[float], str] = floatToGoString  # client_python's formatting (1e+06, +Inf)
+_LE = [_number(b) for b in DURATION_BUCKETS]
+
+
+def _histogram_text(key: tuple[str, str, str], histogram: _Histogram) -> bytes:
+    agent, schedule, status = key
+    duration = names.SCHEDULE_RUN_DURATION
+    labels = f'agent="{_escape(agent)}",schedule_id="{_escape(schedule)}",status="{status}"'
+    cumulative, lines = 0, []
+    for le, count in zip(_LE, histogram.buckets, strict=True):
+        cumulative += count
+        lines.append(f'{duration}_bucket{{{labels},le="{le}"}} {_number(cumulative)}\n')
+    lines.append(f"{duration}_count{{{labels}}} {_number(cumulative)}\n")
+    lines.append(f"{duration}_sum{{{labels}}} {_number(histogram.total)}\n")
+    return "".join(lines).encode()
+
+
+def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> bytes:
+    # Every action for every schedule with runs, zeros included, so the first one shows in increase().
+    agent, schedule_id = schedule
+    name = names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG
+    return "".join(
+        f'{name}{{action="{action}",agent="{_escape(agent)}",schedule_id="{_escape(schedule_id)}"}} '
+        f"{_number(ended.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS).encode()
+
+
+def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
+                     read_seconds: float | None) -> bytes:
+    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order."""
+    parts = [_header(names.SCHEDULE_RUN_DURATION, "histogram").encode()]
+    if totals is not None:
+        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))
+    parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, "counter").encode())
+    if totals is not None:
+        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text))
+    lines = [_header(names.SCHEDULE_TIMEOUT, "gauge")]
+    lines.extend(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
+                 f"{_number(seconds)}\n" for (agent, schedule), seconds in sorted(timeouts.items()))
+    lines.append(_header(names.HISTORY_READY, "gauge"))
+    lines.append(f"{names.HISTORY_READY} {'0.0' if totals is None else '1.0'}\n")
+    lines.append(_header(names.HISTORY_SKIPPED_ROWS, "gauge"))
+    if totals is not None:
+        lines.append(f"{names.HISTORY_SKIPPED_ROWS} {_number(totals.skipped)}\n")
+    lines.append(_header(names.HISTORY_READ_DURATION, "gauge"))
+    if read_seconds is not None:
+        lines.append(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
+    parts.append("".join(lines).encode())
+    return b"".join(parts)
+
+
+__all__ = ["DURATION_BUCKETS", "FINAL_STATUSES", "RunHistory"]

@@ -1,0 +1,133 @@
+"""Completed runs as the platform recorded them: the evidence a timeout should be set from.
+
+Read-only. Both the exporter (incrementally, every scrape) and ``exec-watchdog advise`` (once,
+straight from the database) read the table through these functions, so they see the same runs
+with the same durations and the same "ended by the watchdog" verdicts.
+
+* A completed run is a row whose status is final (``success``, ``failed``, ``cancelled``) and
+  whose ``completed_at`` is set; lease rows count too (their run did complete).
+* Its duration is ``duration_ms`` when the writer stored one, otherwise ``completed_at -
+  started_at`` (Trinity's watchdog writes NULL on the runs it fails); a row with neither readable
+  is skipped and counted.
+* The watchdog's runs are recognised by the texts Trinity's watchdog writes (ours writes the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from platform_access import database
+from platform_access.schema import MANUAL_SCHEDULE, agent_ownership, agent_schedules, schedule_executions
+from platform_access.timestamps import BadTimestamp, parse_utc
+
+FINAL_STATUSES = ("success", "failed", "cancelled")
+
+# The `action` label of the runs the watchdog ended, named as Trinity's recovery announcements name
+# them, and how each is recognised in the row.
+ORPHAN_RECOVERED = "orphan_recovered"  # error: "... — recovered by watchdog[, no retained result]"
+AUTO_TERMINATED = "auto_terminated"  # error: "Execution auto-terminated after N minutes by watchdog ..."
+RESULT_RECOVERED = "result_recovered"  # response starts with the claim notice (a claimed success)
+WATCHDOG_ACTIONS = (ORPHAN_RECOVERED, AUTO_TERMINATED, RESULT_RECOVERED)
+# The texts are matched anywhere in `error`: the agent's /last-error prefix goes in front of them.
+_ORPHAN_TEXT = "%— recovered by watchdog%"
+_TERMINATED_TEXT = "%auto-terminated after % minutes by watchdog%"
+# One line ahead of a claimed success's response, so readers know where it came from (written by the
+# remediator's claim, recognised here).
+RECOVERED_NOTICE = ("[Recovered by watchdog: this result was kept by the agent after the platform "
+                    "lost track of the run]")
+CLAIM_NOTICE_PREFIX = "[Recovered by watchdog"  # the first words of the notice on a claimed success
+
+_t = schedule_executions.c
+_WATCHDOG_ACTION = sa.case(
+    (_t.error.like(_ORPHAN_TEXT), ORPHAN_RECOVERED),
+    (_t.error.like(_TERMINATED_TEXT), AUTO_TERMINATED),
+    (_t.response.like(CLAIM_NOTICE_PREFIX + "%"), RESULT_RECOVERED),
+    else_=None,
+)
+_SELECT_COMPLETED = sa.select(
+    _t.id, _t.agent_name, _t.schedule_id, _t.status, _t.started_at, _t.completed_at, _t.duration_ms,
+    _WATCHDOG_ACTION.label("watchdog_action"),
+).where(_t.completed_at.is_not(None))
+# The status is checked in Python, not in SQL: Trinity's schema indexes `status` but not
+# `completed_at`, and with `status IN (...)` SQLite walks that index over every final row (1.7x
+# slower than the plain scan an incremental read needs anyway).
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRun:
+    id: str
+    agent: str
+    schedule_id: str
+    status: str
+    duration_seconds: float
+    completed_at: str  # as stored: the incremental read's watermark is compared as text
+    watchdog_action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRow:
+    """A completed row that cannot be used: no agent name, or no readable duration."""
+
+    id: str
+    completed_at: str
+
+
+def completed_runs(conn: sa.Connection, *, completed_since: str | None = None,
+                   batch: int = 20_000) -> Iterator[CompletedRun | SkippedRow]:
+    """Every completed run, or those with ``completed_at >= completed_since`` (compared as stored text).
+
+    Rows that cannot be used come as :class:`SkippedRow`, so callers can count them. Rows are
+    streamed in batches (a server-side cursor on PostgreSQL), so a table of
+    millions never sits in memory and no single fetch runs into the statement timeout.
+    """
+    query = _SELECT_COMPLETED
+    if completed_since is not None:
+        query = query.where(_t.completed_at >= completed_since)
+    for row in conn.execution_options(yield_per=batch).execute(query):
+        if row.status in FINAL_STATUSES:
+            yield _completed_run(row)
+
+
+def _completed_run(row: Any) -> CompletedRun | SkippedRow:
+    agent = row.agent_name
+    skipped = SkippedRow(str(row.id), str(row.completed_at))
+    if not isinstance(agent, str) or not agent or not isinstance(row.completed_at, str):
+        return skipped
+    ms = row.duration_ms
+    if isinstance(ms, int) and not isinstance(ms, bool) and ms >= 0:
+        seconds = ms / 1000
+    else:
+        try:
+            seconds = (parse_utc(row.completed_at) - parse_utc(row.started_at)).total_seconds()
+        except BadTimestamp:
+            return skipped
+        if seconds < 0:
+            return skipped
+    return CompletedRun(str(row.id), agent, str(row.schedule_id), str(row.status), seconds,
+                        row.completed_at, row.watchdog_action)
+
+
+def schedule_timeouts(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """The effective timeout of every schedule, and of every agent's manual runs (``__manual__``).
+
+    Trinity's rule, as the overdue check applies it: COALESCE(schedule, agent, 3600), then a 0
+    means 900 s. Keyed by (agent, schedule_id).
+    """
+    out: dict[tuple[str, str], int] = {}
+    rows = conn.execute(
+        sa.select(agent_schedules.c.id, agent_schedules.c.agent_name, agent_schedules.c.timeout_seconds,
+                  agent_ownership.c.execution_timeout_seconds)
+        .select_from(agent_schedules.outerjoin(
+            agent_ownership, agent_ownership.c.agent_name == agent_schedules.c.agent_name)))
+    for schedule_id, agent, schedule_timeout, agent_timeout in rows:
+        if isinstance(agent, str) and agent:
+            out[(agent, str(schedule_id))] = database.effective_timeout(schedule_timeout, agent_timeout)
+    agents = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds))
+    for agent, agent_timeout in agents:
+        if isinstance(agent, str) and agent:
+            out[(agent, MANUAL_SCHEDULE)] = database.effective_timeout(None, agent_timeout)
+    return out

@@ -1,0 +1,169 @@
+"""The exporter's run history: incremental reads that count every completed row exactly once, on
+SQLite and a real PostgreSQL, and the series they publish."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import metric_names as names
+from exporter.history import RunHistory
+from platform_access.database import create_platform_tables
+from platform_access.schema import schedule_executions
+from platform_access.timestamps import format_utc, utcnow
+from tests.platform_rows import insert_agent, insert_schedule
+
+NOW = utcnow().replace(microsecond=0)
+
+
+def _samples(history: RunHistory) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(history.exposition().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _value(history: RunHistory, name: str, **labels: str) -> float | None:
+    return _samples(history).get((name, tuple(sorted(labels.items()))))
+
+
+def _complete(conn: sa.Connection, run_id: str, *, agent: str = "a1", schedule: str = "s1", status: str = "success",
+              seconds: float = 30, completed: datetime = NOW, duration: bool = True, **extra: Any) -> None:
+    conn.execute(sa.insert(schedule_executions).values(
+        id=run_id, schedule_id=schedule, agent_name=agent, status=status, message="m", triggered_by="schedule",
+        started_at=format_utc(completed - timedelta(seconds=seconds)), completed_at=format_utc(completed),
+        duration_ms=int(seconds * 1000) if duration else None, **extra))
+
+
+def _count(history: RunHistory, status: str = "success", schedule: str = "s1") -> float | None:
+    return _value(history, f"{names.SCHEDULE_RUN_DURATION}_count", agent="a1", schedule_id=schedule, status=status)
+
+
+def test_first_read_counts_every_completed_row_by_status_and_bucket(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        insert_agent(conn, "a1", timeout_seconds=1200)
+        insert_schedule(conn, "s1", "a1", None)
+        insert_schedule(conn, "zero", "a1", 0)
+        _complete(conn, "r1", seconds=20)
+        _complete(conn, "r2", seconds=100)
+        _complete(conn, "r3", status="failed", seconds=50, duration=False)  # NULL duration: completed - started
+        _complete(conn, "m1", schedule="__manual__", seconds=5)
+        conn.execute(sa.insert(schedule_executions).values(  # still running: not history
+            id="run", schedule_id="s1", agent_name="a1", status="running", message="m", triggered_by="schedule",
+            started_at=format_utc(NOW)))
+    history = RunHistory(engine, clock=lambda: NOW)
+    assert _value(history, names.HISTORY_READY) == 0.0
+    history.read()
+    assert _count(history) == 2
+    assert _value(history, f"{names.SCHEDULE_RUN_DURATION}_bucket", agent="a1", schedule_id="s1",
+                  status="success", le="30.0") == 1
+    assert _value(history, f"{names.SCHEDULE_RUN_DURATION}_sum", agent="a1", schedule_id="s1",
+                  status="success") == 120
+    assert _value(history, f"{names.SCHEDULE_RUN_DURATION}_sum", agent="a1", schedule_id="s1", status="failed") == 50
+    assert _count(history, schedule="__manual__") == 1
+    # COALESCE(schedule, agent, 3600), then 0 means 900; manual runs take the agent's.
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="a1", schedule_id="s1") == 1200
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="a1", schedule_id="zero") == 900
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="a1", schedule_id="__manual__") == 1200
+    assert _value(history, names.HISTORY_READY) == 1.0
+
+
+def test_incremental_reads_add_new_and_late_committed_rows_once(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    clock = [NOW]
+    history = RunHistory(engine, overlap_seconds=300, clock=lambda: clock[0])
+    with engine.begin() as conn:
+        _complete(conn, "r1", completed=NOW - timedelta(seconds=10))
+    history.read()
+    assert _count(history) == 1
+    clock[0] = NOW + timedelta(seconds=15)
+    with engine.begin() as conn:
+        _complete(conn, "r2", completed=NOW + timedelta(seconds=5))
+        # Stamped before the previous read began, committed after it: inside the overlap.
+        _complete(conn, "late", completed=NOW - timedelta(seconds=120))
+        # Equal timestamps: two rows completed at the same instant.
+        _complete(conn, "twin-a", completed=NOW + timedelta(seconds=7))
+        _complete(conn, "twin-b", completed=NOW + timedelta(seconds=7))
+    history.read()
+    assert _count(history) == 5
+    clock[0] = NOW + timedelta(seconds=30)
+    history.read()  # nothing new: re-reads the overlap, counts nothing twice
+    history.read()
+    assert _count(history) == 5
+    # A restarted exporter derives the same totals from the table.
+    restarted = RunHistory(engine, clock=lambda: clock[0])
+    restarted.read()
+    assert _count(restarted) == 5
+
+
+def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        _complete(conn, "orphan", status="failed", duration=False,
+                  error="[Timeout] slow. Cleanup: Execution not tracked by agent 'a1' (not running, not pending, "
+                        "not recently completed) and no live backend dispatcher — recovered by watchdog, "
+                        "no retained result")
+        _complete(conn, "overdue", status="failed", duration=False,
+                  error="Execution auto-terminated after 12 minutes by watchdog (exceeded timeout of 600s)")
+        _complete(conn, "claimed", response="[Recovered by watchdog: this result was kept by the agent]\nok")
+        _complete(conn, "plain-failure", status="failed", error="exit code 1")
+        _complete(conn, "other", agent="a1", schedule="s2")
+    history = RunHistory(engine)
+    history.read()
+    ended = names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG
+    assert {action: _value(history, ended, agent="a1", schedule_id="s1", action=action)
+            for action in ("orphan_recovered", "auto_terminated", "result_recovered")} == {
+        "orphan_recovered": 1, "auto_terminated": 1, "result_recovered": 1}
+    # Every schedule with runs has all three actions, zeros included.
+    assert _value(history, ended, agent="a1", schedule_id="s2", action="auto_terminated") == 0
+
+
+def test_unusable_rows_are_skipped_and_counted_once(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        _complete(conn, "good")
+        conn.execute(sa.insert(schedule_executions).values(
+            id="bad", schedule_id="s1", agent_name="a1", status="failed", message="m", triggered_by="x",
+            started_at="yesterday-ish", completed_at=format_utc(NOW)))
+        conn.execute(sa.insert(schedule_executions).values(
+            id="nobody", schedule_id="s1", agent_name=None, status="success", message="m", triggered_by="x",
+            started_at=format_utc(NOW), completed_at=format_utc(NOW), duration_ms=5))
+    history = RunHistory(engine, clock=lambda: NOW)
+    history.read()
+    history.read()  # both are inside the overlap: seen again, not counted again
+    assert _value(history, names.HISTORY_SKIPPED_ROWS) == 2
+    assert _count(history) == 1
+
+
+async def test_a_scrape_publishes_the_last_finished_read_and_never_starts_two(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        _complete(conn, "r1")
+    history = RunHistory(engine)
+    first, second = await asyncio.gather(history.scrape(5.0), history.scrape(5.0))
+    assert first == second and history.reads == 1
+    assert b'exec_watchdog_schedule_run_duration_seconds_count{agent="a1",schedule_id="s1",status="success"} 1.0' \
+        in first
+
+
+async def test_an_unreadable_database_keeps_the_last_totals_and_the_scrape_answers(tmp_path: Path) -> None:
+    from platform_access.database import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'trinity.db'}")
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        _complete(conn, "r1")
+    history = RunHistory(engine)
+    await history.scrape(5.0)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE agent_schedules")  # the next read fails
+    body = await history.scrape(5.0)
+    assert b'status="success"} 1.0' in body and history.reads == 1
+    engine.dispose()
