@@ -45,6 +45,7 @@ class Execution:
     started_at: datetime
     timeout_seconds: int
     leased: bool
+    timeout_source: str = "default"  # where the effective timeout came from: schedule, agent or default
 
     def runtime_seconds(self, now: datetime) -> float:
         return (now - self.started_at).total_seconds()
@@ -100,12 +101,12 @@ def create_platform_tables(engine: sa.Engine, extra: sa.MetaData | None = None) 
         extra.create_all(engine)
 
 
-def _effective_timeout(*candidates: object) -> int:
-    """COALESCE(schedule, agent, 3600), skipping values no sane writer would store."""
-    for value in candidates:
+def _effective_timeout(schedule: object, agent: object) -> tuple[int, str]:
+    """COALESCE(schedule, agent, 3600) and which one it was, skipping values no sane writer would store."""
+    for value, source in ((schedule, "schedule"), (agent, "agent")):
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_TIMEOUT_SECONDS
+            return value, source
+    return DEFAULT_TIMEOUT_SECONDS, "default"
 
 
 _SELECT_EXECUTIONS = sa.select(
@@ -132,14 +133,16 @@ def _to_execution(row: Any) -> Execution:
         started = parse_utc(row.started_at)
     except BadTimestamp as exc:
         raise BadRow(f"execution {row.id!r}: started_at: {exc}") from None
+    timeout, timeout_source = _effective_timeout(row.schedule_timeout, row.agent_timeout)
     return Execution(
         id=str(row.id),
         agent_name=row.agent_name,
         schedule_id=str(row.schedule_id),
         status=row.status,
         started_at=started,
-        timeout_seconds=_effective_timeout(row.schedule_timeout, row.agent_timeout),
+        timeout_seconds=timeout,
         leased=row.lease_expires_at is not None,
+        timeout_source=timeout_source,
     )
 
 

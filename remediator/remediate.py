@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ from platform_access.timestamps import utcnow
 from remediator import audit
 from remediator.announce import Announcer
 from remediator.breaker import Breaker
+from remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
 from remediator.metrics import RemediatorMetrics
 from remediator.payload import Alert
 from remediator.silences import SilenceChecker, SilenceCheckFailed
@@ -56,6 +58,7 @@ class Settings:
 @dataclass(slots=True)
 class Verdict:
     alert: Alert
+    evidence: Evidence = UNRECORDED  # the facts behind the decision, stored with its audit row
     outcome: str = ""
     reason: str = ""
     execution: db.Execution | None = None
@@ -101,8 +104,8 @@ class Remediator:
         self.settings = settings
         self._agent_slots = asyncio.Semaphore(settings.agent_concurrency)
 
-    async def handle(self, alerts: Iterable[Alert]) -> BatchResult:
-        result = BatchResult([Verdict(a) for a in alerts])
+    async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
+        result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
         actionable = [v for v in result.verdicts if self._screen(v)]
         if actionable:
             try:
@@ -136,8 +139,10 @@ class Remediator:
     async def _act(self, verdicts: list[Verdict]) -> bool:
         """Verify and act; False when a recovery's slot release or announcement is still owed."""
         now = utcnow()
-        rows = await anyio.to_thread.run_sync(self._load, sorted({v.alert.execution_id for v in verdicts}))
+        ids = sorted({v.alert.execution_id for v in verdicts})
+        rows, took = await timed(anyio.to_thread.run_sync(self._load, ids))
         for v in verdicts:
+            v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
             self._verify_row(v, rows.get(v.alert.execution_id), now)
         await self._check_silences([v for v in verdicts if v.outcome == ""])
         orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation == FAIL_ORPHAN]
@@ -186,14 +191,17 @@ class Remediator:
     async def _check_silences(self, verdicts: list[Verdict]) -> None:
         if not verdicts or self.silences is None:
             return
+        started = time.perf_counter()
         try:
-            active = await self.silences.active()
+            check, took = await timed(self.silences.check())
         except SilenceCheckFailed as exc:
             for v in verdicts:
+                v.evidence.silence_check_failed(exc, time.perf_counter() - started)
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            hit = next((s for s in active if s.matches(v.alert.labels)), None)
+            v.evidence.silence_check(check, took)
+            hit = next((s for s in check.silences if s.matches(v.alert.labels)), None)
             if hit is not None:
                 v.decide("silenced", f"silenced now by {hit.id}")
 
@@ -202,12 +210,13 @@ class Remediator:
         for v in verdicts:
             by_agent.setdefault(v.alert.agent, []).append(v)
 
-        async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
+        async def ask(agent: str) -> tuple[str, tuple[AgentResult[RunningSnapshot], float]]:
             async with self._agent_slots:
-                return agent, await self.agents.running(agent)
+                return agent, await timed(self.agents.running(agent))
 
-        for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
+        for agent, (answer, took) in await asyncio.gather(*(ask(a) for a in by_agent)):
             for v in by_agent[agent]:
+                v.evidence.agent_answer(answer, took)
                 if not answer.answered:
                     v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
                 elif answer.unwrap().knows(v.alert.execution_id):
@@ -226,7 +235,8 @@ class Remediator:
     async def _terminate(self, v: Verdict) -> None:
         assert v.execution is not None
         async with self._agent_slots:
-            answer = await self.agents.terminate(v.alert.agent, v.alert.execution_id)
+            answer, took = await timed(self.agents.terminate(v.alert.agent, v.alert.execution_id))
+        v.evidence.terminate_answer(answer, took)
         if answer.kind == "not_found":
             v.decide("skipped", "agent does not know it: left for the orphan path")
         elif not answer.answered:
@@ -244,7 +254,10 @@ class Remediator:
         with self.engine.begin() as conn:
             for v in verdicts:
                 assert v.execution is not None
-                if db.fail_execution(conn, v.execution, v.error, now):
+                started = time.perf_counter()
+                won = db.fail_execution(conn, v.execution, v.error, now)
+                v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
+                if won:
                     recovery = audit.Recovery(
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
                         action=v.alert.remediation, reason=v.error, fingerprint=v.alert.fingerprint,
@@ -259,6 +272,7 @@ class Remediator:
         for r in winners:
             self.metrics.time_to_recovery.labels(r.action).observe(
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
+            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
@@ -306,19 +320,20 @@ class Remediator:
         return len(claimed)
 
     async def _record(self, verdicts: list[Verdict]) -> None:
-        items = []
+        items, now = [], utcnow()  # decided now: the time the evidence and the audit row carry
         for v in verdicts:
             a = v.alert
             self.metrics.remediations.labels(a.remediation or "none", v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
             items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
-                                        a.execution_id[:200], v.outcome, v.reason[:1000]))
+                                        a.execution_id[:200], v.outcome, v.reason[:1000],
+                                        v.evidence.finish(self.settings.replica, now)))
             if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
                          outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)
 
         def write() -> None:
             with self.engine.begin() as conn:
-                audit.record(conn, items, self.settings.replica, utcnow())
+                audit.record(conn, items, self.settings.replica, now)
 
         await anyio.to_thread.run_sync(write)

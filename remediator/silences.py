@@ -57,6 +57,15 @@ def parse_silences(body: Any) -> list[Silence]:
     return active
 
 
+@dataclass(frozen=True, slots=True)
+class SilenceCheck:
+    """One re-check: the active silences, the Alertmanager that answered, and those that did not."""
+
+    silences: tuple[Silence, ...]
+    answered_by: str
+    unanswered: tuple[str, ...] = ()  # "url: error", in the order they were asked
+
+
 class SilenceChecker:
     """Asks each configured Alertmanager (an HA pair shares silences, one answer suffices)."""
 
@@ -65,12 +74,15 @@ class SilenceChecker:
         self._http = http
 
     async def active(self) -> list[Silence]:
-        errors = []
+        return list((await self.check()).silences)
+
+    async def check(self) -> SilenceCheck:
+        errors: list[str] = []
         for url in self.urls:
             try:
                 response = await self._http.get(f"{url}/api/v2/silences", timeout=3.0)
                 response.raise_for_status()
-                return parse_silences(response.json())
+                return SilenceCheck(tuple(parse_silences(response.json())), url, tuple(errors))
             except (httpx.HTTPError, ValueError) as exc:
                 errors.append(f"{url}: {exc}")
         raise SilenceCheckFailed("; ".join(errors) or "no Alertmanager configured")

@@ -1,0 +1,138 @@
+"""One execution's whole story, in time order, for the engineer on call and the postmortem.
+
+What the platform row says now; then every event the watchdog knows of: the run started, the alert
+fired, each notification that reached a replica, each decision with its evidence, the recovery (the
+guarded transition), the slot release and the announcement. Served by ``GET
+/api/v1/executions/{id}`` and printed by ``exec-watchdog explain``; both build it here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from platform_access.schema import schedule_executions
+from platform_access.timestamps import BadTimestamp, parse_utc
+from remediator import audit
+from remediator.announce import recovery_event, story_url
+
+MAX_DECISIONS = 500  # the newest ones; a story longer than that says how many it left out
+# Same instant: the order things happen in.
+_ORDER = ("started", "alert_fired", "notification", "decision", "recovered", "slot_released", "announced",
+          "row_completed")
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict[str, Any] | None:
+    """The story of ``execution_id``; ``None`` when neither the platform nor the watchdog knows it."""
+    row = conn.execute(sa.select(
+        schedule_executions.c.agent_name, schedule_executions.c.schedule_id, schedule_executions.c.status,
+        schedule_executions.c.started_at, schedule_executions.c.completed_at, schedule_executions.c.error,
+        schedule_executions.c.lease_expires_at,
+    ).where(schedule_executions.c.id == execution_id)).first()
+    decided = conn.execute(sa.select(audit.decisions).where(audit.decisions.c.execution_id == execution_id)
+                           .order_by(audit.decisions.c.id.desc()).limit(MAX_DECISIONS + 1)).all()
+    recovery = conn.execute(sa.select(audit.recoveries)
+                            .where(audit.recoveries.c.execution_id == execution_id)).first()
+    if row is None and not decided and recovery is None:
+        return None
+    decisions = [_decision(d) for d in reversed(decided[:MAX_DECISIONS])]
+    events = _platform_events(row, recovery) + _alert_events(decisions) + [_decision_event(d) for d in decisions]
+    if recovery is not None:
+        events += _recovery_events(recovery, external_url)
+    events.sort(key=lambda e: (_instant(e["at"]), _ORDER.index(e["kind"])))
+    return {
+        "execution_id": execution_id,
+        "story_url": story_url(external_url, execution_id) or None,
+        "execution": None if row is None else {
+            "agent": row.agent_name, "schedule_id": row.schedule_id, "status": row.status,
+            "started_at": row.started_at, "completed_at": row.completed_at, "error": row.error,
+            "leased": row.lease_expires_at is not None},
+        "recovery": None if recovery is None else {
+            "action": recovery.action, "reason": recovery.reason, "recovered_at": recovery.recovered_at,
+            "alert_started_at": recovery.alert_started_at, "runtime_seconds": recovery.runtime_seconds,
+            "slot_released_at": recovery.slot_released_at, "announced_at": recovery.announced_at,
+            "claimed_by": recovery.claimed_by},
+        "decisions_left_out": max(0, len(decided) - MAX_DECISIONS),
+        "timeline": events,
+    }
+
+
+def _instant(value: str) -> datetime:
+    try:
+        return parse_utc(value)
+    except BadTimestamp:
+        return _NEVER  # unreadable times go last rather than hiding the entry
+
+
+def _event(kind: str, at: str, summary: str, **details: Any) -> dict[str, Any]:
+    return {"at": at, "kind": kind, "summary": summary, **details}
+
+
+def _decision(row: Any) -> dict[str, Any]:
+    evidence = None
+    if row.evidence:
+        try:
+            evidence = json.loads(row.evidence)
+        except ValueError:
+            evidence = {"unreadable": row.evidence[:200]}
+    return {"id": row.id, "decided_at": row.decided_at, "replica": row.replica, "alertname": row.alertname,
+            "alert_status": row.alert_status, "fingerprint": row.fingerprint, "remediation": row.remediation,
+            "agent": row.agent_name, "outcome": row.outcome, "reason": row.reason, "evidence": evidence}
+
+
+def _platform_events(row: Any, recovery: Any) -> list[dict[str, Any]]:
+    """The run's start, and its completion unless that was our own recovery's write."""
+    if row is None:
+        return []
+    events = [_event("started", str(row.started_at), f"execution started on agent {row.agent_name} "
+                                                    f"(schedule {row.schedule_id})")]
+    ours = recovery is not None and _instant(str(row.completed_at)) == _instant(recovery.recovered_at)
+    if row.completed_at and not ours:
+        events.append(_event("row_completed", str(row.completed_at), f"the platform completed the row: "
+                                                                   f"status {row.status}"))
+    return events
+
+
+def _alert_events(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alert firing once per alert instance, and each notification that brought it."""
+    events, fired = [], set()
+    for d in decisions:
+        evidence = d["evidence"] or {}
+        alert, delivery = evidence.get("alert") or {}, evidence.get("delivery")
+        instance = (d["fingerprint"], alert.get("starts_at"))
+        if alert.get("starts_at") and instance not in fired:
+            fired.add(instance)
+            events.append(_event("alert_fired", alert["starts_at"], f"{d['alertname']} started firing "
+                                 f"(fingerprint {d['fingerprint'] or 'none'})", fingerprint=d["fingerprint"]))
+        if delivery:
+            events.append(_event(
+                "notification", delivery["received_at"],
+                f"{d['alert_status']} notification reached {d['replica']} from "
+                f"{delivery.get('alertmanager') or delivery.get('peer') or 'an unknown sender'} "
+                f"(delivery {delivery.get('deliveries_seen')} of this alert seen there)",
+                decision_id=d["id"], delivery=delivery))
+    return events
+
+
+def _decision_event(d: dict[str, Any]) -> dict[str, Any]:
+    return _event("decision", d["decided_at"], f"{d['outcome']} by {d['replica']}: {d['reason']}", decision=d)
+
+
+def _recovery_events(recovery: Any, external_url: str) -> list[dict[str, Any]]:
+    events = [_event("recovered", recovery.recovered_at, f"marked failed by the guarded update "
+                     f"({recovery.action}): {recovery.reason}", action=recovery.action)]
+    if recovery.slot_released_at:
+        events.append(_event("slot_released", recovery.slot_released_at, "capacity slot released"))
+    if recovery.announced_at:
+        announced = recovery_event(audit.Recovery(
+            execution_id=recovery.execution_id, agent_name=recovery.agent_name, action=recovery.action,
+            reason=recovery.reason, fingerprint=recovery.fingerprint, runtime_seconds=recovery.runtime_seconds,
+            alert_started_at=_instant(recovery.alert_started_at), recovered_at=_instant(recovery.recovered_at)),
+            external_url)
+        events.append(_event("announced", recovery.announced_at, f"announced as {announced['action']}",
+                             event=announced))
+    return events
