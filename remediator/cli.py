@@ -33,6 +33,8 @@ def register(commands: Any) -> None:
                     "API (/api/v1/audit), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
+    add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
+             "announcements and metrics (default: http:// + --listen)")
     add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db", help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
     add_flag(p, "--agent-secret", help="shared secret for X-Trinity-Agent-Token")
@@ -85,6 +87,9 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout"):
         if getattr(args, name) <= 0 and name != "min_orphan_age":
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    external_url = (args.external_url or f"http://{args.listen}").rstrip("/")
+    if not external_url.startswith(("http://", "https://")):
+        raise ValueError(f"--external-url {args.external_url!r} must be an http:// or https:// URL")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     return Config(
         database_url=args.database_url, agent_url_template=args.agent_url_template, agent_secret=secret,
@@ -92,7 +97,7 @@ def build_config(args: argparse.Namespace) -> Any:
         announce_channel=args.announce_channel, alertmanager_urls=tuple(args.alertmanager_url or ()),
         protect_metrics=args.protect_metrics, max_body_bytes=args.max_body_bytes, agent_timeout=args.agent_timeout,
         breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
-        sweep_interval_seconds=args.sweep_interval,
+        sweep_interval_seconds=args.sweep_interval, external_url=external_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
                           claim_ttl_seconds=args.claim_ttl,
                           crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),

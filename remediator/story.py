@@ -9,6 +9,7 @@ guarded transition), the slot release and the announcement. Served by ``GET
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,7 +120,119 @@ def _alert_events(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decision_event(d: dict[str, Any]) -> dict[str, Any]:
-    return _event("decision", d["decided_at"], f"{d['outcome']} by {d['replica']}: {d['reason']}", decision=d)
+    return _event("decision", d["decided_at"], f"{d['outcome']} by {d['replica']}: {d['reason']}", decision=d,
+                  facts=describe(d["evidence"]))
+
+
+def describe(evidence: Mapping[str, Any] | None) -> list[str]:
+    """The evidence as sentences, one fact a line: what the page and ``explain`` show people."""
+    if not evidence:
+        return ["no evidence recorded (decided before evidence was kept, or recording was switched off)"]
+    lines = []
+    for key, sentence in _SENTENCES:
+        if evidence.get(key):
+            lines.append(sentence(evidence[key], evidence))
+    if evidence.get("truncated"):
+        lines.append(f"left out to stay within the size bound: {', '.join(evidence['truncated'])}")
+    return lines
+
+
+def _alert(a: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    labels = ", ".join(f"{k}={v}" for k, v in a.get("labels", {}).items())
+    return (f"alert: {a.get('status')}, firing since {a.get('starts_at')}, "
+            f"fingerprint {a.get('fingerprint') or 'none'}, labels {{{labels}}}, "
+            f"from {a.get('generator_url') or 'no generator URL'}")
+
+
+def _delivery(d: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    return (f"delivered by {d.get('alertmanager') or 'an Alertmanager that gave no external URL'} "
+            f"(peer {d.get('peer') or 'unknown'}, {d.get('user_agent') or 'no user agent'}) to receiver "
+            f"{d.get('receiver') or 'unnamed'}; delivery {d.get('deliveries_seen')} of this alert seen by "
+            f"{e.get('replica')}; {d.get('alerts_in_notification')} alert(s) in the notification")
+
+
+def _row(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if not r.get("found"):
+        return f"row as read at {r.get('read_at')}: no such execution in the database"
+    if r.get("readable") is False:
+        return f"row as read at {r.get('read_at')}: unreadable ({r.get('problem')})"
+    lease = "; leased by another reaper" if r.get("leased") else ""
+    return (f"row as read at {r.get('read_at')}: status {r.get('status')}, agent {r.get('agent')}, started "
+            f"{r.get('started_at')} ({r.get('age_seconds')} s before), timeout {r.get('timeout_seconds')} s "
+            f"from the {r.get('timeout_source')}{lease}")
+
+
+def _silences(s: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if not s.get("answered_by"):
+        return f"silence re-check failed: {s.get('error')}"
+    unanswered = f"; not answering: {'; '.join(s['unanswered'])}" if s.get("unanswered") else ""
+    return (f"silence re-check answered by {s['answered_by']}: {s.get('active')} active, matching this alert: "
+            f"{', '.join(s.get('matching') or []) or 'none'}{unanswered}")
+
+
+def _answer(a: Mapping[str, Any]) -> str:
+    took = f" in {a['response_ms']} ms" if "response_ms" in a else ""
+    if a.get("answer") == "answered":
+        return f"{a.get('asked')} answered{took}"
+    reach = "" if a.get("reachable") else ", unreachable"
+    return f"{a.get('asked')} not answered ({a.get('answer')}{reach}){took}: {a.get('detail', '')}"
+
+
+def _agent(a: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if a.get("answer") != "answered":
+        return f"agent: {_answer(a)}"
+    where = [name for key, name in (("in_running", "running"), ("in_pending", "pending"),
+                                    ("in_recently_completed", "recently completed")) if a.get(key)]
+    place = f"the execution is {' and '.join(where)}" if where else \
+        "the execution is in none of running, pending, recently completed"
+    return (f"agent: {_answer(a)}: {place} (lists: running {a.get('running')}, pending {a.get('pending')}, "
+            f"recently completed {a.get('recently_completed')})")
+
+
+def _terminate(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if t.get("answer") != "answered":
+        return f"terminate: {_answer(t)}"
+    return f"terminate: {_answer(t)}: {t.get('status')} (returncode {t.get('returncode')})"
+
+
+def _inflight(i: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    marker = f", marker {i['marker']}" if i.get("marker") else ""
+    detail = f": {i['detail']}" if i.get("detail") else ""
+    return f"in-flight dispatch marker: {i.get('verdict')}{marker}{detail}"
+
+
+def _retained(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    known = ", ".join(f"{k} {r[k]}" for k in ("http_status", "status", "retained_at", "response_ms") if k in r)
+    detail = f": {r['detail']}" if r.get("detail") else ""
+    return f"retained result: {r.get('verdict')}{f' ({known})' if known else ''}{detail}"
+
+
+def _last_error(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if r.get("answer") != "answered":
+        return f"last error: {_answer(r)}"
+    return f"last error: {_answer(r)}: [{r.get('error_type')}] {r.get('error_message')}"
+
+
+def _update(u: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    if u.get("won"):
+        wrote = u.get("wrote") or {}
+        return (f"guarded update ({u.get('guard')}) changed the row: status {wrote.get('status')}, "
+                f"error {wrote.get('error')!r}")
+    return f"guarded update ({u.get('guard')}) changed nothing: another writer changed the row first"
+
+
+def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    parts = [f"alert start to decision {t.get('alert_start_to_decision_s')} s"]
+    if "received_to_decision_ms" in t:
+        parts.append(f"received to decision {t['received_to_decision_ms']} ms")
+    parts += [f"{c['call']} {c['ms']} ms" for c in t.get("calls", [])]
+    return "timings: " + "; ".join(parts)
+
+
+_SENTENCES: tuple[tuple[str, Callable[[Mapping[str, Any], Mapping[str, Any]], str]], ...] = (
+    ("alert", _alert), ("delivery", _delivery), ("row", _row), ("silences", _silences), ("inflight", _inflight),
+    ("agent", _agent), ("retained_result", _retained), ("terminate", _terminate), ("last_error", _last_error),
+    ("update", _update), ("timings", _timings))
 
 
 def _recovery_events(recovery: Any, external_url: str) -> list[dict[str, Any]]:
