@@ -92,9 +92,9 @@ def render(story: dict[str, Any]) -> str:
     lines += ["", "timeline:"]
     for event in timeline:
         at = _when(event["at"])
-        offset = f"+{(at - first).total_seconds():9.3f} s" if at and first else " " * 13
-        lines.append(f"  {event['at']:<27} {offset}  {event['kind']:<13} {event['summary']}")
-        lines += [f"  {'':<27} {'':<13}  {'':<13}   - {fact}" for fact in event.get("facts", [])]
+        offset = f"+{(at - first).total_seconds():.3f}s" if at and first else ""
+        lines.append(f"  {event['at']:<27} {offset:>12}  {event['kind']:<13} {event['summary']}")
+        lines += [f"  {'':<27} {'':>12}  {'':<13}   - {fact}" for fact in event.get("facts", [])]
     return "\n".join(lines)
 
 
