@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property, lru_cache
 from typing import Any, TypeVar
 
 from platform_access.agent_client import AgentResult, LastError, RunningSnapshot, TerminateOutcome
@@ -61,6 +62,15 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+# A batch of a thousand alerts shares its timestamps and label names: format and judge each once.
+_stamp = lru_cache(maxsize=256)(format_utc)
+
+
+@lru_cache(maxsize=1024)
+def _secret_label(name: str) -> bool:
+    return _SECRET_NAME.search(name) is not None
+
+
 class Redactor:
     """Takes secrets out of text before it is stored, and caps its length."""
 
@@ -81,15 +91,16 @@ class Redactor:
 
     def labels(self, labels: Mapping[str, str], names: Iterable[str] | None = None) -> dict[str, str]:
         """Identifying labels first, then the rest by name, up to ``MAX_LABELS``."""
-        wanted = list(names) if names is not None else sorted(labels, key=lambda n: (n not in IDENTIFYING_LABELS, n))
+        wanted = list(names) if names is not None else \
+            [n for n in IDENTIFYING_LABELS if n in labels] + sorted(n for n in labels if n not in IDENTIFYING_LABELS)
         kept: dict[str, str] = {}
         for name in wanted:
             if name not in labels:
                 continue
             if len(kept) == MAX_LABELS:
                 break
-            secret = _SECRET_NAME.search(name) is not None
-            kept[self.text(name, MAX_LABEL_NAME)] = REDACTED if secret else self.text(labels[name], MAX_LABEL_VALUE)
+            kept[self.text(name, MAX_LABEL_NAME)] = REDACTED if _secret_label(name) else \
+                self.text(labels[name], MAX_LABEL_VALUE)
         return kept
 
 
@@ -134,6 +145,15 @@ class Delivery:
     truncated_alerts: int = 0
     recorder: Recorder = field(default_factory=Recorder)
 
+    @cached_property
+    def facts(self) -> dict[str, Any]:
+        """What every alert of this notification shares, redacted once."""
+        text = self.recorder.redactor.text
+        return {"received_at": format_utc(self.received_at), "receiver": text(self.receiver),
+                "alertmanager": text(self.external_url), "peer": text(self.peer),
+                "user_agent": text(self.user_agent, 100), "group_key": text(self.group_key),
+                "alerts_in_notification": self.alerts, "truncated_alerts": self.truncated_alerts}
+
 
 class Evidence:
     """The facts one decision was based on, recorded as the remediator learns them."""
@@ -163,10 +183,10 @@ class Evidence:
             facts = {"found": True, "readable": False, "problem": self._redact.text(row)}
         else:
             facts = {"found": True, "status": row.status, "agent": self._redact.text(row.agent_name),
-                     "schedule_id": self._redact.text(row.schedule_id), "started_at": format_utc(row.started_at),
+                     "schedule_id": self._redact.text(row.schedule_id), "started_at": _stamp(row.started_at),
                      "age_seconds": round(row.runtime_seconds(now), 3), "timeout_seconds": row.timeout_seconds,
                      "timeout_source": row.timeout_source, "leased": row.leased}
-        facts["read_at"] = format_utc(now)
+        facts["read_at"] = _stamp(now)
         self._facts["row"] = facts
         self._took("database: read the row", seconds)
 
@@ -252,18 +272,13 @@ class Evidence:
         """The evidence as compact JSON, at most ``MAX_BYTES``; ``None`` when nothing is recorded."""
         alert, delivery = self._alert, self._delivery
         facts: dict[str, Any] = {
-            "version": VERSION, "replica": self._redact.text(replica, 100), "decided_at": format_utc(now),
+            "version": VERSION, "replica": self._redact.text(replica, 100), "decided_at": _stamp(now),
             "alert": {"status": alert.status, "labels": self._redact.labels(alert.labels),
-                      "labels_total": len(alert.labels), "starts_at": format_utc(alert.starts_at),
+                      "labels_total": len(alert.labels), "starts_at": _stamp(alert.starts_at),
                       "fingerprint": self._redact.text(alert.fingerprint, 64),
                       "generator_url": self._redact.text(alert.generator_url)}}
         if delivery is not None:
-            facts["delivery"] = {
-                "received_at": format_utc(delivery.received_at), "receiver": self._redact.text(delivery.receiver),
-                "alertmanager": self._redact.text(delivery.external_url), "peer": self._redact.text(delivery.peer),
-                "user_agent": self._redact.text(delivery.user_agent, 100),
-                "group_key": self._redact.text(delivery.group_key), "alerts_in_notification": delivery.alerts,
-                "truncated_alerts": delivery.truncated_alerts, "deliveries_seen": self._deliveries_seen}
+            facts["delivery"] = {**delivery.facts, "deliveries_seen": self._deliveries_seen}
         facts.update(self._facts)
         timings: dict[str, Any] = {"alert_start_to_decision_s": round((now - alert.starts_at).total_seconds(), 3)}
         if delivery is not None:

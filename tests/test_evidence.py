@@ -428,3 +428,13 @@ async def test_story_api_needs_credentials_and_a_safe_known_id(harness: Harness)
     assert (await harness.client.get("/api/v1/executions/..x", headers=AUTH)).status_code == 400
     unknown = await harness.client.get("/api/v1/executions/never-seen", headers=AUTH)
     assert unknown.status_code == 404 and "never-seen" in unknown.json()["error"]
+
+
+def test_delivery_counts_stay_bounded_forgetting_the_least_recently_seen() -> None:
+    from remediator.evidence import DeliveryCounter
+
+    a, b, c = (parse_notification(notification(alert(e, "a1"))).alerts[0] for e in ("e1", "e2", "e3"))
+    counter = DeliveryCounter(capacity=2)
+    assert [counter.seen(a), counter.seen(b), counter.seen(a)] == [1, 1, 2]
+    assert counter.seen(c) == 1  # b, the least recently seen, is forgotten
+    assert [counter.seen(a), counter.seen(b)] == [3, 1]
