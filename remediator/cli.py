@@ -29,8 +29,9 @@ def register(commands: Any) -> None:
         "remediator", help="the Alertmanager webhook that re-verifies and recovers executions",
         description="Receive Alertmanager notifications (payload v4) at POST /api/v1/alerts; for each firing "
                     "alert labelled remediation=fail_orphan|terminate_overdue re-verify against the database "
-                    "and the agent, then act exactly once. Also serves /metrics, /healthz, /readyz, the audit "
-                    "API (/api/v1/audit), the live recoveries page (/) and its WebSocket feed.",
+                    "and the agent, then act exactly once, keeping the evidence of every decision. Also serves "
+                    "/metrics, /healthz, /readyz, the audit API (/api/v1/audit), each execution's story "
+                    "(/api/v1/executions/{id}), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
