@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
-             "announcements and metrics (default: http:// + --listen)")
+             "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
     add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db", help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
     add_flag(p, "--agent-secret", help="shared secret for X-Trinity-Agent-Token")
@@ -88,7 +88,7 @@ def build_config(args: argparse.Namespace) -> Any:
     for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout"):
         if getattr(args, name) <= 0 and name != "min_orphan_age":
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    external_url = (args.external_url or f"http://{args.listen}").rstrip("/")
+    external_url = (args.external_url or default_external_url(args.listen)).rstrip("/")
     if not external_url.startswith(("http://", "https://")):
         raise ValueError(f"--external-url {args.external_url!r} must be an http:// or https:// URL")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -103,6 +103,14 @@ def build_config(args: argparse.Namespace) -> Any:
                           claim_ttl_seconds=args.claim_ttl,
                           crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),
     )
+
+
+def default_external_url(listen: str) -> str:
+    """Like Alertmanager's default: the listen address, with this host's name for a wildcard host."""
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -259,10 +259,12 @@ class Evidence:
         self._facts["silences"] = {"answered_by": None, "error": self._redact.text(error, 1000)}
         self._took("alertmanager: GET /api/v2/silences", seconds)
 
-    def guarded_update(self, won: bool, error: str, seconds: float | None = None) -> None:
-        """The guarded ``running -> failed`` update: did it change the row, and what did it write."""
-        self._facts["update"] = {"guard": GUARD, "won": won, "rows_changed": 1 if won else 0,
-                                 "wrote": {"status": "failed", "error": self._redact.text(error, MAX_ERROR_TEXT)}
+    def guarded_update(self, won: bool, error: str, seconds: float | None = None, *, status: str = "failed",
+                       guard: str = GUARD) -> None:
+        """The guarded transition (``running -> failed``, or a claim's status): did it change the row,
+        and what did it write."""
+        self._facts["update"] = {"guard": guard, "won": won, "rows_changed": 1 if won else 0,
+                                 "wrote": {"status": status, "error": self._redact.text(error, MAX_ERROR_TEXT)}
                                  if won else None}
         self._took("database: guarded update", seconds)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -89,3 +90,22 @@ def test_explain_against_an_unreachable_remediator_exits_2(capsys: pytest.Captur
 
     assert explain("e1", "--remediator-url", f"http://127.0.0.1:{free_port()}") == 2
     assert "cannot reach the remediator" in capsys.readouterr().err
+
+
+def test_story_links_point_at_the_external_url_defaulting_like_alertmanager(tmp_path: Path) -> None:
+    """Announcements and metrics link to <external-url>/#execution=<id>; without --external-url the
+    listen address is used, with the host name in place of a wildcard host."""
+    import socket
+
+    from remediator.cli import build_config, default_external_url
+
+    assert default_external_url("127.0.0.1:9464") == "http://127.0.0.1:9464"
+    assert default_external_url("0.0.0.0:9464") == f"http://{socket.gethostname()}:9464"
+    assert default_external_url("[::1]:9464") == "http://[::1]:9464"
+    (tmp_path / "secret").write_text(SECRET)
+    base = ["remediator", "--insecure-no-auth", f"--agent-secret-file={tmp_path / 'secret'}",
+            f"--database-url=sqlite:///{tmp_path / 'db.sqlite'}"]
+    config = build_config(build_parser().parse_args([*base, "--external-url", "https://watchdog.example/"]))
+    assert config.external_url == "https://watchdog.example"
+    with pytest.raises(ValueError, match="--external-url"):
+        build_config(build_parser().parse_args([*base, "--external-url", "watchdog.example"]))
