@@ -322,8 +322,8 @@ def _nothing(self: Evidence, *args: object, **kwargs: object) -> None:
     return None
 
 
-HOOKS = ("row_read", "agent_answer", "terminate_answer", "last_error", "inflight", "retained_result",
-         "silence_check", "silence_check_failed", "guarded_update", "finish")
+# Every public method: a hook added to Evidence is switched off here without being listed.
+HOOKS = tuple(name for name, value in vars(Evidence).items() if callable(value) and not name.startswith("_"))
 for _hook in HOOKS:
     setattr(Unrecorded, _hook, _nothing)
 

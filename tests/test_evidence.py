@@ -438,3 +438,10 @@ def test_delivery_counts_stay_bounded_forgetting_the_least_recently_seen() -> No
     assert [counter.seen(a), counter.seen(b), counter.seen(a)] == [1, 1, 2]
     assert counter.seen(c) == 1  # b, the least recently seen, is forgotten
     assert [counter.seen(a), counter.seen(b)] == [3, 1]
+
+
+def test_switched_off_evidence_accepts_every_hook_and_stores_nothing() -> None:
+    from remediator.evidence import HOOKS, UNRECORDED
+
+    assert {"row_read", "agent_answer", "inflight", "retained_result", "last_error", "guarded_update"} <= set(HOOKS)
+    assert all(getattr(UNRECORDED, hook)(None, 0.1) is None for hook in HOOKS)
