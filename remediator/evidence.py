@@ -77,9 +77,21 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         # Very short values would redact ordinary words; real secrets are longer.
         self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True))
+        self._done: dict[tuple[str, int], str] = {}  # short texts (label names, values) repeat a lot
 
     def text(self, value: object, limit: int = MAX_TEXT) -> str:
         text = value if isinstance(value, str) else str(value)
+        if len(text) > 256:
+            return self._redacted(text, limit)
+        key = (text, limit)
+        done = self._done.get(key)
+        if done is None:
+            if len(self._done) >= 4096:
+                self._done.clear()
+            done = self._done[key] = self._redacted(text, limit)
+        return done
+
+    def _redacted(self, text: str, limit: int) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
