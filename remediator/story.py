@@ -50,7 +50,8 @@ def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict
         "story_url": story_url(external_url, execution_id) or None,
         "execution": None if row is None else {
             "agent": row.agent_name, "schedule_id": row.schedule_id, "status": row.status,
-            "started_at": row.started_at, "completed_at": row.completed_at, "error": row.error,
+            # str(): a database with real timestamp columns hands back datetimes
+            "started_at": str(row.started_at), "completed_at": _optional_text(row.completed_at), "error": row.error,
             "leased": row.lease_expires_at is not None},
         "recovery": None if recovery is None else {
             "action": recovery.action, "reason": recovery.reason, "recovered_at": recovery.recovered_at,
@@ -60,6 +61,10 @@ def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict
         "decisions_left_out": max(0, len(decided) - MAX_DECISIONS),
         "timeline": events,
     }
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _instant(value: str) -> datetime:
