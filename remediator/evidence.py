@@ -77,19 +77,18 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         # Very short values would redact ordinary words; real secrets are longer.
         self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True))
-        self._done: dict[tuple[str, int], str] = {}  # short texts (label names, values) repeat a lot
+        self._done: dict[str, str] = {}
 
     def text(self, value: object, limit: int = MAX_TEXT) -> str:
         text = value if isinstance(value, str) else str(value)
         if len(text) > 256:
             return self._redacted(text, limit)
-        key = (text, limit)
-        done = self._done.get(key)
+        done = self._done.get(text)  # short texts (label names and values, hosts) repeat across a batch
         if done is None:
             if len(self._done) >= 4096:
                 self._done.clear()
-            done = self._done[key] = self._redacted(text, limit)
-        return done
+            done = self._done[text] = self._redacted(text, 256)
+        return done if len(done) <= limit else done[:limit - 1] + "…"
 
     def _redacted(self, text: str, limit: int) -> str:
         for secret in self._secrets:
@@ -179,11 +178,11 @@ class Evidence:
         self._redact = recorder.redactor
         self._deliveries_seen = recorder.deliveries.seen(alert) if delivery is not None else 0
         self._facts: dict[str, Any] = {}
-        self._calls: list[dict[str, Any]] = []
+        self._calls: dict[str, float] = {}  # outbound call -> milliseconds, in the order made
 
     def _took(self, call: str, seconds: float | None) -> None:
         if seconds is not None:
-            self._calls.append({"call": call, "ms": _ms(seconds)})
+            self._calls[call if call not in self._calls else f"{call} ({len(self._calls) + 1})"] = _ms(seconds)
 
     # -- the hooks: one call per fact, from remediate.py --------------------------------------------
 
@@ -207,7 +206,7 @@ class Evidence:
         facts = self._agent_call("GET /api/executions/running", answer, seconds)
         if answer.value is not None:
             snapshot, execution_id = answer.value, self._alert.execution_id
-            running = snapshot.running_ids
+            running = _running_ids(snapshot)
             facts.update(in_running=execution_id in running, in_pending=execution_id in snapshot.pending_ids,
                          in_recently_completed=execution_id in snapshot.recently_completed_ids,
                          running=len(running), pending=len(snapshot.pending_ids),
@@ -275,9 +274,11 @@ class Evidence:
                        guard: str = GUARD) -> None:
         """The guarded transition (``running -> failed``, or a claim's status): did it change the row,
         and what did it write."""
-        self._facts["update"] = {"guard": guard, "won": won, "rows_changed": 1 if won else 0,
+        self._facts["update"] = {"won": won, "rows_changed": 1 if won else 0,
                                  "wrote": {"status": status, "error": self._redact.text(error, MAX_ERROR_TEXT)}
                                  if won else None}
+        if guard != GUARD:  # the usual guard goes without saying (story.describe names it)
+            self._facts["update"]["guard"] = guard
         self._took("database: guarded update", seconds)
 
     # -- turning it into the stored record -----------------------------------------------------------
@@ -340,6 +341,15 @@ for _hook in HOOKS:
     setattr(Unrecorded, _hook, _nothing)
 
 _DEFAULT_RECORDER = Recorder()
+_last_running: tuple[RunningSnapshot | None, frozenset[str]] = (None, frozenset())
+
+
+def _running_ids(snapshot: RunningSnapshot) -> frozenset[str]:
+    """The snapshot's running ids, built once for the many verdicts one agent's answer serves."""
+    global _last_running
+    if _last_running[0] is not snapshot:
+        _last_running = (snapshot, snapshot.running_ids)
+    return _last_running[1]
 UNRECORDED = Unrecorded()
 
 

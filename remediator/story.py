@@ -19,6 +19,7 @@ from platform_access.schema import schedule_executions
 from platform_access.timestamps import BadTimestamp, parse_utc
 from remediator import audit
 from remediator.announce import recovery_event, story_url
+from remediator.evidence import GUARD
 
 MAX_DECISIONS = 500  # the newest ones; a story longer than that says how many it left out
 # Same instant: the order things happen in.
@@ -219,18 +220,18 @@ def _last_error(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
 
 
 def _update(u: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    guard = u.get("guard", GUARD)
     if u.get("won"):
         wrote = u.get("wrote") or {}
-        return (f"guarded update ({u.get('guard')}) changed the row: status {wrote.get('status')}, "
-                f"error {wrote.get('error')!r}")
-    return f"guarded update ({u.get('guard')}) changed nothing: another writer changed the row first"
+        return f"guarded update ({guard}) changed the row: status {wrote.get('status')}, error {wrote.get('error')!r}"
+    return f"guarded update ({guard}) changed nothing: another writer changed the row first"
 
 
 def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     parts = [f"alert start to decision {t.get('alert_start_to_decision_s')} s"]
     if "received_to_decision_ms" in t:
         parts.append(f"received to decision {t['received_to_decision_ms']} ms")
-    parts += [f"{c['call']} {c['ms']} ms" for c in t.get("calls", [])]
+    parts += [f"{call} {ms} ms" for call, ms in (t.get("calls") or {}).items()]
     return "timings: " + "; ".join(parts)
 
 
