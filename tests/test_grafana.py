@@ -747,3 +747,10 @@ def test_key_panels_show_the_right_numbers_on_a_small_platform(tmp_path: Path) -
         [_promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_recoveries_annotation_marks_each_recovery_at_its_time_and_links_to_its_story(board: dict[str, Any]) -> None:
+    [recoveries] = [a for a in board["annotations"]["list"] if a["name"] == "Recoveries"]
+    assert recoveries["useValueForTime"] is True  # the series' value (ms) is the recovery's moment
+    assert 'href="{{story_url}}"' in recoveries["textFormat"]
+    assert "story_url" in recoveries["expr"] and remediator_metrics.RECOVERY_TIMESTAMP in recoveries["expr"]
