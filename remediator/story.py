@@ -145,7 +145,7 @@ def describe(evidence: Mapping[str, Any] | None) -> list[str]:
 
 def _alert(a: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in a.get("labels", {}).items())
-    return (f"alert: {a.get('status')}, firing since {a.get('starts_at')}, "
+    return (f"alert ({a.get('status')}): firing since {a.get('starts_at')}, "
             f"fingerprint {a.get('fingerprint') or 'none'}, labels {{{labels}}}, "
             f"from {a.get('generator_url') or 'no generator URL'}")
 
@@ -164,7 +164,7 @@ def _row(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
         return f"row as read at {r.get('read_at')}: unreadable ({r.get('problem')})"
     lease = "; leased by another reaper" if r.get("leased") else ""
     return (f"row as read at {r.get('read_at')}: status {r.get('status')}, agent {r.get('agent')}, started "
-            f"{r.get('started_at')} ({r.get('age_seconds')} s before), timeout {r.get('timeout_seconds')} s "
+            f"{r.get('started_at')} (age {r.get('age_seconds')} s), timeout {r.get('timeout_seconds')} s "
             f"from the {r.get('timeout_source')}{lease}")
 
 
