@@ -7,6 +7,12 @@
 all 1,000 alerts, fully processed (verified against the database and every agent, failed,
 slots released, announced, audited). Compared with the floor: the same database doing 1,000 bare
 guarded ``UPDATE ... WHERE status = 'running'`` in one transaction. Goals: <= 2 s and <= 3x floor.
+
+The same notification is also run with evidence switched off (no facts collected, none stored), to
+show what keeping the evidence of every decision costs. Goal: with evidence <= 1.25x without. Each
+repeat runs both back to back (alternating which goes first) and the ratio is the median of the
+per-repeat ratios, so load from other processes drifting over the run cancels out; the CPU time of
+the remediator's process (the agents run in another) is printed too, being less sensitive to it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from platform_access.schema import schedule_executions
 from platform_access.slots import open_slot_store, slot_metadata
 from platform_access.timestamps import utcnow
 from remediator.app import Config, create_app
+from remediator.audit import decisions
 from remediator.auth import Credentials
 from remediator.remediate import Settings
 from simulated_platform.agent_server import serve_agents
@@ -77,7 +84,9 @@ def _serve_agents(names: list[str], port: int, ready: multiprocessing.synchroniz
     asyncio.run(serve())
 
 
-async def remediate(url: str, n: int, agent_count: int, redis_url: str | None) -> tuple[float, int]:
+async def remediate(url: str, n: int, agent_count: int, redis_url: str | None,
+                    record_evidence: bool = True) -> tuple[float, float]:
+    """Wall and CPU seconds of one notification's handling."""
     from tests.servers import free_port
 
     names = [f"agent-{i:03d}" for i in range(agent_count)]
@@ -89,21 +98,26 @@ async def remediate(url: str, n: int, agent_count: int, redis_url: str | None) -
     template = f"http://127.0.0.1:{port}/agents/{{agent}}"
     config = Config(database_url=url, agent_url_template=template, agent_secret=SECRET,
                     credentials=Credentials(bearer_token="t"), redis_url=redis_url, announce_redis_url=redis_url,
-                    breaker_max_actions=n * 2, settings=Settings(replica="bench", min_orphan_age_seconds=60))
+                    breaker_max_actions=n * 2, record_evidence=record_evidence,
+                    settings=Settings(replica="bench", min_orphan_age_seconds=60))
     app = create_app(config, CollectorRegistry())
     body = notification(*[alert(f"e{i:05d}", names[i % agent_count], fingerprint=f"{i:016x}") for i in range(n)])
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             response = await client.post("/api/v1/alerts", json=body, headers={"Authorization": "Bearer t"})
-            elapsed = time.perf_counter() - started
-        recovered = sum(1 for a in response.json()["alerts"] if a["outcome"] == "recovered")
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        assert all(a["outcome"] == "recovered" for a in response.json()["alerts"])
         with engine.connect() as conn:
             failed = conn.execute(sa.select(sa.func.count()).select_from(schedule_executions)
                                   .where(schedule_executions.c.status == "failed")).scalar_one()
         assert response.status_code == 200 and failed == n, (response.status_code, failed)
-        return elapsed, int(failed) if recovered else 0
+        with engine.connect() as conn:
+            kept = conn.execute(sa.select(sa.func.count()).select_from(decisions)
+                                .where(decisions.c.evidence.is_not(None))).scalar_one()
+        assert kept == (n if record_evidence else 0), kept
+        return elapsed, cpu
     finally:
         agents.terminate()
         agents.join(10)
@@ -130,23 +144,30 @@ def main() -> None:
     from exec_watchdog.logs import configure_logging
 
     configure_logging("info", "json")  # a real run logs one line per recovery: keep that cost in
-    floors, runs = [], []
+    floors: list[float] = []
+    runs, bare, runs_cpu, bare_cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             if args.database_url:
                 from tests.servers import create_database
-                floor_url, run_url = create_database(args.database_url), create_database(args.database_url)
+                floor_url, run_url, bare_url = (create_database(args.database_url) for _ in range(3))
             else:
-                floor_url, run_url = f"sqlite:///{tmp}/floor{i}.db", f"sqlite:///{tmp}/run{i}.db"
-            if args.redis_url:
-                import redis
-                redis.Redis.from_url(args.redis_url).flushdb()
+                floor_url, run_url, bare_url = (f"sqlite:///{tmp}/{name}{i}.db" for name in ("floor", "run", "bare"))
             floors.append(floor(floor_url, args.executions))
-            runs.append(asyncio.run(remediate(run_url, args.executions, args.agents, args.redis_url))[0])
+            # Alternate which goes first, so neither always meets a warmer machine.
+            for record in (True, False) if i % 2 == 0 else (False, True):
+                if args.redis_url:
+                    import redis
+                    redis.Redis.from_url(args.redis_url).flushdb()
+                url, walls, cpus = (run_url, runs, runs_cpu) if record else (bare_url, bare, bare_cpu)
+                wall, cpu = asyncio.run(remediate(url, args.executions, args.agents, args.redis_url, record))
+                walls.append(wall)
+                cpus.append(cpu)
             if args.database_url:
-                drop_databases(args.database_url, floor_url, run_url)
-            print(f"run {i + 1}: remediation {runs[-1]:.3f} s, floor {floors[-1]:.3f} s", file=sys.stderr)
-    elapsed, base = statistics.median(runs), statistics.median(floors)
+                drop_databases(args.database_url, floor_url, run_url, bare_url)
+            print(f"run {i + 1}: remediation {runs[-1]:.3f} s ({runs_cpu[-1]:.3f} s CPU), without evidence "
+                  f"{bare[-1]:.3f} s ({bare_cpu[-1]:.3f} s CPU), floor {floors[-1]:.3f} s", file=sys.stderr)
+    elapsed, base, without = statistics.median(runs), statistics.median(floors), statistics.median(bare)
     backend = sa.make_url(run_url).get_backend_name()
     print(f"database: {backend}; slots: {'redis' if args.redis_url else 'sql'}; median of {args.repeat} runs")
     print(f"one notification, {args.executions} orphan alerts on {args.agents} agents, verified, failed, released, "
@@ -154,6 +175,12 @@ def main() -> None:
           f"goal <= 2 s: {'met' if elapsed <= 2 else 'MISSED'}")
     print(f"floor, {args.executions} bare guarded updates in one transaction: {base:.3f} s")
     print(f"ratio: {elapsed / base:.2f}x the floor; goal <= 3x: {'met' if elapsed <= 3 * base else 'MISSED'}")
+    ratio = statistics.median(w / b for w, b in zip(runs, bare, strict=True))
+    cpu_ratio = statistics.median(w / b for w, b in zip(runs_cpu, bare_cpu, strict=True))
+    print(f"evidence recorded: {elapsed:.3f} s wall, {statistics.median(runs_cpu):.3f} s CPU; without: "
+          f"{without:.3f} s wall (min {min(bare):.3f}, max {max(bare):.3f}), {statistics.median(bare_cpu):.3f} s CPU")
+    print(f"evidence cost: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (medians of the per-repeat ratios); "
+          f"goal <= 1.25x: {'met' if ratio <= 1.25 else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ The pipeline, in the order data flows:
   simulate    run a simulated Trinity platform (agents running real processes, a scheduler, faults)
   exporter    publish per-execution runtime and agent presence to Prometheus (/metrics)
   remediator  the Alertmanager webhook: re-verify, terminate, mark failed, release slot, announce
+  explain     one execution's story: every notification, decision with its evidence, and action
   demo        all of it, with real Prometheus and Alertmanager as child processes
   db          create the embedded database (never alters an existing one)
   advise      advise a timeout per schedule from its completed runs (reads only)
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import cli as pipeline_cli
     from platform_access import cli as platform_cli
     from remediator import cli as remediator_cli
+    from remediator import explain as explain_cli
     from simulated_platform import cli as simulate_cli
 
     parser = argparse.ArgumentParser(
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="json", choices=["json", "console"],
                         help="json: one object per line (default); console: for people")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cli, exporter_cli, remediator_cli, pipeline_cli, platform_cli, advise_cli):
+    for module in (simulate_cli, exporter_cli, remediator_cli, explain_cli, pipeline_cli, platform_cli, advise_cli):
         module.register(commands)
     return parser
 

@@ -50,10 +50,8 @@ ALERTMANAGER_DATASOURCE_NAME = "Exec watchdog Alertmanager"
 REMEDIATION_ALERTS = "ExecWatchdogExecution(Orphaned|Overdue|CompletedUnreported)"
 TOP_N = 10
 
-# Annotation queries run on their own step, not the panel's interval; the window is two steps so a
-# recovery that happens between two evaluations is still seen.
+# Annotation queries run on their own step, not the panel's interval.
 ANNOTATION_STEP = "1m"
-ANNOTATION_WINDOW = "2m"
 
 AGENT = 'agent=~"$agent"'
 RUNTIME = f"{exporter_metrics.EXECUTION_RUNTIME}{{{AGENT}}}"
@@ -410,9 +408,12 @@ class PrometheusAnnotation(dash.AnnotationQuery):
     added to its JSON here rather than patched into the output afterwards.
     """
 
-    def __init__(self, *, step: str, title: str, tag_keys: str) -> None:
+    def __init__(self, *, step: str, title: str, tag_keys: str, text: str = "", value_is_time: bool = False) -> None:
         super().__init__()
-        self._extra = {"step": step, "titleFormat": title, "tagKeys": tag_keys, "useValueForTime": False}
+        self._extra: dict[str, object] = {"step": step, "titleFormat": title, "tagKeys": tag_keys,
+                                          "useValueForTime": value_is_time}
+        if text:
+            self._extra["textFormat"] = text
 
     def build(self) -> model.AnnotationQuery:
         return _AnnotationWithExtras(super().build(), self._extra)
@@ -437,15 +438,24 @@ class _AnnotationWithExtras(model.AnnotationQuery):
         return {**super().to_json(), **self._extra}
 
 
+# One annotation per recovery, at the moment it was made (the series' value, in ms, is its time),
+# whose text links to that execution's story on the remediator's live page. The remediator
+# publishes each of its recent recoveries with the link as a label (story_url).
+RECOVERY_STORY_TEXT = '<a href="{{story_url}}" target="_blank">{{action}} of {{execution_id}} on {{agent}}: ' \
+    'evidence and timeline</a>'
+
+
 def annotation_queries() -> list[PrometheusAnnotation]:
     return [
-        PrometheusAnnotation(step=ANNOTATION_STEP, title="Recovered", tag_keys="action")
+        PrometheusAnnotation(step=ANNOTATION_STEP, title="Recovered {{execution_id}}", tag_keys="action,agent",
+                             text=RECOVERY_STORY_TEXT, value_is_time=True)
         .name("Recoveries")
         .datasource(PROMETHEUS)
         .enable(True)
         .hide(False)
         .icon_color("green")
-        .expr(f"sum by (action) (increase({RECOVERED}[{ANNOTATION_WINDOW}])) > 0"),
+        .expr(f"max by (agent, execution_id, action, story_url) "
+              f"({remediator_metrics.RECOVERY_TIMESTAMP}{{{AGENT}}}) * 1000"),
         PrometheusAnnotation(step=ANNOTATION_STEP, title="Breaker open", tag_keys="instance")
         .name("Breaker open")
         .datasource(PROMETHEUS)

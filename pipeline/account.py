@@ -117,8 +117,9 @@ class Account:
             pass
         self.recovered[execution_id] = (action, seconds)
         after = f"{seconds:.1f} s after the fault" if seconds is not None else "fault time unknown"
+        story = f"  story: {event['story_url']}" if event.get("story_url") else ""
         self.line("RECOVERED", f"{event.get('agent_name')}  {execution_id}  {ACTION_WORDS.get(action, action)}, "
-                               f"{after}: {event.get('reason')}")
+                               f"{after}: {event.get('reason')}{story}")
 
     # -- summary --------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class Execution:
     timeout_seconds: int
     leased: bool
     agent_deleted: bool = False  # agent_ownership.deleted_at is set: not the watchdog's business
+    timeout_source: str = "default"  # where the effective timeout came from: schedule, agent or default
 
     def runtime_seconds(self, now: datetime) -> float:
         return (now - self.started_at).total_seconds()
@@ -161,12 +162,18 @@ def create_platform_tables(engine: sa.Engine, extra: sa.MetaData | None = None) 
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
-def effective_timeout(schedule_timeout: object, agent_timeout: object) -> int:
-    """Trinity's rule: COALESCE(schedule, agent, 3600), then 0 (or anything but a positive integer) is 900 s."""
-    value = next((v for v in (schedule_timeout, agent_timeout) if v is not None), DEFAULT_TIMEOUT_SECONDS)
+def effective_timeout_with_source(schedule_timeout: object, agent_timeout: object) -> tuple[int, str]:
+    """Trinity's rule: COALESCE(schedule, agent, 3600), then 0 (or anything but a positive integer)
+    is 900 s; and which one it came from (schedule, agent or default), for the evidence."""
+    value, source = next(((v, s) for v, s in ((schedule_timeout, "schedule"), (agent_timeout, "agent"))
+                          if v is not None), (DEFAULT_TIMEOUT_SECONDS, "default"))
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return ZERO_TIMEOUT_SECONDS
+        return value, source
+    return ZERO_TIMEOUT_SECONDS, source
+
+
+def effective_timeout(schedule_timeout: object, agent_timeout: object) -> int:
+    return effective_timeout_with_source(schedule_timeout, agent_timeout)[0]
 
 
 _SELECT_EXECUTIONS = sa.select(
@@ -196,15 +203,17 @@ def _to_execution(row: Any) -> Execution:
         started = parse_utc(row.started_at)
     except BadTimestamp as exc:
         raise BadRow(f"execution {row.id!r}: started_at: {exc}") from None
+    timeout, timeout_source = effective_timeout_with_source(row.schedule_timeout, row.agent_timeout)
     return Execution(
         id=str(row.id),
         agent_name=row.agent_name,
         schedule_id=str(row.schedule_id),
         status=row.status,
         started_at=started,
-        timeout_seconds=effective_timeout(row.schedule_timeout, row.agent_timeout),
+        timeout_seconds=timeout,
         leased=row.lease_expires_at is not None,
         agent_deleted=row.agent_deleted_at is not None,
+        timeout_source=timeout_source,
     )
 
 

@@ -1,5 +1,9 @@
 """Announcing a recovery: Trinity's ``watchdog_recovery`` event on the WebSocket feed and an
-optional Redis channel, and one canonical JSON log line."""
+optional Redis channel, and one canonical JSON log line.
+
+When the remediator knows its own address (``--external-url``), the event also carries
+``story_url``: the live page opened on that execution's story (evidence and timeline). Trinity's
+UI reads the fields it knows and ignores the extra one."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from redis.asyncio import Redis
@@ -20,9 +25,14 @@ EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_t
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
-def recovery_event(recovery: Recovery) -> dict[str, Any]:
-    """The event shape Trinity's UI understands."""
-    return {
+def story_url(external_url: str, execution_id: str) -> str:
+    """The live page opened on one execution's story; empty when the remediator's address is unknown."""
+    return f"{external_url.rstrip('/')}/#execution={quote(execution_id, safe='')}" if external_url else ""
+
+
+def recovery_event(recovery: Recovery, external_url: str = "") -> dict[str, Any]:
+    """The event shape Trinity's UI understands, plus the link to the story when there is one."""
+    event = {
         "type": "watchdog_recovery",
         "agent_name": recovery.agent_name,
         "execution_id": recovery.execution_id,
@@ -30,6 +40,10 @@ def recovery_event(recovery: Recovery) -> dict[str, Any]:
         "reason": recovery.reason,
         "timestamp": format_utc(recovery.recovered_at),
     }
+    link = story_url(external_url, recovery.execution_id)
+    if link:
+        event["story_url"] = link
+    return event
 
 
 class WebSocketHub:
@@ -72,14 +86,15 @@ ANNOUNCED_MARKER_TTL_SECONDS = 7 * 24 * 3600
 
 
 class Announcer:
-    def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str) -> None:
+    def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str, external_url: str = "") -> None:
         self.hub = hub
         self.redis = redis
         self.channel = channel
+        self.external_url = external_url
 
     async def announce(self, recoveries: list[Recovery], now: datetime) -> None:
         """Publish every event once; raises if Redis is configured and unreachable (the caller retries)."""
-        events = [recovery_event(r) for r in recoveries]
+        events = [recovery_event(r, self.external_url) for r in recoveries]
         fresh = [True] * len(events)
         if self.redis is not None and events:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -95,6 +110,7 @@ class Announcer:
             await self.hub.broadcast(json.dumps(event))
             log.info("recovery", agent=recovery.agent_name, execution_id=recovery.execution_id,
                      action=recovery.action, event_action=event["action"], reason=recovery.reason,
+                     story_url=event.get("story_url", ""),
                      runtime_seconds=round(recovery.runtime_seconds, 3), fingerprint=recovery.fingerprint,
                      time_to_recovery_seconds=round((recovery.recovered_at - recovery.alert_started_at)
                                                     .total_seconds(), 3))

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from platform_access import database as db
 from platform_access.agent_client import AgentClient
 from platform_access.inflight import open_inflight_store
+from platform_access.names import InvalidIdentifier, check_execution_id
 from platform_access.poll_transport import PollTransport
 from platform_access.slots import open_slot_store, require_store_for
-from remediator import audit
+from platform_access.timestamps import utcnow
+from remediator import audit, story
 from remediator.announce import Announcer, WebSocketHub
 from remediator.auth import Credentials
 from remediator.breaker import Breaker
+from remediator.evidence import Delivery, DeliveryCounter, Recorder, Redactor
 from remediator.metrics import RemediatorMetrics
-from remediator.payload import PayloadError, parse_notification
+from remediator.payload import Notification, PayloadError, parse_notification
 from remediator.remediate import Remediator, Settings
 from remediator.silences import SilenceChecker
 
@@ -65,6 +69,8 @@ class Config:
     breaker_max_actions: int = 100
     breaker_window_seconds: float = 300.0
     sweep_interval_seconds: float = 5.0
+    external_url: str = ""  # where people reach this remediator: links to stories in events and metrics
+    record_evidence: bool = True  # keep the facts behind each decision with its audit row
     settings: Settings = field(default_factory=lambda: Settings(replica=f"remediator-{uuid.uuid4().hex[:8]}"))
 
 
@@ -76,10 +82,11 @@ class State:
     hub: WebSocketHub
     metrics: RemediatorMetrics
     config: Config
+    recorder: Recorder
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> Starlette:
-    metrics = RemediatorMetrics(registry or CollectorRegistry())
+    metrics = RemediatorMetrics(registry or CollectorRegistry(), config.external_url)
     hub = WebSocketHub()
     breaker = Breaker(config.breaker_max_actions, config.breaker_window_seconds)
 
@@ -96,11 +103,14 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         silences = SilenceChecker(list(config.alertmanager_urls), http) if config.alertmanager_urls else None
         await anyio.to_thread.run_sync(require_store_for, config.redis_url, engine)
         remediator = Remediator(engine, open_slot_store(config.redis_url, engine), agents,
-                                Announcer(hub, announce_redis, config.announce_channel), breaker, silences,
-                                metrics, config.settings, inflight=open_inflight_store(config.redis_url, engine))
+                                Announcer(hub, announce_redis, config.announce_channel, config.external_url), breaker,
+                                silences, metrics, config.settings,
+                                inflight=open_inflight_store(config.redis_url, engine))
         state: State = app.state  # type: ignore[assignment]
         state.remediator, state.engine, state.hub, state.metrics, state.config = (
             remediator, engine, hub, metrics, config)
+        secrets = (config.agent_secret, config.credentials.bearer_token, config.credentials.basic_password)
+        state.recorder = Recorder(Redactor(secrets), DeliveryCounter(), config.record_evidence)
         sweeper = asyncio.create_task(_sweep(remediator, engine, metrics, config.sweep_interval_seconds))
         log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
                  authenticated=config.credentials.configured, silence_check=bool(silences))
@@ -119,6 +129,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
     return Starlette(lifespan=lifespan, routes=[
         Route("/api/v1/alerts", webhook, methods=["POST"]),
         Route("/api/v1/audit", audit_api, methods=["GET"]),
+        Route("/api/v1/executions/{execution_id}", execution_story, methods=["GET"]),
         Route("/api/v1/breaker/reset", reset_breaker, methods=["POST"]),
         WebSocketRoute("/api/v1/events", events),
         Route("/", page, methods=["GET"]),
@@ -174,7 +185,17 @@ async def webhook(request: Request) -> Response:
     return response
 
 
+def _delivery(request: Request, notification: Notification, received_at: datetime, recorder: Recorder) -> Delivery:
+    """Who sent this notification: the Alertmanager named in the payload, the TCP peer, its user agent."""
+    peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+    return Delivery(received_at=received_at, receiver=notification.receiver, external_url=notification.external_url,
+                    group_key=notification.group_key, peer=peer, user_agent=request.headers.get("user-agent", ""),
+                    alerts=len(notification.alerts), truncated_alerts=notification.truncated_alerts,
+                    recorder=recorder)
+
+
 async def _webhook(request: Request, state: State) -> Response:
+    received_at = utcnow()
     if not state.config.credentials.accepts(request.headers.get("authorization")):
         return _problem(401, "missing or wrong credentials", **{"WWW-Authenticate": 'Bearer realm="exec-watchdog"'})
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -195,7 +216,8 @@ async def _webhook(request: Request, state: State) -> Response:
     with structlog.contextvars.bound_contextvars(group_key=notification.group_key[:200]):
         try:
             with state.metrics.duration.labels("batch").time():
-                result = await state.remediator.handle(notification.alerts)
+                result = await state.remediator.handle(
+                    notification.alerts, _delivery(request, notification, received_at, state.recorder))
         except sa.exc.SQLAlchemyError as exc:
             return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
     summary = [{"fingerprint": v.alert.fingerprint, "execution_id": v.alert.execution_id[:200],
@@ -236,6 +258,30 @@ async def audit_api(request: Request) -> Response:
     except sa.exc.OperationalError:
         return _problem(503, "database unavailable", **{"Retry-After": "5"})
     return JSONResponse({"decisions": rows})
+
+
+async def execution_story(request: Request) -> Response:
+    """One execution's whole story in time order: notifications, decisions with evidence, the
+    recovery and its announcement."""
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    try:
+        execution_id = check_execution_id(request.path_params["execution_id"])
+    except InvalidIdentifier as exc:
+        return _problem(400, str(exc)[:300])
+    state = _state(request)
+
+    def query() -> dict[str, Any] | None:
+        with state.engine.connect() as conn:
+            return story.load(conn, execution_id, state.config.external_url)
+
+    try:
+        found = await anyio.to_thread.run_sync(query)
+    except sa.exc.OperationalError:
+        return _problem(503, "database unavailable", **{"Retry-After": "5"})
+    if found is None:
+        return _problem(404, f"nothing is known about execution {execution_id!r}")
+    return JSONResponse(found)
 
 
 async def reset_breaker(request: Request) -> Response:

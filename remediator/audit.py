@@ -5,6 +5,10 @@ run that comes back to ``running`` after a recovery can be recovered again), wri
 the guarded ``running -> failed`` update. It is what makes the slot release and the announcement
 happen exactly once: whoever holds the row's claim finishes it, and a crashed claim expires so a
 later notification, the background sweep or another replica finishes it instead.
+
+Each decision row carries its evidence (``remediator/evidence.py``) as bounded JSON text. Tables
+made by an earlier version lack that column: :func:`create_tables` adds it, and their old rows
+keep ``NULL`` evidence.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ decisions = sa.Table(
     sa.Column("execution_id", sa.Text, nullable=False),
     sa.Column("outcome", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text),  # JSON; NULL on rows written before evidence existed
     sa.Index("idx_watchdog_decisions_execution", "execution_id"),
     sa.Index("idx_watchdog_decisions_agent", "agent_name"),
 )
@@ -69,6 +74,7 @@ class Decision:
     execution_id: str
     outcome: str
     reason: str
+    evidence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +97,25 @@ def create_tables(engine: sa.Engine) -> None:
     for attempt in range(3):
         try:
             audit_metadata.create_all(engine, checkfirst=True)
+            _add_missing_columns(engine)
             return
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+# Columns added to existing tables since their first version: (table, column, SQL type).
+_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"),)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Bring tables an earlier version created up to date. A replica adding the same column at the
+    same moment makes this ALTER fail; create_tables' retry then finds the column there."""
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} {sql_type}"))
 
 
 def record(conn: sa.Connection, items: list[Decision], replica: str, now: datetime) -> None:
@@ -171,9 +191,13 @@ def count_unfinished(conn: sa.Connection) -> int:
                             .where(recoveries.c.announced_at.is_(None))).scalar_one())
 
 
+# The audit list leaves the evidence out (it is the bulk of a row); the story has it.
+_DECISION_SUMMARY = [c for c in decisions.c if c.name != "evidence"]
+
+
 def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
     """Recent decisions joined with their recovery, newest first, for the audit API and page."""
-    query = (sa.select(decisions, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
+    query = (sa.select(*_DECISION_SUMMARY, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
                        recoveries.c.alert_started_at, recoveries.c.announced_at)
              .select_from(decisions.outerjoin(recoveries, sa.and_(
                  recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))

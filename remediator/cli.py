@@ -29,10 +29,13 @@ def register(commands: Any) -> None:
         "remediator", help="the Alertmanager webhook that re-verifies and recovers executions",
         description="Receive Alertmanager notifications (payload v4) at POST /api/v1/alerts; for each firing "
                     "alert labelled remediation=fail_orphan|terminate_overdue re-verify against the database "
-                    "and the agent, then act exactly once. Also serves /metrics, /healthz, /readyz, the audit "
-                    "API (/api/v1/audit), the live recoveries page (/) and its WebSocket feed.",
+                    "and the agent, then act exactly once, keeping the evidence of every decision. Also serves "
+                    "/metrics, /healthz, /readyz, the audit API (/api/v1/audit), each execution's story "
+                    "(/api/v1/executions/{id}), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
+    add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
+             "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
     add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db", help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
     add_flag(p, "--agent-secret", help="the backend's AGENT_AUTH_SECRET (prefer the file form)")
@@ -105,6 +108,9 @@ def build_config(args: argparse.Namespace) -> Any:
                  "claim_defer", "inflight_max_age", "header_timeout", "max_connections"):
         if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    external_url = (args.external_url or default_external_url(args.listen)).rstrip("/")
+    if not external_url.startswith(("http://", "https://")):
+        raise ValueError(f"--external-url {args.external_url!r} must be an http:// or https:// URL")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     return Config(
         database_url=args.database_url, agent_url_template=args.agent_url_template, agent_secret=secret,
@@ -112,12 +118,20 @@ def build_config(args: argparse.Namespace) -> Any:
         announce_channel=args.announce_channel, alertmanager_urls=tuple(args.alertmanager_url or ()),
         protect_metrics=args.protect_metrics, max_body_bytes=args.max_body_bytes, agent_timeout=args.agent_timeout,
         breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
-        sweep_interval_seconds=args.sweep_interval,
+        sweep_interval_seconds=args.sweep_interval, external_url=external_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
                           inflight_max_age_seconds=args.inflight_max_age,
                           crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),
     )
+
+
+def default_external_url(listen: str) -> str:
+    """Like Alertmanager's default: the listen address, with this host's name for a wildcard host."""
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from remediator import metric_names as names
+from remediator.announce import story_url
+from remediator.audit import Recovery
+
+
+class RecentRecoveries(Collector):
+    """Each recovery this replica made, for a while, with a link to its story: one Grafana annotation
+    per recovery. Execution ids as labels are deliberate (the annotation must name and link the
+    execution) and bounded: at most ``capacity`` recoveries, none older than ``keep_seconds``.
+
+        exec_watchdog_remediator_recovery_timestamp_seconds{action="fail_orphan",agent="a1",
+            execution_id="e1",story_url="http://remediator:9464/#execution=e1"} 1.7645e+09
+    """
+
+    def __init__(self, external_url: str = "", capacity: int = 1000, keep_seconds: float = 900.0) -> None:
+        self.external_url = external_url
+        self.keep_seconds = keep_seconds
+        self._recent: deque[tuple[float, Recovery]] = deque(maxlen=capacity)
+
+    def add(self, recovery: Recovery) -> None:
+        self._recent.append((time.monotonic(), recovery))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cutoff = time.monotonic() - self.keep_seconds
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+        family = GaugeMetricFamily(names.RECOVERY_TIMESTAMP, "Unix time of each recent recovery by this replica "
+                                   "(the last 15 minutes, at most 1,000), for annotations linking to its story.",
+                                   labels=["agent", "execution_id", "action", "story_url"])
+        for _, r in self._recent:
+            family.add_metric([r.agent_name, r.execution_id, r.action, story_url(self.external_url, r.execution_id)],
+                              r.recovered_at.timestamp())
+        yield family
 
 
 class RemediatorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, external_url: str = "") -> None:
         self.registry = registry
         self.requests = Counter(names.REQUESTS.removesuffix("_total"), "Webhook requests by status code.",
                                 ["code"], registry=registry)
@@ -27,3 +65,5 @@ class RemediatorMetrics:
         self.pending_finishes = Gauge(names.PENDING_FINISHES,
                                       "Recoveries whose slot release or announcement is not done yet.",
                                       registry=registry)
+        self.recent_recoveries = RecentRecoveries(external_url)
+        registry.register(self.recent_recoveries)

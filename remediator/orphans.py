@@ -27,6 +27,7 @@ from platform_access.agent_client import AgentClient, AgentResult, LastError, Ru
 from platform_access.timestamps import utcnow
 from remediator import claim, texts
 from remediator.deadlines import AgentBusy, AgentGate
+from remediator.evidence import Evidence, timed
 from remediator.payload import Alert
 
 T = TypeVar("T")
@@ -42,6 +43,7 @@ class Subject(Protocol):
     outcome: str
     error: str
     claim: db.Claim | None
+    evidence: Evidence
 
     def decide(self, outcome: str, reason: str) -> None: ...
 
@@ -64,12 +66,13 @@ class OrphanCheck:
         for v in verdicts:
             by_agent.setdefault(v.alert.agent, []).append(v)
 
-        async def ask(agent: str) -> tuple[str, AgentResult[RunningSnapshot]]:
-            return agent, await self._call(agent, self.agents.running(agent))
+        async def ask(agent: str) -> tuple[str, tuple[AgentResult[RunningSnapshot], float]]:
+            return agent, await timed(self._call(agent, self.agents.running(agent)))
 
         candidates: list[tuple[Subject, RunningSnapshot]] = []
-        for agent, answer in await asyncio.gather(*(ask(a) for a in by_agent)):
+        for agent, (answer, took) in await asyncio.gather(*(ask(a) for a in by_agent)):
             for v in by_agent[agent]:
+                v.evidence.agent_answer(answer, took)
                 if not answer.answered:
                     v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
                     continue
@@ -82,18 +85,20 @@ class OrphanCheck:
                     candidates.append((v, snapshot))
         await self._check_inflight([v for v, _ in candidates], now)
         candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
-        answers = await asyncio.gather(*(self._retained(v) for v, _ in candidates))
-        for (v, snapshot), retained in zip(candidates, answers, strict=True):
-            self._apply(v, snapshot, retained)
+        answers = await asyncio.gather(*(timed(self._retained(v)) for v, _ in candidates))
+        for (v, snapshot), (retained, took) in zip(candidates, answers, strict=True):
+            self._apply(v, snapshot, retained, took)
 
     async def _check_inflight(self, verdicts: list[Subject], now: datetime) -> None:
         """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
         if not verdicts or self.inflight is None:
             return
         store = self.inflight
-        found = await anyio.to_thread.run_sync(lambda: store.verdicts(v.alert.execution_id for v in verdicts))
+        found, took = await timed(anyio.to_thread.run_sync(
+            lambda: store.verdicts(v.alert.execution_id for v in verdicts)))
         for v in verdicts:
             verdict = found.get(v.alert.execution_id, markers.Verdict.UNKNOWN)
+            v.evidence.inflight(verdict.value, seconds=took)
             if not markers.withholds(verdict, _age(v, now), self.inflight_max_age_seconds):
                 continue
             if verdict is markers.Verdict.ALIVE:
@@ -115,10 +120,14 @@ class OrphanCheck:
         answer = await self._call(v.alert.agent, self.agents.result(v.alert.agent, v.alert.execution_id))
         return AgentResult(answer.kind, answer.value, answer.detail)
 
-    def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object]) -> None:
+    def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object], took: float) -> None:
         recently_completed = v.alert.execution_id in snapshot.recently_completed_ids
         decision = claim.decide(answer, recently_completed=recently_completed, now=utcnow(),
                                 defer_seconds=self.claim_defer_seconds)
+        result = decision.result
+        v.evidence.retained_result(decision.step, status=result.status if result else None,
+                                   retained_at=result.retained_at.isoformat() if result else None,
+                                   detail=decision.reason or answer.detail, seconds=took)
         if decision.step == "claim":
             assert decision.result is not None
             v.claim = claim.claim_of(decision.result)
@@ -135,11 +144,12 @@ class OrphanCheck:
     async def prefix_last_error(self, v: Subject) -> None:
         """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
         try:
-            answer = await asyncio.wait_for(
+            answer, took = await timed(asyncio.wait_for(
                 self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)),
-                LAST_ERROR_TIMEOUT_SECONDS)
+                LAST_ERROR_TIMEOUT_SECONDS))
         except TimeoutError:
-            answer = AgentResult("timeout")
+            answer, took = AgentResult("timeout"), LAST_ERROR_TIMEOUT_SECONDS
+        v.evidence.last_error(answer, took)
         last: LastError | None = answer.value if answer.answered else None
         v.error = texts.with_last_error(v.error, last)
 

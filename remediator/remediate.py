@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from remediator import action_claims, audit, claim, texts
 from remediator.announce import Announcer
 from remediator.breaker import Breaker
 from remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
+from remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
 from remediator.metrics import RemediatorMetrics
 from remediator.orphans import OrphanCheck
 from remediator.payload import Alert
@@ -68,6 +70,7 @@ class Settings:
 @dataclass(slots=True)
 class Verdict:
     alert: Alert
+    evidence: Evidence = UNRECORDED  # the facts behind the decision, stored with its audit row
     outcome: str = ""
     reason: str = ""
     execution: db.Execution | None = None
@@ -118,9 +121,9 @@ class Remediator:
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
-    async def handle(self, alerts: Iterable[Alert]) -> BatchResult:
+    async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
-            result = BatchResult([Verdict(a) for a in alerts])
+            result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
             actionable = [v for v in result.verdicts if self._screen(v)]
             if actionable:
                 try:
@@ -165,9 +168,11 @@ class Remediator:
 
     async def _act(self, verdicts: list[Verdict]) -> bool:
         """Verify and act; False when a recovery's slot release or announcement is still owed."""
-        rows, now = await anyio.to_thread.run_sync(self._load, sorted({v.alert.execution_id for v in verdicts}))
+        ids = sorted({v.alert.execution_id for v in verdicts})
+        (rows, now), took = await timed(anyio.to_thread.run_sync(self._load, ids))
         seen: set[str] = set()
         for v in verdicts:
+            v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
             self._verify_row(v, rows.get(v.alert.execution_id), now)
             if v.outcome == "" and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
@@ -224,14 +229,17 @@ class Remediator:
     async def _check_silences(self, verdicts: list[Verdict]) -> None:
         if not verdicts or self.silences is None:
             return
+        started = time.perf_counter()
         try:
-            active = await self.silences.active()
+            check, took = await timed(self.silences.check())
         except SilenceCheckFailed as exc:
             for v in verdicts:
+                v.evidence.silence_check_failed(exc, time.perf_counter() - started)
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            imposed = covering(active, v.alert.labels)
+            v.evidence.silence_check(check, took)
+            imposed = covering(check.silences, v.alert.labels)
             if imposed is not None:
                 v.decide(*imposed)
 
@@ -251,7 +259,8 @@ class Remediator:
         refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
         if refused:
             return v.decide("lost_race", refused)
-        answer = await self._terminate_on_agent(v.alert.agent, v.alert.execution_id)
+        answer, took = await timed(self._terminate_on_agent(v.alert.agent, v.alert.execution_id))
+        v.evidence.terminate_answer(answer, took)
         self._judge_terminate(v, answer, now)
         if not v.error:  # no kill happened: the next attempt need not wait for the claim to expire
             await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
@@ -316,8 +325,11 @@ class Remediator:
             now = db.database_now(conn)
             for v in verdicts:
                 assert v.execution is not None
+                started = time.perf_counter()
                 won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
                        else db.fail_execution(conn, v.execution, v.error, now))
+                v.evidence.guarded_update(won, v.error, time.perf_counter() - started,
+                                          **({"status": v.claim.status} if v.claim is not None else {}))
                 killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
                 if won or killed:  # a kill whose exit report won the update is still ours
                     recovery = audit.Recovery(
@@ -336,6 +348,7 @@ class Remediator:
         for r in winners:
             self.metrics.time_to_recovery.labels(r.action).observe(
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
+            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
@@ -383,19 +396,20 @@ class Remediator:
         return len(claimed)
 
     async def _record(self, verdicts: list[Verdict]) -> None:
-        items = []
+        items, now = [], utcnow()  # decided now: the time the evidence and the audit row carry
         for v in verdicts:
             a = v.alert
             self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
             items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
-                                        a.execution_id[:200], v.outcome, v.reason[:1000]))
+                                        a.execution_id[:200], v.outcome, v.reason[:1000],
+                                        v.evidence.finish(self.settings.replica, now)))
             if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
                          outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)
 
         def write() -> None:
             with self.engine.begin() as conn:
-                audit.record(conn, items, self.settings.replica, utcnow())
+                audit.record(conn, items, self.settings.replica, now)
 
         await anyio.to_thread.run_sync(write)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class Silence:
         return None if self.problem else True
 
 
-def covering(active: list[Silence], labels: Mapping[str, str]) -> tuple[str, str] | None:
+def covering(active: Sequence[Silence], labels: Mapping[str, str]) -> tuple[str, str] | None:
     """The outcome a silence imposes on an alert with these labels: ``("silenced", why)``,
     ``("retry", why)`` when only an unreadable silence might cover it, or None."""
     unsure = None
@@ -115,6 +115,15 @@ def parse_silences(body: Any) -> list[Silence]:
     return active
 
 
+@dataclass(frozen=True, slots=True)
+class SilenceCheck:
+    """One re-check: the active silences, the Alertmanager that answered, and those that did not."""
+
+    silences: tuple[Silence, ...]
+    answered_by: str
+    unanswered: tuple[str, ...] = ()  # "url: error", in the order they were asked
+
+
 class SilenceChecker:
     """Asks each configured Alertmanager (an HA pair shares silences, one answer suffices).
 
@@ -137,11 +146,14 @@ class SilenceChecker:
         return json.loads(body)
 
     async def active(self) -> list[Silence]:
-        errors = []
+        return list((await self.check()).silences)
+
+    async def check(self) -> SilenceCheck:
+        errors: list[str] = []
         for url in self.urls:
             try:
                 async with asyncio.timeout(self.deadline_seconds):
-                    return parse_silences(await self._fetch(url))
+                    return SilenceCheck(tuple(parse_silences(await self._fetch(url))), url, tuple(errors))
             except TimeoutError:
                 errors.append(f"{url}: no answer within {self.deadline_seconds:g} s")
             except (httpx.HTTPError, ValueError, RecursionError) as exc:

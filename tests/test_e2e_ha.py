@@ -67,6 +67,7 @@ def test_two_alertmanagers_and_two_replicas_act_exactly_once(ha_pipeline: Pipeli
         action = "auto_terminated" if run in overdue else "orphan_recovered"
         assert p.announcements(run.execution_id)[0]["action"] == action
     assert replicas_heard == set(p.stack.replica_ids)
+    assert_evidence_names_each_delivery(p, [run.execution_id for run in runs])
     # Prometheus notified both Alertmanagers; both run as one cluster.
     for url in p.stack.alertmanager_urls:
         assert _received_firing(url) > 0, url
@@ -109,3 +110,24 @@ def test_twelve_overdue_and_twelve_orphaned_are_terminated_and_recovered_exactly
         assert len(p.redis_feed.for_execution(run.execution_id)) == 1
         assert run.execution_id not in p.held(run.agent)
     p.stack.children.check()
+
+
+def assert_evidence_names_each_delivery(p: Pipeline, execution_ids: list[str]) -> None:
+    """Each decision's evidence says which Alertmanager delivered the alert, and each replica counts
+    its own deliveries of an alert 1, 2, 3...; both Alertmanagers show up."""
+    delivered_by: set[str] = set()
+    for execution_id in execution_ids:
+        # Any replica tells the whole story: it is built from the shared database.
+        story = p.http.get(f"{p.stack.remediator_urls[-1]}/api/v1/executions/{execution_id}",
+                           headers={"Authorization": f"Bearer {p.stack.token}"}).json()
+        counted: dict[tuple[str, str, str], list[int]] = {}
+        for event in story["timeline"]:
+            if event["kind"] != "decision":
+                continue
+            evidence = event["decision"]["evidence"]
+            delivered_by.add(evidence["delivery"]["alertmanager"])
+            instance = (evidence["replica"], evidence["alert"]["fingerprint"], evidence["alert"]["starts_at"])
+            counted.setdefault(instance, []).append(evidence["delivery"]["deliveries_seen"])
+        for instance, seen in counted.items():
+            assert sorted(seen) == list(range(1, len(seen) + 1)), (execution_id, instance, seen)
+    assert delivered_by == set(p.stack.alertmanager_urls)

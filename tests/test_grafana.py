@@ -645,6 +645,7 @@ _EXPORTER = 'job="exec-watchdog-exporter", instance="exporter:9185"'
 _E1 = f'agent="a1", execution_id="e1", schedule_id="s1", {_EXPORTER}'
 _E2 = f'agent="a2", execution_id="e2", schedule_id="s2", {_EXPORTER}'
 _E3 = f'agent="a2", execution_id="e3", schedule_id="__manual__", {_EXPORTER}'
+_RECOVERY = 'action="fail_orphan", agent="a1", execution_id="e1", story_url="http://remediator:9464/#execution=e1"'
 _INPUT_SERIES = [
     # e1: young but unknown to its agent (orphan); e2: past its timeout (overdue); e3: fine and
     # not asked about (its agent_known series is absent).
@@ -665,6 +666,9 @@ _INPUT_SERIES = [
      "1x10"),
     ('exec_watchdog_remediator_remediations_total{action="fail_orphan", outcome="recovered", '
      'job="exec-watchdog-remediator", instance="remediator:8080"}', "0 0 0 1 1 1 1 1 1 1 1"),
+    # The remediator publishes that recovery (made at unix time 1764400000.5) for a while, then drops it.
+    (f'exec_watchdog_remediator_recovery_timestamp_seconds{{{_RECOVERY}, job="exec-watchdog-remediator", '
+     'instance="remediator:8080"}', "_ _ _ 1764400000.5 1764400000.5 1764400000.5 stale"),
 ]
 
 
@@ -718,8 +722,10 @@ def test_key_panels_show_the_right_numbers_on_a_small_platform(tmp_path: Path) -
                 (f"exec_watchdog_execution_agent_known{{{_E2}}}", 1),
             ],
         ),
-        # The recovery at minute 3 is marked while it is inside the annotation window, then not.
-        _expr_test("annotation 'Recoveries'", "4m", [('{action="fail_orphan"}', 1)]),
+        # One annotation per recovery: its series carries the story link, its value the moment in ms
+        # (Grafana's "series value as timestamp"), while the remediator publishes it.
+        _expr_test("annotation 'Recoveries'", "2m", []),
+        _expr_test("annotation 'Recoveries'", "4m", [(f"{{{_RECOVERY}}}", 1764400000500)]),
         _expr_test("annotation 'Recoveries'", "7m", []),
     ]
     test_file = tmp_path / "dashboard-panels.test.yml"
@@ -744,3 +750,10 @@ def test_key_panels_show_the_right_numbers_on_a_small_platform(tmp_path: Path) -
         [_promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_recoveries_annotation_marks_each_recovery_at_its_time_and_links_to_its_story(board: dict[str, Any]) -> None:
+    [recoveries] = [a for a in board["annotations"]["list"] if a["name"] == "Recoveries"]
+    assert recoveries["useValueForTime"] is True  # the series' value (ms) is the recovery's moment
+    assert 'href="{{story_url}}"' in recoveries["textFormat"]
+    assert "story_url" in recoveries["expr"] and remediator_metrics.RECOVERY_TIMESTAMP in recoveries["expr"]

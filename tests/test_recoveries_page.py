@@ -7,7 +7,7 @@ system one). Two kinds of server are behind the page:
   the cases the pipeline cannot stage on demand (the event arriving before its audit row, bad
   tokens);
 - the whole running pipeline (fast profile), where a real orphan is recovered while the page is
-  open and must appear on it without a reload.
+  open and must appear on it without a reload, and a recovered row expands to its evidence.
 
 A screenshot of the live page is saved to ``artifacts/recoveries-page.png`` and under the test's
 ``tmp_path``.
@@ -20,6 +20,8 @@ import contextlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ import uvicorn
 from playwright.sync_api import BrowserContext, Page, sync_playwright
 from starlette.applications import Starlette
 
+from grafana.queries import labelled_queries
 from platform_access.timestamps import format_utc, parse_utc, utcnow
 from remediator import audit
 from remediator.app import Config, create_app
@@ -316,3 +319,79 @@ def test_orphan_recovered_while_the_page_is_open_appears_on_top_without_a_reload
     assert_orphan_row(p, row, started.execution_id, LIVE)
     assert earlier in tab.row_ids()
     save_screenshot(tab.page, tmp_path, "recoveries-page.png")
+
+
+# -- evidence: the row's story, the announcement's link, Grafana's annotation, `explain` -------------
+
+STORY_FACTS_JS = """id => [...document.querySelectorAll(
+  `#rows tr.story-row[data-story-for="${id}"] li.event.this li.fact`)].map(li => li.textContent)"""
+
+
+def test_recovered_row_expands_to_its_evidence(pipeline: Pipeline, earlier: str, tab: Tab, tmp_path: Path) -> None:
+    """Clicking the recovered row shows its story; the facts of its decision are what the database,
+    the agent and Alertmanager said."""
+    p = pipeline
+    tab.page.goto(f"{p.stack.remediator_urls[0]}/#token={p.stack.token}")
+    tab.wait_live()
+    recovered_row = tab.page.locator(f'#rows tr.recovery[data-execution-id="{earlier}"]',
+                                     has=tab.page.locator('td[data-field="outcome"]', has_text="recovered"))
+
+    recovered_row.first.click()
+    tab.page.wait_for_selector(f'#rows tr.story-row[data-story-for="{earlier}"] li.event.this li.fact',
+                               timeout=15_000)
+
+    facts: list[str] = tab.page.evaluate(STORY_FACTS_JS, earlier)
+    row = p.row(earlier)
+    assert any(f.startswith("guarded update") and repr(row.error) in f for f in facts), facts
+    assert any(f.startswith("agent: GET /api/executions/running answered in ")
+               and "in none of running, pending, recently completed" in f for f in facts), facts
+    assert any(f.startswith("row as read at ") and "status running, agent " + EARLIER in f for f in facts), facts
+    assert any(f.startswith(f"delivered by {p.stack.alertmanager_urls[0]} ") for f in facts), facts
+    kinds = tab.page.eval_on_selector_all(f'#rows tr.story-row[data-story-for="{earlier}"] li.event',
+                                          "items => items.map(i => i.dataset.kind)")
+    assert {"alert_fired", "notification", "decision", "recovered", "slot_released", "announced"} <= set(kinds)
+    save_screenshot(tab.page, tmp_path, "recoveries-page-evidence.png")
+
+    recovered_row.first.click()  # and folds away again
+    tab.page.wait_for_selector(f'#rows tr.story-row[data-story-for="{earlier}"]', state="detached", timeout=5_000)
+
+
+def test_announcement_links_to_the_story_and_grafana_annotates_the_recovery(
+        pipeline: Pipeline, earlier: str, tab: Tab) -> None:
+    p = pipeline
+    url = p.stack.remediator_urls[0]
+    [event] = eventually(lambda: p.announcements(earlier), 10, "the recovery's announcement arrived")
+    assert event["story_url"] == f"{url}/#execution={earlier}"
+
+    tab.page.goto(f"{url}/#token={p.stack.token}")  # the browser remembers the token ...
+    tab.wait_live()
+    tab.page.goto(event["story_url"])  # ... so the link from the announcement needs none
+    tab.page.wait_for_selector('#story:not([hidden]) li.event[data-kind="announced"]', timeout=15_000)
+    assert tab.page.get_attribute("#story", "data-execution-id") == earlier
+
+    # Grafana's annotation query, as the dashboard holds it: one series per recovery, its value the
+    # recovery's time in ms, its story_url the announcement's link.
+    expr = dict(labelled_queries())["annotation 'Recoveries'"]
+    [series] = eventually(lambda: [s for s in p.series(expr) if s["metric"]["execution_id"] == earlier], 30,
+                          "Prometheus scraped the recovery")
+    assert series["metric"]["story_url"] == event["story_url"]
+    recovered_at = parse_utc(p.recovery(earlier).recovered_at).timestamp() * 1000
+    assert float(series["value"][1]) == pytest.approx(recovered_at, abs=1)
+
+
+def test_explain_asks_the_running_remediator(pipeline: Pipeline, earlier: str, tmp_path: Path) -> None:
+    p = pipeline
+    token_file = tmp_path / "token"
+    token_file.write_text(p.stack.token)
+    argv = [sys.executable, "-m", "exec_watchdog", "explain", earlier, "--remediator-url", p.stack.remediator_urls[0],
+            f"--bearer-token-file={token_file}"]
+
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    as_json = subprocess.run([*argv, "--format", "json"], capture_output=True, text=True, timeout=60, check=False)
+
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    story = json.loads(as_json.stdout)
+    assert story["execution"]["error"] == p.row(earlier).error
+    assert f"  error: {p.row(earlier).error}" in text.stdout
+    assert [e["kind"] for e in story["timeline"] if e["kind"] == "announced"] == ["announced"]
+    assert "announced as orphan_recovered" in text.stdout
