@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from alerts import rules
-from alerts.profiles import Profile
+from exec_watchdog.alerts import rules
+from exec_watchdog.alerts.profiles import Profile
 
 REMEDIATOR_RECEIVER = "remediator"
 OPERATOR_RECEIVER = "operators"

@@ -15,10 +15,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from alerts import rules
-from alerts.profiles import Profile
-from exporter import metric_names as exporter
-from remediator import metric_names as remediator
+from exec_watchdog.alerts import rules
+from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.remediator import metric_names as remediator
 
 Case = Callable[[Profile], dict[str, Any]]
 CASES: list[tuple[str, Case]] = []
@@ -672,7 +672,7 @@ def heartbeat(p: Profile) -> dict[str, Any]:
 
 
 # The timeout-advice cases live beside their rules; importing them registers them here.
-from alerts import timeout_rule_tests  # noqa: E402, F401
+from exec_watchdog.alerts import timeout_rule_tests  # noqa: E402, F401
 
 
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:

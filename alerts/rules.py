@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts import timeout_rules
-from alerts.profiles import Profile
-from exporter import metric_names as exporter
-from remediator import metric_names as remediator
+from exec_watchdog.alerts import timeout_rules
+from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.remediator import metric_names as remediator
 
 ORPHANED = "ExecWatchdogExecutionOrphaned"
 OVERDUE = "ExecWatchdogExecutionOverdue"

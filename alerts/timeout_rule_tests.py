@@ -1,6 +1,6 @@
 """promtool cases for the timeout advice (alerts/timeout_rules.py), registered with alerts/rule_tests.py.
 
-Expected quantiles and advised timeouts are computed by ``alerts.advice`` (the code
+Expected quantiles and advised timeouts are computed by ``exec_watchdog.alerts.advice`` (the code
 ``exec-watchdog advise`` runs) from the same runs the input series describe, so each case also
 checks that the rules and the command agree. Texts are written out, as in rule_tests.py.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alerts import advice, timeout_rules
-from alerts.profiles import Profile
-from alerts.rule_tests import EXPORTER_INSTANCE, Timeline, boundary, case, runbook, series
-from exporter import metric_names as exporter
-from exporter.history import DURATION_BUCKETS
+from exec_watchdog.alerts import advice, timeout_rules
+from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.alerts.rule_tests import EXPORTER_INSTANCE, Timeline, boundary, case, runbook, series
+from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.exporter.history import DURATION_BUCKETS
 
 AGENT = "agent-a"
 SCHEDULE = "nightly"

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alerts import advice
-from alerts.profiles import Profile
-from exporter import metric_names as exporter
+from exec_watchdog.alerts import advice
+from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.exporter import metric_names as exporter
 
 AlertBuilder = Callable[..., dict[str, Any]]
 

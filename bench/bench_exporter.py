@@ -47,7 +47,7 @@ SECRET = "bench-secret"
 
 def serve_agents_child(plan_path: str) -> int:
     """Child mode: serve the planned agents, start their processes, print READY, wait for stdin EOF."""
-    from simulated_platform.agent_server import serve_agents
+    from exec_watchdog.simulated_platform.agent_server import serve_agents
 
     plan: dict[str, list[str]] = json.loads(Path(plan_path).read_text())
 
@@ -95,10 +95,10 @@ def build_database(url: str, agents: int, executions: int, lost: float,
     """Fill the platform tables; return what each agent really runs."""
     import sqlalchemy as sa
 
-    from platform_access.database import create_engine, create_platform_tables
-    from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-    from platform_access.slots import RedisSlots, agent_slots, slot_metadata
-    from platform_access.timestamps import format_utc, utcnow
+    from exec_watchdog.platform_access.database import create_engine, create_platform_tables
+    from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+    from exec_watchdog.platform_access.slots import RedisSlots, agent_slots, slot_metadata
+    from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 
     rng = random.Random(3)
     engine = create_engine(url)
@@ -179,8 +179,8 @@ def compare_transports(url_template: str, agents: list[str], concurrency: int) -
     """CPU seconds this process spends polling every agent once, with each transport."""
     import psutil
 
-    from platform_access.agent_client import AgentClient
-    from platform_access.poll_transport import PollTransport
+    from exec_watchdog.platform_access.agent_client import AgentClient
+    from exec_watchdog.platform_access.poll_transport import PollTransport
 
     me = psutil.Process()
 
@@ -220,9 +220,9 @@ def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[fl
     """Seconds to render the same series: ours (collector + families + text) and bare client_python."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
-    from exporter import metric_names as m
-    from exporter.app import render
-    from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+    from exec_watchdog.exporter import metric_names as m
+    from exec_watchdog.exporter.app import render
+    from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 
     names = [f"agent-{i:04d}" for i in range(agents)]
     facts = tuple(ExecutionFacts(names[n % agents], f"exec-{n:06d}", f"sched-{n % 100:03d}", n * 0.37, 3600,

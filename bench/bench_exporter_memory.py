@@ -7,8 +7,8 @@ executions with bulky metadata). Three processes, so each number belongs to the 
 
 * this script: builds the platform database (one running row per agent);
 * a server child answering every agent's poll with the same prebuilt 5 MiB response;
-* a gatherer child: the exporter's real :class:`~exporter.gather.Gatherer` and
-  :class:`~platform_access.poll_transport.PollTransport`, scraping once; it reports its peak RSS
+* a gatherer child: the exporter's real :class:`~exec_watchdog.exporter.gather.Gatherer` and
+  :class:`~exec_watchdog.platform_access.poll_transport.PollTransport`, scraping once; it reports its peak RSS
   (VmHWM from /proc) and how many agents answered.
 
 It runs the gatherer twice: with the transport's default body budget, and with a budget so large
@@ -67,10 +67,10 @@ async def _serve(port_file: Path, mib: float) -> None:
 
 
 async def _gather(database: str, port: int, budget: int, concurrency: int) -> None:
-    from exporter.gather import Gatherer
-    from platform_access import database as db
-    from platform_access.agent_client import AgentClient
-    from platform_access.poll_transport import PollTransport
+    from exec_watchdog.exporter.gather import Gatherer
+    from exec_watchdog.platform_access import database as db
+    from exec_watchdog.platform_access.agent_client import AgentClient
+    from exec_watchdog.platform_access.poll_transport import PollTransport
 
     engine = db.create_engine(database)
     transport = PollTransport(max_connections=concurrency, body_budget_bytes=budget)
@@ -87,7 +87,7 @@ async def _gather(database: str, port: int, budget: int, concurrency: int) -> No
 
 
 def _build_database(path: Path, agents: int) -> str:
-    from platform_access import database as db
+    from exec_watchdog.platform_access import database as db
     from tests.platform_rows import insert_agent, insert_execution
 
     url = f"sqlite:///{path}"
@@ -116,7 +116,7 @@ def main() -> int:
         asyncio.run(_gather(args.gather[0], int(args.gather[1]), int(args.gather[2]), args.poll_concurrency))
         return 0
 
-    from platform_access.poll_transport import DEFAULT_BODY_BUDGET_BYTES
+    from exec_watchdog.platform_access.poll_transport import DEFAULT_BODY_BUDGET_BYTES
     from tests.servers import wait_for_port
 
     with tempfile.TemporaryDirectory(prefix="ew-bench-mem-") as tmp:

@@ -40,7 +40,7 @@ from bench.bench_exporter import (  # noqa: E402
 
 def completed_rows(count: int, agents: int, start_index: int, days: float, seed: int) -> list[dict[str, object]]:
     """``count`` completed runs over the last ``days`` days: 2/3 on 100 schedules, 1/3 manual."""
-    from platform_access.timestamps import format_utc, utcnow
+    from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 
     rng = random.Random(seed)
     now = utcnow()
@@ -65,8 +65,8 @@ def completed_rows(count: int, agents: int, start_index: int, days: float, seed:
 def insert_completed(url: str, rows: list[dict[str, object]]) -> None:
     import sqlalchemy as sa
 
-    from platform_access.database import create_engine
-    from platform_access.schema import schedule_executions
+    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.platform_access.schema import schedule_executions
 
     engine = create_engine(url)
     with engine.begin() as conn:

@@ -22,9 +22,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from platform_access import database as db
-from platform_access.inflight import RedisInflight, SqlInflight, Verdict, marker_key
-from platform_access.slots import slot_metadata
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.inflight import RedisInflight, SqlInflight, Verdict, marker_key
+from exec_watchdog.platform_access.slots import slot_metadata
 from tests.servers import redis_server
 
 

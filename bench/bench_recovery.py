@@ -44,19 +44,19 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from exec_watchdog.logs import configure_logging
-from pipeline.platform import Platform, PlatformOptions
-from pipeline.stack import Stack, StackOptions
-from pipeline.timing import (
+from exec_watchdog.pipeline.platform import Platform, PlatformOptions
+from exec_watchdog.pipeline.stack import Stack, StackOptions
+from exec_watchdog.pipeline.timing import (
     TRINITY_MIN_AGE_SECONDS,
     TRINITY_POLL_SECONDS,
     TRINITY_RECENTLY_COMPLETED_SECONDS,
     Timing,
     trinity_worst_seconds,
 )
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import parse_utc
-from remediator.audit import recoveries
-from remediator.metric_names import REMEDIATION_DURATION
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import parse_utc
+from exec_watchdog.remediator.audit import recoveries
+from exec_watchdog.remediator.metric_names import REMEDIATION_DURATION
 
 GOAL_OVER_FLOOR = 2.0  # fast profile: p95 within the floor + this
 GOAL_PRODUCTION_P95 = 60.0  # production profile: p95 from fault to row (issue 17)

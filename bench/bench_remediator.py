@@ -33,15 +33,15 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from platform_access import database as db
-from platform_access.schema import schedule_executions
-from platform_access.slots import open_slot_store, slot_metadata
-from platform_access.timestamps import utcnow
-from remediator.app import Config, create_app
-from remediator.audit import decisions
-from remediator.auth import Credentials
-from remediator.remediate import Settings
-from simulated_platform.agent_server import serve_agents
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import open_slot_store, slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator.audit import decisions
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.remediate import Settings
+from exec_watchdog.simulated_platform.agent_server import serve_agents
 from tests.platform_rows import insert_execution
 from tests.remediator_harness import alert, notification
 

@@ -52,7 +52,7 @@ def serve_synthetic_child(plan_path: str) -> int:
     """Child mode: answer /agents/{name}/api/executions/running for every planned agent."""
     import uvicorn
 
-    from platform_access.auth import TOKEN_HEADER, agent_token
+    from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
 
     plan: dict[str, list[str]] = json.loads(Path(plan_path).read_text())
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())

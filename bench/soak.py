@@ -68,17 +68,17 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exec_watchdog.logs import configure_logging
-from pipeline.platform import FaultClock, Platform, PlatformOptions, ensure_database
-from pipeline.stack import Stack, StackOptions
-from pipeline.timing import Timing
-from platform_access.inflight import RedisInflight
-from platform_access.schema import schedule_executions
-from platform_access.slots import open_slot_store
-from platform_access.timestamps import parse_utc, utcnow
-from simulated_platform.agent_server import serve_agents
-from simulated_platform.process_registry import RegistryConfig
-from simulated_platform.scheduler import Fault
-from simulated_platform.workload import agent_names
+from exec_watchdog.pipeline.platform import FaultClock, Platform, PlatformOptions, ensure_database
+from exec_watchdog.pipeline.stack import Stack, StackOptions
+from exec_watchdog.pipeline.timing import Timing
+from exec_watchdog.platform_access.inflight import RedisInflight
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import open_slot_store
+from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.simulated_platform.agent_server import serve_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.simulated_platform.scheduler import Fault
+from exec_watchdog.simulated_platform.workload import agent_names
 from tests.test_faults import (
     Announcements,
     Findings,

@@ -1,9 +1,9 @@
 """Render the deployment files that are copies of another part, so they can never drift from it.
 
 - ``kubernetes/base/prometheusrule.yaml``: a PrometheusRule whose groups are exactly
-  ``alerts.render.render_rules("production")``;
+  ``exec_watchdog.alerts.render.render_rules("production")``;
 - ``kubernetes/base/alertmanagerconfig.yaml``: the remediation route, receiver and inhibitions of
-  ``alerts.render.render_alertmanager_config(..., "production")`` as a prometheus-operator
+  ``exec_watchdog.alerts.render.render_alertmanager_config(..., "production")`` as a prometheus-operator
   AlertmanagerConfig, with the bearer token taken from the ``exec-watchdog`` Secret;
 - ``kubernetes/base/grafana-dashboard.yaml``: ``grafana/dashboards/exec-watchdog.json`` in a
   ConfigMap that Grafana's dashboard sidecar loads (label ``grafana_dashboard: "1"``);
@@ -28,15 +28,15 @@ from typing import Any
 
 import yaml
 
-from alerts.render import (
+from exec_watchdog.alerts.render import (
     DEFAULT_CREDENTIALS_FILE,
     profile_settings,
     render_alertmanager_config,
     render_rules,
 )
-from alerts.rules import REPLICA_LABEL
+from exec_watchdog.alerts.rules import REPLICA_LABEL
 from exec_watchdog.generated import sync_generated
-from grafana import DASHBOARD_PATH
+from exec_watchdog.grafana import DASHBOARD_PATH
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 BASE_DIR = DEPLOY_DIR / "kubernetes" / "base"

@@ -18,13 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from alerts import advice
-from alerts.profiles import PROFILES, ProfileError, load_profile
+from exec_watchdog.alerts import advice
+from exec_watchdog.alerts.profiles import PROFILES, ProfileError, load_profile
+from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.flags import add_flag
-from exporter.history import DURATION_BUCKETS
-from platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
-from platform_access.schema import MANUAL_SCHEDULE
-from platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
+from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
+from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
+from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
 
 DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
 
@@ -88,7 +88,7 @@ def _cumulative(counts: list[int]) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.app import open_engine  # read-only sessions on PostgreSQL, with a statement timeout
+    from exec_watchdog.exporter.app import open_engine  # read-only sessions on PostgreSQL, with a statement timeout
 
     try:
         profile = load_profile(args.profile)

@@ -29,12 +29,12 @@ Every flag can also be set by an environment variable named EXEC_WATCHDOG_<FLAG>
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` on one part never pays for another part's imports at module load.
     from exec_watchdog import advise as advise_cli
-    from exporter import cli as exporter_cli
-    from pipeline import cli as pipeline_cli
-    from platform_access import cli as platform_cli
-    from remediator import cli as remediator_cli
-    from remediator import explain as explain_cli
-    from simulated_platform import cli as simulate_cli
+    from exec_watchdog.exporter import cli as exporter_cli
+    from exec_watchdog.pipeline import cli as pipeline_cli
+    from exec_watchdog.platform_access import cli as platform_cli
+    from exec_watchdog.remediator import cli as remediator_cli
+    from exec_watchdog.remediator import explain as explain_cli
+    from exec_watchdog.simulated_platform import cli as simulate_cli
 
     parser = argparse.ArgumentParser(
         prog="exec-watchdog", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter

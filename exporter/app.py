@@ -21,14 +21,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from exporter.exposition import CONTENT_TYPE, render_snapshot
-from exporter.gather import Gatherer, poll_client
-from exporter.history import RunHistory
-from exporter.settings import ExporterSettings
-from exporter.snapshot import Snapshot
-from platform_access.database import create_engine
-from platform_access.inflight import InflightStore, RedisInflight, SqlInflight
-from platform_access.slots import RedisSlots, SlotStore, SqlSlots
+from exec_watchdog.exporter.exposition import CONTENT_TYPE, render_snapshot
+from exec_watchdog.exporter.gather import Gatherer, poll_client
+from exec_watchdog.exporter.history import RunHistory
+from exec_watchdog.exporter.settings import ExporterSettings
+from exec_watchdog.exporter.snapshot import Snapshot
+from exec_watchdog.platform_access.database import create_engine
+from exec_watchdog.platform_access.inflight import InflightStore, RedisInflight, SqlInflight
+from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots
 
 INDEX = """exec-watchdog exporter
 /metrics  running executions, agent presence and capacity (one fresh scrape per request),

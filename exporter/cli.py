@@ -11,9 +11,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from exec_watchdog.exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
 from exec_watchdog.flags import ConfigError, add_flag
-from exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
-from platform_access.agent_client import DEFAULT_URL_TEMPLATE
+from exec_watchdog.platform_access.agent_client import DEFAULT_URL_TEMPLATE
 
 DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
 
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _require_stores(settings: ExporterSettings) -> None:
-    from platform_access.database import create_engine
-    from platform_access.slots import EmbeddedTablesMissing, require_store_for
+    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
 
     engine = create_engine(settings.database_url)
     try:
@@ -88,7 +88,7 @@ def serve(settings: ExporterSettings, sock: socket.socket) -> None:
     import structlog
     import uvicorn
 
-    from exporter.app import create_app
+    from exec_watchdog.exporter.app import create_app
 
     # httpx logs every request at INFO: a thousand lines per scrape. Failures are logged by us.
     for name in ("httpx", "httpcore"):

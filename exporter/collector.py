@@ -13,8 +13,8 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import metric_names as names
-from exporter.snapshot import Snapshot
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.exporter.snapshot import Snapshot
 
 EXECUTION_LABELS = ("agent", "execution_id", "schedule_id")
 

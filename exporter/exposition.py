@@ -1,6 +1,6 @@
 """The text exposition (format 0.0.4) of a snapshot, written straight from the snapshot.
 
-Byte for byte what ``generate_latest`` writes for :class:`~exporter.collector.ExecWatchdogCollector`
+Byte for byte what ``generate_latest`` writes for :class:`~exec_watchdog.exporter.collector.ExecWatchdogCollector`
 (``tests/test_exporter_exposition.py`` checks that on generated snapshots), at a fifth of the
 cost. At 10,000 running executions a scrape has over 30,000 labelled samples: building them as
 client_python families and formatting them takes ~0.25 s (the OpenMetrics form ~0.45 s), a
@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from prometheus_client.utils import floatToGoString
 
-from exporter import metric_names as names
-from exporter.collector import HELP
-from exporter.snapshot import Snapshot
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.exporter.collector import HELP
+from exec_watchdog.exporter.snapshot import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

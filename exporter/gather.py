@@ -8,7 +8,7 @@ Polls run concurrently under a semaphore, each with its own timeout, and the who
 deadline, so one slow or dead agent costs at most its timeout and never stalls the scrape. The
 capacity slots are read at the same time as the polls.
 
-With ``--shard K/N`` both reads and the polls cover only the shard's agents (exporter.sharding).
+With ``--shard K/N`` both reads and the polls cover only the shard's agents (exec_watchdog.exporter.sharding).
 
 Concurrent scrapes (two Prometheus replicas, say) share one in-flight gather instead of doubling
 the load on the database and the agents.
@@ -27,16 +27,16 @@ import sqlalchemy as sa
 import structlog
 
 from exec_watchdog import __version__
-from exporter.sharding import Shard
-from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
-from platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
-from platform_access.database import Execution, agents, running_executions
-from platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
-from platform_access.names import InvalidIdentifier
-from platform_access.poll_transport import PollTransport
-from platform_access.schema import DEFAULT_MAX_PARALLEL_TASKS
-from platform_access.slots import SlotStore
-from platform_access.timestamps import utcnow
+from exec_watchdog.exporter.sharding import Shard
+from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
+from exec_watchdog.platform_access.database import Execution, agents, running_executions
+from exec_watchdog.platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
+from exec_watchdog.platform_access.names import InvalidIdentifier
+from exec_watchdog.platform_access.poll_transport import PollTransport
+from exec_watchdog.platform_access.schema import DEFAULT_MAX_PARALLEL_TASKS
+from exec_watchdog.platform_access.slots import SlotStore
+from exec_watchdog.platform_access.timestamps import utcnow
 
 log = structlog.get_logger("exporter")
 

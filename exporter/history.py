@@ -47,15 +47,15 @@ import sqlalchemy as sa
 import structlog
 from prometheus_client.utils import floatToGoString
 
-from exporter import metric_names as names
-from platform_access.run_history import (
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.platform_access.run_history import (
     FINAL_STATUSES,
     WATCHDOG_ACTIONS,
     SkippedRow,
     completed_runs,
     schedule_timeouts,
 )
-from platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 
 log = structlog.get_logger("exporter")
 

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
+from exec_watchdog.exporter.sharding import Shard, parse_shard
 from exec_watchdog.flags import ConfigError, read_secret_file
-from exporter.sharding import Shard, parse_shard
-from platform_access.agent_client import check_url_template
-from platform_access.database import redacted
-from platform_access.urls import check_redis_url
+from exec_watchdog.platform_access.agent_client import check_url_template
+from exec_watchdog.platform_access.database import redacted
+from exec_watchdog.platform_access.urls import check_redis_url
 
 DEFAULT_LISTEN = "127.0.0.1:9463"
 

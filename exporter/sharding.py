@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from platform_access.database import BadRow, Execution, running_agent_names, running_executions
+from exec_watchdog.platform_access.database import BadRow, Execution, running_agent_names, running_executions
 
 _POD_ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(\d+)$")
 MAX_SHARDS = 1024

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from grafana import DASHBOARD_PATH
+from exec_watchdog.grafana import DASHBOARD_PATH
 
 # What Grafana would put in place of its built-in variables, with durations a short test run can
 # fill; `agent` is the dashboard's "All" value.

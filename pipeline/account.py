@@ -22,10 +22,10 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from alerts.rules import AGENT_UNREACHABLE, HEARTBEAT, STUCK
-from pipeline.platform import FaultClock
-from platform_access.timestamps import BadTimestamp, parse_utc
-from simulated_platform.scheduler import Started
+from exec_watchdog.alerts.rules import AGENT_UNREACHABLE, HEARTBEAT, STUCK
+from exec_watchdog.pipeline.platform import FaultClock
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.simulated_platform.scheduler import Started
 
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
                "late_report": "its report will arrive late", "none": "normal"}

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def register(commands: Any) -> None:
-    from pipeline.demo import add_arguments, run
+    from exec_watchdog.pipeline.demo import add_arguments, run
 
     p = commands.add_parser(
         "demo", help="the whole pipeline, live: simulated platform, exporter, remediator, real Prometheus "

@@ -1,6 +1,6 @@
 """prometheus.yml and alertmanager.yml for the pipeline, generated from one alerts/ profile.
 
-The rule file and the Alertmanager routing come from :mod:`alerts.render`, so the demo and the
+The rule file and the Alertmanager routing come from :mod:`exec_watchdog.alerts.render`, so the demo and the
 end-to-end tests run exactly what a deployment of that profile runs; only addresses differ.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from alerts.render import profile_settings, render_alertmanager_config
-from alerts.rules import REPLICA_LABEL
+from exec_watchdog.alerts.render import profile_settings, render_alertmanager_config
+from exec_watchdog.alerts.rules import REPLICA_LABEL
 
 EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
 REMEDIATOR_JOB = "exec-watchdog-remediator"

@@ -18,16 +18,16 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alerts.render import PROFILES
+from exec_watchdog.alerts.render import PROFILES
 from exec_watchdog.flags import add_flag
 from exec_watchdog.logs import configure_logging
 
 if TYPE_CHECKING:  # the CLI imports this module for --help: keep the heavy imports lazy
-    from pipeline.account import Account
-    from pipeline.platform import Platform, PlatformOptions
-    from pipeline.stack import Stack
-    from pipeline.timing import Timing
-    from simulated_platform.workload import Workload
+    from exec_watchdog.pipeline.account import Account
+    from exec_watchdog.pipeline.platform import Platform, PlatformOptions
+    from exec_watchdog.pipeline.stack import Stack
+    from exec_watchdog.pipeline.timing import Timing
+    from exec_watchdog.simulated_platform.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -63,10 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.children import MissingBinary
-    from pipeline.platform import PlatformOptions
-    from pipeline.stack import check_binaries
-    from simulated_platform.workload import Workload, parse_mix
+    from exec_watchdog.pipeline.children import MissingBinary
+    from exec_watchdog.pipeline.platform import PlatformOptions
+    from exec_watchdog.pipeline.stack import check_binaries
+    from exec_watchdog.simulated_platform.workload import Workload, parse_mix
 
     try:
         low, _, high = str(args.run_seconds).partition(",")
@@ -118,9 +118,9 @@ class Demo:
 
         from sqlalchemy.exc import SQLAlchemyError
 
-        from pipeline.children import ChildCrashed, NotReady
-        from pipeline.platform import Platform
-        from pipeline.stack import Stack, StackOptions
+        from exec_watchdog.pipeline.children import ChildCrashed, NotReady
+        from exec_watchdog.pipeline.platform import Platform
+        from exec_watchdog.pipeline.stack import Stack, StackOptions
 
         args = self.args
         workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="exec-watchdog-demo-"))
@@ -166,9 +166,9 @@ class Demo:
         return code
 
     async def _run(self, stack: Stack, platform: Platform, options: PlatformOptions, database_url: str) -> int:
-        from pipeline.account import Account, listen_recoveries, poll_alerts
-        from pipeline.timing import Timing
-        from simulated_platform.workload import run_workload
+        from exec_watchdog.pipeline.account import Account, listen_recoveries, poll_alerts
+        from exec_watchdog.pipeline.timing import Timing
+        from exec_watchdog.simulated_platform.workload import run_workload
 
         ready = self._task(asyncio.to_thread(stack.wait_ready))
         stopped = self._task(self.stop.wait())
@@ -188,7 +188,7 @@ class Demo:
         self._task(self._summaries(account))
         workload = self._task(run_workload(platform.scheduler, self.workload))
         if self.args.advice_schedules == "on":
-            from simulated_platform.schedules import DEMO, place, register, run_schedules
+            from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
 
             placed = place(DEMO, options.agent_names)
             await asyncio.to_thread(register, platform.engine, placed)

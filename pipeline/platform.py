@@ -17,14 +17,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access.database import create_engine, create_platform_tables
-from platform_access.inflight import open_inflight_store
-from platform_access.slots import SlotStore, open_slot_store, slot_metadata
-from platform_access.timestamps import utcnow
-from remediator import audit
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import RegistryConfig
-from simulated_platform.scheduler import Scheduler, Started
+from exec_watchdog.platform_access.database import create_engine, create_platform_tables
+from exec_watchdog.platform_access.inflight import open_inflight_store
+from exec_watchdog.platform_access.slots import SlotStore, open_slot_store, slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.simulated_platform.scheduler import Scheduler, Started
 
 EventCallback = Callable[[str, Started, str], None]
 AgentCallback = Callable[[str, str, int], None]  # (restarted|down|up, agent, executions forgotten)

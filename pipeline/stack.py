@@ -25,16 +25,16 @@ from typing import Any
 import httpx
 import yaml
 
-from alerts.render import duration_seconds, profile_settings, render_rules
-from pipeline.children import Child, Children, find_binary, free_port, http_ok
-from pipeline.configs import alertmanager_config, prometheus_config
+from exec_watchdog.alerts.render import duration_seconds, profile_settings, render_rules
+from exec_watchdog.pipeline.children import Child, Children, find_binary, free_port, http_ok
+from exec_watchdog.pipeline.configs import alertmanager_config, prometheus_config
 
 PROMETHEUS = ("prometheus",)
 ALERTMANAGER = ("prometheus-alertmanager", "alertmanager")  # the Debian package's name first
 
 
 def check_binaries() -> None:
-    """Raise :class:`pipeline.children.MissingBinary` unless Prometheus and Alertmanager are installed."""
+    """Raise :class:`exec_watchdog.pipeline.children.MissingBinary` unless Prometheus and Alertmanager are installed."""
     find_binary(*PROMETHEUS)
     find_binary(*ALERTMANAGER)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alerts.render import duration_seconds, profile_settings
+from exec_watchdog.alerts.render import duration_seconds, profile_settings
 
 TRINITY_POLL_SECONDS = 300.0  # Trinity's in-backend watchdog cycle
 TRINITY_MIN_AGE_SECONDS = 60.0

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from platform_access.auth import TOKEN_HEADER, agent_token
-from platform_access.names import check_agent_name, check_host, execution_path, path_segment
-from platform_access.retained import (
+from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
+from exec_watchdog.platform_access.names import check_agent_name, check_host, execution_path, path_segment
+from exec_watchdog.platform_access.retained import (
     MAX_BODY_BYTES,
     BadRetainedResult,
     NoRetainedResult,
@@ -25,7 +25,7 @@ from platform_access.retained import (
     is_coded_missing,
     parse_retained,
 )
-from platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 T = TypeVar("T")
 ResultKind = Literal["answered", "unreachable", "timeout", "unauthorized", "not_found", "bad_response",

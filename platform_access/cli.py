@@ -24,8 +24,8 @@ def register(commands: Any) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from platform_access.database import DatabaseExists, create_engine, create_platform_tables
-    from platform_access.slots import slot_metadata
+    from exec_watchdog.platform_access.database import DatabaseExists, create_engine, create_platform_tables
+    from exec_watchdog.platform_access.slots import slot_metadata
 
     try:
         engine = create_engine(args.database_url)

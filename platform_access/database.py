@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access.schema import (
+from exec_watchdog.platform_access.schema import (
     DEFAULT_MAX_PARALLEL_TASKS,
     DEFAULT_TIMEOUT_SECONDS,
     PLATFORM_TABLES,
@@ -26,8 +26,8 @@ from platform_access.schema import (
     metadata,
     schedule_executions,
 )
-from platform_access.timestamps import BadTimestamp, format_utc, parse_utc
-from platform_access.urls import redacted_url
+from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc
+from exec_watchdog.platform_access.urls import redacted_url
 
 
 class BadRow(ValueError):

@@ -11,9 +11,9 @@ on its own. The watchdog reads every marker it needs in one round trip and gets 
 - ``unknown``: the store could not be asked: hold the row while it is younger than the in-flight
   bound (:func:`withholds`), since a dispatcher cannot own a run for longer than that.
 
-Two stores with one interface, like :mod:`platform_access.slots`: Redis with Trinity's layout, and
+Two stores with one interface, like :mod:`exec_watchdog.platform_access.slots`: Redis with Trinity's layout, and
 the ``execution_inflight`` table beside the executions for the embedded default (no Redis).
-:func:`open_inflight_store` picks one the way :func:`platform_access.slots.open_slot_store` does.
+:func:`open_inflight_store` picks one the way :func:`exec_watchdog.platform_access.slots.open_slot_store` does.
 The writer half (``mark`` / ``refresh`` / ``clear``) is what a dispatcher (the simulated scheduler)
 uses; the watchdog only reads.
 """
@@ -30,7 +30,7 @@ from typing import Protocol
 import redis
 import sqlalchemy as sa
 
-from platform_access.slots import execution_inflight
+from exec_watchdog.platform_access.slots import execution_inflight
 
 MARKER_PREFIX = "execution:inflight:"
 MARKER_TTL_SECONDS = 60  # Trinity's INFLIGHT_MARKER_TTL_SECONDS

@@ -4,7 +4,7 @@ exporter and the remediator.
 Why: a scrape makes one small GET per agent, a thousand of them within a second. httpx's default
 transport (httpcore + anyio) costs about 1 ms of CPU per request here, most of it in the
 connection pool's bookkeeping, which alone would exceed the scrape budget. This transport keeps
-httpx's API, so :class:`~platform_access.agent_client.AgentClient` and its result kinds are
+httpx's API, so :class:`~exec_watchdog.platform_access.agent_client.AgentClient` and its result kinds are
 unchanged, and does only what a poll needs: asyncio streams, a per-origin idle list, a
 Content-Length, chunked or close-delimited body, and the timeouts httpx passes in the request.
 Everything else (``https://``, other methods, request bodies) goes to httpx's own transport.

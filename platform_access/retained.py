@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 NO_RETAINED_RESULT = "no_retained_result"
 MAX_BODY_BYTES = 20_000_000  # a larger body is not read: the claim is retried later, never failed

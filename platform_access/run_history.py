@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access import database
-from platform_access.schema import MANUAL_SCHEDULE, agent_ownership, agent_schedules, schedule_executions
-from platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.platform_access import database
+from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 FINAL_STATUSES = ("success", "failed", "cancelled")
 

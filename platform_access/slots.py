@@ -5,7 +5,7 @@ the platform database (the embedded default). Releasing removes exactly that exe
 an agent's other slots are never touched.
 
 ``slot_metadata`` holds every table the embedded default keeps beside Trinity's own: the slots and
-the in-flight dispatch markers (:mod:`platform_access.inflight`), which Trinity keeps in Redis.
+the in-flight dispatch markers (:mod:`exec_watchdog.platform_access.inflight`), which Trinity keeps in Redis.
 """
 
 from __future__ import annotations

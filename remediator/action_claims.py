@@ -13,9 +13,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from platform_access.database import database_now
-from platform_access.timestamps import format_utc
-from remediator.audit import audit_metadata
+from exec_watchdog.platform_access.database import database_now
+from exec_watchdog.platform_access.timestamps import format_utc
+from exec_watchdog.remediator.audit import audit_metadata
 
 action_claims = sa.Table(
     "watchdog_action_claims",

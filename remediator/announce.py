@@ -17,8 +17,8 @@ import structlog
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from platform_access.timestamps import format_utc
-from remediator.audit import Recovery
+from exec_watchdog.platform_access.timestamps import format_utc
+from exec_watchdog.remediator.audit import Recovery
 
 EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_terminated",
                  "claim_result": "result_recovered"}

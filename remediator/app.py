@@ -29,22 +29,22 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from platform_access import database as db
-from platform_access.agent_client import AgentClient
-from platform_access.inflight import open_inflight_store
-from platform_access.names import InvalidIdentifier, check_execution_id
-from platform_access.poll_transport import PollTransport
-from platform_access.slots import open_slot_store, require_store_for
-from platform_access.timestamps import utcnow
-from remediator import audit, story
-from remediator.announce import Announcer, WebSocketHub
-from remediator.auth import Credentials
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.agent_client import AgentClient
+from exec_watchdog.platform_access.inflight import open_inflight_store
+from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
+from exec_watchdog.platform_access.poll_transport import PollTransport
+from exec_watchdog.platform_access.slots import open_slot_store, require_store_for
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import audit, story
+from exec_watchdog.remediator.announce import Announcer, WebSocketHub
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.evidence import Delivery, DeliveryCounter, Recorder, Redactor
+from exec_watchdog.remediator.metrics import RemediatorMetrics
+from exec_watchdog.remediator.payload import Notification, PayloadError, parse_notification
+from exec_watchdog.remediator.remediate import Remediator, Settings
+from exec_watchdog.remediator.silences import SilenceChecker
 from remediator.breaker import Breaker
-from remediator.evidence import Delivery, DeliveryCounter, Recorder, Redactor
-from remediator.metrics import RemediatorMetrics
-from remediator.payload import Notification, PayloadError, parse_notification
-from remediator.remediate import Remediator, Settings
-from remediator.silences import SilenceChecker
 
 log = structlog.get_logger("exec_watchdog.remediator")
 PAGE = Path(__file__).with_name("recoveries.html")

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from platform_access.timestamps import format_utc, parse_utc
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc
 
 log = structlog.get_logger("exec_watchdog.remediator")
 audit_metadata = sa.MetaData()

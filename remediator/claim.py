@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from platform_access.agent_client import AgentResult
-from platform_access.database import Claim
-from platform_access.retained import RetainedResult
-from platform_access.run_history import RECOVERED_NOTICE
-from remediator.texts import MAX_ERROR_CHARS
+from exec_watchdog.platform_access.agent_client import AgentResult
+from exec_watchdog.platform_access.database import Claim
+from exec_watchdog.platform_access.retained import RetainedResult
+from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
+from exec_watchdog.remediator.texts import MAX_ERROR_CHARS
 
 REMEDIATION = "claim_result"  # the alert label of runs the agent lists as recently completed: claimed, never failed
 CLAIM_DEFER_SECONDS = 180.0

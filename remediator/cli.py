@@ -77,13 +77,13 @@ def _read_secret(path: str | None, flag: str) -> str | None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from platform_access.agent_client import check_url_template
-    from platform_access.database import create_engine
-    from platform_access.slots import EmbeddedTablesMissing, require_store_for
-    from platform_access.urls import check_redis_url
-    from remediator.app import Config
-    from remediator.auth import Credentials
-    from remediator.remediate import Settings
+    from exec_watchdog.platform_access.agent_client import check_url_template
+    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
+    from exec_watchdog.platform_access.urls import check_redis_url
+    from exec_watchdog.remediator.app import Config
+    from exec_watchdog.remediator.auth import Credentials
+    from exec_watchdog.remediator.remediate import Settings
 
     secret = args.agent_secret or _read_secret(args.agent_secret_file, "--agent-secret-file")
     if not secret:
@@ -144,8 +144,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     import structlog
 
-    from remediator.app import create_app
-    from remediator.server import serve
+    from exec_watchdog.remediator.app import create_app
+    from exec_watchdog.remediator.server import serve
 
     try:
         config = build_config(args)

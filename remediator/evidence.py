@@ -26,11 +26,11 @@ from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import Any, TypeVar
 
-from platform_access.agent_client import AgentResult, LastError, RunningSnapshot, TerminateOutcome
-from platform_access.database import BadRow, Execution
-from platform_access.timestamps import format_utc
-from remediator.payload import Alert
-from remediator.silences import SilenceCheck
+from exec_watchdog.platform_access.agent_client import AgentResult, LastError, RunningSnapshot, TerminateOutcome
+from exec_watchdog.platform_access.database import BadRow, Execution
+from exec_watchdog.platform_access.timestamps import format_utc
+from exec_watchdog.remediator.payload import Alert
+from exec_watchdog.remediator.silences import SilenceCheck
 
 VERSION = 1
 MAX_TEXT = 300

@@ -58,8 +58,8 @@ def fetch_from_remediator(url: str, token: str | None, execution_id: str) -> dic
 def read_from_database(url: str, execution_id: str, external_url: str) -> dict[str, Any] | None:
     import sqlalchemy as sa
 
-    from platform_access.database import create_engine
-    from remediator import story
+    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.remediator import story
 
     engine = create_engine(url)
     try:
@@ -99,7 +99,7 @@ def render(story: dict[str, Any]) -> str:
 
 
 def _when(value: str) -> datetime | None:
-    from platform_access.timestamps import BadTimestamp, parse_utc
+    from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
     try:
         return parse_utc(value)
@@ -108,7 +108,7 @@ def _when(value: str) -> datetime | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from platform_access.names import InvalidIdentifier, check_execution_id
+    from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 
     try:
         execution_id = check_execution_id(args.execution_id)

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from remediator import metric_names as names
-from remediator.announce import story_url
-from remediator.audit import Recovery
+from exec_watchdog.remediator import metric_names as names
+from exec_watchdog.remediator.announce import story_url
+from exec_watchdog.remediator.audit import Recovery
 
 
 class RecentRecoveries(Collector):

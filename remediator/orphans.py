@@ -21,14 +21,14 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
-from platform_access import database as db
-from platform_access import inflight as markers
-from platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
-from platform_access.timestamps import utcnow
-from remediator import claim, texts
-from remediator.deadlines import AgentBusy, AgentGate
-from remediator.evidence import Evidence, timed
-from remediator.payload import Alert
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access import inflight as markers
+from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import claim, texts
+from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
+from exec_watchdog.remediator.evidence import Evidence, timed
+from exec_watchdog.remediator.payload import Alert
 
 T = TypeVar("T")
 

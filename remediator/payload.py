@@ -12,7 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
-from platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 SUPPORTED_VERSION = "4"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert

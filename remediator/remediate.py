@@ -28,22 +28,22 @@ import anyio.to_thread
 import sqlalchemy as sa
 import structlog
 
-from platform_access import database as db
-from platform_access import inflight as inflight_markers
-from platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
-from platform_access.inflight import InflightStore
-from platform_access.names import InvalidIdentifier, check_execution_id
-from platform_access.slots import SlotStore
-from platform_access.timestamps import utcnow
-from remediator import action_claims, audit, claim, texts
-from remediator.announce import Announcer
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access import inflight as inflight_markers
+from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
+from exec_watchdog.platform_access.inflight import InflightStore
+from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
+from exec_watchdog.platform_access.slots import SlotStore
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import action_claims, audit, claim, texts
+from exec_watchdog.remediator.announce import Announcer
+from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
+from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
+from exec_watchdog.remediator.metrics import RemediatorMetrics
+from exec_watchdog.remediator.orphans import OrphanCheck
+from exec_watchdog.remediator.payload import Alert
+from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 from remediator.breaker import Breaker
-from remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
-from remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
-from remediator.metrics import RemediatorMetrics
-from remediator.orphans import OrphanCheck
-from remediator.payload import Alert
-from remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"

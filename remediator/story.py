@@ -15,11 +15,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import BadTimestamp, parse_utc
-from remediator import audit
-from remediator.announce import recovery_event, story_url
-from remediator.evidence import GUARD
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
+from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.announce import recovery_event, story_url
+from exec_watchdog.remediator.evidence import GUARD
 
 MAX_DECISIONS = 500  # the newest ones; a story longer than that says how many it left out
 # Same instant: the order things happen in.

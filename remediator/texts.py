@@ -5,7 +5,7 @@ Kept together so the wording operators grep for matches Trinity's own, in one pl
 
 from __future__ import annotations
 
-from platform_access.agent_client import LastError
+from exec_watchdog.platform_access.agent_client import LastError
 
 MAX_ERROR_CHARS = 2_000  # Trinity's MAX_ERROR_MESSAGE_LENGTH: the whole text, prefix included
 NO_RETAINED_RESULT_SUFFIX = ", no retained result"

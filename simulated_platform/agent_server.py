@@ -46,8 +46,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from platform_access.auth import TOKEN_HEADER, agent_token
-from simulated_platform.process_registry import (
+from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
+from exec_watchdog.simulated_platform.process_registry import (
     DuplicateExecution,
     ExecutionNotFound,
     LastError,

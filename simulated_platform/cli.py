@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulated_platform.workload import DEFAULT_MIX, Workload, parse_mix
+    from exec_watchdog.simulated_platform.workload import DEFAULT_MIX, Workload, parse_mix
 
     try:
         low, _, high = args.run_seconds.partition(",")
@@ -68,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
 async def _simulate(args: argparse.Namespace, workload: Any, host: str, port: int) -> int:
     import sqlalchemy as sa
 
-    from platform_access.database import create_engine, create_platform_tables
-    from platform_access.inflight import open_inflight_store
-    from platform_access.slots import open_slot_store, slot_metadata
-    from simulated_platform.agent_server import serve_agents
-    from simulated_platform.scheduler import Scheduler
-    from simulated_platform.workload import agent_names, run_workload
+    from exec_watchdog.platform_access.database import create_engine, create_platform_tables
+    from exec_watchdog.platform_access.inflight import open_inflight_store
+    from exec_watchdog.platform_access.slots import open_slot_store, slot_metadata
+    from exec_watchdog.simulated_platform.agent_server import serve_agents
+    from exec_watchdog.simulated_platform.scheduler import Scheduler
+    from exec_watchdog.simulated_platform.workload import agent_names, run_workload
 
     engine = create_engine(args.database_url)
     if "schedule_executions" not in sa.inspect(engine).get_table_names():

@@ -23,7 +23,7 @@ import redis
 import sqlalchemy as sa
 import structlog
 
-from platform_access.inflight import REFRESH_SECONDS, InflightStore
+from exec_watchdog.platform_access.inflight import REFRESH_SECONDS, InflightStore
 
 GRACE_SECONDS = 5.0  # Trinity's INFLIGHT_MARKER_GRACE_SECONDS: a fast dispatch never touches Redis
 log = structlog.get_logger("exec_watchdog.simulate")

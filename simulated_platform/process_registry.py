@@ -19,14 +19,14 @@ terminate drops the entry, and the handler unregisters it only when it has drain
 ``terminated`` and keeps it pending; it is killed the moment it would spawn (cancelled before start).
 
 Completion callbacks fire on unregister. ``retain_delay`` later the run's terminal envelope is
-retained (:mod:`simulated_platform.retained_results`) if it was started synchronously and its
+retained (:mod:`exec_watchdog.simulated_platform.retained_results`) if it was started synchronously and its
 handler saw it end: for that moment the id is recently completed while ``/result`` has nothing.
 An agent restart (:meth:`wipe`) kills everything and reports and retains nothing, which is how a
 platform loses track of an execution; results retained before it stay, as on Trinity's disk.
 
 Process kinds: ``sleep`` (the default) runs the coreutils ``sleep`` binary, about 0.1 MB of
 private memory per execution (10,000 of them take about 2.5 GB with kernel overhead), with a tiny
-``sh`` wrapper when the exit code is not 0; ``python`` runs :mod:`simulated_platform.work`, a real
+``sh`` wrapper when the exit code is not 0; ``python`` runs :mod:`exec_watchdog.simulated_platform.work`, a real
 Python program (about 10 MB each). Each running execution holds one pidfd: 10,000 of them need
 ``ulimit -n`` above 10,000.
 All methods must be called from the event loop that started the first execution.
@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 import structlog
 
-from simulated_platform.retained_results import (
+from exec_watchdog.simulated_platform.retained_results import (
     LOG_MAX_BYTES,
     MAX_RECORDS,
     TTL_SECONDS,

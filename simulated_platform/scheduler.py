@@ -19,7 +19,7 @@ Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost
 ``stop_agent``/``resume_agent`` (unreachable: never orphans).
 
 Like Trinity's backend: ids are ``secrets.token_urlsafe(16)``; every dispatch is registered in
-the in-flight registry (:mod:`simulated_platform.dispatches`) for its whole call when an
+the in-flight registry (:mod:`exec_watchdog.simulated_platform.dispatches`) for its whole call when an
 ``inflight`` store is given, and a dispatch held 5 s or more is re-anchored when it is granted
 (``started_at`` = now; admission stays in ``queued_at``).
 """
@@ -39,13 +39,13 @@ import redis
 import sqlalchemy as sa
 import structlog
 
-from platform_access.inflight import REFRESH_SECONDS, InflightStore
-from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-from platform_access.slots import SlotStore
-from platform_access.timestamps import format_utc, utcnow
-from simulated_platform.agent_server import AgentServer
-from simulated_platform.dispatches import GRACE_SECONDS, Dispatches
-from simulated_platform.process_registry import RunResult
+from exec_watchdog.platform_access.inflight import REFRESH_SECONDS, InflightStore
+from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.slots import SlotStore
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.simulated_platform.agent_server import AgentServer
+from exec_watchdog.simulated_platform.dispatches import GRACE_SECONDS, Dispatches
+from exec_watchdog.simulated_platform.process_registry import RunResult
 
 Fault = Literal["none", "lose_report", "retained_success", "hang", "late_report", "inflight"]
 FAULTS: tuple[Fault, ...] = ("none", "lose_report", "retained_success", "hang", "late_report", "inflight")

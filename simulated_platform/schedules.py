@@ -26,9 +26,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access.schema import agent_schedules
-from platform_access.timestamps import format_utc
-from simulated_platform.scheduler import Scheduler
+from exec_watchdog.platform_access.schema import agent_schedules
+from exec_watchdog.platform_access.timestamps import format_utc
+from exec_watchdog.simulated_platform.scheduler import Scheduler
 
 Draw = Callable[[random.Random], float]
 

@@ -1,6 +1,6 @@
 """A simulated agent execution: sleeps for a while, then exits with a chosen code.
 
-Run as ``python -m simulated_platform.work --seconds 30 [--ignore-sigint] [--exit-code 3]``. It
+Run as ``python -m exec_watchdog.simulated_platform.work --seconds 30 [--ignore-sigint] [--exit-code 3]``. It
 sleeps rather than spins so thousands of them cost no CPU. Like a real agent runtime, SIGINT ends
 it (returncode -2) unless ``--ignore-sigint`` is given, which is how tests get a process that only
 SIGKILL can stop.
@@ -31,7 +31,7 @@ def _exit_code(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="simulated_platform.work", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="exec_watchdog.simulated_platform.work", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=_seconds, required=True, help="how long the work takes")
     parser.add_argument("--ignore-sigint", action="store_true", help="survive SIGINT (only SIGKILL stops it)")
     parser.add_argument("--exit-code", type=_exit_code, default=0, help="exit status when the work is done")

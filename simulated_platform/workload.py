@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from simulated_platform.scheduler import FAULTS, Fault, Scheduler
+from exec_watchdog.simulated_platform.scheduler import FAULTS, Fault, Scheduler
 
 DEFAULT_MIX: dict[Fault, float] = {"lose_report": 0.1, "retained_success": 0.05, "hang": 0.05, "late_report": 0.1,
                                    "inflight": 0.05}

@@ -17,7 +17,7 @@ from typing import Literal
 
 import httpx
 
-from simulated_platform.agent_server import AgentServer
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 
 Behaviour = Literal["trickle", "error", "deep"]
 

@@ -57,7 +57,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
-    from platform_access.database import create_engine
+    from exec_watchdog.platform_access.database import create_engine
 
     eng = create_engine(database_url)
     yield eng

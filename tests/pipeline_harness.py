@@ -25,13 +25,13 @@ import sqlalchemy as sa
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from pipeline.platform import Platform, PlatformOptions
-from pipeline.stack import Stack, StackOptions
-from pipeline.timing import Timing
-from platform_access.schema import agent_schedules, schedule_executions
-from platform_access.timestamps import utcnow
-from remediator.audit import recoveries
-from simulated_platform.scheduler import Fault, Started
+from exec_watchdog.pipeline.platform import Platform, PlatformOptions
+from exec_watchdog.pipeline.stack import Stack, StackOptions
+from exec_watchdog.pipeline.timing import Timing
+from exec_watchdog.platform_access.schema import agent_schedules, schedule_executions
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator.audit import recoveries
+from exec_watchdog.simulated_platform.scheduler import Fault, Started
 
 T = TypeVar("T")
 CHANNEL = "trinity:watchdog"

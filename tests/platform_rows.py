@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-from platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 
 
 def insert_execution(conn: sa.Connection, execution_id: str, agent: str, *, age_seconds: float = 0,

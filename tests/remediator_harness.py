@@ -17,14 +17,14 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from platform_access import database as db
-from platform_access.schema import schedule_executions
-from platform_access.slots import RedisSlots, slot_metadata
-from platform_access.timestamps import utcnow
-from remediator.app import Config, create_app
-from remediator.auth import Credentials
-from remediator.remediate import Settings
-from simulated_platform.agent_server import AgentServer
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import RedisSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.remediate import Settings
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from tests.platform_rows import insert_execution
 
 TOKEN = "test-webhook-token"

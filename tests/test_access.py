@@ -37,17 +37,17 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from websockets.sync.client import connect as ws_connect
 
-from exporter.gather import Gatherer
-from platform_access import database as db
-from platform_access.agent_client import AgentClient
-from platform_access.auth import agent_token
-from platform_access.names import InvalidIdentifier, check_execution_id
-from platform_access.slots import SqlSlots, slot_metadata
-from remediator.app import Config, create_app
-from remediator.auth import Credentials
-from remediator.remediate import Settings
-from simulated_platform.agent_server import AgentServerThread
-from simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.exporter.gather import Gatherer
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.agent_client import AgentClient
+from exec_watchdog.platform_access.auth import agent_token
+from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
+from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata
+from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.remediate import Settings
+from exec_watchdog.simulated_platform.agent_server import AgentServerThread
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests.platform_rows import insert_agent, insert_execution
 from tests.remediator_harness import alert, notification
 from tests.servers import free_port, wait_for_port

@@ -19,15 +19,15 @@ import sqlalchemy as sa
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts import advice, rules, timeout_rules
-from alerts.profiles import load_profile
 from exec_watchdog.advise import collect, sql_statements
-from exporter import metric_names as names
-from exporter.history import DURATION_BUCKETS, RunHistory
-from platform_access.database import create_engine, create_platform_tables
-from platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-from platform_access.timestamps import parse_utc, utcnow
-from simulated_platform.schedules import PRODUCTION, SimSchedule, history_rows
+from exec_watchdog.alerts import advice, rules, timeout_rules
+from exec_watchdog.alerts.profiles import load_profile
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
+from exec_watchdog.platform_access.database import create_engine, create_platform_tables
+from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.simulated_platform.schedules import PRODUCTION, SimSchedule, history_rows
 from tests.test_alerts import require_tool, run
 
 HOUR = timedelta(hours=1)

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from platform_access.agent_client import AgentClient, check_url_template
-from platform_access.auth import agent_token
-from platform_access.names import InvalidIdentifier, check_execution_id
-from simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.platform_access.agent_client import AgentClient, check_url_template
+from exec_watchdog.platform_access.auth import agent_token
+from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from tests.servers import free_port
 
 SECRET = "client-test-secret"

@@ -16,9 +16,9 @@ import httpx
 import psutil
 import pytest
 
-from platform_access.auth import TOKEN_HEADER, agent_token
-from simulated_platform.agent_server import AgentServer, AgentServerThread, serve_agent, serve_agents
-from simulated_platform.process_registry import ProcessKind, RegistryConfig
+from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
+from exec_watchdog.simulated_platform.agent_server import AgentServer, AgentServerThread, serve_agent, serve_agents
+from exec_watchdog.simulated_platform.process_registry import ProcessKind, RegistryConfig
 
 SECRET = "test-secret"
 GRACE = 0.3  # the SIGINT → SIGKILL grace, shortened from Trinity's 5 s

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts import rule_tests, rules, timeout_rules
-from alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEIVER, REMEDIATOR_RECEIVER
-from alerts.profiles import PROFILES, load_profile
-from alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
-from exporter import metric_names as exporter_metrics
-from remediator import metric_names as remediator_metrics
+from exec_watchdog.alerts import rule_tests, rules, timeout_rules
+from exec_watchdog.alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEIVER, REMEDIATOR_RECEIVER
+from exec_watchdog.alerts.profiles import PROFILES, load_profile
+from exec_watchdog.alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
+from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.remediator import metric_names as remediator_metrics
 
 RUNBOOK = Path(rules.__file__).with_name("runbook.md")
 
@@ -181,7 +181,7 @@ def test_committed_generated_files_equal_the_render_output() -> None:
     committed = {path.name: path.read_text() for path in GENERATED_DIR.glob("*.yml")}
     assert sorted(committed) == sorted(expected)
     stale = [name for name in expected if committed[name] != expected[name]]
-    assert not stale, f"stale, run `python -m alerts.render`: {stale}"
+    assert not stale, f"stale, run `python -m exec_watchdog.alerts.render`: {stale}"
 
 
 # --- amtool -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The tunables file, the render API the demo uses, and the `python -m alerts.render` command."""
+"""The tunables file, the render API the demo uses, and the `python -m exec_watchdog.alerts.render` command."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import render
-from alerts.profiles import (
+from exec_watchdog.alerts import render
+from exec_watchdog.alerts.profiles import (
     PROFILES,
     PROFILES_FILE,
     ProfileError,
@@ -129,7 +129,7 @@ def test_alertmanager_config_sends_remediation_with_the_token_file_and_resolved_
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "alerts.render", *args], cwd=PROJECT,
+    return subprocess.run([sys.executable, "-m", "exec_watchdog.alerts.render", *args], cwd=PROJECT,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -151,7 +151,7 @@ def test_the_command_check_passes_on_the_committed_files_and_fails_on_a_stale_co
     rules.write_text(rules.read_text().replace("for: 1m", "for: 2m", 1))
     result = _cli("--check", "--out", str(copy))
     assert result.returncode == 1
-    assert "rules-production.yml" in result.stderr and "python -m alerts.render" in result.stderr
+    assert "rules-production.yml" in result.stderr and "python -m exec_watchdog.alerts.render" in result.stderr
 
 
 def test_the_command_refuses_a_bad_webhook_url_with_a_message(tmp_path: Path) -> None:

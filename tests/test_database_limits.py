@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from platform_access import database as db
-from platform_access.slots import slot_metadata
-from platform_access.timestamps import utcnow
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.slots import slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
 from tests.platform_rows import insert_execution
 
 
@@ -119,7 +119,7 @@ def test_a_row_lock_held_elsewhere_fails_fast_instead_of_waiting(postgres_url: s
 async def test_the_exporter_counts_a_non_utf8_row_and_keeps_publishing(
         sqlite_platform: tuple[sa.Engine, Path]) -> None:
     """exporter_database_up stays 1, the bad row is in invalid_rows, the good one is published."""
-    from exporter.gather import Gatherer, poll_client
+    from exec_watchdog.exporter.gather import Gatherer, poll_client
     from tests.servers import free_port
 
     engine, path = sqlite_platform

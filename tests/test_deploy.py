@@ -41,11 +41,11 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from alerts.render import profile_settings
 from deploy import render
 from exec_watchdog import __version__
+from exec_watchdog.alerts.render import profile_settings
 from exec_watchdog.cli import build_parser
-from grafana import DASHBOARD_PATH, PROVISIONING_DIR
+from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR
 from tests.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -481,7 +481,7 @@ def test_service_monitors_scrape_with_the_job_name_and_intervals_the_rules_assum
 
 def test_the_exporter_shards_match_the_replicas_and_the_remediator_runs_twice_with_a_disruption_budget(
         overlay: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporter.settings import settings_from_args
+    from exec_watchdog.exporter.settings import settings_from_args
 
     exporter = _component(overlay, "StatefulSet", "exporter")
     replicas = exporter["spec"]["replicas"]
@@ -827,8 +827,7 @@ def test_the_ignore_file_keeps_the_venv_databases_caches_and_secrets_out() -> No
 
 
 def test_the_image_copies_every_package_the_project_installs(instructions: list[Any]) -> None:
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.rstrip("*") for pattern in include}
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
     copied = {source for i in instructions if i.cmd == "COPY" for source in i.value[:-1]}
     assert packages | {"pyproject.toml", "README.md"} <= copied
 

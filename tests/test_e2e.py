@@ -18,11 +18,11 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from grafana.queries import labelled_queries
-from platform_access.timestamps import parse_utc
-from remediator.audit import recoveries
-from remediator.claim import RECOVERED_NOTICE
-from remediator.remediate import orphan_reason
+from exec_watchdog.grafana.queries import labelled_queries
+from exec_watchdog.platform_access.timestamps import parse_utc
+from exec_watchdog.remediator.audit import recoveries
+from exec_watchdog.remediator.claim import RECOVERED_NOTICE
+from exec_watchdog.remediator.remediate import orphan_reason
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)

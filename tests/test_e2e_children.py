@@ -14,9 +14,9 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.children import Child, ChildCrashed, Children, MissingBinary, NotReady, find_binary
-from pipeline.configs import EXPORTER_JOB, REMEDIATOR_JOB, alertmanager_config, prometheus_config
-from pipeline.stack import StackOptions
+from exec_watchdog.pipeline.children import Child, ChildCrashed, Children, MissingBinary, NotReady, find_binary
+from exec_watchdog.pipeline.configs import EXPORTER_JOB, REMEDIATOR_JOB, alertmanager_config, prometheus_config
+from exec_watchdog.pipeline.stack import StackOptions
 from tests.pipeline_harness import eventually
 
 
@@ -28,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_prometheus_config_passes_promtool_with_the_rendered_rules(tmp_path: Path) -> None:
-    from alerts.render import render_rules
+    from exec_watchdog.alerts.render import render_rules
 
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules("fast"))
@@ -49,7 +49,7 @@ def test_prometheus_config_passes_promtool_with_the_rendered_rules(tmp_path: Pat
 
 def test_a_prometheus_replica_labels_its_series_and_drops_the_label_from_alerts(tmp_path: Path) -> None:
     """One server of an HA set scrapes every exporter shard; its replica label never reaches alerts."""
-    from alerts.render import render_rules
+    from exec_watchdog.alerts.render import render_rules
 
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules("production"))
@@ -156,7 +156,7 @@ def test_children_die_with_a_parent_killed_without_cleanup(tmp_path: Path) -> No
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from pipeline.children import Child
+        from exec_watchdog.pipeline.children import Child
         child = Child("orphan-to-be", ["sleep", "60"], Path({str(tmp_path / 'c.log')!r}), ready=lambda: True)
         child.start()
         Path({str(pidfile)!r}).write_text(str(child.pid))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from remediator.audit import recoveries
+from exec_watchdog.remediator.audit import recoveries
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.rules import ORPHANED
-from exporter.sharding import shard_of
-from pipeline.children import Child
-from pipeline.stack import Stack
-from simulated_platform.scheduler import Started
+from exec_watchdog.alerts.rules import ORPHANED
+from exec_watchdog.exporter.sharding import shard_of
+from exec_watchdog.pipeline.children import Child
+from exec_watchdog.pipeline.stack import Stack
+from exec_watchdog.simulated_platform.scheduler import Started
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 from tests.test_faults import kill_child, respawn_child, stack_child, wait_child_ready
 

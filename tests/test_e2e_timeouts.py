@@ -17,13 +17,13 @@ from datetime import timedelta
 
 import pytest
 
-from alerts import timeout_rules
-from alerts.alertmanager import OPERATOR_RECEIVER
-from alerts.profiles import load_profile
 from exec_watchdog.advise import collect
-from grafana.queries import labelled_queries
-from platform_access.timestamps import utcnow
-from simulated_platform.schedules import DEMO, place, register, run_schedules
+from exec_watchdog.alerts import timeout_rules
+from exec_watchdog.alerts.alertmanager import OPERATOR_RECEIVER
+from exec_watchdog.alerts.profiles import load_profile
+from exec_watchdog.grafana.queries import labelled_queries
+from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
 from tests.pipeline_harness import Pipeline, eventually, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)

@@ -14,15 +14,15 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from platform_access.agent_client import AgentClient
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import format_utc, parse_utc, utcnow
-from remediator import audit
-from remediator.evidence import MAX_BYTES, REDACTED, Evidence
-from remediator.payload import parse_notification
-from remediator.story import describe
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import LastError, RegistryConfig
+from exec_watchdog.platform_access.agent_client import AgentClient
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.evidence import MAX_BYTES, REDACTED, Evidence
+from exec_watchdog.remediator.payload import parse_notification
+from exec_watchdog.remediator.story import describe
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig
 from tests.platform_rows import insert_agent, insert_schedule
 from tests.remediator_harness import (
     SECRET,
@@ -430,7 +430,7 @@ async def test_story_api_needs_credentials_and_a_safe_known_id(harness: Harness)
 
 
 def test_delivery_counts_stay_bounded_forgetting_the_least_recently_seen() -> None:
-    from remediator.evidence import DeliveryCounter
+    from exec_watchdog.remediator.evidence import DeliveryCounter
 
     a, b, c = (parse_notification(notification(alert(e, "a1"))).alerts[0] for e in ("e1", "e2", "e3"))
     counter = DeliveryCounter(capacity=2)
@@ -440,7 +440,7 @@ def test_delivery_counts_stay_bounded_forgetting_the_least_recently_seen() -> No
 
 
 def test_switched_off_evidence_accepts_every_hook_and_stores_nothing() -> None:
-    from remediator.evidence import HOOKS, UNRECORDED
+    from exec_watchdog.remediator.evidence import HOOKS, UNRECORDED
 
     assert {"row_read", "agent_answer", "inflight", "retained_result", "last_error", "guarded_update"} <= set(HOOKS)
     assert all(getattr(UNRECORDED, hook)(None, 0.1) is None for hook in HOOKS)

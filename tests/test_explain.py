@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from exec_watchdog.cli import build_parser
-from simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from tests.remediator_harness import SECRET, TOKEN, Harness, alert, notification, remediator
 
 
@@ -97,7 +97,7 @@ def test_story_links_point_at_the_external_url_defaulting_like_alertmanager(tmp_
     listen address is used, with the host name in place of a wildcard host."""
     import socket
 
-    from remediator.cli import build_config, default_external_url
+    from exec_watchdog.remediator.cli import build_config, default_external_url
 
     assert default_external_url("127.0.0.1:9464") == "http://127.0.0.1:9464"
     assert default_external_url("0.0.0.0:9464") == f"http://{socket.gethostname()}:9464"

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.exporter import cli
+from exec_watchdog.exporter import metric_names as m
+from exec_watchdog.exporter.settings import ExporterSettings, parse_listen, settings_from_args
 from exec_watchdog.flags import ConfigError
-from exporter import cli
-from exporter import metric_names as m
-from exporter.settings import ExporterSettings, parse_listen, settings_from_args
-from platform_access import database as db
-from platform_access.slots import slot_metadata
-from simulated_platform.agent_server import AgentServerThread
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.slots import slot_metadata
+from exec_watchdog.simulated_platform.agent_server import AgentServerThread
 from tests.platform_rows import insert_agent, insert_execution
 from tests.servers import free_port, wait_for_port
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import metric_names as m
-from exporter.app import render
-from exporter.collector import HELP, ExecWatchdogCollector
-from exporter.snapshot import AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.exporter import metric_names as m
+from exec_watchdog.exporter.app import render
+from exec_watchdog.exporter.collector import HELP, ExecWatchdogCollector
+from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
 

@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import render
-from exporter.collector import ExecWatchdogCollector
-from exporter.exposition import render_snapshot
-from exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.exporter.app import render
+from exec_watchdog.exporter.collector import ExecWatchdogCollector
+from exec_watchdog.exporter.exposition import render_snapshot
+from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 
 labels = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 

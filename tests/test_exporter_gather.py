@@ -16,17 +16,17 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from exporter import metric_names as m
-from exporter.collector import ExecWatchdogCollector
-from exporter.gather import Gatherer, poll_client
-from exporter.snapshot import Snapshot
-from platform_access import database as db
-from platform_access.agent_client import AgentClient
-from platform_access.schema import schedule_executions
-from platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
-from platform_access.timestamps import format_utc
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.exporter import metric_names as m
+from exec_watchdog.exporter.collector import ExecWatchdogCollector
+from exec_watchdog.exporter.gather import Gatherer, poll_client
+from exec_watchdog.exporter.snapshot import Snapshot
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.agent_client import AgentClient
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import format_utc
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests.platform_rows import insert_agent, insert_execution, insert_schedule
 
 SECRET = "exporter-test-secret"
@@ -403,7 +403,7 @@ async def test_concurrent_scrapes_share_one_gather(platform: sa.Engine, agents: 
 
 
 def test_postgres_engine_reads_but_never_writes(postgres_url: str) -> None:
-    from exporter.app import open_engine
+    from exec_watchdog.exporter.app import open_engine
 
     setup = db.create_engine(postgres_url)
     db.create_platform_tables(setup, slot_metadata)

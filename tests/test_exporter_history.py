@@ -11,11 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import metric_names as names
-from exporter.history import RunHistory
-from platform_access.database import create_platform_tables
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.exporter.history import RunHistory
+from exec_watchdog.platform_access.database import create_platform_tables
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from tests.platform_rows import insert_agent, insert_schedule
 
 NOW = utcnow().replace(microsecond=0)
@@ -154,7 +154,7 @@ async def test_a_scrape_publishes_the_last_finished_read_and_never_starts_two(en
 
 
 async def test_an_unreadable_database_keeps_the_last_totals_and_the_scrape_answers(tmp_path: Path) -> None:
-    from platform_access.database import create_engine
+    from exec_watchdog.platform_access.database import create_engine
 
     engine = create_engine(f"sqlite:///{tmp_path / 'trinity.db'}")
     create_platform_tables(engine)

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from exec_watchdog.exporter.gather import Gatherer, poll_client
+from exec_watchdog.exporter.settings import _shard
+from exec_watchdog.exporter.sharding import Shard, jump_hash, parse_shard, shard_of
 from exec_watchdog.flags import ConfigError
-from exporter.gather import Gatherer, poll_client
-from exporter.settings import _shard
-from exporter.sharding import Shard, jump_hash, parse_shard, shard_of
-from platform_access import database as db
-from platform_access.schema import schedule_executions
-from platform_access.slots import SqlSlots, slot_metadata
-from simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from tests.platform_rows import insert_agent, insert_execution
 
 SECRET = "sharding-test-secret"
@@ -32,7 +32,7 @@ def test_an_agent_belongs_to_the_same_shard_in_every_process() -> None:
     """The owner comes from SHA-256, not hash(): another interpreter with another hash seed agrees."""
     names = [*AGENTS, "a.b_c-d", "x" * 63]
     here = [shard_of(n, 4) for n in names]
-    code = ("import sys; from exporter.sharding import shard_of; "
+    code = ("import sys; from exec_watchdog.exporter.sharding import shard_of; "
             f"print([shard_of(n, 4) for n in {names!r}])")
     for seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,

@@ -18,18 +18,18 @@ import redis
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from exec_watchdog.exporter import metric_names as m
+from exec_watchdog.exporter.cli import _require_stores
+from exec_watchdog.exporter.collector import ExecWatchdogCollector
+from exec_watchdog.exporter.gather import Gatherer, poll_client
+from exec_watchdog.exporter.settings import ExporterSettings
 from exec_watchdog.flags import ConfigError
-from exporter import metric_names as m
-from exporter.cli import _require_stores
-from exporter.collector import ExecWatchdogCollector
-from exporter.gather import Gatherer, poll_client
-from exporter.settings import ExporterSettings
-from platform_access import database as db
-from platform_access.inflight import RedisInflight, SqlInflight
-from platform_access.schema import agent_ownership, metadata
-from platform_access.slots import RedisSlots, SqlSlots, slot_metadata
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import RunResult
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.inflight import RedisInflight, SqlInflight
+from exec_watchdog.platform_access.schema import agent_ownership, metadata
+from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import RunResult
 from tests.platform_rows import insert_agent, insert_execution
 from tests.servers import free_port
 
@@ -189,8 +189,8 @@ def test_a_refused_db_init_leaves_the_journal_mode_alone(tmp_path: Path) -> None
 
 
 def test_the_exporter_flags_accept_a_read_only_uri(tmp_path: Path) -> None:
-    from exporter.cli import register  # noqa: F401 (the parser is built below)
-    from exporter.settings import _check_database_url
+    from exec_watchdog.exporter.cli import register  # noqa: F401 (the parser is built below)
+    from exec_watchdog.exporter.settings import _check_database_url
 
     path = tmp_path / "trinity.db"
     sqlite3.connect(path).close()

@@ -47,17 +47,17 @@ import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.children import Child
-from pipeline.stack import Stack
-from platform_access import database as db
-from platform_access.schema import schedule_executions
-from platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
-from platform_access.timestamps import parse_utc, utcnow
-from remediator import audit
-from remediator.audit import decisions, recoveries
-from remediator.metric_names import REQUESTS
-from simulated_platform.agent_server import serve_agents
-from simulated_platform.scheduler import Fault, Started
+from exec_watchdog.pipeline.children import Child
+from exec_watchdog.pipeline.stack import Stack
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.audit import decisions, recoveries
+from exec_watchdog.remediator.metric_names import REQUESTS
+from exec_watchdog.simulated_platform.agent_server import serve_agents
+from exec_watchdog.simulated_platform.scheduler import Fault, Started
 from tests.pipeline_harness import LoopThread, Pipeline, eventually, holds, running_pipeline
 from tests.platform_rows import insert_execution
 from tests.remediator_harness import SECRET, TOKEN, alert, notification

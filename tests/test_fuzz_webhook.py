@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from platform_access.schema import schedule_executions
-from remediator import audit
-from simulated_platform.agent_server import AgentServer, running_agents
-from simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.remediator import audit
+from exec_watchdog.simulated_platform.agent_server import AgentServer, running_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests import servers
 from tests.platform_rows import insert_schedule
 from tests.remediator_harness import SECRET, TOKEN, Harness, alert, notification, received, remediator, subscriber

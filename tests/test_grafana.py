@@ -23,10 +23,11 @@ import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from alerts import timeout_rules
-from exporter import metric_names as exporter_metrics
-from grafana import DASHBOARD_PATH, PROVISIONING_DIR, build, dashboard, queries
-from remediator import metric_names as remediator_metrics
+from exec_watchdog.alerts import timeout_rules
+from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR, queries
+from exec_watchdog.grafana.builder import build, dashboard
+from exec_watchdog.remediator import metric_names as remediator_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES_FILE = PROVISIONING_DIR / "datasources" / "exec-watchdog.yml"
@@ -353,7 +354,8 @@ def test_dashboard_links_use_only_defined_variables(board: dict[str, Any]) -> No
 
 def test_committed_json_is_the_generator_output_byte_for_byte() -> None:
     committed = DASHBOARD_PATH.read_text(encoding="utf-8")
-    assert committed == build.render(), "grafana/dashboards/exec-watchdog.json is stale: run `python -m grafana.build`"
+    assert committed == build.render(), \
+        "grafana/dashboards/exec-watchdog.json is stale: run `python -m exec_watchdog.grafana.builder.build`"
 
 
 def test_rendered_json_has_sorted_keys_and_two_space_indent() -> None:
@@ -484,7 +486,7 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
 
 
 def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() -> None:
-    from alerts import rules
+    from exec_watchdog.alerts import rules
 
     matched = {name for name in rules.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == {rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED}

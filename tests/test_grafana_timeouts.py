@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from alerts.profiles import load_profile
-from alerts.render import render_rules
-from alerts.timeout_rule_tests import SLOW, histogram_series, reference
-from exporter import metric_names as names
-from grafana import queries
+from exec_watchdog.alerts.profiles import load_profile
+from exec_watchdog.alerts.render import render_rules
+from exec_watchdog.alerts.timeout_rule_tests import SLOW, histogram_series, reference
+from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.grafana import queries
 from tests.test_alerts import require_tool
 
 SCHEDULE = {"job": "exec-watchdog-exporter", "instance": "exporter:9463", "agent": "agent-a", "schedule_id": "nightly"}

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from platform_access import database as db
-from platform_access.inflight import (
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.inflight import (
     DEFAULT_MAX_AGE_SECONDS,
     MARKER_TTL_SECONDS,
     InflightStore,
@@ -20,7 +20,7 @@ from platform_access.inflight import (
     open_inflight_store,
     withholds,
 )
-from platform_access.slots import slot_metadata
+from exec_watchdog.platform_access.slots import slot_metadata
 from tests import servers
 
 

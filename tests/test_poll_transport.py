@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from platform_access.agent_client import AgentClient
-from platform_access.poll_transport import PollTransport
-from simulated_platform.agent_server import serve_agents
+from exec_watchdog.platform_access.agent_client import AgentClient
+from exec_watchdog.platform_access.poll_transport import PollTransport
+from exec_watchdog.simulated_platform.agent_server import serve_agents
 from tests.servers import free_port
 
 SECRET = "transport-secret"

@@ -36,12 +36,12 @@ import uvicorn
 from playwright.sync_api import BrowserContext, Page, sync_playwright
 from starlette.applications import Starlette
 
-from grafana.queries import labelled_queries
-from platform_access.timestamps import format_utc, parse_utc, utcnow
-from remediator import audit
-from remediator.app import Config, create_app
-from remediator.auth import Credentials
-from remediator.remediate import Settings, orphan_reason
+from exec_watchdog.grafana.queries import labelled_queries
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.remediate import Settings, orphan_reason
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 from tests.servers import free_port, wait_for_port
 

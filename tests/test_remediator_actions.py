@@ -12,13 +12,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from platform_access.auth import agent_token
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import format_utc, utcnow
-from remediator import audit
-from remediator.remediate import orphan_reason
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.platform_access.auth import agent_token
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.remediate import orphan_reason
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests.platform_rows import insert_agent, insert_schedule
 from tests.remediator_harness import SECRET, Harness, alert, notification, received, remediator, subscriber
 

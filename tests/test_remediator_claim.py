@@ -21,12 +21,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from platform_access.inflight import RedisInflight
-from platform_access.schema import agent_ownership, metadata
-from remediator.claim import RECOVERED_NOTICE
-from remediator.texts import orphan_text
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import LastError, RegistryConfig, RunResult
+from exec_watchdog.platform_access.inflight import RedisInflight
+from exec_watchdog.platform_access.schema import agent_ownership, metadata
+from exec_watchdog.remediator.claim import RECOVERED_NOTICE
+from exec_watchdog.remediator.texts import orphan_text
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig, RunResult
 from tests.platform_rows import insert_agent
 from tests.remediator_harness import SECRET, Harness, alert, notification, received, remediator, subscriber
 from tests.servers import free_port
@@ -355,7 +355,7 @@ async def test_any_other_answer_to_result_is_retried_never_failed(
 
 
 def _remediator_args(*argv: str) -> argparse.Namespace:
-    from remediator.cli import register
+    from exec_watchdog.remediator.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -364,7 +364,7 @@ def _remediator_args(*argv: str) -> argparse.Namespace:
 
 def test_a_trinity_database_without_slot_tables_and_without_redis_is_refused_at_start(tmp_path: Path) -> None:
     """Before: the row was failed, then its slot release retried forever against a missing table."""
-    from remediator.cli import build_config
+    from exec_watchdog.remediator.cli import build_config
 
     url = f"sqlite:///{tmp_path / 'trinity.db'}"
     engine = sa.create_engine(url)
@@ -384,7 +384,7 @@ def test_a_trinity_database_without_slot_tables_and_without_redis_is_refused_at_
 async def test_terminate_counts_any_2xx_as_done(scripted: ScriptedAgent, answer: tuple[int, bytes],
                                                 status: str) -> None:
     """Trinity's watchdog fails an overdue run after any terminate answer below 300."""
-    from platform_access.agent_client import AgentClient
+    from exec_watchdog.platform_access.agent_client import AgentClient
 
     scripted.terminate = answer
     client = AgentClient(scripted.url_template, "s")

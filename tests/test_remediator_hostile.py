@@ -15,11 +15,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from platform_access.schema import schedule_executions
-from platform_access.timestamps import format_utc, utcnow
-from remediator import audit
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.remediator import audit
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests.agent_front import AgentFront, agent_front
 from tests.remediator_harness import alert, notification, received, remediator, subscriber
 
@@ -62,7 +62,7 @@ async def test_a_clock_ahead_of_the_database_does_not_make_a_young_run_an_orphan
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The remediator's clock runs 180 s ahead (a fake clock: the machine's cannot be moved here);
     a 5-second-old run its agent does not know yet is too young on the database's clock."""
-    import remediator.remediate as remediate
+    import exec_watchdog.remediator.remediate as remediate
 
     monkeypatch.setattr(remediate, "utcnow", lambda: utcnow() + timedelta(seconds=180))
     async with remediator(sqlite_url, redis_url, agents) as h:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from remediator.silences import covering, parse_silences
-from simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.remediator.silences import covering, parse_silences
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from tests.remediator_harness import SECRET, alert, notification, remediator
 from tests.servers import alertmanager_server
 

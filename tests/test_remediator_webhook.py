@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from remediator.auth import Credentials
-from remediator.payload import PayloadError, parse_notification
-from simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.payload import PayloadError, parse_notification
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from tests.remediator_harness import FIXTURES, SECRET, Harness, alert, notification, remediator
 
 
@@ -164,7 +164,7 @@ async def test_unreachable_remediator_agent_means_retry_not_orphan(harness: Harn
     harness.add_execution("e1", "a1")
     async with httpx.AsyncClient() as c:
         await c.post(agents.agent_url("a1") + "/sim/fault", json={"mode": "down"},
-                     headers={"X-Trinity-Agent-Token": __import__("platform_access.auth", fromlist=["x"])
+                     headers={"X-Trinity-Agent-Token": __import__("exec_watchdog.platform_access.auth", fromlist=["x"])
                               .agent_token(SECRET, "a1")})
     response = await harness.post(notification(alert("e1", "a1")))
     assert response.status_code == 503

@@ -19,14 +19,21 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from platform_access import database as db
-from platform_access.inflight import MARKER_TTL_SECONDS, InflightStore, RedisInflight, SqlInflight, Verdict, marker_key
-from platform_access.schema import schedule_executions
-from platform_access.slots import SqlSlots, slot_metadata
-from platform_access.timestamps import parse_utc
-from simulated_platform.agent_server import AgentServer, serve_agents
-from simulated_platform.scheduler import Scheduler
-from simulated_platform.workload import Workload, agent_names, parse_mix, run_workload
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.inflight import (
+    MARKER_TTL_SECONDS,
+    InflightStore,
+    RedisInflight,
+    SqlInflight,
+    Verdict,
+    marker_key,
+)
+from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import parse_utc
+from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.scheduler import Scheduler
+from exec_watchdog.simulated_platform.workload import Workload, agent_names, parse_mix, run_workload
 
 
 @pytest.fixture
@@ -159,7 +166,7 @@ def test_simulate_command_refuses_bad_flags(tmp_path: Path) -> None:
 
 
 async def test_slot_release_refused_by_redis_is_owed_and_retried(tmp_path: Path) -> None:
-    from platform_access.slots import RedisSlots
+    from exec_watchdog.platform_access.slots import RedisSlots
     from tests.servers import redis_server
 
     engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import redis
 
-from platform_access import database as db
-from platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
-from platform_access.timestamps import utcnow
+from exec_watchdog.platform_access import database as db
+from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
 
 
 @pytest.fixture(params=["redis", "sql"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from platform_access.urls import redacted_url
+from exec_watchdog.platform_access.urls import redacted_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-pw"

@@ -14,8 +14,8 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import dashboard as model
 
-from exporter import metric_names as exporter_metrics
-from grafana.panels import (
+from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.grafana.builder.panels import (
     BREAKER,
     PROMETHEUS,
     UP_DOWN,
@@ -30,8 +30,8 @@ from grafana.panels import (
     time_series,
     value_texts,
 )
-from grafana.timeout_panels import timeouts
-from remediator import metric_names as remediator_metrics
+from exec_watchdog.grafana.builder.timeout_panels import timeouts
+from exec_watchdog.remediator import metric_names as remediator_metrics
 
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
 # config names the jobs differently; nothing else in the dashboard mentions a job.
@@ -467,7 +467,7 @@ def annotation_queries() -> list[PrometheusAnnotation]:
 
 
 def build() -> model.Dashboard:
-    """The dashboard model; `grafana.build` turns it into the committed JSON."""
+    """The dashboard model; `exec_watchdog.grafana.builder.build` turns it into the committed JSON."""
     board = (
         dash.Dashboard(TITLE)
         .uid(UID)

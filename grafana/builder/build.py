@@ -1,7 +1,7 @@
 """Write the dashboard JSON that Grafana provisions, or check that the committed copy is current.
 
-    python -m grafana.build           # regenerate grafana/dashboards/exec-watchdog.json
-    python -m grafana.build --check   # exit 1 if the committed JSON differs from the generator
+    python -m exec_watchdog.grafana.builder.build           # regenerate grafana/dashboards/exec-watchdog.json
+    python -m exec_watchdog.grafana.builder.build --check   # exit 1 if the committed JSON differs from the generator
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pathlib import Path
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from exec_watchdog.generated import sync_generated
-from grafana import DASHBOARD_PATH, dashboard
+from exec_watchdog.grafana import DASHBOARD_PATH
+from exec_watchdog.grafana.builder import dashboard
+
+REGENERATE = "exec_watchdog.grafana.builder.build"
 
 
 def render() -> str:
@@ -23,11 +26,11 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grafana.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {REGENERATE}", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed JSON is out of date")
     parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="where to write the JSON")
     args = parser.parse_args(argv)
-    return sync_generated({args.output: render()}, check=args.check, regenerate="python -m grafana.build")
+    return sync_generated({args.output: render()}, check=args.check, regenerate=f"python -m {REGENERATE}")
 
 
 if __name__ == "__main__":
