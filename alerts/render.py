@@ -26,7 +26,7 @@ from exec_watchdog.alerts import rule_tests
 from exec_watchdog.alerts.alertmanager import alertmanager_config
 from exec_watchdog.alerts.profiles import PROFILES, ProfileError, duration_seconds, load_profile, profile_settings
 from exec_watchdog.alerts.rules import rule_groups
-from exec_watchdog.generated import sync_generated
+from exec_watchdog.common.generated import sync_generated
 
 __all__ = [
     "DEFAULT_CREDENTIALS_FILE",

@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="PostgreSQL server URL (a database per run is created)")
     parser.add_argument("--redis-url", help="Redis for slots and announcements (SQL slots when unset)")
     args = parser.parse_args()
-    from exec_watchdog.logs import configure_logging
+    from exec_watchdog.common.logs import configure_logging
 
     configure_logging("info", "json")  # a real run logs one line per recovery: keep that cost in
     floors: list[float] = []

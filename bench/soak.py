@@ -67,7 +67,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exec_watchdog.logs import configure_logging
+from exec_watchdog.common.logs import configure_logging
 from exec_watchdog.pipeline.platform import FaultClock, Platform, PlatformOptions, ensure_database
 from exec_watchdog.pipeline.stack import Stack, StackOptions
 from exec_watchdog.pipeline.timing import Timing

@@ -35,7 +35,7 @@ from exec_watchdog.alerts.render import (
     render_rules,
 )
 from exec_watchdog.alerts.rules import REPLICA_LABEL
-from exec_watchdog.generated import sync_generated
+from exec_watchdog.common.generated import sync_generated
 from exec_watchdog.grafana import DASHBOARD_PATH
 
 DEPLOY_DIR = Path(__file__).resolve().parent

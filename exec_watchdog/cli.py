@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from exec_watchdog import __version__
-from exec_watchdog.logs import configure_logging
+from exec_watchdog.common.logs import configure_logging
+from exec_watchdog.common.version import __version__
 
 DESCRIPTION = """\
 Find executions an agent platform has lost track of and recover them safely.

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from exec_watchdog.common.flags import ConfigError, add_flag
 from exec_watchdog.exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
-from exec_watchdog.flags import ConfigError, add_flag
 from exec_watchdog.platform_access.agent_client import DEFAULT_URL_TEMPLATE
 
 DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"

@@ -26,7 +26,7 @@ import redis
 import sqlalchemy as sa
 import structlog
 
-from exec_watchdog import __version__
+from exec_watchdog.common.version import __version__
 from exec_watchdog.exporter.sharding import Shard
 from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot

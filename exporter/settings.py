@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
+from exec_watchdog.common.flags import ConfigError, read_secret_file
 from exec_watchdog.exporter.sharding import Shard, parse_shard
-from exec_watchdog.flags import ConfigError, read_secret_file
 from exec_watchdog.platform_access.agent_client import check_url_template
 from exec_watchdog.platform_access.database import redacted
 from exec_watchdog.platform_access.urls import check_redis_url

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from exec_watchdog.flags import add_flag
+from exec_watchdog.common.flags import add_flag
 
 DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
 

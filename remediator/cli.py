@@ -9,7 +9,7 @@ import sys
 import uuid
 from typing import Any
 
-from exec_watchdog.flags import add_flag, read_secret_file
+from exec_watchdog.common.flags import add_flag, read_secret_file
 
 EPILOG = """\
 Alertmanager side (alertmanager.yml):

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from exec_watchdog.flags import ConfigError, add_flag, read_secret_file
+from exec_watchdog.common.flags import ConfigError, add_flag, read_secret_file
 
 EXIT_FOUND, EXIT_UNKNOWN, EXIT_ERROR = 0, 1, 2
 

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from exec_watchdog.flags import add_flag
+from exec_watchdog.common.flags import add_flag
 
 
 def register(commands: Any) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.settings import _shard
 from exec_watchdog.exporter.sharding import Shard, jump_hash, parse_shard, shard_of
-from exec_watchdog.flags import ConfigError
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata

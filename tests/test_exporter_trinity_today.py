@@ -18,12 +18,12 @@ import redis
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.exporter import metric_names as m
 from exec_watchdog.exporter.cli import _require_stores
 from exec_watchdog.exporter.collector import ExecWatchdogCollector
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.settings import ExporterSettings
-from exec_watchdog.flags import ConfigError
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.inflight import RedisInflight, SqlInflight
 from exec_watchdog.platform_access.schema import agent_ownership, metadata

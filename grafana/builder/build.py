@@ -13,7 +13,7 @@ from pathlib import Path
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from exec_watchdog.generated import sync_generated
+from exec_watchdog.common.generated import sync_generated
 from exec_watchdog.grafana import DASHBOARD_PATH
 from exec_watchdog.grafana.builder import dashboard
 
