@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import uuid
@@ -121,8 +120,7 @@ def build_config(args: argparse.Namespace) -> Any:
         sweep_interval_seconds=args.sweep_interval, external_url=external_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
-                          inflight_max_age_seconds=args.inflight_max_age,
-                          crash_after_transition=bool(os.environ.get("EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION"))),
+                          inflight_max_age_seconds=args.inflight_max_age),
     )
 
 

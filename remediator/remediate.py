@@ -17,7 +17,6 @@ outcome, written to the audit trail:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -62,7 +61,6 @@ class Settings:
     agent_calls_per_agent: int = 4  # so one slow agent cannot take every call slot
     agent_wait_seconds: float = 10.0  # longest wait for a turn to call an agent
     action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
-    crash_after_transition: bool = False  # test hook: die between the transition and the release
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
 
@@ -190,8 +188,6 @@ class Remediator:
         ready = [v for v in verdicts if v.outcome == ""]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
-            if self.settings.crash_after_transition:
-                os._exit(70)
             try:
                 await self.finish(winners)
             except Exception:  # logged in finish(); the sweep finishes it later

@@ -4,7 +4,6 @@ silence made after the notification left — with a real remediator process and 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -38,18 +37,36 @@ def alertmanager() -> Iterator[str]:
         yield url
 
 
+# The fault, injected from here: the real remediator, whose process dies (exit 70) the moment the
+# recovery transition has committed, before the slot is released and the recovery announced.
+CRASH_AFTER_TRANSITION = """
+import os, sys
+from exec_watchdog.cli import main
+from exec_watchdog.remediator.remediate import Remediator
+
+transition = Remediator._transition
+
+def crash_after_transition(self, verdicts):
+    transition(self, verdicts)
+    os._exit(70)
+
+Remediator._transition = crash_after_transition
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _start_remediator(tmp: Path, database_url: str, redis_url: str, template: str, *, crash: bool) -> tuple[
         subprocess.Popen[bytes], str]:
     (tmp / "token").write_text(TOKEN)
     (tmp / "secret").write_text(SECRET)
     port = free_port()
-    env = {**os.environ, "EXEC_WATCHDOG_TEST_CRASH_AFTER_TRANSITION": "1" if crash else ""}
+    start = [sys.executable, "-c", CRASH_AFTER_TRANSITION] if crash else [sys.executable, "-m", "exec_watchdog"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exec_watchdog", "remediator", f"--listen=127.0.0.1:{port}",
+        [*start, "remediator", f"--listen=127.0.0.1:{port}",
          f"--database-url={database_url}", f"--redis-url={redis_url}", f"--announce-redis-url={redis_url}",
          f"--agent-url-template={template}", f"--agent-secret-file={tmp / 'secret'}",
          f"--bearer-token-file={tmp / 'token'}", "--claim-ttl=0.5", "--sweep-interval=0.2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc=proc)
     return proc, f"http://127.0.0.1:{port}"
 
