@@ -145,7 +145,10 @@ def main() -> None:
 
     configure_logging("info", "json")  # a real run logs one line per recovery: keep that cost in
     floors: list[float] = []
-    runs, bare, runs_cpu, bare_cpu = [], [], [], []
+    runs: list[float] = []
+    bare: list[float] = []
+    runs_cpu: list[float] = []
+    bare_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             if args.database_url:

@@ -60,7 +60,7 @@ class AgentFront:
             pass
         finally:
             writer.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _answer(self, writer: asyncio.StreamWriter, method: str, name: str, path: str,
                       headers: dict[str, str]) -> None:

@@ -124,14 +124,14 @@ async def remediator(database_url: str, redis_url: str, agents: AgentServer, *,
 
 
 def subscriber(redis_url: str, channel: str = "trinity:watchdog") -> Any:
-    pubsub = redis.Redis.from_url(redis_url).pubsub()
+    pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(channel)
     pubsub.get_message(timeout=1)
     return pubsub
 
 
 def received(pubsub: Any, wait: float = 0.3) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     while True:
         message = pubsub.get_message(timeout=wait)
         if message is None:

@@ -47,7 +47,8 @@ class Month:
 
 
 def _series_key(family_sample: Any) -> str | None:
-    name, labels = family_sample.name, family_sample.labels
+    name: str = family_sample.name
+    labels = family_sample.labels
     if name.startswith(names.SCHEDULE_RUN_DURATION) and labels.get("status") != "success":
         return None
     if not (name.startswith(names.SCHEDULE_RUN_DURATION) or name in (
@@ -259,7 +260,7 @@ def test_printed_sql_updates_exactly_the_schedule_even_with_a_hostile_id(tmp_pat
     text = sql_statements([advice.Advice("a1", hostile, 30, {0.99: 10.0}, 600, 60, "too loose\nDROP TABLE x;")])
     raw = engine.raw_connection()
     try:
-        raw.executescript(text)  # type: ignore[attr-defined]
+        raw.executescript(text)
     finally:
         raw.close()
     with engine.connect() as conn:

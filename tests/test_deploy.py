@@ -1167,8 +1167,8 @@ def test_the_prometheus_ha_config_drops_its_replica_label_from_alerts_and_scrape
     (job,) = config["scrape_configs"]
     assert job["kubernetes_sd_configs"] == [{"role": "endpoints", "namespaces": {"names": [render.NAMESPACE]}}]
     keep, port, rename = job["relabel_configs"]
-    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], PRODUCTION["exporter_job"]) \
-        and re.fullmatch(keep["regex"], PRODUCTION["remediator_job"])
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], str(PRODUCTION["exporter_job"])) \
+        and re.fullmatch(keep["regex"], str(PRODUCTION["remediator_job"]))
     # Every port the Services name, and the job taken from the Service label the ServiceMonitors use.
     base = kustomize_build_base()
     service_ports = {p["name"] for s in _find(base, "Service") for p in s["spec"]["ports"]}

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import psutil
@@ -19,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 
 from exec_watchdog.grafana.queries import labelled_queries
+from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator.audit import recoveries
-from exec_watchdog.remediator.claim import RECOVERED_NOTICE
 from exec_watchdog.remediator.remediate import orphan_reason
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 
@@ -130,7 +131,7 @@ def test_agent_restart_orphans_every_run_it_forgot(pipeline: Pipeline) -> None:
     floor = p.timing.orphan_min_age + p.timing.detection("fail_orphan")
 
     for run in runs:
-        row = eventually(lambda run=run: p.failed(run.execution_id), floor + SLACK + 5, "forgotten run failed")
+        row = eventually(partial(p.failed, run.execution_id), floor + SLACK + 5, "forgotten run failed")
         assert row.error == orphan_reason(RESTARTED)
         assert (parse_utc(row.completed_at) - parse_utc(row.started_at)).total_seconds() <= floor + SLACK
     for run in runs:

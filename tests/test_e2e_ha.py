@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -46,7 +47,7 @@ def test_two_alertmanagers_and_two_replicas_act_exactly_once(ha_pipeline: Pipeli
     runs = orphans + overdue
 
     for run in runs:
-        eventually(lambda run=run: p.failed(run.execution_id), 40, f"{run.execution_id} is failed")
+        eventually(partial(p.failed, run.execution_id), 40, f"{run.execution_id} is failed")
     # Stale and duplicate deliveries keep coming for a while (the second Alertmanager waits a peer
     # timeout before it sends what the first one may already have sent): none may act again.
     holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 2,
@@ -100,7 +101,7 @@ def test_twelve_overdue_and_twelve_orphaned_are_terminated_and_recovered_exactly
     runs = orphans + overdue
 
     for run in runs:
-        eventually(lambda run=run: p.failed(run.execution_id), 90, f"{run.execution_id} is failed")
+        eventually(partial(p.failed, run.execution_id), 90, f"{run.execution_id} is failed")
     double_terminates = {r.execution_id: n for r in overdue if (n := p.sigints(r.execution_id, r.agent)) != 1}
     assert double_terminates == {}, "each overdue process got exactly one SIGINT"
     holds(lambda: all(len(p.announcements(r.execution_id)) == 1 for r in runs), PEER_TIMEOUT + 6,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -91,21 +92,21 @@ def test_three_shards_cover_the_fleet_once_through_a_restart_and_a_reshard(shard
     on_other = [r for r in orphans if r.agent == other_agent]
     on_victim = [r for r in orphans if r.agent == victim_agent]
     for run in on_other:
-        eventually(lambda run=run: p.failed(run.execution_id), 40, f"{run.execution_id} (shard 0) is recovered")
+        eventually(partial(p.failed, run.execution_id), 40, f"{run.execution_id} (shard 0) is recovered")
     # Nothing of shard 1 is seen meanwhile, so none of its orphans can be acted on, and no
     # execution is published twice.
     assert all(p.status(r.execution_id) == "running" for r in on_victim)
     assert max(counted(p, "execution_id").values()) == 1
     wait_child_ready(respawn_child(p.stack, "exporter-2"))
     for run in on_victim:
-        eventually(lambda run=run: p.failed(run.execution_id), 40, f"{run.execution_id} (shard 1) is recovered")
+        eventually(partial(p.failed, run.execution_id), 40, f"{run.execution_id} (shard 1) is recovered")
     for run in orphans:
-        eventually(lambda run=run: recovered_once(p, run), 20, f"{run.execution_id} recovered exactly once")
+        eventually(partial(recovered_once, p, run), 20, f"{run.execution_id} recovered exactly once")
     lost = {r.execution_id for r in long_runs if r.agent in (victim_agent, other_agent)}
     still_running = {r.execution_id for r in long_runs} - lost
     assert all(p.status(e) == "running" for e in still_running), "no run that kept going was failed"
     for execution_id in lost:
-        eventually(lambda e=execution_id: p.failed(e), 40, f"{execution_id} (lost in the restart) is recovered")
+        eventually(partial(p.failed, execution_id), 40, f"{execution_id} (lost in the restart) is recovered")
 
     # Re-shard 3 -> 2: exporter-3 goes, the other two become shards 0/2 and 1/2. Whatever they
     # published before, each execution ends up published exactly once: no stale series.
@@ -137,7 +138,9 @@ def test_two_prometheus_servers_make_one_recovery_per_execution(two_prometheus: 
     orphans = [p.start(agent, 600) for agent in ("agent-001", "agent-002") for _ in range(3)]
     # Both servers must see them before they are lost, so both fire for every one of them.
     for url in p.stack.prometheus_urls:
-        eventually(lambda url=url: len(p.series(RUNTIME, url)) == len(orphans), 30, f"{url} scrapes every run")
+        def scrapes_every_run(url: str = url) -> bool:
+            return len(p.series(RUNTIME, url)) == len(orphans)
+        eventually(scrapes_every_run, 30, f"{url} scrapes every run")
     held = orphans[0]
     silence = p.create_silence("hold one to look at it", execution_id=held.execution_id)
     p.restart_agent("agent-001")
@@ -145,15 +148,15 @@ def test_two_prometheus_servers_make_one_recovery_per_execution(two_prometheus: 
 
     # The held one, as each Alertmanager sees it: one alert (both servers sent it), no replica label.
     for url in p.stack.alertmanager_urls:
-        alerts = eventually(lambda url=url: p.alerts(ORPHANED, url, execution_id=held.execution_id), 40,
+        alerts = eventually(partial(p.alerts, ORPHANED, url, execution_id=held.execution_id), 40,
                             f"{url} has the held execution's alert")
         assert len(alerts) == 1, alerts
         assert "replica" not in alerts[0]["labels"] and alerts[0]["status"]["state"] == "suppressed"
     for run in orphans[1:]:
-        eventually(lambda run=run: p.failed(run.execution_id), 40, f"{run.execution_id} is failed")
+        eventually(partial(p.failed, run.execution_id), 40, f"{run.execution_id} is failed")
     assert p.status(held.execution_id) == "running"
     for url in p.stack.prometheus_urls:
-        eventually(lambda url=url: _notifications_sent(url) > 0, 20, f"{url} sent its alerts too")
+        eventually(partial(_notifications_sent, url), 20, f"{url} sent its alerts too")
     p.delete_silence(silence)
     eventually(lambda: p.failed(held.execution_id), 60, "the held execution is failed once the silence ends")
 

@@ -60,7 +60,7 @@ def test_a_too_tight_timeout_raises_the_warning_with_the_advised_value(pipeline:
     labels = alert["labels"]
     assert isinstance(labels, dict)
     assert labels["severity"] == "warning" and "remediation" not in labels
-    assert [r["name"] for r in alert["receivers"]] == [OPERATOR_RECEIVER]  # type: ignore[union-attr]
+    assert [r["name"] for r in alert["receivers"]] == [OPERATOR_RECEIVER]  # type: ignore[attr-defined]
     description = str(alert["annotations"]["description"])  # type: ignore[index]
     match = re.search(r"auto-terminated (\d+) of its runs .* p99 is (\d+) s against a timeout of (\d+) s\. "
                       r"Advised timeout: (\d+) s", description)

@@ -364,7 +364,7 @@ async def test_last_error_hook_keeps_what_the_agent_answered(agents: AgentServer
 
 async def test_evidence_is_bounded_and_holds_no_secret(harness: Harness) -> None:
     harness.add_execution("e1", "a1")
-    labels = {f"label_{i:03d}": "x" * 5000 for i in range(200)}
+    labels: dict[str, Any] = {f"label_{i:03d}": "x" * 5000 for i in range(200)}
     labels["api_token"] = "hunter2-hunter2"
     labels["note"] = f"token {TOKEN} and secret {SECRET}"
     sent = alert("e1", "a1", **labels)

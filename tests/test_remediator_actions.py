@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import psutil
@@ -73,7 +74,7 @@ async def test_orphan_is_failed_released_and_announced_once(harness: Harness, re
     ("missing", "no such execution"),
 ])
 async def test_orphan_reverification_refuses(harness: Harness, setup: str, reason: str) -> None:
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if setup == "completed":
         extra["status"] = "success"
     if setup == "leased":
@@ -198,7 +199,7 @@ async def test_slot_release_owed_after_a_redis_outage_is_finished_by_the_sweep(
             response = await h.post(notification(alert("e1", "a1")))
             assert response.status_code == 503  # recovered, but release/announce still owed
             assert h.row("e1").status == "failed"
-            h.redis.execute_command("AUTH", "locked-out")
+            h.redis.execute_command("AUTH", "locked-out")  # type: ignore[no-untyped-call]
             h.redis.config_set("requirepass", "")
             assert h.slots.held("a1") == {"e1"}
             events = subscriber(url)

@@ -22,8 +22,8 @@ import redis
 import sqlalchemy as sa
 
 from exec_watchdog.platform_access.inflight import RedisInflight
+from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.schema import agent_ownership, metadata
-from exec_watchdog.remediator.claim import RECOVERED_NOTICE
 from exec_watchdog.remediator.texts import orphan_text
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig, RunResult

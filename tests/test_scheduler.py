@@ -183,7 +183,7 @@ async def test_slot_release_refused_by_redis_is_owed_and_retried(tmp_path: Path)
             admin.client_kill_filter(_type="normal", skipme=True)  # ... and the scheduler must reconnect
             await _until(lambda: _status(engine, run.execution_id) == "success")
             assert scheduler.owed_releases == {("a1", run.execution_id)}
-            admin.execute_command("AUTH", "locked")
+            admin.execute_command("AUTH", "locked")  # type: ignore[no-untyped-call]
             admin.config_set("requirepass", "")
             assert scheduler.release_owed() == 0
             assert slots.held("a1") == set()
