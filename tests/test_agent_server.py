@@ -95,7 +95,8 @@ async def test_running_lists_a_started_execution_with_its_pid_naive_utc_start_an
     assert started.tzinfo is None, "started_at must be naive"
     assert abs((started - before).total_seconds()) < 5, "started_at must be UTC"
     assert body["recently_completed_ids"] == [] and body["pending_ids"] == []
-    assert psutil.Process(pid).cmdline()[-1] == "30.0"
+    # posix_spawn returns while the child is still inside execve: its cmdline can be empty a moment.
+    await eventually(lambda: psutil.Process(pid).cmdline()[-1:] == ["30.0"])
     assert os.getpgid(pid) == pid, "each execution leads its own process group"
 
 
