@@ -44,7 +44,7 @@ from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.payload import Notification, PayloadError, parse_notification
 from exec_watchdog.remediator.remediate import Remediator, Settings
 from exec_watchdog.remediator.silences import SilenceChecker
-from remediator.breaker import Breaker
+from exec_watchdog.remediator.breaker import Breaker
 
 log = structlog.get_logger("exec_watchdog.remediator")
 PAGE = Path(__file__).with_name("recoveries.html")

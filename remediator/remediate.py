@@ -42,7 +42,7 @@ from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
-from remediator.breaker import Breaker
+from exec_watchdog.remediator.breaker import Breaker
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"

@@ -73,3 +73,15 @@ def test_the_console_script_runs_from_the_wheel(wheel: Path) -> None:
     result = _run_isolated(wheel, f"from {module} import {function} as main; sys.exit(main(['--help']))")
     assert result.returncode == 0, result.stderr
     assert "usage: exec-watchdog" in result.stdout and "remediator" in result.stdout
+
+
+def test_every_module_in_the_wheel_imports_from_the_wheel_alone(wheel: Path) -> None:
+    # An import still spelled the old way (`from remediator.x import y`) works in a checkout, where
+    # the folder is on the path, and fails only here.
+    modules = sorted(".".join(path.relative_to(wheel).with_suffix("").parts).removesuffix(".__init__")
+                     for path in (wheel / "exec_watchdog").rglob("*.py") if path.name != "__main__.py")
+    assert "exec_watchdog.remediator.remediate" in modules
+    result = _run_isolated(wheel, "import importlib\n"
+                                  f"for name in {modules!r}:\n"
+                                  "    assert importlib.import_module(name).__file__.startswith(sys.path[0]), name")
+    assert result.returncode == 0, result.stderr
