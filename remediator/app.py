@@ -39,12 +39,12 @@ from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import audit, story
 from exec_watchdog.remediator.announce import Announcer, WebSocketHub
 from exec_watchdog.remediator.auth import Credentials
+from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.evidence import Delivery, DeliveryCounter, Recorder, Redactor
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.payload import Notification, PayloadError, parse_notification
 from exec_watchdog.remediator.remediate import Remediator, Settings
 from exec_watchdog.remediator.silences import SilenceChecker
-from exec_watchdog.remediator.breaker import Breaker
 
 log = structlog.get_logger("exec_watchdog.remediator")
 PAGE = Path(__file__).with_name("recoveries.html")

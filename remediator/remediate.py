@@ -36,13 +36,13 @@ from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import action_claims, audit, claim, texts
 from exec_watchdog.remediator.announce import Announcer
+from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
-from exec_watchdog.remediator.breaker import Breaker
 
 FAIL_ORPHAN = "fail_orphan"
 TERMINATE_OVERDUE = "terminate_overdue"

@@ -26,7 +26,10 @@ RULES = [
     (re.compile(rf"(?<=[`~\"'(])({P})(?=\.[a-z_]+\b(?!\.(py|yml|yaml|json|md|html)\b))"), rf"{NS}\1"),
 ]
 # Code where a local variable happens to share a package's name: never rewritten.
-SKIP_LINE = re.compile(r"pipeline\.stack\.|pipeline\.alerts\(|remediator\.(kill\(|finish_unfinished\(|breaker\.is_open)|grafana\.ini|remediator\.log|^(For teams|buckets \()")
+SKIP_LINE = re.compile(
+    r"pipeline\.stack\.|pipeline\.alerts\(|remediator\.(kill\(|finish_unfinished\(|breaker\.is_open)"
+    r"|grafana\.ini|remediator\.log|^(For teams|buckets \()"
+)
 SUFFIXES = {".py", ".md", ".toml", ".yml", ".yaml", ""}
 
 
