@@ -76,7 +76,7 @@ def test_the_console_script_runs_from_the_wheel(wheel: Path) -> None:
 
 
 def test_every_module_in_the_wheel_imports_from_the_wheel_alone(wheel: Path) -> None:
-    # An import still spelled the old way (`from exec_watchdog.remediator.x import y`) works in a checkout, where
+    # An import still spelled the old way (`from remediator.x import y`) works in a checkout, where
     # the folder is on the path, and fails only here.
     modules = sorted(".".join(path.relative_to(wheel).with_suffix("").parts).removesuffix(".__init__")
                      for path in (wheel / "exec_watchdog").rglob("*.py") if path.name != "__main__.py")
