@@ -18,13 +18,14 @@ from urllib.parse import urlsplit
 
 from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.common.remediation import REMEDIATION_LABEL
 
 REMEDIATOR_RECEIVER = "remediator"
 OPERATOR_RECEIVER = "operators"
 HEARTBEAT_RECEIVER = "heartbeat"
 
 # One silence with this matcher pauses every remediation (alerts/runbook.md says how).
-PAUSE_REMEDIATION_MATCHER = f'{rules.REMEDIATION_LABEL}=~".+"'
+PAUSE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~".+"'
 
 REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
 OPERATOR_GROUP_BY = ["alertname", "agent"]

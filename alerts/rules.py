@@ -12,6 +12,7 @@ from typing import Any
 
 from exec_watchdog.alerts import timeout_rules
 from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.common.remediation import CLAIM_RESULT, FAIL_ORPHAN, REMEDIATION_LABEL, TERMINATE_OVERDUE
 from exec_watchdog.exporter import metric_names as exporter
 from exec_watchdog.remediator import metric_names as remediator
 
@@ -28,12 +29,6 @@ HEARTBEAT = "ExecWatchdogHeartbeat"
 
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
           REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *timeout_rules.ALERTS)
-
-# The label that tells the remediator what to do, and its values (docs/contracts.md).
-REMEDIATION_LABEL = "remediation"
-FAIL_ORPHAN = "fail_orphan"
-TERMINATE_OVERDUE = "terminate_overdue"
-CLAIM_RESULT = "claim_result"
 
 # The external label that tells the servers of a Prometheus HA set apart; dropped from alerts
 # (alert_relabel_configs) so their alerts are identical and Alertmanager deduplicates them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exec_watchdog.alerts.render import duration_seconds, profile_settings
+from exec_watchdog.common.remediation import FAIL_ORPHAN, TERMINATE_OVERDUE
 
 TRINITY_POLL_SECONDS = 300.0  # Trinity's in-backend watchdog cycle
 TRINITY_MIN_AGE_SECONDS = 60.0
@@ -43,7 +44,7 @@ class Timing:
 
     def detection(self, action: str) -> float:
         """scrape + evaluation + for + group_wait, for ``fail_orphan`` or ``terminate_overdue``."""
-        rule_for = {"fail_orphan": self.orphan_for, "terminate_overdue": self.overdue_for}[action]
+        rule_for = {FAIL_ORPHAN: self.orphan_for, TERMINATE_OVERDUE: self.overdue_for}[action]
         return self.scrape_interval + self.evaluation_interval + rule_for + self.group_wait
 
     def orphan_floor(self, run_seconds: float, completed_window: float) -> float:
@@ -53,11 +54,11 @@ class Timing:
         also waits until the execution is ``orphan_min_age`` old (it ran ``run_seconds``).
         """
         unknown_after = max(completed_window, self.orphan_min_age - run_seconds)
-        return unknown_after + self.detection("fail_orphan")
+        return unknown_after + self.detection(FAIL_ORPHAN)
 
     def overdue_floor(self) -> float:
         """Seconds from crossing the timeout to the earliest possible webhook."""
-        return self.detection("terminate_overdue")
+        return self.detection(TERMINATE_OVERDUE)
 
     def describe(self) -> str:
         return (f"scrape {self.scrape_interval:g} s + evaluation {self.evaluation_interval:g} s + for "

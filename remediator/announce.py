@@ -17,11 +17,12 @@ import structlog
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
+from exec_watchdog.common.remediation import CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.remediator.audit import Recovery
 
-EVENT_ACTIONS = {"fail_orphan": "orphan_recovered", "terminate_overdue": "auto_terminated",
-                 "claim_result": "result_recovered"}
+EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_terminated",
+                 CLAIM_RESULT: "result_recovered"}
 log = structlog.get_logger("exec_watchdog.remediator")
 
 

@@ -27,7 +27,6 @@ from exec_watchdog.platform_access.retained import RetainedResult
 from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.remediator.texts import MAX_ERROR_CHARS
 
-REMEDIATION = "claim_result"  # the alert label of runs the agent lists as recently completed: claimed, never failed
 CLAIM_DEFER_SECONDS = 180.0
 _STATUS = {"success": "success", "cancelled": "cancelled"}  # anything else is a failure
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
+from exec_watchdog.common.remediation import CLAIM_RESULT
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
@@ -132,7 +133,7 @@ class OrphanCheck:
             assert decision.result is not None
             v.claim = claim.claim_of(decision.result)
             v.error = claim.announcement_reason(v.claim)
-        elif decision.step in ("fail", "fail_no_record") and v.alert.remediation == claim.REMEDIATION:
+        elif decision.step in ("fail", "fail_no_record") and v.alert.remediation == CLAIM_RESULT:
             v.decide("skipped", "no retained result, and no longer listed as recently completed: "
                                 "the orphan alert takes it (a claim_result alert never fails a run)")
         elif decision.step in ("fail", "fail_no_record"):

@@ -12,6 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
+from exec_watchdog.common.remediation import REMEDIATION_LABEL
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 SUPPORTED_VERSION = "4"
@@ -38,7 +39,7 @@ class Alert:
 
     @property
     def remediation(self) -> str:
-        return self.labels.get("remediation", "")
+        return self.labels.get(REMEDIATION_LABEL, "")
 
     @property
     def agent(self) -> str:

@@ -27,6 +27,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 import structlog
 
+from exec_watchdog.common.remediation import ACTIONS, CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -44,10 +45,6 @@ from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 
-FAIL_ORPHAN = "fail_orphan"
-TERMINATE_OVERDUE = "terminate_overdue"
-CLAIM_RESULT = claim.REMEDIATION  # recently completed on the agent, still running in the database
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
