@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
-from exec_watchdog.common.remediation import CLAIM_RESULT
+from exec_watchdog.common.remediation import CLAIM_RESULT, Outcome
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
@@ -41,12 +41,15 @@ class Subject(Protocol):
 
     alert: Alert
     execution: db.Execution | None
-    outcome: str
+    outcome: Outcome
     error: str
     claim: db.Claim | None
     evidence: Evidence
 
-    def decide(self, outcome: str, reason: str) -> None: ...
+    def decide(self, outcome: Outcome, reason: str) -> None: ...
+
+    @property
+    def undecided(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -85,7 +88,7 @@ class OrphanCheck:
                 else:
                     candidates.append((v, snapshot))
         await self._check_inflight([v for v, _ in candidates], now)
-        candidates = [(v, snapshot) for v, snapshot in candidates if v.outcome == ""]
+        candidates = [(v, snapshot) for v, snapshot in candidates if v.undecided]
         answers = await asyncio.gather(*(timed(self._retained(v)) for v, _ in candidates))
         for (v, snapshot), (retained, took) in zip(candidates, answers, strict=True):
             self._apply(v, snapshot, retained, took)

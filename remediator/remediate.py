@@ -27,7 +27,14 @@ import anyio.to_thread
 import sqlalchemy as sa
 import structlog
 
-from exec_watchdog.common.remediation import ACTIONS, CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.remediation import (
+    ACTIONS,
+    CLAIM_RESULT,
+    FAIL_ORPHAN,
+    TERMINATE_OVERDUE,
+    UNDECIDED,
+    Outcome,
+)
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -66,15 +73,19 @@ class Settings:
 class Verdict:
     alert: Alert
     evidence: Evidence = UNRECORDED  # the facts behind the decision, stored with its audit row
-    outcome: str = ""
+    outcome: Outcome = UNDECIDED
     reason: str = ""
     execution: db.Execution | None = None
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
 
-    def decide(self, outcome: str, reason: str) -> None:
+    def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
+
+    @property
+    def undecided(self) -> bool:
+        return self.outcome == UNDECIDED
 
 
 @dataclass(slots=True)
@@ -125,7 +136,7 @@ class Remediator:
                     result.unfinished = not await self._act(actionable)
                 except sa.exc.DBAPIError as exc:
                     for v in actionable:
-                        if v.outcome == "":
+                        if v.undecided:
                             v.decide("retry", f"database unavailable: {type(exc).__name__}")
                 finally:
                     self._refund(actionable)
@@ -157,7 +168,7 @@ class Remediator:
                 check_execution_id(alert.execution_id)
             except InvalidIdentifier as exc:
                 v.decide("ignored", f"unsafe labels: {exc}")
-        return v.outcome == ""
+        return v.undecided
 
     # -- acting -----------------------------------------------------------------------------------
 
@@ -169,20 +180,20 @@ class Remediator:
         for v in verdicts:
             v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
             self._verify_row(v, rows.get(v.alert.execution_id), now)
-            if v.outcome == "" and v.alert.execution_id in seen:
+            if v.undecided and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
             seen.add(v.alert.execution_id)
-        await self._check_silences([v for v in verdicts if v.outcome == ""])
-        orphans = [v for v in verdicts if v.outcome == "" and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
+        await self._check_silences([v for v in verdicts if v.undecided])
+        orphans = [v for v in verdicts if v.undecided and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
         await self.orphans.verify(orphans, now)
         for v in verdicts:
-            if v.outcome == "":
+            if v.undecided:
                 self._gate(v)
-        overdue = [v for v in verdicts if v.outcome == "" and v.alert.remediation == TERMINATE_OVERDUE]
+        overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.outcome == "" and v.claim is None))
-        ready = [v for v in verdicts if v.outcome == ""]
+                               if v.undecided and v.claim is None))
+        ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
             try:

@@ -20,6 +20,8 @@ import httpx
 import re2
 import structlog
 
+from exec_watchdog.common.remediation import Outcome
+
 log = structlog.get_logger("exec_watchdog.remediator")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is our error to report, not a line on stderr
@@ -75,7 +77,7 @@ class Silence:
         return None if self.problem else True
 
 
-def covering(active: Sequence[Silence], labels: Mapping[str, str]) -> tuple[str, str] | None:
+def covering(active: Sequence[Silence], labels: Mapping[str, str]) -> tuple[Outcome, str] | None:
     """The outcome a silence imposes on an alert with these labels: ``("silenced", why)``,
     ``("retry", why)`` when only an unreadable silence might cover it, or None."""
     unsure = None
