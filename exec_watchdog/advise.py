@@ -22,11 +22,10 @@ from exec_watchdog.alerts import advice
 from exec_watchdog.alerts.profiles import PROFILES, ProfileError, load_profile
 from exec_watchdog.common.flags import add_flag
 from exec_watchdog.exporter.history import DURATION_BUCKETS
+from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
 from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
-
-DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
 
 
 def register(commands: Any) -> None:

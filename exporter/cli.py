@@ -13,9 +13,8 @@ from typing import Any
 
 from exec_watchdog.common.flags import ConfigError, add_flag
 from exec_watchdog.exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
+from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 from exec_watchdog.platform_access.agent_client import DEFAULT_URL_TEMPLATE
-
-DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
 
 
 def register(commands: Any) -> None:

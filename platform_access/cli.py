@@ -7,8 +7,7 @@ import sys
 from typing import Any
 
 from exec_watchdog.common.flags import add_flag
-
-DEFAULT_DATABASE_URL = "sqlite:///exec-watchdog.db"
+from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 
 
 def register(commands: Any) -> None:

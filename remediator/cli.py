@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from exec_watchdog.common.flags import add_flag, read_secret_file
+from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 
 EPILOG = """\
 Alertmanager side (alertmanager.yml):
@@ -35,7 +36,7 @@ def register(commands: Any) -> None:
     add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
              "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
-    add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db", help="SQLAlchemy URL of the platform database")
+    add_flag(p, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
     add_flag(p, "--agent-secret", help="the backend's AGENT_AUTH_SECRET (prefer the file form)")
     add_flag(p, "--agent-secret-file", help="file holding the backend's AGENT_AUTH_SECRET")

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from exec_watchdog.common.flags import add_flag
+from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 
 
 def register(commands: Any) -> None:
@@ -22,7 +23,7 @@ def register(commands: Any) -> None:
         epilog="example: exec-watchdog simulate --agents 5 --rate 2 --duration 60 "
                "--faults lose_report=0.2,retained_success=0.05,hang=0.05,late_report=0.1,inflight=0.05 "
                "--restart-every 30")
-    add_flag(p, "--database-url", default="sqlite:///exec-watchdog.db",
+    add_flag(p, "--database-url", default=DEFAULT_DATABASE_URL,
              help="platform database (created if it is a new SQLite file)")
     add_flag(p, "--redis-url", help="capacity slots and in-flight markers in Redis; SQL tables when unset")
     add_flag(p, "--listen", default="127.0.0.1:0", help="host:port for the agents (port 0 picks a free one)")
