@@ -147,8 +147,9 @@ class _Connection:
             _check_size(size, request)
             await lease.take(size)
             return status, headers, await self.reader.readexactly(size), keep_alive
-        # Delimited by the server closing: the most it may send is taken up front.
-        await lease.take(MAX_RESPONSE_BYTES + 1)
+        # Delimited by the server closing: the most it may send is taken up front (the one byte
+        # more that proves a body too large is not worth a second maximal share of the budget).
+        await lease.take(MAX_RESPONSE_BYTES)
         body = await self.reader.read(MAX_RESPONSE_BYTES + 1)
         while body and not self.reader.at_eof():
             more = await self.reader.read(MAX_RESPONSE_BYTES + 1 - len(body))

@@ -241,7 +241,7 @@ class Evidence:
         if detail:
             facts["detail"] = self._redact.text(detail)
         self._facts["inflight"] = facts
-        self._took("redis: in-flight marker", seconds)
+        self._took("in-flight markers: read", seconds)  # Redis, or the embedded table
 
     def retained_result(self, verdict: str, *, http_status: int | None = None, status: str | None = None,
                         retained_at: str | None = None, detail: str = "", seconds: float | None = None) -> None:
