@@ -332,8 +332,11 @@ class Remediator:
                 started = time.perf_counter()
                 won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
                        else db.fail_execution(conn, v.execution, v.error, now))
-                v.evidence.guarded_update(won, v.error, time.perf_counter() - started,
-                                          **({"status": v.claim.status} if v.claim is not None else {}))
+                if v.claim is not None:  # what the claim wrote: the agent's status and error, not our notice
+                    v.evidence.guarded_update(won, v.claim.error or "", time.perf_counter() - started,
+                                              status=v.claim.status, guard="Trinity's claim guard")
+                else:
+                    v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
                 killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
                 if won or killed:  # a kill whose exit report won the update is still ours
                     recovery = audit.Recovery(
