@@ -36,10 +36,11 @@ import uvicorn
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from starlette.applications import Starlette
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
 from exec_watchdog.remediator import audit
-from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator.app import Config, State, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings, orphan_reason
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
@@ -173,12 +174,12 @@ class LocalRemediator:
     loop: asyncio.AbstractEventLoop
 
     def clients(self) -> int:
-        size: int = self.app.state.hub.size
+        size: int = opened(self.app, State).hub.size
         return size
 
     def announce(self, recovery: Recovered) -> None:
         text = json.dumps(recovery.event())
-        asyncio.run_coroutine_threadsafe(self.app.state.hub.broadcast(text), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(opened(self.app, State).hub.broadcast(text), self.loop).result(5)
 
     def write_audit(self, r: Recovered) -> None:
         """What the remediator keeps of a finished recovery: its outbox row and its decision."""

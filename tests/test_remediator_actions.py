@@ -13,10 +13,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.auth import agent_token
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.remediate import orphan_reason
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
@@ -204,10 +206,10 @@ async def test_slot_release_owed_after_a_redis_outage_is_finished_by_the_sweep(
             assert h.slots.held("a1") == {"e1"}
             events = subscriber(url)
             await asyncio.sleep(0.3)
-            assert await h.app.state.remediator.finish_unfinished() == 1
+            assert await opened(h.app, State).remediator.finish_unfinished() == 1
             assert h.slots.held("a1") == set()
             assert len(received(events)) == 1
-            assert await h.app.state.remediator.finish_unfinished() == 0
+            assert await opened(h.app, State).remediator.finish_unfinished() == 0
 
 
 async def test_two_replicas_on_one_postgresql_give_exactly_one_recovery_each(

@@ -93,11 +93,16 @@ def lifespan(open_resources: Callable[[], AbstractAsyncContextManager[R]]) -> Ca
 
 
 def resources(connection: HTTPConnection, kind: type[R]) -> R:
-    """What the app's lifespan opened, as ``kind``; a clear error when it is not running."""
-    opened = getattr(connection.app.state, "resources", None)
-    if not isinstance(opened, kind):
+    """What the app's lifespan opened, as ``kind``, for a request's handler."""
+    return opened(connection.app, kind)
+
+
+def opened(app: Any, kind: type[R]) -> R:
+    """What ``app``'s lifespan opened, as ``kind``; a clear error when the app is not running."""
+    value = getattr(app.state, "resources", None)
+    if not isinstance(value, kind):
         raise RuntimeError(f"no {kind.__name__}: the app's lifespan is not running")
-    return opened
+    return value
 
 
 def serve(app: Any, sock: socket.socket, **options: Any) -> None:
