@@ -17,6 +17,7 @@ from typing import Any
 
 from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.profiles import Profile
+from exec_watchdog.common.remediation import FAIL_ORPHAN, REMEDIATION_LABEL
 from exec_watchdog.exporter import metric_names as exporter
 from exec_watchdog.remediator import metric_names as remediator
 
@@ -122,7 +123,7 @@ def _execution(p: Profile) -> dict[str, str]:
 
 def _orphan_alert(p: Profile, runtime: int) -> dict[str, Any]:
     return {
-        "exp_labels": {**_execution(p), "severity": "critical", "remediation": "fail_orphan"},
+        "exp_labels": {**_execution(p), "severity": "critical", REMEDIATION_LABEL: FAIL_ORPHAN},
         "exp_annotations": {
             "summary": "An execution is running in the database but unknown to its agent.",
             "description": (
@@ -586,7 +587,7 @@ def remediator_retrying(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(t.step, "remediator_failing_for")
     n = t.steps(fires)
-    retries = {**_remediator(p), "action": "fail_orphan", "outcome": "retry"}
+    retries = {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "retry"}
     return {
         "input_series": [
             series("up", _remediator(p), f"1x{n}"),
@@ -618,9 +619,9 @@ def remediator_healthy(p: Profile) -> dict[str, Any]:
             series("up", _remediator(p), f"1x{n}"),
             series(remediator.REQUESTS, {**_remediator(p), "code": "200"}, f"0+1x{n}"),
             series(remediator.REQUESTS, {**_remediator(p), "code": "500"}, f"2x{n}"),
-            series(remediator.REMEDIATIONS, {**_remediator(p), "action": "fail_orphan", "outcome": "retry"},
+            series(remediator.REMEDIATIONS, {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "retry"},
                    f"3x{n}"),
-            series(remediator.REMEDIATIONS, {**_remediator(p), "action": "fail_orphan", "outcome": "recovered"},
+            series(remediator.REMEDIATIONS, {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "recovered"},
                    f"0+1x{n}"),
         ],
         "alert_rule_test": silent(rules.REMEDIATOR_FAILING, late),

@@ -6,11 +6,14 @@ import argparse
 import socket
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exec_watchdog.common.flags import add_flag, read_secret_file
 from exec_watchdog.common.serving import bind_listen, parse_listen, read_agent_secret
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
+
+if TYPE_CHECKING:  # the app is imported only when the command runs: --help stays fast
+    from exec_watchdog.remediator.app import Config
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 
@@ -80,7 +83,7 @@ def _read_secret(path: str | None, flag: str) -> str | None:
     return read_secret_file(path, flag) if path else None
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def build_config(args: argparse.Namespace) -> Config:
     from exec_watchdog.platform_access.agent_client import check_url_template
     from exec_watchdog.platform_access.database import create_engine
     from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for

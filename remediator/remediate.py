@@ -261,7 +261,7 @@ class Remediator:
         assert v.execution is not None
         holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
         refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
-        if refused:
+        if refused is not None:
             return v.decide("lost_race", refused)
         answer, took = await timed(self._terminate_on_agent(v.alert.agent, v.alert.execution_id))
         v.evidence.terminate_answer(answer, took)
@@ -270,8 +270,8 @@ class Remediator:
             await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
         return None
 
-    def _claim_action(self, execution_id: str, holder: str) -> str:
-        """Claim the execution before acting outside the database; '' when held, else why not."""
+    def _claim_action(self, execution_id: str, holder: str) -> str | None:
+        """Claim the execution before acting outside the database; None when held, else why not."""
         if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
             return "another replica or delivery is already terminating it"
         with self.engine.connect() as conn:
@@ -279,7 +279,7 @@ class Remediator:
         if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
             action_claims.release(self.engine, execution_id, holder)
             return "another writer changed the row first"
-        return ""
+        return None
 
     async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
         try:
