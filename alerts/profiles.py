@@ -36,8 +36,6 @@ class Profile:
     scrape_timeout: str = _tunable("duration")
     evaluation_interval: str = _tunable("duration")
     alert_resend_delay: str = _tunable("duration")
-    exporter_job: str = _tunable("text")
-    remediator_job: str = _tunable("text")
     runbook_url: str = _tunable("text")
     orphan_min_age_seconds: int = _tunable("seconds")
     orphan_for: str = _tunable("duration")

@@ -43,8 +43,8 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import FAIL_ORPHAN, TERMINATE_OVERDUE
 from exec_watchdog.common.logs import configure_logging
-from exec_watchdog.common.remediation import FAIL_ORPHAN, TERMINATE_OVERDUE
 from exec_watchdog.pipeline.platform import Platform, PlatformOptions
 from exec_watchdog.pipeline.stack import Stack, StackOptions
 from exec_watchdog.pipeline.timing import (

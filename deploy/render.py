@@ -35,6 +35,7 @@ from exec_watchdog.alerts.render import (
     render_rules,
 )
 from exec_watchdog.alerts.rules import REPLICA_LABEL
+from exec_watchdog.common import contract
 from exec_watchdog.common.generated import sync_generated
 from exec_watchdog.grafana import DASHBOARD_PATH
 
@@ -181,8 +182,8 @@ def prometheus_config() -> dict[str, Any]:
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]},
         "scrape_configs": [
-            {"job_name": settings["exporter_job"], "static_configs": [{"targets": [f"exporter:{EXPORTER_PORT}"]}]},
-            {"job_name": settings["remediator_job"],
+            {"job_name": contract.EXPORTER_JOB, "static_configs": [{"targets": [f"exporter:{EXPORTER_PORT}"]}]},
+            {"job_name": contract.REMEDIATOR_JOB,
              "static_configs": [{"targets": [f"remediator:{REMEDIATOR_PORT}"]}]},
         ],
     }
@@ -221,7 +222,7 @@ def prometheus_ha_config() -> dict[str, Any]:
             "job_name": "exec-watchdog",
             "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": [NAMESPACE]}}],
             "relabel_configs": [
-                {"source_labels": [JOB_LABEL_META], "regex": f"{settings['exporter_job']}|{settings['remediator_job']}",
+                {"source_labels": [JOB_LABEL_META], "regex": f"{contract.EXPORTER_JOB}|{contract.REMEDIATOR_JOB}",
                  "action": "keep"},
                 {"source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": "metrics|http",
                  "action": "keep"},

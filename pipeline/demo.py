@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exec_watchdog.alerts.render import PROFILES
+from exec_watchdog.common.contract import FAIL_ORPHAN
 from exec_watchdog.common.flags import add_flag
 from exec_watchdog.common.logs import configure_logging
-from exec_watchdog.common.remediation import FAIL_ORPHAN
 
 if TYPE_CHECKING:  # the CLI imports this module for --help: keep the heavy imports lazy
     from exec_watchdog.pipeline.account import Account

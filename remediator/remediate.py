@@ -27,7 +27,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 import structlog
 
-from exec_watchdog.common.remediation import (
+from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,

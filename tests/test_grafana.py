@@ -24,6 +24,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from exec_watchdog.alerts import timeout_rules
+from exec_watchdog.common import contract
 from exec_watchdog.exporter import metric_names as exporter_metrics
 from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR, queries
 from exec_watchdog.grafana.builder import build, dashboard
@@ -486,16 +487,15 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
 
 
 def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() -> None:
-    from exec_watchdog.alerts import rules
 
-    matched = {name for name in rules.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
-    assert matched == {rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED}
+    matched = {name for name in contract.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
+    assert matched == {contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED}
 
 
 def test_job_names_appear_only_in_up_selectors(board: dict[str, Any]) -> None:
     for where, expr in queries.labelled_queries():
         for job in re.findall(r'job="([^"]*)"', expr):
-            assert job in {dashboard.EXPORTER_JOB, dashboard.REMEDIATOR_JOB}, where
+            assert job in {contract.EXPORTER_JOB, contract.REMEDIATOR_JOB}, where
 
 
 # ---------------------------------------------------------------------------------------------
