@@ -104,11 +104,6 @@ def metric_remediation(value: str) -> str:
     return value if value in ACTIONS else ("none" if not value else "other")
 
 
-def orphan_reason(agent: str, *, no_retained_result: bool = True) -> str:
-    """The failure text of an orphan on a current agent (it reports pending runs)."""
-    return texts.orphan_text(agent, reports_pending=True, no_retained_result=no_retained_result)
-
-
 class Remediator:
     def __init__(self, engine: sa.Engine, slots: SlotStore, agents: AgentClient, announcer: Announcer,
                  breaker: Breaker, silences: SilenceChecker | None, metrics: RemediatorMetrics,

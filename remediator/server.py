@@ -113,7 +113,6 @@ class RateLimitedWarnings(logging.Filter):
         super().__init__()
         self.burst, self.interval = burst, interval
         self._seen: dict[str, tuple[float, int]] = {}
-        self.suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = f"{record.name}:{record.msg}"[:200]
@@ -126,10 +125,7 @@ class RateLimitedWarnings(logging.Filter):
         self._seen[key] = (start, count + 1)
         if len(self._seen) > 1000:
             self._seen.clear()
-        if count < self.burst:
-            return True
-        self.suppressed += 1
-        return False
+        return count < self.burst
 
 
 class _Refusals:

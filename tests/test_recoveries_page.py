@@ -39,10 +39,10 @@ from starlette.applications import Starlette
 from exec_watchdog.common.serving import opened
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
-from exec_watchdog.remediator import audit
+from exec_watchdog.remediator import audit, texts
 from exec_watchdog.remediator.app import Config, State, create_app
 from exec_watchdog.remediator.auth import Credentials
-from exec_watchdog.remediator.remediate import Settings, orphan_reason
+from exec_watchdog.remediator.remediate import Settings
 from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
 from tests.servers import free_port, wait_for_port
 
@@ -156,7 +156,7 @@ class Recovered:
 
     @property
     def reason(self) -> str:
-        return orphan_reason(self.agent)
+        return texts.orphan_text(self.agent, reports_pending=True, no_retained_result=True)
 
     def event(self) -> dict[str, Any]:
         """The announcement, in the shape Trinity's UI understands."""
@@ -236,7 +236,7 @@ def test_event_that_arrives_before_its_audit_row_still_shows_the_recovery(local:
     assert row["action"] == "fail_orphan"
     assert row["outcome"] == "recovered"
     assert row["ttr"] == "9.40 s"
-    assert row["reason"] == orphan_reason("agent-7")
+    assert row["reason"] == texts.orphan_text("agent-7", reports_pending=True, no_retained_result=True)
     assert len(tab.navigations) == 1, tab.navigations
 
 
@@ -286,7 +286,8 @@ def assert_orphan_row(p: Pipeline, row: dict[str, str] | None, execution_id: str
     assert row["execution"] == execution_id
     assert row["action"] == "fail_orphan"
     assert row["outcome"] == "recovered"
-    assert row["reason"] == orphan_reason(agent) == p.row(execution_id).error
+    expected = texts.orphan_text(agent, reports_pending=True, no_retained_result=True)
+    assert row["reason"] == expected == p.row(execution_id).error
     shown = TTR.fullmatch(row["ttr"])
     assert shown, row
     stored = p.recovery(execution_id)

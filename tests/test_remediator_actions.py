@@ -17,9 +17,8 @@ from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.auth import agent_token
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
-from exec_watchdog.remediator import audit
+from exec_watchdog.remediator import audit, texts
 from exec_watchdog.remediator.app import State
-from exec_watchdog.remediator.remediate import orphan_reason
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from tests.platform_rows import insert_agent, insert_schedule
@@ -56,7 +55,8 @@ async def test_orphan_is_failed_released_and_announced_once(harness: Harness, re
     assert response.json()["alerts"][0]["outcome"] == "recovered"
     row = harness.row("e1")
     assert row.status == "failed"
-    assert row.error == orphan_reason("a1")  # the agent has /result and no record for it
+    # The agent has /result and no record for it.
+    assert row.error == texts.orphan_text("a1", reports_pending=True, no_retained_result=True)
     assert row.completed_at.endswith("Z") and row.duration_ms is None  # Trinity writes NULL on a failure
     assert harness.slots.held("a1") == {"e2"}
     [event] = received(events)
