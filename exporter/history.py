@@ -219,7 +219,8 @@ def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> 
 
 def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
                      read_seconds: float | None) -> bytes:
-    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order."""
+    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order (but a
+    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest)."""
     parts = [_header(names.SCHEDULE_RUN_DURATION).encode()]
     if totals is not None:
         parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))

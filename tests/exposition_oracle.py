@@ -10,7 +10,7 @@ Tests also use :class:`ExecWatchdogCollector` to read a snapshot's samples back
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from exec_watchdog.exporter import metric_names as names
 from exec_watchdog.exporter.families import BY_NAME, Family
 from exec_watchdog.exporter.snapshot import Snapshot
+from exec_watchdog.platform_access.run_history import WATCHDOG_ACTIONS
 
 
 def _declared(name: str, kind: str) -> Family:
@@ -130,3 +131,52 @@ class _SnapshotFamilies(NamedTuple):
             poll_errors=counter(names.AGENT_POLL_ERRORS),
             build_info=gauge(names.BUILD_INFO),
         )
+
+
+class HistoryValues(NamedTuple):
+    """What the run history publishes, as plain values: the oracle's input for its families."""
+
+    # (agent, schedule_id, status) -> ({upper bound: runs in that bucket, not cumulative}, sum of seconds)
+    durations: Mapping[tuple[str, str, str], tuple[Mapping[float, int], float]]
+    ended: Mapping[tuple[str, str, str], int]  # (agent, schedule_id, action) -> runs the watchdog ended
+    timeouts: Mapping[tuple[str, str], int]  # (agent, schedule_id) -> seconds
+    skipped: int | None  # None until the first read has finished
+    read_seconds: float | None
+
+
+def history_families(values: HistoryValues) -> list[Metric]:
+    """The run history's families, series in label order, as client_python would hold them."""
+    duration = histogram(names.SCHEDULE_RUN_DURATION)
+    for (agent, schedule, status), (buckets, total) in sorted(values.durations.items()):
+        cumulative, points = 0, []
+        for bound in sorted(buckets):
+            cumulative += buckets[bound]
+            points.append(("+Inf" if bound == float("inf") else str(float(bound)), float(cumulative)))
+        duration.add_metric([agent, schedule, status], points, total)
+    ended = counter(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG)
+    for agent, schedule in sorted({key[:2] for key in values.durations}):
+        # Every action for every schedule with runs, zeros included, in the contract's action order.
+        for action in WATCHDOG_ACTIONS:
+            ended.add_metric([action, agent, schedule], values.ended.get((agent, schedule, action), 0))
+    timeout = gauge(names.SCHEDULE_TIMEOUT)
+    for (agent, schedule), seconds in sorted(values.timeouts.items()):
+        timeout.add_metric([agent, schedule], seconds)
+    ready = gauge(names.HISTORY_READY)
+    ready.add_metric([], 0.0 if values.skipped is None else 1.0)
+    skipped = gauge(names.HISTORY_SKIPPED_ROWS)
+    if values.skipped is not None:
+        skipped.add_metric([], values.skipped)
+    read = gauge(names.HISTORY_READ_DURATION)
+    if values.read_seconds is not None:
+        read.add_metric([], values.read_seconds)
+    return [duration, ended, timeout, ready, skipped, read]
+
+
+class FixedCollector(Collector):
+    """Publishes the families it was given (for ``generate_latest``)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics
