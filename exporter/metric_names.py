@@ -1,7 +1,8 @@
 """The names the exporter publishes: the contract the alert rules and dashboards are built on.
 
-Kept in one module so that a test can check that every metric an alert rule or a panel uses is
-one the exporter really publishes (see docs/contracts.md).
+Names only: exporter/families.py declares each family's type, HELP text and labels on top of them,
+and its ALL_NAMES is the published set that a test checks every metric an alert rule or a panel
+uses against (see docs/contracts.md).
 """
 
 from __future__ import annotations
@@ -32,17 +33,3 @@ SCHEDULE_TIMEOUT = f"{PREFIX}_schedule_timeout_seconds"
 HISTORY_READY = f"{PREFIX}_exporter_history_ready"
 HISTORY_SKIPPED_ROWS = f"{PREFIX}_exporter_history_skipped_rows"
 HISTORY_READ_DURATION = f"{PREFIX}_exporter_history_read_duration_seconds"
-
-# The families of one scrape's snapshot (exporter/collector.py) and of the run history
-# (exporter/history.py): two writers, one exposition.
-SNAPSHOT_FAMILIES = (
-    EXECUTION_RUNTIME, EXECUTION_TIMEOUT, EXECUTION_AGENT_KNOWN, EXECUTION_RECENTLY_COMPLETED,
-    EXECUTION_DISPATCH_INFLIGHT,
-    AGENT_UP, AGENT_REGISTRY_EXECUTIONS, AGENT_SLOTS_USED, AGENT_SLOTS_LIMIT,
-    SCRAPE_DURATION, DATABASE_UP, INVALID_ROWS, AGENT_POLL_ERRORS, BUILD_INFO,
-)
-HISTORY_FAMILIES = (
-    SCHEDULE_RUN_DURATION, SCHEDULE_RUNS_ENDED_BY_WATCHDOG, SCHEDULE_TIMEOUT,
-    HISTORY_READY, HISTORY_SKIPPED_ROWS, HISTORY_READ_DURATION,
-)
-ALL = SNAPSHOT_FAMILIES + HISTORY_FAMILIES

@@ -17,6 +17,7 @@ from exec_watchdog.alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEI
 from exec_watchdog.alerts.profiles import PROFILES, load_profile
 from exec_watchdog.alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
 from exec_watchdog.common import contract
+from exec_watchdog.exporter import families as exporter_families
 from exec_watchdog.exporter import metric_names as exporter_metrics
 from exec_watchdog.remediator import metric_names as remediator_metrics
 
@@ -162,7 +163,7 @@ def test_metric_name_parser_finds_selectors_and_skips_functions_keywords_and_lab
 def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str) -> None:
     """A renamed metric must fail here, not silently disarm an alert."""
     duration = exporter_metrics.SCHEDULE_RUN_DURATION
-    published = (set(exporter_metrics.ALL) | set(remediator_metrics.ALL) | {"up"}
+    published = (set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL) | {"up"}
                  | {f"{duration}_bucket", f"{duration}_count"} | set(timeout_rules.RECORDED))
     used = {name for rule in rendered_rules(profile, recording=True) for name in metric_names(rule["expr"])}
     assert used <= published, f"rules use metrics nobody publishes: {sorted(used - published)}"

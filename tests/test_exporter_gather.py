@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from exec_watchdog.exporter import metric_names as m
-from exec_watchdog.exporter.collector import ExecWatchdogCollector
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.snapshot import Snapshot
 from exec_watchdog.platform_access import database as db
@@ -27,6 +26,7 @@ from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots,
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from tests.exposition_oracle import ExecWatchdogCollector
 from tests.platform_rows import insert_agent, insert_execution, insert_schedule
 
 SECRET = "exporter-test-secret"

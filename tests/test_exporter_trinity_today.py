@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.exporter import metric_names as m
 from exec_watchdog.exporter.cli import _require_stores
-from exec_watchdog.exporter.collector import ExecWatchdogCollector
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.settings import ExporterSettings
 from exec_watchdog.platform_access import database as db
@@ -30,6 +29,7 @@ from exec_watchdog.platform_access.schema import agent_ownership, metadata
 from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RunResult
+from tests.exposition_oracle import ExecWatchdogCollector
 from tests.platform_rows import insert_agent, insert_execution
 from tests.servers import free_port
 
