@@ -18,8 +18,8 @@ from typing import Any
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import FAIL_ORPHAN, REMEDIATION_LABEL
-from exec_watchdog.exporter import metric_names as exporter
-from exec_watchdog.remediator import metric_names as remediator
+from exec_watchdog.common.contract import ExporterMetric as exporter
+from exec_watchdog.common.contract import RemediatorMetric as remediator
 
 Case = Callable[[Profile], dict[str, Any]]
 CASES: list[tuple[str, Case]] = []

@@ -14,8 +14,8 @@ from exec_watchdog.alerts import timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, REMEDIATION_LABEL, TERMINATE_OVERDUE
-from exec_watchdog.exporter import metric_names as exporter
-from exec_watchdog.remediator import metric_names as remediator
+from exec_watchdog.common.contract import ExporterMetric as exporter
+from exec_watchdog.common.contract import RemediatorMetric as remediator
 
 # The external label that tells the servers of a Prometheus HA set apart; dropped from alerts
 # (alert_relabel_configs) so their alerts are identical and Alertmanager deduplicates them.

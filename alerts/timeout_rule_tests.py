@@ -14,7 +14,7 @@ from exec_watchdog.alerts import advice, timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.alerts.rule_tests import EXPORTER_INSTANCE, Timeline, boundary, case, runbook, series
 from exec_watchdog.common import contract
-from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.common.contract import ExporterMetric as exporter
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 
 AGENT = "agent-a"

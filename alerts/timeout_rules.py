@@ -29,7 +29,7 @@ from typing import Any
 from exec_watchdog.alerts import advice
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
-from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.common.contract import ExporterMetric as exporter
 
 AlertBuilder = Callable[..., dict[str, Any]]
 

@@ -43,7 +43,7 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from exec_watchdog.common.contract import FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import FAIL_ORPHAN, TERMINATE_OVERDUE, RemediatorMetric
 from exec_watchdog.common.logs import configure_logging
 from exec_watchdog.pipeline.platform import Platform, PlatformOptions
 from exec_watchdog.pipeline.stack import Stack, StackOptions
@@ -57,7 +57,6 @@ from exec_watchdog.pipeline.timing import (
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator.audit import recoveries
-from exec_watchdog.remediator.metric_names import REMEDIATION_DURATION
 
 GOAL_OVER_FLOOR = 2.0  # fast profile: p95 within the floor + this
 GOAL_PRODUCTION_P95 = 60.0  # production profile: p95 from fault to row (issue 17)
@@ -129,7 +128,7 @@ def remediator_handling(url: str) -> tuple[float, float, int]:
     buckets: list[tuple[float, float]] = []
     total = count = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name != REMEDIATION_DURATION:
+        if family.name != RemediatorMetric.REMEDIATION_DURATION:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):

@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter import families
-from exec_watchdog.exporter import metric_names as names
 from exec_watchdog.exporter.families import escape_label_value as _escape
 from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, Snapshot
 

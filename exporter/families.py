@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
 
 Kind = Literal["gauge", "counter", "histogram"]
 

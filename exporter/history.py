@@ -47,7 +47,7 @@ import sqlalchemy as sa
 import structlog
 from prometheus_client.utils import floatToGoString
 
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.families import escape_label_value as _escape
 from exec_watchdog.exporter.families import header as _header
 from exec_watchdog.platform_access.run_history import (

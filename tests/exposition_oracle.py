@@ -16,7 +16,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.families import BY_NAME, Family
 from exec_watchdog.exporter.snapshot import Snapshot
 from exec_watchdog.platform_access.run_history import WATCHDOG_ACTIONS

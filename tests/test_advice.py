@@ -23,7 +23,7 @@ from exec_watchdog.advise import collect, sql_statements
 from exec_watchdog.alerts import advice, rules, timeout_rules
 from exec_watchdog.alerts.profiles import load_profile
 from exec_watchdog.common import contract
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions

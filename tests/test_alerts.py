@@ -17,9 +17,9 @@ from exec_watchdog.alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEI
 from exec_watchdog.alerts.profiles import PROFILES, load_profile
 from exec_watchdog.alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
 from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
 from exec_watchdog.exporter import families as exporter_families
-from exec_watchdog.exporter import metric_names as exporter_metrics
-from exec_watchdog.remediator import metric_names as remediator_metrics
 
 RUNBOOK = Path(rules.__file__).with_name("runbook.md")
 

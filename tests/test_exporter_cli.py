@@ -15,10 +15,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.common.serving import parse_listen
 from exec_watchdog.exporter import cli
-from exec_watchdog.exporter import metric_names as m
 from exec_watchdog.exporter.settings import ExporterSettings, settings_from_args
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.slots import slot_metadata

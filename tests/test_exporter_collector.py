@@ -9,8 +9,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.exporter import families
-from exec_watchdog.exporter import metric_names as m
 from exec_watchdog.exporter.app import render
 from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from tests.exposition_oracle import ExecWatchdogCollector

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from exec_watchdog.exporter import metric_names as m
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.snapshot import Snapshot
 from exec_watchdog.platform_access import database as db

@@ -18,8 +18,8 @@ import redis
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.common.flags import ConfigError
-from exec_watchdog.exporter import metric_names as m
 from exec_watchdog.exporter.cli import _require_stores
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.settings import ExporterSettings

@@ -25,11 +25,11 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from exec_watchdog.alerts import timeout_rules
 from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
 from exec_watchdog.exporter import families as exporter_families
-from exec_watchdog.exporter import metric_names as exporter_metrics
 from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR, queries
 from exec_watchdog.grafana.builder import build, dashboard
-from exec_watchdog.remediator import metric_names as remediator_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES_FILE = PROVISIONING_DIR / "datasources" / "exec-watchdog.yml"

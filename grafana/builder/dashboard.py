@@ -15,7 +15,8 @@ from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import dashboard as model
 
 from exec_watchdog.common import contract
-from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
 from exec_watchdog.grafana.builder.panels import (
     BREAKER,
     PROMETHEUS,
@@ -32,7 +33,6 @@ from exec_watchdog.grafana.builder.panels import (
     value_texts,
 )
 from exec_watchdog.grafana.builder.timeout_panels import timeouts
-from exec_watchdog.remediator import metric_names as remediator_metrics
 
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
 # config names the jobs differently; nothing else in the dashboard mentions a job.
