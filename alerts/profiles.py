@@ -183,3 +183,10 @@ def profile_settings(name: str) -> dict[str, str | int]:
     """
     profile = load_profile(name)
     return {tunable: getattr(profile, tunable) for tunable in tunable_names()}
+
+
+def prometheus_global(name: str) -> dict[str, str]:
+    """The ``global`` block of a prometheus.yml running this profile's rules at its timing."""
+    profile = load_profile(name)
+    return {"scrape_interval": profile.scrape_interval, "scrape_timeout": profile.scrape_timeout,
+            "evaluation_interval": profile.evaluation_interval}

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
+from exec_watchdog.alerts.profiles import prometheus_global
 from exec_watchdog.alerts.render import (
     DEFAULT_CREDENTIALS_FILE,
-    profile_settings,
     render_alertmanager_config,
     render_rules,
 )
@@ -171,13 +171,8 @@ def dashboard_config_map() -> dict[str, Any]:
 
 
 def prometheus_config() -> dict[str, Any]:
-    settings = profile_settings(PROFILE)
     return {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-        },
+        "global": prometheus_global(PROFILE),
         # compose.yaml mounts alerts/generated/rules-production.yml here.
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]},
@@ -202,14 +197,8 @@ def prometheus_ha_config() -> dict[str, Any]:
     from the alerts, so the two servers' alerts are identical and Alertmanager deduplicates them.
     Every exporter shard and remediator replica is found through the Kubernetes API.
     """
-    settings = profile_settings(PROFILE)
     return {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-            "external_labels": {REPLICA_LABEL: "${PROMETHEUS_REPLICA}"},
-        },
+        "global": {**prometheus_global(PROFILE), "external_labels": {REPLICA_LABEL: "${PROMETHEUS_REPLICA}"}},
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "alerting": {
             "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],

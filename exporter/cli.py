@@ -43,28 +43,17 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from exec_watchdog.platform_access.slots import require_store_at
+
     try:
         settings = settings_from_args(args)
-        _require_stores(settings)
+        require_store_at(settings.database_url, settings.redis_url)
         sock = bind_listen(settings.host, settings.port)
     except ConfigError as exc:
         print(f"exec-watchdog exporter: {exc}", file=sys.stderr)
         return 2
     serve(settings, sock)
     return 0
-
-
-def _require_stores(settings: ExporterSettings) -> None:
-    from exec_watchdog.platform_access.database import create_engine
-    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
-
-    engine = create_engine(settings.database_url)
-    try:
-        require_store_for(settings.redis_url, engine)
-    except EmbeddedTablesMissing as exc:
-        raise ConfigError(str(exc)) from None
-    finally:
-        engine.dispose()
 
 
 def serve(settings: ExporterSettings, sock: socket.socket) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from exec_watchdog.alerts.render import profile_settings, render_alertmanager_config
+from exec_watchdog.alerts.profiles import prometheus_global
+from exec_watchdog.alerts.render import render_alertmanager_config
 from exec_watchdog.alerts.rules import REPLICA_LABEL
 from exec_watchdog.common import contract
 
@@ -26,14 +27,8 @@ def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], r
     ``replica`` makes this server one of an HA set: its series carry ``replica="<name>"`` as an
     external label, and the label is dropped from the alerts it sends, so the alerts of every
     replica are identical and Alertmanager deduplicates them."""
-    settings = profile_settings(profile)
     config: dict[str, Any] = {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-            **({"external_labels": {REPLICA_LABEL: replica}} if replica else {}),
-        },
+        "global": {**prometheus_global(profile), **({"external_labels": {REPLICA_LABEL: replica}} if replica else {})},
         "rule_files": [str(rule_file)],
         "alerting": {"alertmanagers": [{
             "api_version": "v2",

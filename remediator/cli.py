@@ -85,8 +85,7 @@ def _read_secret(path: str | None, flag: str) -> str | None:
 
 def build_config(args: argparse.Namespace) -> Config:
     from exec_watchdog.platform_access.agent_client import check_url_template
-    from exec_watchdog.platform_access.database import create_engine
-    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
+    from exec_watchdog.platform_access.slots import require_store_at
     from exec_watchdog.platform_access.urls import check_redis_url
     from exec_watchdog.remediator.app import Config
     from exec_watchdog.remediator.auth import Credentials
@@ -94,13 +93,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
     secret = read_agent_secret(args.agent_secret, args.agent_secret_file)
     check_url_template(args.agent_url_template)
-    engine = create_engine(args.database_url)  # fails now on an unparseable URL
-    try:
-        require_store_for(args.redis_url, engine)
-    except EmbeddedTablesMissing as exc:
-        raise ValueError(str(exc)) from None
-    finally:
-        engine.dispose()
+    require_store_at(args.database_url, args.redis_url)  # fails now on an unparseable URL, too
     for flag, url in (("--redis-url", args.redis_url), ("--announce-redis-url", args.announce_redis_url)):
         if url:
             check_redis_url(url, flag)

@@ -15,8 +15,6 @@ import pytest
 
 from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.common.serving import parse_listen, read_agent_secret
-from exec_watchdog.platform_access import database as db
-from exec_watchdog.platform_access.slots import slot_metadata
 from tests.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +51,6 @@ def test_the_agent_secret_comes_from_exactly_one_place(tmp_path: Path) -> None:
         read_agent_secret("from-flag", str(path))
     with pytest.raises(ConfigError, match="no agent secret"):
         read_agent_secret("  ", None)
-
-
-@pytest.fixture
-def database_file(tmp_path: Path) -> Path:
-    path = tmp_path / "trinity.db"
-    engine = db.create_engine(f"sqlite:///{path}")
-    db.create_platform_tables(engine, slot_metadata)
-    engine.dispose()
-    return path
 
 
 def _start(command: str, port: int, database_file: Path, *extra: str,
