@@ -62,7 +62,7 @@ from tests.pipeline_harness import LoopThread, Pipeline, running_pipeline
 from tests.platform_rows import insert_execution
 from tests.remediator_harness import SECRET, TOKEN, alert, notification
 from tests.servers import _pg_bin, free_port, wait_for_port
-from tests.waiting import eventually, holds, holds_until
+from tests.waiting import eventually, holds_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -551,8 +551,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 # -- the faults -----------------------------------------------------------------------------------
 
-DB_AGENT, DB_OVERDUE, REDIS_AGENT, REDIS_OVERDUE, HANG, GARBAGE, RESTART, KILLED_A, KILLED_B, HA = (
-    f"agent-{i:03d}" for i in range(1, 11))
+DB_AGENT, DB_OVERDUE, REDIS_AGENT, REDIS_OVERDUE, HANG, GARBAGE, RESTART, KILLED_A, KILLED_B, HA, CONTROL = (
+    f"agent-{i:03d}" for i in range(1, 12))
 DB_OUTAGE = 12.0  # at most, waiting for what must happen while the database is down
 REDIS_OUTAGE = 30.0  # at most, after the rows are failed: the remediator's Redis timeouts (5 s) and a sweep
 
@@ -718,14 +718,24 @@ def test_misbehaving_agents_are_never_taken_for_orphans(world: World) -> None:
         w.p.restart_agent(agent)
         kept += w.start(agent, 600)
         short += w.start(agent, 2) + w.start(agent, 1, "late_report")  # they complete during the fault
+    # The same faults, a little later, on an agent that answers: once the watchdog has recovered
+    # both of its runs, it had every chance to act on the misbehaving agents' runs too.
+    control = w.start(CONTROL, 600)
+    w.p.restart_agent(CONTROL)
     for agent, mode in faults.items():
         w.set_agent_fault(agent, mode)
     try:
         for agent in faults:
             overdue += w.start(agent, 3600, "hang")
             w.p.set_timeout(agent, 4)  # every run here passes its timeout: still nothing may be terminated
-        holds(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
-              orphan_deadline(w) + 2, "nothing is failed while the agents misbehave")
+        control += w.start(CONTROL, 3600, "hang")
+        w.p.set_timeout(CONTROL, 4)
+        holds_until(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
+                    lambda: all(w.p.recovery(r.execution_id) for r in control), orphan_deadline(w) + 30,
+                    "nothing is failed while the agents misbehave",
+                    "the same faults on an agent that answers are recovered")
+        # Nor is a remediation on its way for them: no such alert, not even a pending one.
+        assert w.p.series(f'ALERTS{{agent=~"{HANG}|{GARBAGE}",remediation=~".+"}}') == []
         assert [w.announcements.count(r.execution_id) for r in forgotten] == [0, 0]
         assert all(w.p.status(r.execution_id) == "success" for r in short)
         for agent in faults:
@@ -735,7 +745,7 @@ def test_misbehaving_agents_are_never_taken_for_orphans(world: World) -> None:
             w.set_agent_fault(agent, "none")
 
     # Only the forgotten runs are lost now: with the timeout back at 300 s no run is overdue.
-    w.settle(forgotten + kept + short + overdue, orphan_deadline(w) + 5)
+    w.settle(forgotten + kept + short + overdue + control, orphan_deadline(w) + 5)
     assert all(w.p.failed(r.execution_id) is not None for r in forgotten)
     assert all(w.p.status(r.execution_id) == "running" for r in kept + overdue)
 
