@@ -876,10 +876,11 @@ def requests_waiting_at(port: int) -> int:
     with bytes in their receive queue. A connection its client closed does not count."""
     waiting = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()  # sl local rem state tx_queue:rx_queue ...
+        fields = line.split()  # sl local_address rem_address st tx_queue:rx_queue ...
         local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        established = fields[3] == "01"
-        waiting += local_port == port and established and int(fields[4].split(":")[1], 16) > 0
+        established, unread = fields[3] == "01", int(fields[4].split(":")[1], 16)
+        if local_port == port and established and unread:
+            waiting += 1
     return waiting
 
 
