@@ -2,15 +2,16 @@
 remediator's webhook, inhibition, and pausing remediation with the runbook's one silence.
 
 The webhook peer is a small real HTTP server that records what Alertmanager sends; the
-remediator itself is tested elsewhere.
+remediator itself is tested elsewhere. That something is NOT sent is judged after Alertmanager's
+debug log shows the groups concerned flushed again (see :class:`FlushLog`), not after a sleep.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,11 +23,12 @@ import httpx
 import pytest
 import yaml
 
-from exec_watchdog.alerts.alertmanager import PAUSE_REMEDIATION_MATCHER
+from exec_watchdog.alerts.alertmanager import OPERATOR_RECEIVER, PAUSE_REMEDIATION_MATCHER, REMEDIATOR_RECEIVER
 from exec_watchdog.alerts.render import render_alertmanager_config, render_rules
 from exec_watchdog.common import contract
 from tests.servers import free_port, wait_for_port
 from tests.test_alerts import RUNBOOK, require_tool
+from tests.waiting import eventually
 
 TOKEN = "s3cret-token"
 RULE_LABELS = {r["alert"]: r["labels"] for g in yaml.safe_load(render_rules("fast"))["groups"] for r in g["rules"]
@@ -46,11 +48,42 @@ class Webhook:
             return [body for _, body in self.received]
 
     def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.bodies()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"webhook never got what was expected; it got {self.bodies()}")
-            time.sleep(0.05)
+        try:
+            eventually(lambda: predicate(self.bodies()), timeout, "the webhook got what was expected", interval=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it got {self.bodies()}") from None
+
+
+# An aggregation group's flush, in Alertmanager's debug log; the group's labels are the last {...}.
+_FLUSH = re.compile(r':\{(?P<labels>[^{}]*)\}" msg=flushing')
+_LABEL = re.compile(r'(\w+)=\\"(.*?)\\"')
+
+
+@dataclass
+class FlushLog:
+    """Alertmanager's log at debug level, read for the flushes of its aggregation groups.
+
+    A group flushes at group_wait, then every group_interval, and its next flush starts only when
+    the notification of the previous one has finished. So once a group has flushed twice more, a
+    whole flush ran after that moment, anything it sent has been received, and a group_interval
+    has passed: the proof that what the group would send has been decided.
+    """
+
+    path: Path
+
+    def flushes(self, **labels: str) -> int:
+        """How often the groups whose group labels include ``labels`` have flushed so far."""
+        count = 0
+        for match in _FLUSH.finditer(self.path.read_text(errors="replace")):
+            grouped = dict(_LABEL.findall(match["labels"]))
+            count += all(grouped.get(k) == v for k, v in labels.items())
+        return count
+
+    def wait_flushed(self, groups: list[dict[str, str]], times: int) -> None:
+        """Wait until each group (given by some of its group labels) has flushed ``times`` more times."""
+        before = [self.flushes(**g) for g in groups]
+        eventually(lambda: all(self.flushes(**g) >= n + times for g, n in zip(groups, before, strict=True)), 20,
+                   f"Alertmanager flushed each of {groups} {times} more times", interval=0.05)
 
 
 @pytest.fixture
@@ -79,18 +112,24 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture
-def alertmanager(tmp_path: Path, webhook: Webhook) -> Iterator[str]:
-    """A real Alertmanager on loopback, running the fast profile's rendered configuration."""
+def flush_log(tmp_path: Path) -> FlushLog:
+    return FlushLog(tmp_path / "alertmanager.log")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, webhook: Webhook, flush_log: FlushLog) -> Iterator[str]:
+    """A real Alertmanager on loopback, running the fast profile's rendered configuration; its
+    log (debug level, for its flushes) is ``flush_log``."""
     binary = require_tool("prometheus-alertmanager")
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     config = tmp_path / "alertmanager.yml"
     config.write_text(render_alertmanager_config(webhook.url, str(token), "fast"))
     port = free_port()
-    with (tmp_path / "alertmanager.log").open("wb") as log:
+    with flush_log.path.open("wb") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=debug"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc=proc)
@@ -103,11 +142,7 @@ def alertmanager(tmp_path: Path, webhook: Webhook) -> Iterator[str]:
 
 
 def _until(check: Callable[[], bool], message: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.05)
+    eventually(check, timeout, message, interval=0.05)
 
 
 def alert(name: str, agent: str, execution_id: str | None = None, resolved: bool = False) -> dict[str, Any]:
@@ -125,11 +160,18 @@ def post(url: str, *alerts: dict[str, Any]) -> None:
     httpx.post(f"{url}/api/v2/alerts", json=list(alerts)).raise_for_status()
 
 
+def _key(a: dict[str, Any]) -> tuple[str, str, str]:
+    return a["labels"]["alertname"], a["labels"]["agent"], a["labels"].get("execution_id", "")
+
+
 def states(url: str) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Alertmanager's view of every alert: (alertname, agent, execution_id) -> status."""
-    found = httpx.get(f"{url}/api/v2/alerts").json()
-    return {(a["labels"]["alertname"], a["labels"]["agent"], a["labels"].get("execution_id", "")): a["status"]
-            for a in found}
+    return {_key(a): a["status"] for a in httpx.get(f"{url}/api/v2/alerts").json()}
+
+
+def receivers(url: str) -> dict[tuple[str, str, str], list[str]]:
+    """Where Alertmanager routes every alert: (alertname, agent, execution_id) -> receiver names."""
+    return {_key(a): sorted(r["name"] for r in a["receivers"]) for a in httpx.get(f"{url}/api/v2/alerts").json()}
 
 
 def notified(bodies: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -137,12 +179,28 @@ def notified(bodies: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 def test_each_execution_reaches_the_remediator_in_its_own_notification_with_the_bearer_token(
-        alertmanager: str, webhook: Webhook) -> None:
+        alertmanager: str, webhook: Webhook, flush_log: FlushLog) -> None:
     post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.ORPHANED, "agent-a", "exec-2"),
          alert(contract.OVERDUE, "agent-b", "exec-3"), alert(contract.STUCK, "agent-a", "exec-4"),
          alert(contract.AGENT_UNREACHABLE, "agent-c"))
     webhook.wait_for(lambda bodies: len(bodies) >= 3)
-    time.sleep(0.5)  # anything wrongly routed here would have arrived by now (group_wait is 0s)
+    # Only the remediation alerts are routed to the webhook; the others go to the operators.
+
+    def all_routed() -> dict[tuple[str, str, str], list[str]]:
+        found = receivers(alertmanager)
+        return found if len(found) == 5 else {}
+
+    routed = eventually(all_routed, 10, "Alertmanager holds all five alerts", interval=0.05)
+    assert routed == {
+        (contract.ORPHANED, "agent-a", "exec-1"): [REMEDIATOR_RECEIVER],
+        (contract.ORPHANED, "agent-a", "exec-2"): [REMEDIATOR_RECEIVER],
+        (contract.OVERDUE, "agent-b", "exec-3"): [REMEDIATOR_RECEIVER],
+        (contract.STUCK, "agent-a", "exec-4"): [OPERATOR_RECEIVER],
+        (contract.AGENT_UNREACHABLE, "agent-c", ""): [OPERATOR_RECEIVER],
+    }
+    # Each webhook group has finished its first flush: all it sent has arrived.
+    flush_log.wait_flushed([{"agent": a, "execution_id": e}
+                            for (_, a, e), names in routed.items() if REMEDIATOR_RECEIVER in names], 1)
     with webhook.lock:
         received = list(webhook.received)
     assert len(received) == 3
@@ -163,7 +221,7 @@ def test_the_remediator_hears_when_an_alert_resolves(alertmanager: str, webhook:
 
 
 def test_an_unreachable_agent_inhibits_that_agents_remediation_alerts_only(
-        alertmanager: str, webhook: Webhook) -> None:
+        alertmanager: str, webhook: Webhook, flush_log: FlushLog) -> None:
     post(alertmanager, alert(contract.AGENT_UNREACHABLE, "agent-a"))
     # The inhibitor learns of source alerts asynchronously: once a probe is suppressed, it knows.
     post(alertmanager, alert(contract.ORPHANED, "agent-a", "probe"))
@@ -178,7 +236,8 @@ def test_an_unreachable_agent_inhibits_that_agents_remediation_alerts_only(
         assert now[(name, "agent-a", execution)]["state"] == "suppressed"
         assert now[(name, "agent-a", execution)]["inhibitedBy"]
     assert now[(contract.ORPHANED, "agent-b", "exec-3")]["state"] == "active"
-    time.sleep(1.5)  # a group_interval and more: agent-a's alerts must still not have been sent
+    # A group_interval and more, flushing agent-a's groups: their alerts must still not have been sent.
+    flush_log.wait_flushed([{"agent": "agent-a", "execution_id": e} for e in ("exec-1", "exec-2")], 2)
     assert notified(webhook.bodies()) - {("agent-a", "probe")} == {("agent-b", "exec-3")}
 
 
@@ -213,7 +272,7 @@ def test_an_open_breaker_inhibits_the_remediator_failing_page_of_the_same_remedi
 
 
 def test_the_runbooks_one_silence_pauses_every_remediation_and_nothing_else(
-        alertmanager: str, webhook: Webhook) -> None:
+        alertmanager: str, webhook: Webhook, flush_log: FlushLog) -> None:
     assert f"silence add '{PAUSE_REMEDIATION_MATCHER}'" in RUNBOOK.read_text()
     amtool = require_tool("amtool")
     added = subprocess.run(
@@ -229,7 +288,9 @@ def test_the_runbooks_one_silence_pauses_every_remediation_and_nothing_else(
     assert now[(contract.OVERDUE, "agent-b", "exec-2")]["silencedBy"] == [silence_id]
     assert now[(contract.STUCK, "agent-a", "exec-3")]["state"] == "active"
     assert now[(contract.AGENT_UNREACHABLE, "agent-c", "")]["state"] == "active"
-    time.sleep(1.5)
+    # A group_interval and more, flushing the silenced groups: nothing may have been sent.
+    flush_log.wait_flushed([{"agent": "agent-a", "execution_id": "exec-1"},
+                            {"agent": "agent-b", "execution_id": "exec-2"}], 2)
     assert webhook.bodies() == []
 
     subprocess.run([amtool, f"--alertmanager.url={alertmanager}", "silence", "expire", silence_id],

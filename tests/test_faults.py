@@ -58,10 +58,11 @@ from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.audit import decisions, recoveries
 from exec_watchdog.simulated_platform.agent_server import serve_agents
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
-from tests.pipeline_harness import LoopThread, Pipeline, eventually, holds, running_pipeline
+from tests.pipeline_harness import LoopThread, Pipeline, running_pipeline
 from tests.platform_rows import insert_execution
 from tests.remediator_harness import SECRET, TOKEN, alert, notification
 from tests.servers import _pg_bin, free_port, wait_for_port
+from tests.waiting import eventually, holds_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -550,10 +551,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 # -- the faults -----------------------------------------------------------------------------------
 
-DB_AGENT, DB_OVERDUE, REDIS_AGENT, REDIS_OVERDUE, HANG, GARBAGE, RESTART, KILLED_A, KILLED_B, HA = (
-    f"agent-{i:03d}" for i in range(1, 11))
-DB_OUTAGE = 12.0
-REDIS_OUTAGE = 8.0  # after the rows are failed: longer than the remediator's Redis timeouts
+DB_AGENT, DB_OVERDUE, REDIS_AGENT, REDIS_OVERDUE, HANG, GARBAGE, RESTART, KILLED_A, KILLED_B, HA, CONTROL = (
+    f"agent-{i:03d}" for i in range(1, 12))
+DB_OUTAGE = 12.0  # at most, waiting for what must happen while the database is down
+REDIS_OUTAGE = 30.0  # at most, after the rows are failed: the remediator's Redis timeouts (5 s) and a sweep
 
 
 def orphan_deadline(world: World) -> float:
@@ -613,7 +614,7 @@ def test_database_outage_delays_recoveries_and_loses_none(world: World) -> None:
     outage is answered 503 (Alertmanager retries it); once the database is back each lost run is
     recovered once, and runs that outlive the outage complete normally."""
     w = world
-    w.p.set_timeout(DB_OVERDUE, 6)
+    w.p.set_timeout(DB_OVERDUE, 6)  # the hung run crosses it during the outage
     forgotten = w.start(DB_AGENT, 600, n=2)
     w.p.restart_agent(DB_AGENT)
     outlive = w.start(DB_AGENT, DB_OUTAGE + 8, n=2) + w.start(DB_AGENT, DB_OUTAGE + 8, "late_report")
@@ -631,8 +632,28 @@ def test_database_outage_delays_recoveries_and_loses_none(world: World) -> None:
         push_orphan_alert(w, forgotten[0], ends_in=120)
         eventually(lambda: remediator_answers(w, "503") > retries_before, DB_OUTAGE / 2,
                    "the remediator answers 503 to a notification it cannot act on")
-        holds(lambda: not any(w.announcements.count(r.execution_id) for r in lost), DB_OUTAGE / 2,
-              "no recovery is announced while the database is down")
+        # The outage lasts until every lost run is truly lost (the hung one past its timeout) and
+        # the remediator has refused Alertmanager's retry once more after that.
+        overdue_at = overdue[0].started_at + timedelta(seconds=6)
+
+        def all_lost() -> bool:
+            _, fault_at = w.records()
+            now = utcnow()
+            return now >= overdue_at and all(
+                r.execution_id in fault_at and fault_at[r.execution_id] <= now for r in forgotten + lost_report)
+
+        refusals_once_lost: list[float] = []
+
+        def refused_again_once_all_lost() -> bool:
+            if not refusals_once_lost:
+                if all_lost():
+                    refusals_once_lost.append(remediator_answers(w, "503"))
+                return False
+            return remediator_answers(w, "503") > refusals_once_lost[0]
+
+        holds_until(lambda: not any(w.announcements.count(r.execution_id) for r in lost),
+                    refused_again_once_all_lost, DB_OUTAGE, "no recovery is announced while the database is down",
+                    "every lost run is lost and the remediator refused a notification again")
         held = w.p.held(DB_AGENT) | w.p.held(DB_OVERDUE)
         assert slots_before <= held
     finally:
@@ -669,8 +690,13 @@ def test_redis_outage_finishes_every_recovery_exactly_once_afterwards(world: Wor
         # than its Redis clients wait (5 s), so the first attempts fail and are retried.
         eventually(lambda: all(w.p.recovery(r.execution_id) for r in lost), orphan_deadline(w) + 2,
                    "the lost runs are failed while Redis is down")
-        holds(lambda: all(w.p.recovery(r.execution_id).announced_at is None for r in lost), REDIS_OUTAGE,
-              "no recovery counts as announced while Redis is down")
+        # A finish that fails gives its claim up (the sweep then takes it again): once every claim
+        # has changed, every recovery's attempt to finish has failed at least once.
+        first_claims = {r.execution_id: w.p.recovery(r.execution_id).claim_expires_at for r in lost}
+        holds_until(lambda: all(w.p.recovery(r.execution_id).announced_at is None for r in lost),
+                    lambda: all(w.p.recovery(i).claim_expires_at != c for i, c in first_claims.items()),
+                    REDIS_OUTAGE, "no recovery counts as announced while Redis is down",
+                    "every recovery's attempt to finish failed")
     finally:
         w.redis.resume()
 
@@ -692,14 +718,24 @@ def test_misbehaving_agents_are_never_taken_for_orphans(world: World) -> None:
         w.p.restart_agent(agent)
         kept += w.start(agent, 600)
         short += w.start(agent, 2) + w.start(agent, 1, "late_report")  # they complete during the fault
+    # The same faults, a little later, on an agent that answers: once the watchdog has recovered
+    # both of its runs, it had every chance to act on the misbehaving agents' runs too.
+    control = w.start(CONTROL, 600)
+    w.p.restart_agent(CONTROL)
     for agent, mode in faults.items():
         w.set_agent_fault(agent, mode)
     try:
         for agent in faults:
             overdue += w.start(agent, 3600, "hang")
             w.p.set_timeout(agent, 4)  # every run here passes its timeout: still nothing may be terminated
-        holds(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
-              orphan_deadline(w) + 2, "nothing is failed while the agents misbehave")
+        control += w.start(CONTROL, 3600, "hang")
+        w.p.set_timeout(CONTROL, 4)
+        holds_until(lambda: all(w.p.status(r.execution_id) == "running" for r in forgotten + kept + overdue),
+                    lambda: all(w.p.recovery(r.execution_id) for r in control), orphan_deadline(w) + 30,
+                    "nothing is failed while the agents misbehave",
+                    "the same faults on an agent that answers are recovered")
+        # Nor is a remediation on its way for them: no such alert, not even a pending one.
+        assert w.p.series(f'ALERTS{{agent=~"{HANG}|{GARBAGE}",remediation=~".+"}}') == []
         assert [w.announcements.count(r.execution_id) for r in forgotten] == [0, 0]
         assert all(w.p.status(r.execution_id) == "success" for r in short)
         for agent in faults:
@@ -709,7 +745,7 @@ def test_misbehaving_agents_are_never_taken_for_orphans(world: World) -> None:
             w.set_agent_fault(agent, "none")
 
     # Only the forgotten runs are lost now: with the timeout back at 300 s no run is overdue.
-    w.settle(forgotten + kept + short + overdue, orphan_deadline(w) + 5)
+    w.settle(forgotten + kept + short + overdue + control, orphan_deadline(w) + 5)
     assert all(w.p.failed(r.execution_id) is not None for r in forgotten)
     assert all(w.p.status(r.execution_id) == "running" for r in kept + overdue)
 
@@ -834,6 +870,32 @@ def _ok(url: str) -> bool:
         return False
 
 
+def requests_waiting_at(port: int) -> int:
+    """Open client connections to the local server on ``port`` whose request it has not read yet
+    (a paused Redis reads nothing), from the kernel's TCP table: connections still established
+    with bytes in their receive queue. A connection its client closed does not count."""
+    waiting = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local_address rem_address st tx_queue:rx_queue ...
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        established, unread = fields[3] == "01", int(fields[4].split(":")[1], 16)
+        if local_port == port and established and unread:
+            waiting += 1
+    return waiting
+
+
+def delivered_so_far(relay_url: str, events: Announcements) -> None:
+    """Publish a fence event and wait for the subscriber to get it: Redis delivers to a subscriber
+    in the order it ran the publishes, so every event published before has been delivered too."""
+    fence = f"fence-{time.monotonic_ns()}"
+    client = redis.Redis.from_url(relay_url)
+    try:
+        client.publish(CHANNEL, json.dumps({"execution_id": fence}))
+    finally:
+        client.close()
+    eventually(lambda: events.count(fence) == 1, 10, "the fence event reached the subscriber", interval=0.05)
+
+
 @pytest.mark.parametrize("interruption", ["publish times out", "remediator killed"])
 def test_announcement_interrupted_in_flight_is_made_exactly_once(tmp_path: Path, interruption: str) -> None:
     """The relay stops answering while a recovery's event is being published: the publish times out
@@ -862,12 +924,16 @@ def test_announcement_interrupted_in_flight_is_made_exactly_once(tmp_path: Path,
                 if interruption == "publish times out":
                     response = lone.post("e1", "a1")
                     assert response.status_code == 503, response.text  # recovered; announcement owed
-                    time.sleep(2)  # the sweep retries meanwhile, and times out too
+                    # The timed-out connection is closed by now, so a request waiting is the sweep's retry.
+                    eventually(lambda: requests_waiting_at(relay.port), 20,
+                               "the sweep retries meanwhile: its request waits at the paused relay too",
+                               interval=0.05)
                 else:
                     poster = threading.Thread(target=_post_ignoring_errors, args=(lone, "e1", "a1"))
                     poster.start()
                     eventually(lambda: "e1" not in slots.held("a1"), 10, "the slot is released: publishing now")
-                    time.sleep(0.3)
+                    eventually(lambda: requests_waiting_at(relay.port), 10, "the publish waits at the paused relay",
+                               interval=0.05)
                     lone.kill()
                     poster.join(10)
             finally:
@@ -882,7 +948,7 @@ def test_announcement_interrupted_in_flight_is_made_exactly_once(tmp_path: Path,
                 return row.announced_at is not None
 
             eventually(announced, 15, "the owed announcement is made")
-            time.sleep(1)  # let any second delivery arrive
+            delivered_so_far(relay.url, events)  # any second announcement would have arrived by now
             assert slots.held("a1") == set()
             assert events.count("e1") == 1, f"e1 announced {events.count('e1')} times on the relay"
         finally:
