@@ -26,7 +26,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_exporter import SECRET, _cpu, build_database, exporter, memory_kib  # noqa: E402
+from bench.bench_exporter import SECRET, _cpu, agents_child, build_database, exporter, memory_kib  # noqa: E402
 
 GOAL_SECONDS = 5.0
 SIZES = ((1_000, 100), (10_000, 1_000), (100_000, 5_000))
@@ -102,23 +101,8 @@ def serve_synthetic_child(plan_path: str) -> int:
 
 @contextmanager
 def synthetic_agents(plan: dict[str, list[str]], workdir: Path) -> Iterator[tuple[str, int]]:
-    plan_path = workdir / "plan.json"
-    plan_path.write_text(json.dumps(plan))
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-synthetic", str(plan_path)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("READY "):
-            raise RuntimeError(f"the synthetic agents did not start: {line!r}")
-        yield line.split()[1], proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with agents_child(__file__, "--serve-synthetic", plan, workdir, "the synthetic agents") as started:
+        yield started
 
 
 # -- one configuration: N shards scraped side by side --------------------------------------------

@@ -3,7 +3,7 @@ Prometheus and Alertmanager(s), and what a test needs to watch it.
 
 The simulated platform runs on an event loop in a background thread (its agents must answer while
 a test blocks); the watchdog runs as child processes (:class:`pipeline.stack.Stack`). Tests are
-synchronous and wait with :func:`eventually`, never with fixed sleeps.
+synchronous and wait with :func:`exec_watchdog.testbed.waiting.eventually`, never with fixed sleeps.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,29 +31,10 @@ from exec_watchdog.platform_access.schema import agent_schedules, schedule_execu
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
+from exec_watchdog.testbed.waiting import eventually
 
 T = TypeVar("T")
 CHANNEL = "trinity:watchdog"
-
-
-def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Call ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout:g} s still not: {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-def holds(check: Callable[[], bool], seconds: float, what: str, interval: float = 0.2) -> None:
-    """Assert ``check`` stays true for ``seconds`` (for things that must NOT happen meanwhile)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), f"stopped holding: {what}"
-        time.sleep(interval)
 
 
 class LoopThread:

@@ -25,7 +25,7 @@ import yaml
 from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.alertmanager import PAUSE_REMEDIATION_MATCHER
 from exec_watchdog.alerts.render import render_alertmanager_config, render_rules
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.servers import free_port, wait_for_port
 from tests.test_alerts import RUNBOOK, require_tool
 
 TOKEN = "s3cret-token"

@@ -24,7 +24,8 @@ from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.remediator.remediate import orphan_reason
-from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+from exec_watchdog.testbed.waiting import eventually, holds
+from tests.pipeline_harness import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 

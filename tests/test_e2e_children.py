@@ -17,7 +17,7 @@ import yaml
 from exec_watchdog.pipeline.children import Child, ChildCrashed, Children, MissingBinary, NotReady, find_binary
 from exec_watchdog.pipeline.configs import EXPORTER_JOB, REMEDIATOR_JOB, alertmanager_config, prometheus_config
 from exec_watchdog.pipeline.stack import StackOptions
-from tests.pipeline_harness import eventually
+from exec_watchdog.testbed.waiting import eventually
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from exec_watchdog.remediator.audit import recoveries
-from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
+from exec_watchdog.testbed.waiting import eventually, holds
+from tests.pipeline_harness import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 

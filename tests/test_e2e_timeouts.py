@@ -24,7 +24,8 @@ from exec_watchdog.alerts.profiles import load_profile
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
-from tests.pipeline_harness import Pipeline, eventually, running_pipeline
+from exec_watchdog.testbed.waiting import eventually
+from tests.pipeline_harness import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 

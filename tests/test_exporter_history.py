@@ -16,7 +16,7 @@ from exec_watchdog.exporter.history import RunHistory
 from exec_watchdog.platform_access.database import create_platform_tables
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
-from tests.platform_rows import insert_agent, insert_schedule
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 
 NOW = utcnow().replace(microsecond=0)
 

@@ -30,8 +30,8 @@ from exec_watchdog.platform_access.schema import agent_ownership, metadata
 from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RunResult
-from tests.platform_rows import insert_agent, insert_execution
-from tests.servers import free_port
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
+from exec_watchdog.testbed.servers import free_port
 
 SECRET = "exporter-trinity-secret"
 

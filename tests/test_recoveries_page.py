@@ -42,8 +42,9 @@ from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import Config, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings, orphan_reason
-from tests.pipeline_harness import Pipeline, eventually, holds, running_pipeline
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.servers import free_port, wait_for_port
+from exec_watchdog.testbed.waiting import eventually, holds
+from tests.pipeline_harness import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.timeout(240)
 
