@@ -29,9 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,12 +96,6 @@ def serve_synthetic_child(plan_path: str) -> int:
 
     asyncio.run(main())
     return 0
-
-
-@contextmanager
-def synthetic_agents(plan: dict[str, list[str]], workdir: Path) -> Iterator[tuple[str, int]]:
-    with agents_child(__file__, "--serve-synthetic", plan, workdir, "the synthetic agents") as started:
-        yield started
 
 
 # -- one configuration: N shards scraped side by side --------------------------------------------
@@ -225,7 +218,8 @@ def main() -> int:
             workdir = Path(tmp)
             database_url = f"sqlite:///{workdir / 'trinity.db'}"
             plan = build_database(database_url, agents, executions, 0.05, None)
-            with synthetic_agents(plan, workdir) as (url_template, agents_pid):
+            with agents_child(__file__, "--serve-synthetic", plan, workdir,
+                              "the synthetic agents") as (url_template, agents_pid):
                 for shards in shard_counts:
                     row = measure(database_url, url_template, agents_pid, executions, agents, shards,
                                   args.scrapes, args.poll_concurrency, workdir)
