@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.profiles import Profile
-from exec_watchdog.common.remediation import REMEDIATION_LABEL
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import REMEDIATION_LABEL
 
 REMEDIATOR_RECEIVER = "remediator"
 OPERATOR_RECEIVER = "operators"
@@ -88,7 +88,7 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             "routes": [
                 {
                     "receiver": HEARTBEAT_RECEIVER,
-                    "matchers": [f'alertname="{rules.HEARTBEAT}"'],
+                    "matchers": [f'alertname="{contract.HEARTBEAT}"'],
                     "group_by": ["alertname"],
                     "group_wait": "0s",
                     "group_interval": profile.heartbeat_interval,
@@ -107,20 +107,20 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
         "inhibit_rules": [
             # Nothing about an agent's executions can be verified while it does not answer.
             {
-                "source_matchers": [f'alertname="{rules.AGENT_UNREACHABLE}"'],
+                "source_matchers": [f'alertname="{contract.AGENT_UNREACHABLE}"'],
                 "target_matchers": [PAUSE_REMEDIATION_MATCHER],
                 "equal": ["agent"],
             },
             # A stuck warning adds nothing once the watchdog is recovering that execution.
             {
-                "source_matchers": [f'alertname=~"{rules.ORPHANED}|{rules.OVERDUE}"'],
-                "target_matchers": [f'alertname="{rules.STUCK}"'],
+                "source_matchers": [f'alertname=~"{contract.ORPHANED}|{contract.OVERDUE}"'],
+                "target_matchers": [f'alertname="{contract.STUCK}"'],
                 "equal": ["agent", "execution_id"],
             },
             # An open breaker answers 503 on purpose: page once, for the cause.
             {
-                "source_matchers": [f'alertname="{rules.BREAKER_OPEN}"'],
-                "target_matchers": [f'alertname="{rules.REMEDIATOR_FAILING}"'],
+                "source_matchers": [f'alertname="{contract.BREAKER_OPEN}"'],
+                "target_matchers": [f'alertname="{contract.REMEDIATOR_FAILING}"'],
                 "equal": ["job", "instance"],
             },
         ],

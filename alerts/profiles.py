@@ -36,8 +36,6 @@ class Profile:
     scrape_timeout: str = _tunable("duration")
     evaluation_interval: str = _tunable("duration")
     alert_resend_delay: str = _tunable("duration")
-    exporter_job: str = _tunable("text")
-    remediator_job: str = _tunable("text")
     runbook_url: str = _tunable("text")
     orphan_min_age_seconds: int = _tunable("seconds")
     orphan_for: str = _tunable("duration")
@@ -185,3 +183,10 @@ def profile_settings(name: str) -> dict[str, str | int]:
     """
     profile = load_profile(name)
     return {tunable: getattr(profile, tunable) for tunable in tunable_names()}
+
+
+def prometheus_global(name: str) -> dict[str, str]:
+    """The ``global`` block of a prometheus.yml running this profile's rules at its timing."""
+    profile = load_profile(name)
+    return {"scrape_interval": profile.scrape_interval, "scrape_timeout": profile.scrape_timeout,
+            "evaluation_interval": profile.evaluation_interval}

@@ -15,10 +15,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.profiles import Profile
-from exec_watchdog.exporter import metric_names as exporter
-from exec_watchdog.remediator import metric_names as remediator
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import FAIL_ORPHAN, REMEDIATION_LABEL
+from exec_watchdog.common.contract import ExporterMetric as exporter
+from exec_watchdog.common.contract import RemediatorMetric as remediator
 
 Case = Callable[[Profile], dict[str, Any]]
 CASES: list[tuple[str, Case]] = []
@@ -116,13 +117,13 @@ def runbook(p: Profile, alertname: str) -> str:
 # --- Executions -------------------------------------------------------------------------------
 
 def _execution(p: Profile) -> dict[str, str]:
-    return {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT,
+    return {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT,
             "execution_id": EXECUTION, "schedule_id": SCHEDULE}
 
 
 def _orphan_alert(p: Profile, runtime: int) -> dict[str, Any]:
     return {
-        "exp_labels": {**_execution(p), "severity": "critical", "remediation": "fail_orphan"},
+        "exp_labels": {**_execution(p), "severity": "critical", REMEDIATION_LABEL: FAIL_ORPHAN},
         "exp_annotations": {
             "summary": "An execution is running in the database but unknown to its agent.",
             "description": (
@@ -130,7 +131,7 @@ def _orphan_alert(p: Profile, runtime: int) -> dict[str, Any]:
                 f"which the database has shown as running for {humanize_duration(runtime)}. The "
                 "remediator re-verifies, marks it failed and releases its slot."
             ),
-            "runbook_url": runbook(p, rules.ORPHANED),
+            "runbook_url": runbook(p, contract.ORPHANED),
         },
     }
 
@@ -146,7 +147,7 @@ def _overdue_alert(p: Profile, runtime: int) -> dict[str, Any]:
                 f"{p.overdue_default_timeout_seconds}s when none is set). The remediator terminates "
                 "it on the agent, marks it failed and releases its slot."
             ),
-            "runbook_url": runbook(p, rules.OVERDUE),
+            "runbook_url": runbook(p, contract.OVERDUE),
         },
     }
 
@@ -160,7 +161,7 @@ def orphan_young_execution(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(0, fires)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, fires)),
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, fires)),
     }
 
 
@@ -174,7 +175,7 @@ def orphan_forgotten(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x3 0x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
     }
 
 
@@ -188,7 +189,7 @@ def orphan_flapping(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0 1 0x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
     }
 
 
@@ -203,7 +204,7 @@ def orphan_single_misses(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, late)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), " ".join(["0 1"] * t.steps(late))),
         ],
-        "alert_rule_test": silent(rules.ORPHANED, *range(0, late + 1, t.step)),
+        "alert_rule_test": silent(contract.ORPHANED, *range(0, late + 1, t.step)),
     }
 
 
@@ -218,7 +219,7 @@ def orphan_lost_scrape(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), runtime),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0 stale 0x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
     }
 
 
@@ -230,10 +231,10 @@ def orphan_agent_unreachable(p: Profile) -> dict[str, Any]:
     return {
         "input_series": [
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, late)),
-            series(exporter.AGENT_UP, {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT},
+            series(exporter.AGENT_UP, {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT},
                    f"0x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.ORPHANED, 0, late),
+        "alert_rule_test": silent(contract.ORPHANED, 0, late),
     }
 
 
@@ -249,8 +250,8 @@ def orphan_then_unreachable(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{known_steps} stale"),
         ],
         "alert_rule_test": [
-            *boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
-            *silent(rules.ORPHANED, fires + t.step),
+            *boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+            *silent(contract.ORPHANED, fires + t.step),
         ],
     }
 
@@ -265,7 +266,7 @@ def orphan_known(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, late)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.ORPHANED, 0, late),
+        "alert_rule_test": silent(contract.ORPHANED, 0, late),
     }
 
 
@@ -280,7 +281,7 @@ def overdue_own_timeout(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_TIMEOUT, _execution(p), f"{timeout}x{t.steps(fires)}"),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.OVERDUE, fires, t.step, _overdue_alert(p, fires)),
+        "alert_rule_test": boundary(contract.OVERDUE, fires, t.step, _overdue_alert(p, fires)),
     }
 
 
@@ -295,7 +296,7 @@ def overdue_default_timeout(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.OVERDUE, fires, t.step, _overdue_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.OVERDUE, fires, t.step, _overdue_alert(p, start + fires)),
     }
 
 
@@ -312,8 +313,8 @@ def overdue_long_timeout(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
         ],
         "alert_rule_test": [
-            *silent(rules.OVERDUE, 0),
-            *boundary(rules.OVERDUE, fires, t.step, _overdue_alert(p, start + fires)),
+            *silent(contract.OVERDUE, 0),
+            *boundary(contract.OVERDUE, fires, t.step, _overdue_alert(p, start + fires)),
         ],
     }
 
@@ -329,7 +330,7 @@ def overdue_unknown(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_TIMEOUT, _execution(p), f"{timeout}x{t.steps(late)}"),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.OVERDUE, late),
+        "alert_rule_test": silent(contract.OVERDUE, late),
     }
 
 
@@ -343,7 +344,7 @@ def overdue_agent_unreachable(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(0, late)),
             series(exporter.EXECUTION_TIMEOUT, _execution(p), f"{timeout}x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.OVERDUE, late),
+        "alert_rule_test": silent(contract.OVERDUE, late),
     }
 
 
@@ -358,7 +359,7 @@ def orphan_in_flight(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(late)}"),
             series(exporter.EXECUTION_DISPATCH_INFLIGHT, _execution(p), f"1x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.ORPHANED, 0, late),
+        "alert_rule_test": silent(contract.ORPHANED, 0, late),
     }
 
 
@@ -373,7 +374,7 @@ def orphan_marker_lapsed(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(fires)}"),
             series(exporter.EXECUTION_DISPATCH_INFLIGHT, _execution(p), f"1x3 0x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, start + fires)),
     }
 
 
@@ -387,7 +388,7 @@ def _completed_alert(p: Profile, runtime: int) -> dict[str, Any]:
                 f"the database has shown it as running for {humanize_duration(runtime)}. The remediator "
                 "claims the result the agent kept, writes it and releases its slot."
             ),
-            "runbook_url": runbook(p, rules.COMPLETED_UNREPORTED),
+            "runbook_url": runbook(p, contract.COMPLETED_UNREPORTED),
         },
     }
 
@@ -404,7 +405,7 @@ def completed_unreported(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
             series(exporter.EXECUTION_RECENTLY_COMPLETED, _execution(p), f"0x3 1x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.COMPLETED_UNREPORTED, fires, t.step, _completed_alert(p, start + fires)),
+        "alert_rule_test": boundary(contract.COMPLETED_UNREPORTED, fires, t.step, _completed_alert(p, start + fires)),
     }
 
 
@@ -415,10 +416,10 @@ def completed_agent_unreachable(p: Profile) -> dict[str, Any]:
     return {
         "input_series": [
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(0, late)),
-            series(exporter.AGENT_UP, {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT},
+            series(exporter.AGENT_UP, {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT},
                    f"0x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.COMPLETED_UNREPORTED, 0, late),
+        "alert_rule_test": silent(contract.COMPLETED_UNREPORTED, 0, late),
     }
 
 
@@ -434,7 +435,7 @@ def overdue_recently_completed(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(late)}"),
             series(exporter.EXECUTION_RECENTLY_COMPLETED, _execution(p), f"1x{t.steps(late)}"),
         ],
-        "alert_rule_test": silent(rules.OVERDUE, late),
+        "alert_rule_test": silent(contract.OVERDUE, late),
     }
 
 
@@ -452,7 +453,7 @@ def stuck(p: Profile) -> dict[str, Any]:
                 f"{humanize_duration(start + fires)}. The watchdog does nothing about it until it is "
                 "orphaned or overdue."
             ),
-            "runbook_url": runbook(p, rules.STUCK),
+            "runbook_url": runbook(p, contract.STUCK),
         },
     }
     return {
@@ -460,7 +461,7 @@ def stuck(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"1x{t.steps(fires)}"),
         ],
-        "alert_rule_test": boundary(rules.STUCK, fires, t.step, alert),
+        "alert_rule_test": boundary(contract.STUCK, fires, t.step, alert),
     }
 
 
@@ -470,7 +471,7 @@ def stuck(p: Profile) -> dict[str, Any]:
 def agent_unreachable(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(4 * t.step, "agent_unreachable_for")
-    agent = {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT}
+    agent = {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT}
     alert = {
         "exp_labels": {**agent, "severity": "warning"},
         "exp_annotations": {
@@ -479,12 +480,12 @@ def agent_unreachable(p: Profile) -> dict[str, Any]:
                 f"Agent {AGENT} has not answered GET /api/executions/running. Its executions can be "
                 "neither verified nor recovered: the watchdog leaves them alone until it answers."
             ),
-            "runbook_url": runbook(p, rules.AGENT_UNREACHABLE),
+            "runbook_url": runbook(p, contract.AGENT_UNREACHABLE),
         },
     }
     return {
         "input_series": [series(exporter.AGENT_UP, agent, f"1x3 0x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.AGENT_UNREACHABLE, fires, t.step, alert),
+        "alert_rule_test": boundary(contract.AGENT_UNREACHABLE, fires, t.step, alert),
     }
 
 
@@ -494,10 +495,10 @@ def _exporter_down_alert(p: Profile, labels: dict[str, str], where: str) -> dict
         "exp_annotations": {
             "summary": "Prometheus is not scraping the exec-watchdog exporter.",
             "description": (
-                f"Job {p.exporter_job}{where} has no successful scrape (target down or not configured). "
+                f"Job {contract.EXPORTER_JOB}{where} has no successful scrape (target down or not configured). "
                 "No agent or execution is watched meanwhile."
             ),
-            "runbook_url": runbook(p, rules.EXPORTER_DOWN),
+            "runbook_url": runbook(p, contract.EXPORTER_DOWN),
         },
     }
 
@@ -506,10 +507,10 @@ def _exporter_down_alert(p: Profile, labels: dict[str, str], where: str) -> dict
 def exporter_down(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(4 * t.step, "exporter_down_for")
-    target = {"job": p.exporter_job, "instance": EXPORTER_INSTANCE}
+    target = {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE}
     return {
         "input_series": [series("up", target, f"1x3 0x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.EXPORTER_DOWN, fires, t.step,
+        "alert_rule_test": boundary(contract.EXPORTER_DOWN, fires, t.step,
                                     _exporter_down_alert(p, target, f" at {EXPORTER_INSTANCE}")),
     }
 
@@ -518,11 +519,11 @@ def exporter_down(p: Profile) -> dict[str, Any]:
 def exporter_missing(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(0, "exporter_down_for")
-    other = {"job": p.remediator_job, "instance": REMEDIATOR_INSTANCE}
+    other = {"job": contract.REMEDIATOR_JOB, "instance": REMEDIATOR_INSTANCE}
     return {
         "input_series": [series("up", other, f"1x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.EXPORTER_DOWN, fires, t.step,
-                                    _exporter_down_alert(p, {"job": p.exporter_job}, "")),
+        "alert_rule_test": boundary(contract.EXPORTER_DOWN, fires, t.step,
+                                    _exporter_down_alert(p, {"job": contract.EXPORTER_JOB}, "")),
     }
 
 
@@ -530,7 +531,7 @@ def exporter_missing(p: Profile) -> dict[str, Any]:
 def database_unreachable(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(4 * t.step, "database_unreachable_for")
-    target = {"job": p.exporter_job, "instance": EXPORTER_INSTANCE}
+    target = {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE}
     alert = {
         "exp_labels": {**target, "severity": "critical"},
         "exp_annotations": {
@@ -539,17 +540,17 @@ def database_unreachable(p: Profile) -> dict[str, Any]:
                 f"Exporter {EXPORTER_INSTANCE} failed its executions query. No agent or execution is "
                 "watched meanwhile."
             ),
-            "runbook_url": runbook(p, rules.DATABASE_UNREACHABLE),
+            "runbook_url": runbook(p, contract.DATABASE_UNREACHABLE),
         },
     }
     return {
         "input_series": [series(exporter.DATABASE_UP, target, f"1x3 0x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.DATABASE_UNREACHABLE, fires, t.step, alert),
+        "alert_rule_test": boundary(contract.DATABASE_UNREACHABLE, fires, t.step, alert),
     }
 
 
 def _remediator(p: Profile) -> dict[str, str]:
-    return {"job": p.remediator_job, "instance": REMEDIATOR_INSTANCE}
+    return {"job": contract.REMEDIATOR_JOB, "instance": REMEDIATOR_INSTANCE}
 
 
 def _remediator_failing_alert(p: Profile, reason: str) -> dict[str, Any]:
@@ -558,10 +559,10 @@ def _remediator_failing_alert(p: Profile, reason: str) -> dict[str, Any]:
         "exp_annotations": {
             "summary": "The remediator keeps failing to finish remediations.",
             "description": (
-                f"Remediator {p.remediator_job} at {REMEDIATOR_INSTANCE} is failing ({reason}). Orphaned "
+                f"Remediator {contract.REMEDIATOR_JOB} at {REMEDIATOR_INSTANCE} is failing ({reason}). Orphaned "
                 "and overdue executions stay stuck until it recovers; Alertmanager keeps retrying."
             ),
-            "runbook_url": runbook(p, rules.REMEDIATOR_FAILING),
+            "runbook_url": runbook(p, contract.REMEDIATOR_FAILING),
         },
     }
 
@@ -576,7 +577,7 @@ def remediator_5xx(p: Profile) -> dict[str, Any]:
             series("up", _remediator(p), f"1x{n}"),
             series(remediator.REQUESTS, {**_remediator(p), "code": "503"}, f"0+1x{n}"),
         ],
-        "alert_rule_test": boundary(rules.REMEDIATOR_FAILING, fires, t.step,
+        "alert_rule_test": boundary(contract.REMEDIATOR_FAILING, fires, t.step,
                                     _remediator_failing_alert(p, "webhook_errors")),
     }
 
@@ -586,13 +587,13 @@ def remediator_retrying(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
     fires = t.fires(t.step, "remediator_failing_for")
     n = t.steps(fires)
-    retries = {**_remediator(p), "action": "fail_orphan", "outcome": "retry"}
+    retries = {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "retry"}
     return {
         "input_series": [
             series("up", _remediator(p), f"1x{n}"),
             series(remediator.REMEDIATIONS, retries, f"0+1x{n}"),
         ],
-        "alert_rule_test": boundary(rules.REMEDIATOR_FAILING, fires, t.step,
+        "alert_rule_test": boundary(contract.REMEDIATOR_FAILING, fires, t.step,
                                     _remediator_failing_alert(p, "remediations_retrying")),
     }
 
@@ -603,7 +604,7 @@ def remediator_down(p: Profile) -> dict[str, Any]:
     fires = t.fires(4 * t.step, "remediator_failing_for")
     return {
         "input_series": [series("up", _remediator(p), f"1x3 0x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.REMEDIATOR_FAILING, fires, t.step,
+        "alert_rule_test": boundary(contract.REMEDIATOR_FAILING, fires, t.step,
                                     _remediator_failing_alert(p, "target_down")),
     }
 
@@ -618,12 +619,12 @@ def remediator_healthy(p: Profile) -> dict[str, Any]:
             series("up", _remediator(p), f"1x{n}"),
             series(remediator.REQUESTS, {**_remediator(p), "code": "200"}, f"0+1x{n}"),
             series(remediator.REQUESTS, {**_remediator(p), "code": "500"}, f"2x{n}"),
-            series(remediator.REMEDIATIONS, {**_remediator(p), "action": "fail_orphan", "outcome": "retry"},
+            series(remediator.REMEDIATIONS, {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "retry"},
                    f"3x{n}"),
-            series(remediator.REMEDIATIONS, {**_remediator(p), "action": "fail_orphan", "outcome": "recovered"},
+            series(remediator.REMEDIATIONS, {**_remediator(p), "action": FAIL_ORPHAN, "outcome": "recovered"},
                    f"0+1x{n}"),
         ],
-        "alert_rule_test": silent(rules.REMEDIATOR_FAILING, late),
+        "alert_rule_test": silent(contract.REMEDIATOR_FAILING, late),
     }
 
 
@@ -639,12 +640,12 @@ def breaker_open(p: Profile) -> dict[str, Any]:
                 f"Remediator {REMEDIATOR_INSTANCE} saw too many remediations at once and stopped acting. "
                 "Orphaned and overdue executions are left alone until an operator checks and it closes."
             ),
-            "runbook_url": runbook(p, rules.BREAKER_OPEN),
+            "runbook_url": runbook(p, contract.BREAKER_OPEN),
         },
     }
     return {
         "input_series": [series(remediator.BREAKER_OPEN, _remediator(p), f"0x3 1x{t.steps(fires)}")],
-        "alert_rule_test": boundary(rules.BREAKER_OPEN, fires, t.step, alert),
+        "alert_rule_test": boundary(contract.BREAKER_OPEN, fires, t.step, alert),
     }
 
 
@@ -659,13 +660,13 @@ def heartbeat(p: Profile) -> dict[str, Any]:
                 "This alert always fires. If its receiver stops hearing it, part of Prometheus, "
                 "Alertmanager or the notification path is broken and no other alert would arrive either."
             ),
-            "runbook_url": runbook(p, rules.HEARTBEAT),
+            "runbook_url": runbook(p, contract.HEARTBEAT),
         },
     }
     return {
         "input_series": [],
         "alert_rule_test": [
-            {"eval_time": f"{t}s", "alertname": rules.HEARTBEAT, "exp_alerts": [alert]}
+            {"eval_time": f"{t}s", "alertname": contract.HEARTBEAT, "exp_alerts": [alert]}
             for t in (0, 20 * step)
         ],
     }

@@ -12,23 +12,10 @@ from typing import Any
 
 from exec_watchdog.alerts import timeout_rules
 from exec_watchdog.alerts.profiles import Profile
-from exec_watchdog.common.remediation import CLAIM_RESULT, FAIL_ORPHAN, REMEDIATION_LABEL, TERMINATE_OVERDUE
-from exec_watchdog.exporter import metric_names as exporter
-from exec_watchdog.remediator import metric_names as remediator
-
-ORPHANED = "ExecWatchdogExecutionOrphaned"
-OVERDUE = "ExecWatchdogExecutionOverdue"
-COMPLETED_UNREPORTED = "ExecWatchdogExecutionCompletedUnreported"
-STUCK = "ExecWatchdogExecutionStuck"
-AGENT_UNREACHABLE = "ExecWatchdogAgentUnreachable"
-EXPORTER_DOWN = "ExecWatchdogExporterDown"
-DATABASE_UNREACHABLE = "ExecWatchdogDatabaseUnreachable"
-REMEDIATOR_FAILING = "ExecWatchdogRemediatorFailing"
-BREAKER_OPEN = "ExecWatchdogRemediatorBreakerOpen"
-HEARTBEAT = "ExecWatchdogHeartbeat"
-
-ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *timeout_rules.ALERTS)
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, REMEDIATION_LABEL, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import ExporterMetric as exporter
+from exec_watchdog.common.contract import RemediatorMetric as remediator
 
 # The external label that tells the servers of a Prometheus HA set apart; dropped from alerts
 # (alert_relabel_configs) so their alerts are identical and Alertmanager deduplicates them.
@@ -68,7 +55,7 @@ def execution_rules(p: Profile) -> list[Rule]:
     inflight = exporter.EXECUTION_DISPATCH_INFLIGHT
     return [
         _alert(
-            p, ORPHANED,
+            p, contract.ORPHANED,
             # Runtime on the left, so $value is the age. agent_known is absent while the agent
             # cannot be asked, so an unreachable agent never makes orphans; a run a backend
             # dispatcher still holds (Trinity's in-flight marker) is never one either.
@@ -85,7 +72,7 @@ def execution_rules(p: Profile) -> list[Rule]:
             **{REMEDIATION_LABEL: FAIL_ORPHAN},
         ),
         _alert(
-            p, OVERDUE,
+            p, contract.OVERDUE,
             # The default timeout stands in for an execution whose timeout series is missing.
             # group_left keeps all of the runtime's labels (a plain `on` would keep only those).
             # Only runs the agent still knows: terminating needs the agent, and an unknown run is
@@ -110,7 +97,7 @@ def execution_rules(p: Profile) -> list[Rule]:
             **{REMEDIATION_LABEL: TERMINATE_OVERDUE},
         ),
         _alert(
-            p, COMPLETED_UNREPORTED,
+            p, contract.COMPLETED_UNREPORTED,
             # Finished on the agent, still running in the database: its retained result is claimed
             # (never terminated: the overdue rule leaves these runs alone).
             f"{runtime}\n"
@@ -126,7 +113,7 @@ def execution_rules(p: Profile) -> list[Rule]:
             **{REMEDIATION_LABEL: CLAIM_RESULT},
         ),
         _alert(
-            p, STUCK,
+            p, contract.STUCK,
             f"{runtime} > {p.stuck_threshold_seconds}\n",
             p.stuck_for, "warning",
             "An execution has been running for unusually long.",
@@ -141,12 +128,12 @@ def pipeline_rules(p: Profile) -> list[Rule]:
     def remediator_reason(expr: str, reason: str) -> str:
         return f'label_replace(\n  {expr},\n  "reason", "{reason}", "", ""\n)'
 
-    exporter_up = f'up{{job="{p.exporter_job}"}}'
-    remediator_up = f'up{{job="{p.remediator_job}"}}'
+    exporter_up = f'up{{job="{contract.EXPORTER_JOB}"}}'
+    remediator_up = f'up{{job="{contract.REMEDIATOR_JOB}"}}'
     window = p.remediator_failing_window
     return [
         _alert(
-            p, AGENT_UNREACHABLE,
+            p, contract.AGENT_UNREACHABLE,
             f"{exporter.AGENT_UP} == 0\n",
             p.agent_unreachable_for, "warning",
             "An agent does not answer the exporter.",
@@ -154,7 +141,7 @@ def pipeline_rules(p: Profile) -> list[Rule]:
             "can be neither verified nor recovered: the watchdog leaves them alone until it answers.",
         ),
         _alert(
-            p, EXPORTER_DOWN,
+            p, contract.EXPORTER_DOWN,
             f"{exporter_up} == 0\nor\nabsent({exporter_up})\n",
             p.exporter_down_for, "critical",
             "Prometheus is not scraping the exec-watchdog exporter.",
@@ -162,7 +149,7 @@ def pipeline_rules(p: Profile) -> list[Rule]:
             "scrape (target down or not configured). No agent or execution is watched meanwhile.",
         ),
         _alert(
-            p, DATABASE_UNREACHABLE,
+            p, contract.DATABASE_UNREACHABLE,
             f"{exporter.DATABASE_UP} == 0\n",
             p.database_unreachable_for, "critical",
             "The exporter cannot read the executions table.",
@@ -170,7 +157,7 @@ def pipeline_rules(p: Profile) -> list[Rule]:
             "watched meanwhile.",
         ),
         _alert(
-            p, REMEDIATOR_FAILING,
+            p, contract.REMEDIATOR_FAILING,
             remediator_reason(
                 f'sum by (job, instance) (rate({remediator.REQUESTS}{{code=~"5.."}}[{window}])) > 0',
                 "webhook_errors") + "\nor\n"
@@ -186,7 +173,7 @@ def pipeline_rules(p: Profile) -> list[Rule]:
             "Alertmanager keeps retrying.",
         ),
         _alert(
-            p, BREAKER_OPEN,
+            p, contract.BREAKER_OPEN,
             f"{remediator.BREAKER_OPEN} == 1\n",
             p.breaker_open_for, "critical",
             "The remediator's breaker has stopped all remediation.",
@@ -194,7 +181,7 @@ def pipeline_rules(p: Profile) -> list[Rule]:
             "Orphaned and overdue executions are left alone until an operator checks and it closes.",
         ),
         _alert(
-            p, HEARTBEAT,
+            p, contract.HEARTBEAT,
             "vector(1)\n",
             "0s", "none",
             "Always firing, to prove that alerts flow from Prometheus through Alertmanager.",

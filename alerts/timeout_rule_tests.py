@@ -13,7 +13,8 @@ from typing import Any
 from exec_watchdog.alerts import advice, timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.alerts.rule_tests import EXPORTER_INSTANCE, Timeline, boundary, case, runbook, series
-from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 
 AGENT = "agent-a"
@@ -22,7 +23,7 @@ _LE = [("+Inf" if b == float("inf") else f"{b:g}") for b in DURATION_BUCKETS]
 
 
 def _schedule(p: Profile) -> dict[str, str]:
-    return {"job": p.exporter_job, "instance": EXPORTER_INSTANCE, "agent": AGENT, "schedule_id": SCHEDULE}
+    return {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT, "schedule_id": SCHEDULE}
 
 
 def cumulative(durations: Sequence[float]) -> list[int]:
@@ -146,7 +147,7 @@ def _tight_alert(p: Profile, terminated: int, p99: float, timeout: int, advised:
                 f"the last {p.advice_window}, while its successful runs' p99 is {p99:.0f} s against a timeout "
                 f"of {timeout} s. Advised timeout: {advised} s ({_how()})."
             ),
-            "runbook_url": runbook(p, timeout_rules.TOO_TIGHT),
+            "runbook_url": runbook(p, contract.TIMEOUT_TOO_TIGHT),
         },
     }
 
@@ -171,7 +172,7 @@ def too_tight(p: Profile) -> dict[str, Any]:
             _ended(p, "auto_terminated", f"0x3 2x{n}"),
             _ended(p, "orphan_recovered", f"5x{n}"),
         ],
-        "alert_rule_test": boundary(timeout_rules.TOO_TIGHT, fires, t.step,
+        "alert_rule_test": boundary(contract.TIMEOUT_TOO_TIGHT, fires, t.step,
                                     _tight_alert(p, 2, quantiles[0.99], timeout, advised)),
     }
 
@@ -189,7 +190,7 @@ def too_tight_not_close(p: Profile) -> dict[str, Any]:
             series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"{timeout}x{n}"),
             _ended(p, "auto_terminated", f"0 3x{n}"),
         ],
-        "alert_rule_test": [{"eval_time": f"{late}s", "alertname": timeout_rules.TOO_TIGHT, "exp_alerts": []}],
+        "alert_rule_test": [{"eval_time": f"{late}s", "alertname": contract.TIMEOUT_TOO_TIGHT, "exp_alerts": []}],
     }
 
 
@@ -210,7 +211,7 @@ def too_loose(p: Profile) -> dict[str, Any]:
                 f"p99 over the last {p.advice_window} is {quantiles[0.99]:.0f} s: a hung run holds its slot that "
                 f"long before the watchdog ends it. Advised timeout: {advised} s ({_how()})."
             ),
-            "runbook_url": runbook(p, timeout_rules.TOO_LOOSE),
+            "runbook_url": runbook(p, contract.TIMEOUT_TOO_LOOSE),
         },
     }
     return {
@@ -218,5 +219,5 @@ def too_loose(p: Profile) -> dict[str, Any]:
             *histogram_series(p, SLOW, _steady(n)),
             series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"{loose - 1}x1 {loose}x{n}"),
         ],
-        "alert_rule_test": boundary(timeout_rules.TOO_LOOSE, fires, t.step, alert),
+        "alert_rule_test": boundary(contract.TIMEOUT_TOO_LOOSE, fires, t.step, alert),
     }

@@ -28,13 +28,11 @@ from typing import Any
 
 from exec_watchdog.alerts import advice
 from exec_watchdog.alerts.profiles import Profile
-from exec_watchdog.exporter import metric_names as exporter
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter
 
 AlertBuilder = Callable[..., dict[str, Any]]
 
-TOO_TIGHT = "ExecWatchdogTimeoutTooTight"
-TOO_LOOSE = "ExecWatchdogTimeoutTooLoose"
-ALERTS = (TOO_TIGHT, TOO_LOOSE)
 
 RUNS = "exec_watchdog_schedule:successful_runs:window"
 QUANTILE = "exec_watchdog_schedule:successful_run_duration_seconds:quantile"
@@ -101,7 +99,7 @@ def alert_rules(p: Profile, alert: AlertBuilder) -> list[dict[str, object]]:
            f"[{advice.MIN_TIMEOUT_SECONDS} s, {advice.MAX_TIMEOUT_SECONDS} s]")
     return [
         alert(
-            p, TOO_TIGHT,
+            p, contract.TIMEOUT_TOO_TIGHT,
             # $value: runs the watchdog auto-terminated in the window.
             f'max by ({SCHEDULE}) ({ENDED}{{action="auto_terminated"}}) > 0\n'
             f"and {ON_SCHEDULE}\n"
@@ -116,7 +114,7 @@ def alert_rules(p: Profile, alert: AlertBuilder) -> list[dict[str, object]]:
             f"{_lookup(exporter.SCHEDULE_TIMEOUT)} s. Advised timeout: {advised} s ({how}).",
         ),
         alert(
-            p, TOO_LOOSE,
+            p, contract.TIMEOUT_TOO_LOOSE,
             # $value: the configured timeout.
             f"{CONFIGURED}\n"
             f">= {ON_SCHEDULE}\n"

@@ -226,10 +226,10 @@ def compare_transports(url_template: str, agents: list[str], concurrency: int) -
 # -- exposition: ours against bare client_python ----------------------------------------------------
 
 def exposition_ratio(agents: int, executions: int, repeats: int = 5) -> tuple[float, float]:
-    """Seconds to render the same series: ours (collector + families + text) and bare client_python."""
+    """Seconds to render the same series: ours (exposition.py + process metrics) and bare client_python."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
-    from exec_watchdog.exporter import metric_names as m
+    from exec_watchdog.common.contract import ExporterMetric as m
     from exec_watchdog.exporter.app import render
     from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 

@@ -43,6 +43,7 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import FAIL_ORPHAN, TERMINATE_OVERDUE, RemediatorMetric
 from exec_watchdog.common.logs import configure_logging
 from exec_watchdog.pipeline.platform import Platform, PlatformOptions
 from exec_watchdog.pipeline.stack import Stack, StackOptions
@@ -56,7 +57,6 @@ from exec_watchdog.pipeline.timing import (
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator.audit import recoveries
-from exec_watchdog.remediator.metric_names import REMEDIATION_DURATION
 
 GOAL_OVER_FLOOR = 2.0  # fast profile: p95 within the floor + this
 GOAL_PRODUCTION_P95 = 60.0  # production profile: p95 from fault to row (issue 17)
@@ -128,7 +128,7 @@ def remediator_handling(url: str) -> tuple[float, float, int]:
     buckets: list[tuple[float, float]] = []
     total = count = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name != REMEDIATION_DURATION:
+        if family.name != RemediatorMetric.REMEDIATION_DURATION:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
@@ -202,7 +202,7 @@ def report(measured: list[Measured], timing: Timing, options: PlatformOptions,
     overdue = [m for m in measured if m.kind == "overdue"]
     over = [m.latency - m.floor for m in measured]
     print(f"\n{timing.profile} profile: {timing.describe()}")
-    print(f"  detection floor (scrape + evaluation + for + group_wait): orphan {timing.detection('fail_orphan'):g} s, "
+    print(f"  detection floor (scrape + evaluation + for + group_wait): orphan {timing.detection(FAIL_ORPHAN):g} s, "
           f"overdue {timing.detection('terminate_overdue'):g} s")
     print(f"  (that is the worst phase alignment; when a scrape and an evaluation land just after the fault only "
           f"`for` + group_wait = {timing.orphan_for + timing.group_wait:g} s remain)")
@@ -237,7 +237,7 @@ def report(measured: list[Measured], timing: Timing, options: PlatformOptions,
     if timing.profile != "production":
         production = Timing.of("production")
         print(f"\nproduction profile, on paper (measure it: --profile production): {production.describe()}")
-        for action, name in (("fail_orphan", "orphan"), ("terminate_overdue", "overdue")):
+        for action, name in ((FAIL_ORPHAN, "orphan"), (TERMINATE_OVERDUE, "overdue")):
             floor = production.detection(action)
             print(f"  {name}: detection floor {floor:g} s -> {worst / floor:.1f}x Trinity's worst case ({worst:g} s)")
         print(f"  (a young orphan also waits until it is {production.orphan_min_age:g} s old, and a lost report "
@@ -280,7 +280,7 @@ def main() -> int:
     args.spread = spread if args.spread is None else args.spread
     # Orphans must be recovered before they could also turn overdue: keep the timeout above
     # the longest run + the window + the detection floor.
-    if args.timeout < args.orphan_run[1] + args.completed_window + Timing.of(args.profile).detection("fail_orphan") + 2:
+    if args.timeout < args.orphan_run[1] + args.completed_window + Timing.of(args.profile).detection(FAIL_ORPHAN) + 2:
         parser.error("--timeout is too short: orphans would turn overdue first")
     return asyncio.run(bench(args))
 

@@ -28,13 +28,14 @@ from typing import Any
 
 import yaml
 
+from exec_watchdog.alerts.profiles import prometheus_global
 from exec_watchdog.alerts.render import (
     DEFAULT_CREDENTIALS_FILE,
-    profile_settings,
     render_alertmanager_config,
     render_rules,
 )
 from exec_watchdog.alerts.rules import REPLICA_LABEL
+from exec_watchdog.common import contract
 from exec_watchdog.common.generated import sync_generated
 from exec_watchdog.grafana import DASHBOARD_PATH
 
@@ -170,19 +171,14 @@ def dashboard_config_map() -> dict[str, Any]:
 
 
 def prometheus_config() -> dict[str, Any]:
-    settings = profile_settings(PROFILE)
     return {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-        },
+        "global": prometheus_global(PROFILE),
         # compose.yaml mounts alerts/generated/rules-production.yml here.
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]},
         "scrape_configs": [
-            {"job_name": settings["exporter_job"], "static_configs": [{"targets": [f"exporter:{EXPORTER_PORT}"]}]},
-            {"job_name": settings["remediator_job"],
+            {"job_name": contract.EXPORTER_JOB, "static_configs": [{"targets": [f"exporter:{EXPORTER_PORT}"]}]},
+            {"job_name": contract.REMEDIATOR_JOB,
              "static_configs": [{"targets": [f"remediator:{REMEDIATOR_PORT}"]}]},
         ],
     }
@@ -201,14 +197,8 @@ def prometheus_ha_config() -> dict[str, Any]:
     from the alerts, so the two servers' alerts are identical and Alertmanager deduplicates them.
     Every exporter shard and remediator replica is found through the Kubernetes API.
     """
-    settings = profile_settings(PROFILE)
     return {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-            "external_labels": {REPLICA_LABEL: "${PROMETHEUS_REPLICA}"},
-        },
+        "global": {**prometheus_global(PROFILE), "external_labels": {REPLICA_LABEL: "${PROMETHEUS_REPLICA}"}},
         "rule_files": ["/etc/prometheus/rules/*.yml"],
         "alerting": {
             "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],
@@ -221,7 +211,7 @@ def prometheus_ha_config() -> dict[str, Any]:
             "job_name": "exec-watchdog",
             "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": [NAMESPACE]}}],
             "relabel_configs": [
-                {"source_labels": [JOB_LABEL_META], "regex": f"{settings['exporter_job']}|{settings['remediator_job']}",
+                {"source_labels": [JOB_LABEL_META], "regex": f"{contract.EXPORTER_JOB}|{contract.REMEDIATOR_JOB}",
                  "action": "keep"},
                 {"source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": "metrics|http",
                  "action": "keep"},

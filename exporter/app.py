@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import redis
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from exec_watchdog.common.serving import lifespan, resources
 from exec_watchdog.exporter.exposition import CONTENT_TYPE, render_snapshot
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.history import RunHistory
@@ -64,42 +66,48 @@ ProcessCollector(registry=_PROCESS)
 PlatformCollector(registry=_PROCESS)
 
 
+@dataclass(frozen=True, slots=True)
+class Scraping:
+    """What a scrape needs, opened by the lifespan and closed at shutdown."""
+
+    gatherer: Gatherer
+    history: RunHistory
+
+
+@contextlib.asynccontextmanager
+async def open_scraping(settings: ExporterSettings) -> AsyncIterator[Scraping]:
+    engine = open_engine(settings.database_url, settings.database_timeout)
+    client = poll_client(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
+                         concurrency=settings.poll_concurrency)
+    redis_client = None
+    slots: SlotStore = SqlSlots(engine)
+    inflight: InflightStore = SqlInflight(engine)
+    if settings.redis_url:
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.database_timeout,
+                                            socket_connect_timeout=settings.database_timeout)
+        slots, inflight = RedisSlots(redis_client), RedisInflight(redis_client)
+    gatherer = Gatherer(
+        engine, client, slots, agent_timeout=settings.agent_timeout,
+        poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
+        scrape_timeout=settings.scrape_timeout, inflight=inflight,
+        inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
+    try:
+        yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None))
+    finally:
+        await client.aclose()
+        if redis_client is not None:
+            redis_client.close()
+        engine.dispose()
+
+
 def create_app(settings: ExporterSettings) -> Starlette:
-    resources: dict[str, Gatherer] = {}
-    histories: dict[str, RunHistory] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        engine = open_engine(settings.database_url, settings.database_timeout)
-        client = poll_client(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
-                             concurrency=settings.poll_concurrency)
-        redis_client = None
-        slots: SlotStore = SqlSlots(engine)
-        inflight: InflightStore = SqlInflight(engine)
-        if settings.redis_url:
-            redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.database_timeout,
-                                                socket_connect_timeout=settings.database_timeout)
-            slots, inflight = RedisSlots(redis_client), RedisInflight(redis_client)
-        resources["gatherer"] = Gatherer(
-            engine, client, slots, agent_timeout=settings.agent_timeout,
-            poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
-            scrape_timeout=settings.scrape_timeout, inflight=inflight,
-            inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
-        histories["history"] = RunHistory(engine, owns=settings.shard.owns if settings.shard else None)
-        try:
-            yield
-        finally:
-            await client.aclose()
-            if redis_client is not None:
-                redis_client.close()
-            engine.dispose()
-
     async def metrics(request: Request) -> Response:
         # The history read comes after the gather, not beside it: on a busy host the two compete for
         # the same cores and both get slower (bench/history.md); it waits at most what is left.
+        scraping = resources(request, Scraping)
         started = time.monotonic()
-        snapshot = await resources["gatherer"].gather()
-        history = await histories["history"].scrape(settings.scrape_timeout - (time.monotonic() - started))
+        snapshot = await scraping.gatherer.gather()
+        history = await scraping.history.scrape(settings.scrape_timeout - (time.monotonic() - started))
         return Response(render(snapshot) + history, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request: Request) -> Response:
@@ -112,4 +120,4 @@ def create_app(settings: ExporterSettings) -> Starlette:
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/", index),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan(lambda: open_scraping(settings)))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from exec_watchdog.common.flags import ConfigError, add_flag
+from exec_watchdog.common.serving import bind_listen
 from exec_watchdog.exporter.settings import DEFAULT_LISTEN, ExporterSettings, settings_from_args
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 from exec_watchdog.platform_access.agent_client import DEFAULT_URL_TEMPLATE
@@ -45,10 +43,12 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from exec_watchdog.platform_access.slots import require_store_at
+
     try:
         settings = settings_from_args(args)
-        _require_stores(settings)
-        sock = _bind(settings)
+        require_store_at(settings.database_url, settings.redis_url)
+        sock = bind_listen(settings.host, settings.port)
     except ConfigError as exc:
         print(f"exec-watchdog exporter: {exc}", file=sys.stderr)
         return 2
@@ -56,37 +56,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_stores(settings: ExporterSettings) -> None:
-    from exec_watchdog.platform_access.database import create_engine
-    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
-
-    engine = create_engine(settings.database_url)
-    try:
-        require_store_for(settings.redis_url, engine)
-    except EmbeddedTablesMissing as exc:
-        raise ConfigError(str(exc)) from None
-    finally:
-        engine.dispose()
-
-
-def _bind(settings: ExporterSettings) -> socket.socket:
-    # Bound here, before uvicorn starts, so a busy port is a clear start-up error.
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--listen {settings.host}:{settings.port}: cannot listen there ({exc.strerror})") from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def serve(settings: ExporterSettings, sock: socket.socket) -> None:
     import structlog
-    import uvicorn
 
+    from exec_watchdog.common.serving import serve as serve_app
     from exec_watchdog.exporter.app import create_app
 
     # httpx logs every request at INFO: a thousand lines per scrape. Failures are logged by us.
@@ -96,20 +69,4 @@ def serve(settings: ExporterSettings, sock: socket.socket) -> None:
         "exporter starting", listen=f"{settings.host}:{settings.port}", agent_url_template=settings.agent_url_template,
         poll_concurrency=settings.poll_concurrency, agent_timeout=settings.agent_timeout,
         shard=str(settings.shard) if settings.shard else "all")
-    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # SIGTERM/SIGINT mean "stop": shut down gracefully and exit 0, without uvicorn re-raising
-            # the signal afterwards (which would end the process with -15).
-            stop = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    Server(config).run(sockets=[sock])
+    serve_app(create_app(settings), sock, timeout_graceful_shutdown=5)

@@ -47,7 +47,9 @@ import sqlalchemy as sa
 import structlog
 from prometheus_client.utils import floatToGoString
 
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
+from exec_watchdog.exporter.families import escape_label_value as _escape
+from exec_watchdog.exporter.families import header as _header
 from exec_watchdog.platform_access.run_history import (
     FINAL_STATUSES,
     WATCHDOG_ACTIONS,
@@ -67,18 +69,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
     1800, 2100, 2400, 2700, 3000, 3600, 4500, 5400, 7200, 10800, 14400, 21600, 43200, 86400, float("inf"),
 )
 OVERLAP_SECONDS = 300.0  # how far back each read looks for rows committed late
-
-HELP = {
-    names.SCHEDULE_RUN_DURATION: "Durations of a schedule's completed runs (duration_ms, else completed_at - "
-                                 "started_at), by final status; manual runs under schedule_id __manual__.",
-    names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG: "Completed runs the watchdog ended, by action: orphan_recovered, "
-                                           "auto_terminated, result_recovered (recognised by the texts it writes).",
-    names.SCHEDULE_TIMEOUT: "Effective timeout of the schedule's runs: COALESCE(schedule, agent, 3600), 0 means 900.",
-    names.HISTORY_READY: "1 once the first full read of the run history has finished (history series are "
-                         "published from then on).",
-    names.HISTORY_SKIPPED_ROWS: "Completed rows left out of the run history: no agent name or unreadable timestamps.",
-    names.HISTORY_READ_DURATION: "Wall time of the last finished run-history read.",
-}
 
 _Schedule = tuple[str, str]  # (agent, schedule_id)
 
@@ -201,16 +191,6 @@ class RunHistory:
 
 # -- exposition ----------------------------------------------------------------------------------
 
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-    return value
-
-
-def _header(name: str, kind: str) -> str:
-    return f"# HELP {name} {HELP[name]}\n# TYPE {name} {kind}\n"
-
-
 _number: Callable[[float], str] = floatToGoString  # client_python's formatting (1e+06, +Inf)
 _LE = [_number(b) for b in DURATION_BUCKETS]
 
@@ -239,22 +219,23 @@ def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> 
 
 def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
                      read_seconds: float | None) -> bytes:
-    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order."""
-    parts = [_header(names.SCHEDULE_RUN_DURATION, "histogram").encode()]
+    """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order (but a
+    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest)."""
+    parts = [_header(names.SCHEDULE_RUN_DURATION).encode()]
     if totals is not None:
         parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))
-    parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, "counter").encode())
+    parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG).encode())
     if totals is not None:
         parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text))
-    lines = [_header(names.SCHEDULE_TIMEOUT, "gauge")]
+    lines = [_header(names.SCHEDULE_TIMEOUT)]
     lines.extend(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
                  f"{_number(seconds)}\n" for (agent, schedule), seconds in sorted(timeouts.items()))
-    lines.append(_header(names.HISTORY_READY, "gauge"))
+    lines.append(_header(names.HISTORY_READY))
     lines.append(f"{names.HISTORY_READY} {'0.0' if totals is None else '1.0'}\n")
-    lines.append(_header(names.HISTORY_SKIPPED_ROWS, "gauge"))
+    lines.append(_header(names.HISTORY_SKIPPED_ROWS))
     if totals is not None:
         lines.append(f"{names.HISTORY_SKIPPED_ROWS} {_number(totals.skipped)}\n")
-    lines.append(_header(names.HISTORY_READ_DURATION, "gauge"))
+    lines.append(_header(names.HISTORY_READ_DURATION))
     if read_seconds is not None:
         lines.append(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
     parts.append("".join(lines).encode())

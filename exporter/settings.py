@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,8 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from exec_watchdog.common.flags import ConfigError, read_secret_file
+from exec_watchdog.common.flags import ConfigError
+from exec_watchdog.common.serving import parse_listen, read_agent_secret
 from exec_watchdog.exporter.sharding import Shard, parse_shard
 from exec_watchdog.platform_access.agent_client import check_url_template
 from exec_watchdog.platform_access.database import redacted
@@ -36,22 +36,6 @@ class ExporterSettings:
     shard: Shard | None = None  # None: this exporter watches the whole fleet
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``; the host must be an IP address or ``localhost``."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"--listen {value!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    host = host.removeprefix("[").removesuffix("]")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(f"--listen {value!r}: {host!r} is not an IP address (use e.g. 127.0.0.1)") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"--listen {value!r}: port must be a number from 1 to 65535")
-    return host, int(port_text)
-
-
 def _positive_seconds(flag: str, value: object) -> float:
     try:
         seconds = float(str(value))
@@ -60,17 +44,6 @@ def _positive_seconds(flag: str, value: object) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{flag} must be a positive number of seconds, got {value!r}")
     return seconds
-
-
-def _read_secret(args: argparse.Namespace) -> str:
-    secret_file = getattr(args, "agent_secret_file", None)
-    if secret_file:
-        return read_secret_file(secret_file, "--agent-secret-file")
-    secret = (args.agent_secret or "").strip()
-    if not secret:
-        raise ConfigError("no agent secret: pass --agent-secret-file PATH (or set EXEC_WATCHDOG_AGENT_SECRET) "
-                          "holding the backend's AGENT_AUTH_SECRET (X-Trinity-Agent-Token is derived from it)")
-    return str(secret)
 
 
 def _check_database_url(url: str) -> str:
@@ -108,7 +81,7 @@ def _check_redis_url(url: str | None) -> str | None:
 
 def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
     """Turn parsed flags into settings, or raise :class:`ConfigError` naming the flag to fix."""
-    host, port = parse_listen(args.listen)
+    host, port = parse_listen(args.listen, DEFAULT_LISTEN)
     try:
         template = check_url_template(args.agent_url_template)
     except ValueError as exc:
@@ -127,7 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         host=host, port=port,
         database_url=_check_database_url(args.database_url),
         agent_url_template=template,
-        agent_secret=_read_secret(args),
+        agent_secret=read_agent_secret(args.agent_secret, getattr(args, "agent_secret_file", None)),
         redis_url=_check_redis_url(args.redis_url),
         agent_timeout=agent_timeout,
         poll_concurrency=concurrency,

@@ -1,8 +1,8 @@
-"""What one scrape found: plain, frozen data that the collector renders and tests assert on.
+"""What one scrape found: plain, frozen data that exposition.py renders and tests assert on.
 
 Keeping the gathered facts apart from their exposition lets a test check "the agent was
 unreachable, so this execution has no presence value" on data, and separately check the samples
-the collector makes of it.
+written from it.
 """
 
 from __future__ import annotations

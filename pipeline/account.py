@@ -22,7 +22,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from exec_watchdog.alerts.rules import AGENT_UNREACHABLE, HEARTBEAT, STUCK
+from exec_watchdog.common.contract import AGENT_UNREACHABLE, HEARTBEAT, STUCK
 from exec_watchdog.pipeline.platform import FaultClock
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.simulated_platform.scheduler import Started

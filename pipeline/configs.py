@@ -12,11 +12,10 @@ from typing import Any
 
 import yaml
 
-from exec_watchdog.alerts.render import profile_settings, render_alertmanager_config
+from exec_watchdog.alerts.profiles import prometheus_global
+from exec_watchdog.alerts.render import render_alertmanager_config
 from exec_watchdog.alerts.rules import REPLICA_LABEL
-
-EXPORTER_JOB = "exec-watchdog-exporter"  # the Grafana dashboard and the rules use these job names
-REMEDIATOR_JOB = "exec-watchdog-remediator"
+from exec_watchdog.common import contract
 
 
 def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], remediators: Sequence[str],
@@ -28,18 +27,8 @@ def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], r
     ``replica`` makes this server one of an HA set: its series carry ``replica="<name>"`` as an
     external label, and the label is dropped from the alerts it sends, so the alerts of every
     replica are identical and Alertmanager deduplicates them."""
-    settings = profile_settings(profile)
-    if settings["exporter_job"] != EXPORTER_JOB or settings["remediator_job"] != REMEDIATOR_JOB:
-        raise ValueError(f"profile {profile!r} names jobs {settings['exporter_job']!r} and "
-                         f"{settings['remediator_job']!r}; the pipeline and dashboard use {EXPORTER_JOB!r} "
-                         f"and {REMEDIATOR_JOB!r}")
     config: dict[str, Any] = {
-        "global": {
-            "scrape_interval": settings["scrape_interval"],
-            "scrape_timeout": settings["scrape_timeout"],
-            "evaluation_interval": settings["evaluation_interval"],
-            **({"external_labels": {REPLICA_LABEL: replica}} if replica else {}),
-        },
+        "global": {**prometheus_global(profile), **({"external_labels": {REPLICA_LABEL: replica}} if replica else {})},
         "rule_files": [str(rule_file)],
         "alerting": {"alertmanagers": [{
             "api_version": "v2",
@@ -47,8 +36,8 @@ def prometheus_config(profile: str, rule_file: Path, exporters: Sequence[str], r
             "static_configs": [{"targets": list(alertmanagers)}],
         }]},
         "scrape_configs": [
-            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": list(exporters)}]},
-            {"job_name": REMEDIATOR_JOB, "static_configs": [{"targets": list(remediators)}]},
+            {"job_name": contract.EXPORTER_JOB, "static_configs": [{"targets": list(exporters)}]},
+            {"job_name": contract.REMEDIATOR_JOB, "static_configs": [{"targets": list(remediators)}]},
         ],
     }
     if replica:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exec_watchdog.alerts.render import PROFILES
+from exec_watchdog.common.contract import FAIL_ORPHAN
 from exec_watchdog.common.flags import add_flag
 from exec_watchdog.common.logs import configure_logging
 
@@ -241,7 +242,7 @@ class Demo:
         print(f"\nexec-watchdog demo, profile {self.args.profile!r}; everything on 127.0.0.1:", flush=True)
         for name, where in rows:
             print(f"  {name:<17} {where}", flush=True)
-        print(f"\ndetection floor: {timing.detection('fail_orphan'):g} s ({timing.describe()}); a lost report is "
+        print(f"\ndetection floor: {timing.detection(FAIL_ORPHAN):g} s ({timing.describe()}); a lost report is "
               f"noticed once the agent stops listing the run as recently completed ({options.completed_window:g} s)."
               "\nExecutions with a fault are listed below; normal ones are counted in the summary lines. "
               "Ctrl-C stops everything.\n", flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exec_watchdog.alerts.render import duration_seconds, profile_settings
-from exec_watchdog.common.remediation import FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import FAIL_ORPHAN, TERMINATE_OVERDUE
 
 TRINITY_POLL_SECONDS = 300.0  # Trinity's in-backend watchdog cycle
 TRINITY_MIN_AGE_SECONDS = 60.0

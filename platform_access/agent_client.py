@@ -71,11 +71,6 @@ class RunningSnapshot:
     def running_ids(self) -> frozenset[str]:
         return frozenset(e.execution_id for e in self.executions)
 
-    def knows(self, execution_id: str) -> bool:
-        """Running, pending or recently completed: anything but lost."""
-        return (execution_id in self.recently_completed_ids or execution_id in self.pending_ids
-                or execution_id in self.running_ids)
-
 
 @dataclass(frozen=True, slots=True)
 class ExecutionStatus:

@@ -256,12 +256,6 @@ def running_agent_names(conn: sa.Connection) -> list[str | None]:
     return list(conn.execute(query).scalars())
 
 
-def get_execution(conn: sa.Connection, execution_id: str) -> Execution | None:
-    """One execution, whatever its status; ``None`` if absent, :class:`BadRow` if unreadable."""
-    row = conn.execute(_SELECT_EXECUTIONS.where(schedule_executions.c.id == execution_id)).first()
-    return None if row is None else _to_execution(row)
-
-
 def get_executions(conn: sa.Connection, execution_ids: list[str]) -> dict[str, Execution | BadRow]:
     """Many executions in one query (batched webhook deliveries)."""
     found: dict[str, Execution | BadRow] = {}

@@ -16,6 +16,8 @@ from typing import Protocol
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.flags import ConfigError
+
 SLOT_TTL_MARGIN_SECONDS = 300  # the slot hash outlives the execution's timeout by this much
 
 slot_metadata = sa.MetaData()
@@ -154,7 +156,7 @@ class SqlSlots:
             return {name: int(n) for name, n in rows}
 
 
-class EmbeddedTablesMissing(RuntimeError):
+class EmbeddedTablesMissing(ConfigError):
     """No Redis configured, and the database lacks the tables that stand in for it."""
 
 
@@ -176,6 +178,17 @@ def require_store_for(redis_url: str | None, engine: sa.Engine) -> None:
         raise EmbeddedTablesMissing(
             f"the database has no {' or '.join(missing)} table: it looks like Trinity's own database, which "
             "keeps capacity slots and in-flight markers in Redis; pass --redis-url (the Redis Trinity uses)")
+
+
+def require_store_at(database_url: str, redis_url: str | None) -> None:
+    """:func:`require_store_for`, checked once at a service's start on a short-lived engine."""
+    from exec_watchdog.platform_access.database import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        require_store_for(redis_url, engine)
+    finally:
+        engine.dispose()
 
 
 def open_slot_store(redis_url: str | None, engine: sa.Engine) -> SlotStore:

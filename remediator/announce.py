@@ -17,7 +17,7 @@ import structlog
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from exec_watchdog.common.remediation import CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.remediator.audit import Recovery
 

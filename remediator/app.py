@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from exec_watchdog.common.serving import lifespan, resources
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.inflight import open_inflight_store
@@ -74,8 +75,9 @@ class Config:
     settings: Settings = field(default_factory=lambda: Settings(replica=f"remediator-{uuid.uuid4().hex[:8]}"))
 
 
+@dataclass(frozen=True, slots=True)
 class State:
-    """Resources the lifespan opens and closes; handlers reach them through ``app.state``."""
+    """Resources the lifespan opens and closes; handlers reach them with ``resources(request, State)``."""
 
     remediator: Remediator
     engine: sa.Engine
@@ -91,7 +93,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
     breaker = Breaker(config.breaker_max_actions, config.breaker_window_seconds)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def open_state() -> AsyncIterator[State]:
         engine = db.create_engine(config.database_url)
         await anyio.to_thread.run_sync(audit.create_tables, engine)
         agents = AgentClient(config.agent_url_template, config.agent_secret, timeout=config.agent_timeout,
@@ -106,16 +108,13 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
                                 Announcer(hub, announce_redis, config.announce_channel, config.external_url), breaker,
                                 silences, metrics, config.settings,
                                 inflight=open_inflight_store(config.redis_url, engine))
-        state: State = app.state  # type: ignore[assignment]
-        state.remediator, state.engine, state.hub, state.metrics, state.config = (
-            remediator, engine, hub, metrics, config)
         secrets = (config.agent_secret, config.credentials.bearer_token, config.credentials.basic_password)
-        state.recorder = Recorder(Redactor(secrets), DeliveryCounter(), config.record_evidence)
+        recorder = Recorder(Redactor(secrets), DeliveryCounter(), config.record_evidence)
         sweeper = asyncio.create_task(_sweep(remediator, engine, metrics, config.sweep_interval_seconds))
         log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
                  authenticated=config.credentials.configured, silence_check=bool(silences))
         try:
-            yield
+            yield State(remediator, engine, hub, metrics, config, recorder)
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,7 +125,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
                 await announce_redis.aclose()
             engine.dispose()
 
-    return Starlette(lifespan=lifespan, routes=[
+    return Starlette(lifespan=lifespan(open_state), routes=[
         Route("/api/v1/alerts", webhook, methods=["POST"]),
         Route("/api/v1/audit", audit_api, methods=["GET"]),
         Route("/api/v1/executions/{execution_id}", execution_story, methods=["GET"]),
@@ -156,9 +155,8 @@ def _count_unfinished(engine: sa.Engine) -> int:
         return audit.count_unfinished(conn)
 
 
-def _state(request: Request | WebSocket) -> State:
-    state: State = request.app.state
-    return state
+def _state(connection: Request | WebSocket) -> State:
+    return resources(connection, State)
 
 
 def _problem(status: int, message: str, **headers: str) -> JSONResponse:

@@ -6,10 +6,16 @@ import argparse
 import socket
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exec_watchdog.common.flags import add_flag, read_secret_file
+from exec_watchdog.common.serving import bind_listen, parse_listen, read_agent_secret
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
+
+if TYPE_CHECKING:  # the app is imported only when the command runs: --help stays fast
+    from exec_watchdog.remediator.app import Config
+
+DEFAULT_LISTEN = "127.0.0.1:9464"
 
 EPILOG = """\
 Alertmanager side (alertmanager.yml):
@@ -33,13 +39,14 @@ def register(commands: Any) -> None:
                     "/metrics, /healthz, /readyz, the audit API (/api/v1/audit), each execution's story "
                     "(/api/v1/executions/{id}), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flag(p, "--listen", default="127.0.0.1:9464", help="host:port to serve on")
+    add_flag(p, "--listen", default=DEFAULT_LISTEN, help="host:port to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
              "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
     add_flag(p, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
-    add_flag(p, "--agent-secret", help="the backend's AGENT_AUTH_SECRET (prefer the file form)")
-    add_flag(p, "--agent-secret-file", help="file holding the backend's AGENT_AUTH_SECRET")
+    secret = p.add_mutually_exclusive_group()
+    add_flag(secret, "--agent-secret", help="the backend's AGENT_AUTH_SECRET (prefer the file form)")
+    add_flag(secret, "--agent-secret-file", help="file holding the backend's AGENT_AUTH_SECRET")
     add_flag(p, "--agent-timeout", type=float, default=5.0, help="seconds per agent request")
     add_flag(p, "--redis-url", help="Redis holding capacity slots (Trinity's layout); SQL table when unset")
     add_flag(p, "--announce-redis-url", help="PUBLISH recovery events to this Redis")
@@ -76,26 +83,17 @@ def _read_secret(path: str | None, flag: str) -> str | None:
     return read_secret_file(path, flag) if path else None
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def build_config(args: argparse.Namespace) -> Config:
     from exec_watchdog.platform_access.agent_client import check_url_template
-    from exec_watchdog.platform_access.database import create_engine
-    from exec_watchdog.platform_access.slots import EmbeddedTablesMissing, require_store_for
+    from exec_watchdog.platform_access.slots import require_store_at
     from exec_watchdog.platform_access.urls import check_redis_url
     from exec_watchdog.remediator.app import Config
     from exec_watchdog.remediator.auth import Credentials
     from exec_watchdog.remediator.remediate import Settings
 
-    secret = args.agent_secret or _read_secret(args.agent_secret_file, "--agent-secret-file")
-    if not secret:
-        raise ValueError("no agent secret: set --agent-secret-file (or EXEC_WATCHDOG_AGENT_SECRET)")
+    secret = read_agent_secret(args.agent_secret, args.agent_secret_file)
     check_url_template(args.agent_url_template)
-    engine = create_engine(args.database_url)  # fails now on an unparseable URL
-    try:
-        require_store_for(args.redis_url, engine)
-    except EmbeddedTablesMissing as exc:
-        raise ValueError(str(exc)) from None
-    finally:
-        engine.dispose()
+    require_store_at(args.database_url, args.redis_url)  # fails now on an unparseable URL, too
     for flag, url in (("--redis-url", args.redis_url), ("--announce-redis-url", args.announce_redis_url)):
         if url:
             check_redis_url(url, flag)
@@ -127,17 +125,10 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def default_external_url(listen: str) -> str:
     """Like Alertmanager's default: the listen address, with this host's name for a wildcard host."""
-    host, port = parse_listen(listen)
+    host, port = parse_listen(listen, DEFAULT_LISTEN)
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen {listen!r} must be host:port, e.g. 127.0.0.1:9464")
-    return host.strip("[]"), int(port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
-        host, port = parse_listen(args.listen)
+        sock = bind_listen(*parse_listen(args.listen, DEFAULT_LISTEN))
     except ValueError as exc:
         print(f"exec-watchdog remediator: {exc}", file=sys.stderr)
         return 2
@@ -156,5 +147,5 @@ def run(args: argparse.Namespace) -> int:
         structlog.get_logger("exec_watchdog.remediator").warning(
             "insecure_no_auth", message="ACCEPTING UNAUTHENTICATED REQUESTS: anyone who can reach "
             f"{args.listen} can fail executions. Use only for local experiments.")
-    serve(create_app(config), host, port, max_connections=args.max_connections, header_timeout=args.header_timeout)
+    serve(create_app(config), sock, max_connections=args.max_connections, header_timeout=args.header_timeout)
     return 0

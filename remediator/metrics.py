@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exec_watchdog.remediator import metric_names as names
+from exec_watchdog.common.contract import RemediatorMetric as names
 from exec_watchdog.remediator.announce import story_url
 from exec_watchdog.remediator.audit import Recovery
 

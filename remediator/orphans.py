@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
-from exec_watchdog.common.remediation import CLAIM_RESULT, Outcome
+from exec_watchdog.common.contract import CLAIM_RESULT, Outcome
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot

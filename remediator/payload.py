@@ -12,7 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
-from exec_watchdog.common.remediation import REMEDIATION_LABEL
+from exec_watchdog.common.contract import REMEDIATION_LABEL
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 SUPPORTED_VERSION = "4"

@@ -27,7 +27,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 import structlog
 
-from exec_watchdog.common.remediation import (
+from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
@@ -102,11 +102,6 @@ class BatchResult:
 def metric_remediation(value: str) -> str:
     """A bounded label value: label text is untrusted, every distinct value would be a series."""
     return value if value in ACTIONS else ("none" if not value else "other")
-
-
-def orphan_reason(agent: str, *, no_retained_result: bool = True) -> str:
-    """The failure text of an orphan on a current agent (it reports pending runs)."""
-    return texts.orphan_text(agent, reports_pending=True, no_retained_result=no_retained_result)
 
 
 class Remediator:
@@ -261,7 +256,7 @@ class Remediator:
         assert v.execution is not None
         holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
         refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
-        if refused:
+        if refused is not None:
             return v.decide("lost_race", refused)
         answer, took = await timed(self._terminate_on_agent(v.alert.agent, v.alert.execution_id))
         v.evidence.terminate_answer(answer, took)
@@ -270,8 +265,8 @@ class Remediator:
             await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
         return None
 
-    def _claim_action(self, execution_id: str, holder: str) -> str:
-        """Claim the execution before acting outside the database; '' when held, else why not."""
+    def _claim_action(self, execution_id: str, holder: str) -> str | None:
+        """Claim the execution before acting outside the database; None when held, else why not."""
         if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
             return "another replica or delivery is already terminating it"
         with self.engine.connect() as conn:
@@ -279,7 +274,7 @@ class Remediator:
         if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
             action_claims.release(self.engine, execution_id, holder)
             return "another writer changed the row first"
-        return ""
+        return None
 
     async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
         try:

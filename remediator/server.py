@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from typing import Any
 
 import h11
-import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from exec_watchdog.common.serving import serve as serve_app
 
 DESCRIPTOR_HEADROOM = 64  # files, database and Redis sockets, agent calls
 
@@ -111,7 +113,6 @@ class RateLimitedWarnings(logging.Filter):
         super().__init__()
         self.burst, self.interval = burst, interval
         self._seen: dict[str, tuple[float, int]] = {}
-        self.suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = f"{record.name}:{record.msg}"[:200]
@@ -124,10 +125,7 @@ class RateLimitedWarnings(logging.Filter):
         self._seen[key] = (start, count + 1)
         if len(self._seen) > 1000:
             self._seen.clear()
-        if count < self.burst:
-            return True
-        self.suppressed += 1
-        return False
+        return count < self.burst
 
 
 class _Refusals:
@@ -141,13 +139,12 @@ class _Refusals:
 _refusals = _Refusals()
 
 
-def serve(app: Any, host: str, port: int, *, max_connections: int, header_timeout: float) -> None:
+def serve(app: Any, sock: socket.socket, *, max_connections: int, header_timeout: float) -> None:
     cap = connection_cap(max_connections)
     limiter = RateLimitedWarnings()
     for name in ("uvicorn.error", "uvicorn", "asyncio"):
         logging.getLogger(name).addFilter(limiter)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
-                http=guarded_protocol(header_timeout, cap),
-                limit_concurrency=cap + 1,  # uvicorn counts connections too: the cap above already bounds them
-                h11_max_incomplete_event_size=64 * 1024,
-                timeout_keep_alive=75)  # longer than Alertmanager's idle connections: avoids EOF on reuse
+    serve_app(app, sock, http=guarded_protocol(header_timeout, cap),
+              limit_concurrency=cap + 1,  # uvicorn counts connections too: the cap above already bounds them
+              h11_max_incomplete_event_size=64 * 1024,
+              timeout_keep_alive=75)  # longer than Alertmanager's idle connections: avoids EOF on reuse

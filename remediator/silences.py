@@ -20,7 +20,7 @@ import httpx
 import re2
 import structlog
 
-from exec_watchdog.common.remediation import Outcome
+from exec_watchdog.common.contract import Outcome
 
 log = structlog.get_logger("exec_watchdog.remediator")
 _RE2_OPTIONS = re2.Options()

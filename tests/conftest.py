@@ -41,6 +41,19 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def database_file(tmp_path: Path) -> Path:
+    """An SQLite file with the platform's tables and the embedded slot tables, as `db init` makes."""
+    from exec_watchdog.platform_access import database as db
+    from exec_watchdog.platform_access.slots import slot_metadata
+
+    path = tmp_path / "trinity.db"
+    engine = db.create_engine(f"sqlite:///{path}")
+    db.create_platform_tables(engine, slot_metadata)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
 def postgres_url(postgres_server_url: str) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return servers.create_database(postgres_server_url)

@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exec_watchdog.advise import collect, sql_statements
 from exec_watchdog.alerts import advice, rules, timeout_rules
 from exec_watchdog.alerts.profiles import load_profile
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
@@ -189,7 +190,7 @@ def test_recording_rules_and_alerts_on_a_month_of_history_agree_with_the_cli(mon
            f"[{advice.MIN_TIMEOUT_SECONDS} s, {advice.MAX_TIMEOUT_SECONDS} s]")
     runbook = production.runbook_url
     alert_tests = [
-        {"eval_time": at, "alertname": timeout_rules.TOO_TIGHT, "exp_alerts": [{
+        {"eval_time": at, "alertname": contract.TIMEOUT_TOO_TIGHT, "exp_alerts": [{
             "exp_labels": {"agent": "beta", "schedule_id": "too_tight-beta", "severity": "warning"},
             "exp_annotations": {
                 "summary": "A schedule's timeout is killing runs that would have succeeded.",
@@ -197,8 +198,8 @@ def test_recording_rules_and_alerts_on_a_month_of_history_agree_with_the_cli(mon
                     f"Schedule too_tight-beta on agent beta: the watchdog auto-terminated {terminated} of its runs in "
                     f"the last 7d, while its successful runs' p99 is {_description_value(tight.quantiles[0.99])} s "
                     f"against a timeout of 600 s. Advised timeout: {tight.advised} s ({how})."),
-                "runbook_url": f"{runbook}#{timeout_rules.TOO_TIGHT.lower()}"}}]},
-        {"eval_time": at, "alertname": timeout_rules.TOO_LOOSE, "exp_alerts": [{
+                "runbook_url": f"{runbook}#{contract.TIMEOUT_TOO_TIGHT.lower()}"}}]},
+        {"eval_time": at, "alertname": contract.TIMEOUT_TOO_LOOSE, "exp_alerts": [{
             "exp_labels": {"agent": "alpha", "schedule_id": "fast-alpha", "severity": "warning"},
             "exp_annotations": {
                 "summary": "A schedule's timeout is far above its longest successful runs.",
@@ -206,7 +207,7 @@ def test_recording_rules_and_alerts_on_a_month_of_history_agree_with_the_cli(mon
                     f"Schedule fast-alpha on agent alpha has a timeout of 3600 s, while its successful runs' p99 "
                     f"over the last 7d is {_description_value(loose.quantiles[0.99])} s: a hung run holds its slot "
                     f"that long before the watchdog ends it. Advised timeout: {loose.advised} s ({how})."),
-                "runbook_url": f"{runbook}#{timeout_rules.TOO_LOOSE.lower()}"}}]},
+                "runbook_url": f"{runbook}#{contract.TIMEOUT_TOO_LOOSE.lower()}"}}]},
     ]
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules.rule_groups(profile), sort_keys=False))
     series = [{"series": key, "values": " ".join(f"{v:g}" for v in values)} for key, values in month.samples.items()]

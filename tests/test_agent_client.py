@@ -46,7 +46,7 @@ async def test_running_snapshot_lists_running_pending_and_completed(agents: Agen
     assert snapshot.running_ids == {"run-1"}
     assert snapshot.executions[0].pid and snapshot.executions[0].started_at is not None
     assert snapshot.executions[0].started_at.utcoffset() is not None  # naive on the wire, UTC here
-    assert snapshot.knows("run-1") and not snapshot.knows("other")
+    assert "run-1" in snapshot.running_ids and "other" not in snapshot.running_ids
 
 
 async def test_older_agents_without_id_lists_are_understood(agents: AgentServer, client: AgentClient) -> None:

@@ -16,8 +16,10 @@ from exec_watchdog.alerts import rule_tests, rules, timeout_rules
 from exec_watchdog.alerts.alertmanager import HEARTBEAT_RECEIVER, OPERATOR_RECEIVER, REMEDIATOR_RECEIVER
 from exec_watchdog.alerts.profiles import PROFILES, load_profile
 from exec_watchdog.alerts.render import GENERATED_DIR, render_alertmanager_config, render_files, render_rules
-from exec_watchdog.exporter import metric_names as exporter_metrics
-from exec_watchdog.remediator import metric_names as remediator_metrics
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
+from exec_watchdog.exporter import families as exporter_families
 
 RUNBOOK = Path(rules.__file__).with_name("runbook.md")
 
@@ -54,7 +56,7 @@ def test_promtool_accepts_the_rule_file(profile: str, tmp_path: Path) -> None:
     result = run(require_tool("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     recorded = len(timeout_rules.recording_rules(load_profile(profile)))
-    assert f"SUCCESS: {len(rules.ALERTS) + recorded} rules found" in result.stdout
+    assert f"SUCCESS: {len(contract.ALERTS) + recorded} rules found" in result.stdout
 
 
 _CASES = [(p, name) for p in PROFILES for name, _ in rule_tests.cases_for(load_profile(p))]
@@ -84,11 +86,11 @@ def test_every_alert_has_a_firing_case_and_every_firing_check_a_silent_step_befo
                 continue
             firing.add(check["alertname"])
             fires = int(check["eval_time"].removesuffix("s"))
-            if check["alertname"] != rules.HEARTBEAT and fires >= step:
+            if check["alertname"] != contract.HEARTBEAT and fires >= step:
                 assert at.get((check["alertname"], f"{fires - step}s")) == [], group["name"]
             for alert in check["exp_alerts"]:
                 assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
-    assert firing == set(rules.ALERTS)
+    assert firing == set(contract.ALERTS)
 
 
 # --- the rules' shape and contract ------------------------------------------------------------
@@ -97,7 +99,7 @@ def test_every_alert_has_a_firing_case_and_every_firing_check_a_silent_step_befo
 def test_every_alert_has_severity_for_summary_description_and_a_runbook_anchor(profile: str) -> None:
     anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.M)}
     found = rendered_rules(profile)
-    assert [r["alert"] for r in found] == list(rules.ALERTS)
+    assert [r["alert"] for r in found] == list(contract.ALERTS)
     for rule in found:
         name = rule["alert"]
         assert rule["alert"].startswith("ExecWatchdog")
@@ -107,18 +109,18 @@ def test_every_alert_has_severity_for_summary_description_and_a_runbook_anchor(p
         url, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         assert url.endswith("alerts/runbook.md") and anchor == name.lower(), name
         assert anchor in anchors, f"alerts/runbook.md has no section for {name}"
-        if rule["labels"].get("remediation") or name == rules.STUCK:
+        if rule["labels"].get("remediation") or name == contract.STUCK:
             for label in ("agent", "execution_id", "schedule_id"):
                 assert f"$labels.{label}" in rule["annotations"]["description"], name
 
 
 def test_remediation_alerts_carry_the_contract_labels() -> None:
     labels = {r["alert"]: r["labels"] for r in rendered_rules("production")}
-    assert labels[rules.ORPHANED] == {"severity": "critical", "remediation": "fail_orphan"}
-    assert labels[rules.OVERDUE] == {"severity": "critical", "remediation": "terminate_overdue"}
-    assert labels[rules.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
+    assert labels[contract.ORPHANED] == {"severity": "critical", "remediation": "fail_orphan"}
+    assert labels[contract.OVERDUE] == {"severity": "critical", "remediation": "terminate_overdue"}
+    assert labels[contract.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
     assert [name for name, labels in labels.items() if "remediation" in labels] == [
-        rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED]
+        contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED]
 
 
 def _github_anchor(heading: str) -> str:
@@ -161,7 +163,7 @@ def test_metric_name_parser_finds_selectors_and_skips_functions_keywords_and_lab
 def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str) -> None:
     """A renamed metric must fail here, not silently disarm an alert."""
     duration = exporter_metrics.SCHEDULE_RUN_DURATION
-    published = (set(exporter_metrics.ALL) | set(remediator_metrics.ALL) | {"up"}
+    published = (set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL) | {"up"}
                  | {f"{duration}_bucket", f"{duration}_count"} | set(timeout_rules.RECORDED))
     used = {name for rule in rendered_rules(profile, recording=True) for name in metric_names(rule["expr"])}
     assert used <= published, f"rules use metrics nobody publishes: {sorted(used - published)}"
@@ -202,24 +204,24 @@ def test_amtool_accepts_the_alertmanager_config(profile: str, receivers: dict[st
 # Where each alert must go; labels come from the rendered rules, so a rule losing its
 # remediation label fails here too.
 ROUTES = {
-    rules.ORPHANED: REMEDIATOR_RECEIVER,
-    rules.OVERDUE: REMEDIATOR_RECEIVER,
-    rules.COMPLETED_UNREPORTED: REMEDIATOR_RECEIVER,
-    rules.STUCK: OPERATOR_RECEIVER,
-    rules.AGENT_UNREACHABLE: OPERATOR_RECEIVER,
-    rules.EXPORTER_DOWN: OPERATOR_RECEIVER,
-    rules.DATABASE_UNREACHABLE: OPERATOR_RECEIVER,
-    rules.REMEDIATOR_FAILING: OPERATOR_RECEIVER,
-    rules.BREAKER_OPEN: OPERATOR_RECEIVER,
-    rules.HEARTBEAT: HEARTBEAT_RECEIVER,
-    timeout_rules.TOO_TIGHT: OPERATOR_RECEIVER,  # warnings about configuration: never remediated
-    timeout_rules.TOO_LOOSE: OPERATOR_RECEIVER,
+    contract.ORPHANED: REMEDIATOR_RECEIVER,
+    contract.OVERDUE: REMEDIATOR_RECEIVER,
+    contract.COMPLETED_UNREPORTED: REMEDIATOR_RECEIVER,
+    contract.STUCK: OPERATOR_RECEIVER,
+    contract.AGENT_UNREACHABLE: OPERATOR_RECEIVER,
+    contract.EXPORTER_DOWN: OPERATOR_RECEIVER,
+    contract.DATABASE_UNREACHABLE: OPERATOR_RECEIVER,
+    contract.REMEDIATOR_FAILING: OPERATOR_RECEIVER,
+    contract.BREAKER_OPEN: OPERATOR_RECEIVER,
+    contract.HEARTBEAT: HEARTBEAT_RECEIVER,
+    contract.TIMEOUT_TOO_TIGHT: OPERATOR_RECEIVER,  # warnings about configuration: never remediated
+    contract.TIMEOUT_TOO_LOOSE: OPERATOR_RECEIVER,
 }
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_amtool_routes_each_alert_to_its_receiver(profile: str, tmp_path: Path) -> None:
-    assert set(ROUTES) == set(rules.ALERTS)
+    assert set(ROUTES) == set(contract.ALERTS)
     config = tmp_path / "alertmanager.yml"
     config.write_text(render_alertmanager_config("http://127.0.0.1:9464/api/v1/alerts", "/run/token", profile))
     amtool = require_tool("amtool")
@@ -237,5 +239,5 @@ def test_amtool_route_check_fails_for_a_wrong_receiver(tmp_path: Path) -> None:
     config = tmp_path / "alertmanager.yml"
     config.write_text(render_alertmanager_config("http://127.0.0.1:9464/api/v1/alerts", "/run/token", "fast"))
     result = run(require_tool("amtool"), "config", "routes", "test", f"--config.file={config}",
-                 f"--verify.receivers={OPERATOR_RECEIVER}", "remediation=fail_orphan", f"alertname={rules.ORPHANED}")
+                 f"--verify.receivers={OPERATOR_RECEIVER}", "remediation=fail_orphan", f"alertname={contract.ORPHANED}")
     assert result.returncode != 0

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import yaml
 
-from exec_watchdog.alerts import rules
 from exec_watchdog.alerts.alertmanager import PAUSE_REMEDIATION_MATCHER
 from exec_watchdog.alerts.render import render_alertmanager_config, render_rules
+from exec_watchdog.common import contract
 from exec_watchdog.testbed.servers import free_port, wait_for_port
 from tests.test_alerts import RUNBOOK, require_tool
 
@@ -138,9 +138,9 @@ def notified(bodies: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 def test_each_execution_reaches_the_remediator_in_its_own_notification_with_the_bearer_token(
         alertmanager: str, webhook: Webhook) -> None:
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.ORPHANED, "agent-a", "exec-2"),
-         alert(rules.OVERDUE, "agent-b", "exec-3"), alert(rules.STUCK, "agent-a", "exec-4"),
-         alert(rules.AGENT_UNREACHABLE, "agent-c"))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.ORPHANED, "agent-a", "exec-2"),
+         alert(contract.OVERDUE, "agent-b", "exec-3"), alert(contract.STUCK, "agent-a", "exec-4"),
+         alert(contract.AGENT_UNREACHABLE, "agent-c"))
     webhook.wait_for(lambda bodies: len(bodies) >= 3)
     time.sleep(0.5)  # anything wrongly routed here would have arrived by now (group_wait is 0s)
     with webhook.lock:
@@ -156,42 +156,42 @@ def test_each_execution_reaches_the_remediator_in_its_own_notification_with_the_
 
 
 def test_the_remediator_hears_when_an_alert_resolves(alertmanager: str, webhook: Webhook) -> None:
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"))
     webhook.wait_for(lambda bodies: len(bodies) == 1)
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1", resolved=True))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1", resolved=True))
     webhook.wait_for(lambda bodies: any(b["alerts"][0]["status"] == "resolved" for b in bodies))
 
 
 def test_an_unreachable_agent_inhibits_that_agents_remediation_alerts_only(
         alertmanager: str, webhook: Webhook) -> None:
-    post(alertmanager, alert(rules.AGENT_UNREACHABLE, "agent-a"))
+    post(alertmanager, alert(contract.AGENT_UNREACHABLE, "agent-a"))
     # The inhibitor learns of source alerts asynchronously: once a probe is suppressed, it knows.
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "probe"))
-    _until(lambda: states(alertmanager)[(rules.ORPHANED, "agent-a", "probe")]["state"] == "suppressed",
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "probe"))
+    _until(lambda: states(alertmanager)[(contract.ORPHANED, "agent-a", "probe")]["state"] == "suppressed",
            "the unreachable agent never inhibited its orphan alert")
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-a", "exec-2"),
-         alert(rules.ORPHANED, "agent-b", "exec-3"))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.OVERDUE, "agent-a", "exec-2"),
+         alert(contract.ORPHANED, "agent-b", "exec-3"))
     webhook.wait_for(lambda bodies: ("agent-b", "exec-3") in notified(bodies))
     now = states(alertmanager)
     for execution in ("exec-1", "exec-2"):
-        name = rules.ORPHANED if execution == "exec-1" else rules.OVERDUE
+        name = contract.ORPHANED if execution == "exec-1" else contract.OVERDUE
         assert now[(name, "agent-a", execution)]["state"] == "suppressed"
         assert now[(name, "agent-a", execution)]["inhibitedBy"]
-    assert now[(rules.ORPHANED, "agent-b", "exec-3")]["state"] == "active"
+    assert now[(contract.ORPHANED, "agent-b", "exec-3")]["state"] == "active"
     time.sleep(1.5)  # a group_interval and more: agent-a's alerts must still not have been sent
     assert notified(webhook.bodies()) - {("agent-a", "probe")} == {("agent-b", "exec-3")}
 
 
 def test_an_orphaned_or_overdue_execution_inhibits_its_own_stuck_warning(alertmanager: str) -> None:
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-a", "exec-2"),
-         *(alert(rules.STUCK, "agent-a", e) for e in ("exec-1", "exec-2", "exec-3")))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.OVERDUE, "agent-a", "exec-2"),
+         *(alert(contract.STUCK, "agent-a", e) for e in ("exec-1", "exec-2", "exec-3")))
 
     def suppressed() -> set[str]:
         return {e for (name, _, e), status in states(alertmanager).items()
-                if name == rules.STUCK and status["state"] == "suppressed"}
+                if name == contract.STUCK and status["state"] == "suppressed"}
 
     _until(lambda: suppressed() == {"exec-1", "exec-2"}, "the stuck warnings were never inhibited")
-    assert states(alertmanager)[(rules.STUCK, "agent-a", "exec-3")]["state"] == "active"
+    assert states(alertmanager)[(contract.STUCK, "agent-a", "exec-3")]["state"] == "active"
 
 
 def test_an_open_breaker_inhibits_the_remediator_failing_page_of_the_same_remediator(alertmanager: str) -> None:
@@ -199,14 +199,14 @@ def test_an_open_breaker_inhibits_the_remediator_failing_page_of_the_same_remedi
         labels = {"alertname": name, "job": "exec-watchdog-remediator", "instance": instance, **RULE_LABELS[name]}
         return {"labels": labels, "annotations": {"summary": "test"}}
 
-    post(alertmanager, remediator_alert(rules.BREAKER_OPEN, "remediator-1:9464"),
-         remediator_alert(rules.REMEDIATOR_FAILING, "remediator-1:9464"),
-         remediator_alert(rules.REMEDIATOR_FAILING, "remediator-2:9464"))
+    post(alertmanager, remediator_alert(contract.BREAKER_OPEN, "remediator-1:9464"),
+         remediator_alert(contract.REMEDIATOR_FAILING, "remediator-1:9464"),
+         remediator_alert(contract.REMEDIATOR_FAILING, "remediator-2:9464"))
 
     def failing() -> dict[str, str]:
         found = httpx.get(f"{alertmanager}/api/v2/alerts").json()
         return {a["labels"]["instance"]: a["status"]["state"] for a in found
-                if a["labels"]["alertname"] == rules.REMEDIATOR_FAILING}
+                if a["labels"]["alertname"] == contract.REMEDIATOR_FAILING}
 
     _until(lambda: failing() == {"remediator-1:9464": "suppressed", "remediator-2:9464": "active"},
            "the open breaker never inhibited its remediator's failing alert (only its own)")
@@ -221,14 +221,14 @@ def test_the_runbooks_one_silence_pauses_every_remediation_and_nothing_else(
          "--duration=1h", "--comment=Pausing exec-watchdog remediation: test"],
         capture_output=True, text=True, timeout=30, check=True)
     silence_id = added.stdout.strip()
-    post(alertmanager, alert(rules.ORPHANED, "agent-a", "exec-1"), alert(rules.OVERDUE, "agent-b", "exec-2"),
-         alert(rules.STUCK, "agent-a", "exec-3"), alert(rules.AGENT_UNREACHABLE, "agent-c"))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.OVERDUE, "agent-b", "exec-2"),
+         alert(contract.STUCK, "agent-a", "exec-3"), alert(contract.AGENT_UNREACHABLE, "agent-c"))
     _until(lambda: len(states(alertmanager)) == 4, "alerts never arrived")
     now = states(alertmanager)
-    assert now[(rules.ORPHANED, "agent-a", "exec-1")]["silencedBy"] == [silence_id]
-    assert now[(rules.OVERDUE, "agent-b", "exec-2")]["silencedBy"] == [silence_id]
-    assert now[(rules.STUCK, "agent-a", "exec-3")]["state"] == "active"
-    assert now[(rules.AGENT_UNREACHABLE, "agent-c", "")]["state"] == "active"
+    assert now[(contract.ORPHANED, "agent-a", "exec-1")]["silencedBy"] == [silence_id]
+    assert now[(contract.OVERDUE, "agent-b", "exec-2")]["silencedBy"] == [silence_id]
+    assert now[(contract.STUCK, "agent-a", "exec-3")]["state"] == "active"
+    assert now[(contract.AGENT_UNREACHABLE, "agent-c", "")]["state"] == "active"
     time.sleep(1.5)
     assert webhook.bodies() == []
 

@@ -71,8 +71,8 @@ def test_unreadable_rows_are_reported_not_returned(platform: sa.Engine) -> None:
         assert [r.id for r in rows] == ["ok"]
         assert len(bad) == 2 and all(isinstance(b, db.BadRow) for b in bad)
         assert any("yesterday-ish" in str(b) for b in bad)
-        with pytest.raises(db.BadRow, match="unknown status 'exploded'"):
-            db.get_execution(c, "odd-status")
+        odd = db.get_executions(c, ["odd-status"])["odd-status"]
+        assert isinstance(odd, db.BadRow) and "unknown status 'exploded'" in str(odd)
 
 
 def test_fail_execution_wins_once_and_sets_error_and_completion_with_a_null_duration(platform: sa.Engine) -> None:
@@ -80,8 +80,8 @@ def test_fail_execution_wins_once_and_sets_error_and_completion_with_a_null_dura
     with platform.begin() as c:
         insert_execution(c, "e1", "a1", age_seconds=90, now=now)
     with platform.begin() as c:
-        execution = db.get_execution(c, "e1")
-        assert execution is not None
+        execution = db.get_executions(c, ["e1"])["e1"]
+        assert isinstance(execution, db.Execution)
         assert db.fail_execution(c, execution, "lost — recovered by watchdog", now) is True
         assert db.fail_execution(c, execution, "again", now) is False
     with platform.connect() as c:
@@ -97,8 +97,9 @@ def test_fail_execution_never_touches_completed_or_leased_rows(platform: sa.Engi
     with platform.begin() as c:
         insert_execution(c, "done", "a1", age_seconds=90)
         insert_execution(c, "leased", "a1", age_seconds=90, lease_expires_at=format_utc(now))
-        done, leased = db.get_execution(c, "done"), db.get_execution(c, "leased")
-        assert done is not None and leased is not None
+        found = db.get_executions(c, ["done", "leased"])
+        done, leased = found["done"], found["leased"]
+        assert isinstance(done, db.Execution) and isinstance(leased, db.Execution)
         c.execute(sa.update(schedule_executions).where(schedule_executions.c.id == "done").values(status="success"))
     with platform.begin() as c:
         assert db.fail_execution(c, done, "x", now) is False

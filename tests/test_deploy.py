@@ -45,6 +45,7 @@ from deploy import render
 from exec_watchdog import __version__
 from exec_watchdog.alerts.render import profile_settings
 from exec_watchdog.cli import build_parser
+from exec_watchdog.common import contract
 from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR
 from exec_watchdog.testbed.servers import free_port, wait_for_port
 
@@ -462,8 +463,8 @@ def test_deployment_selectors_match_their_own_pod_labels(overlay: list[dict[str,
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize(("component", "job"), [("exporter", PRODUCTION["exporter_job"]),
-                                                ("remediator", PRODUCTION["remediator_job"])])
+@pytest.mark.parametrize(("component", "job"), [("exporter", contract.EXPORTER_JOB),
+                                                ("remediator", contract.REMEDIATOR_JOB)])
 def test_service_monitors_scrape_with_the_job_name_and_intervals_the_rules_assume(
         overlay: list[dict[str, Any]], component: str, job: str) -> None:
     monitor = _component(overlay, "ServiceMonitor", component)
@@ -1001,7 +1002,7 @@ def test_prometheus_scrapes_both_services_under_the_job_names_the_rules_use(comp
     (mount,) = [v for v in services["prometheus"]["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")]
     config = yaml.safe_load((COMPOSE_DIR / mount.split(":")[0]).read_text())
     jobs = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]}
-    for job, service in ((PRODUCTION["exporter_job"], "exporter"), (PRODUCTION["remediator_job"], "remediator")):
+    for job, service in ((contract.EXPORTER_JOB, "exporter"), (contract.REMEDIATOR_JOB, "remediator")):
         assert jobs[job] == f"{service}:{_listen_port(services[service])}"
     (rule_target,) = [v.split(":")[1] for v in services["prometheus"]["volumes"]
                       if v.startswith(f"../../alerts/generated/{RULES_PRODUCTION.name}:")]
@@ -1167,8 +1168,8 @@ def test_the_prometheus_ha_config_drops_its_replica_label_from_alerts_and_scrape
     (job,) = config["scrape_configs"]
     assert job["kubernetes_sd_configs"] == [{"role": "endpoints", "namespaces": {"names": [render.NAMESPACE]}}]
     keep, port, rename = job["relabel_configs"]
-    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], str(PRODUCTION["exporter_job"])) \
-        and re.fullmatch(keep["regex"], str(PRODUCTION["remediator_job"]))
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], str(contract.EXPORTER_JOB)) \
+        and re.fullmatch(keep["regex"], str(contract.REMEDIATOR_JOB))
     # Every port the Services name, and the job taken from the Service label the ServiceMonitors use.
     base = kustomize_build_base()
     service_ports = {p["name"] for s in _find(base, "Service") for p in s["spec"]["ports"]}

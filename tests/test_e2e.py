@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.timestamps import parse_utc
+from exec_watchdog.remediator import texts
 from exec_watchdog.remediator.audit import recoveries
-from exec_watchdog.remediator.remediate import orphan_reason
 from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
 
@@ -79,7 +79,7 @@ def test_lost_report_is_failed_after_the_agent_forgets_it(pipeline: Pipeline) ->
 
     row = eventually(lambda: p.failed(started.execution_id), floor + SLACK + 5, "the lost run is failed")
 
-    assert row.error == orphan_reason(LOST)
+    assert row.error == texts.orphan_text(LOST, reports_pending=True, no_retained_result=True)
     latency = (parse_utc(row.completed_at) - ended).total_seconds()
     assert p.completed_window <= latency <= floor + SLACK, (latency, floor)
     assert_recovered_once(p, started.execution_id, LOST, "orphan_recovered")
@@ -133,7 +133,7 @@ def test_agent_restart_orphans_every_run_it_forgot(pipeline: Pipeline) -> None:
 
     for run in runs:
         row = eventually(partial(p.failed, run.execution_id), floor + SLACK + 5, "forgotten run failed")
-        assert row.error == orphan_reason(RESTARTED)
+        assert row.error == texts.orphan_text(RESTARTED, reports_pending=True, no_retained_result=True)
         assert (parse_utc(row.completed_at) - parse_utc(row.started_at)).total_seconds() <= floor + SLACK
     for run in runs:
         assert_recovered_once(p, run.execution_id, RESTARTED, "orphan_recovered")
@@ -203,7 +203,7 @@ def test_unreachable_agent_is_left_alone_and_recovered_only_if_still_unknown(pip
 
     p.resume_agent(UNREACHABLE)
     row = eventually(lambda: p.failed(forgotten.execution_id), 20, "the forgotten run is failed once reachable")
-    assert row.error == orphan_reason(UNREACHABLE)
+    assert row.error == texts.orphan_text(UNREACHABLE, reports_pending=True, no_retained_result=True)
     eventually(lambda: p.series(f'exec_watchdog_execution_agent_known{{execution_id="{kept.execution_id}"}} == 1'),
                10, "the agent reports the run it still has")
     assert p.status(kept.execution_id) == "running"
@@ -232,7 +232,7 @@ def test_silence_pauses_remediation_until_it_is_removed(pipeline: Pipeline) -> N
         p.delete_silence(silence)
 
     row = eventually(lambda: p.failed(run.execution_id), 20, "remediated once the silence is gone")
-    assert row.error == orphan_reason(SILENCED)
+    assert row.error == texts.orphan_text(SILENCED, reports_pending=True, no_retained_result=True)
     assert_recovered_once(p, run.execution_id, SILENCED, "orphan_recovered")
 
 

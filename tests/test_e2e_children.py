@@ -14,8 +14,9 @@ import psutil
 import pytest
 import yaml
 
+from exec_watchdog.common.contract import EXPORTER_JOB, REMEDIATOR_JOB
 from exec_watchdog.pipeline.children import Child, ChildCrashed, Children, MissingBinary, NotReady, find_binary
-from exec_watchdog.pipeline.configs import EXPORTER_JOB, REMEDIATOR_JOB, alertmanager_config, prometheus_config
+from exec_watchdog.pipeline.configs import alertmanager_config, prometheus_config
 from exec_watchdog.pipeline.stack import StackOptions
 from exec_watchdog.testbed.waiting import eventually
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exec_watchdog.alerts.rules import ORPHANED
+from exec_watchdog.common.contract import ORPHANED
 from exec_watchdog.exporter.sharding import shard_of
 from exec_watchdog.pipeline.children import Child
 from exec_watchdog.pipeline.stack import Stack

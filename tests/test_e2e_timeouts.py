@@ -21,6 +21,7 @@ from exec_watchdog.advise import collect
 from exec_watchdog.alerts import timeout_rules
 from exec_watchdog.alerts.alertmanager import OPERATOR_RECEIVER
 from exec_watchdog.alerts.profiles import load_profile
+from exec_watchdog.common import contract
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
@@ -50,7 +51,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
 
 
 def _too_tight(p: Pipeline) -> list[dict[str, object]]:
-    return [a for a in p.alerts(timeout_rules.TOO_TIGHT) if str(a["labels"]["schedule_id"]).startswith("too_tight")
+    return [a for a in p.alerts(contract.TIMEOUT_TOO_TIGHT) if str(a["labels"]["schedule_id"]).startswith("too_tight")
             and a["status"]["state"] == "active"]
 
 
@@ -81,7 +82,7 @@ def test_a_too_tight_timeout_raises_the_warning_with_the_advised_value(pipeline:
 
 
 def test_a_loose_timeout_raises_the_loose_warning(pipeline: Pipeline) -> None:
-    alerts = eventually(lambda: [a for a in pipeline.alerts(timeout_rules.TOO_LOOSE)
+    alerts = eventually(lambda: [a for a in pipeline.alerts(contract.TIMEOUT_TOO_LOOSE)
                                  if str(a["labels"]["schedule_id"]).startswith("fast-")], 240,
                         "ExecWatchdogTimeoutTooLoose fires for the fast schedule under a one-hour timeout")
     assert "has a timeout of 3600 s" in str(alerts[0]["annotations"]["description"])

@@ -14,10 +14,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
 from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.evidence import MAX_BYTES, REDACTED, Evidence
 from exec_watchdog.remediator.payload import parse_notification
 from exec_watchdog.remediator.story import describe
@@ -386,7 +388,7 @@ async def test_evidence_is_bounded_and_holds_no_secret(harness: Harness) -> None
 async def test_evidence_off_stores_none(sqlite_url: str, redis_url: str, redis_client: redis.Redis,
                                         agents: AgentServer) -> None:
     async with remediator(sqlite_url, redis_url, agents) as h:
-        h.app.state.recorder.enabled = False
+        opened(h.app, State).recorder.enabled = False
         h.add_execution("e1", "a1")
         assert (await h.post(notification(alert("e1", "a1")))).json()["alerts"][0]["outcome"] == "recovered"
         with h.engine.connect() as c:

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.common.flags import ConfigError
+from exec_watchdog.common.serving import parse_listen
 from exec_watchdog.exporter import cli
-from exec_watchdog.exporter import metric_names as m
-from exec_watchdog.exporter.settings import ExporterSettings, parse_listen, settings_from_args
+from exec_watchdog.exporter.settings import ExporterSettings, settings_from_args
 from exec_watchdog.platform_access import database as db
-from exec_watchdog.platform_access.slots import slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServerThread
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
 from exec_watchdog.testbed.servers import free_port, wait_for_port
@@ -33,15 +33,6 @@ def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="exec-watchdog")
     cli.register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["exporter", *argv])
-
-
-@pytest.fixture
-def database_file(tmp_path: Path) -> Path:
-    path = tmp_path / "trinity.db"
-    engine = db.create_engine(f"sqlite:///{path}")
-    db.create_platform_tables(engine, slot_metadata)
-    engine.dispose()
-    return path
 
 
 def settings(*argv: str) -> ExporterSettings:

@@ -1,4 +1,4 @@
-"""The snapshot renderer writes exactly what client_python writes for the collector."""
+"""The snapshot renderer writes exactly what client_python writes for tests/exposition_oracle.py's collector."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exec_watchdog.exporter.app import render
-from exec_watchdog.exporter.collector import ExecWatchdogCollector
 from exec_watchdog.exporter.exposition import render_snapshot
 from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from tests.exposition_oracle import ExecWatchdogCollector
 
 labels = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 

@@ -16,8 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from exec_watchdog.exporter import metric_names as m
-from exec_watchdog.exporter.collector import ExecWatchdogCollector
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.snapshot import Snapshot
 from exec_watchdog.platform_access import database as db
@@ -28,6 +27,7 @@ from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution, insert_schedule
+from tests.exposition_oracle import ExecWatchdogCollector
 
 SECRET = "exporter-test-secret"
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)

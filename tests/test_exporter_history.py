@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exec_watchdog.exporter import metric_names as names
-from exec_watchdog.exporter.history import RunHistory
-from exec_watchdog.platform_access.database import create_platform_tables
-from exec_watchdog.platform_access.schema import schedule_executions
+from exec_watchdog.common.contract import ExporterMetric as names
+from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
+from exec_watchdog.platform_access.database import create_engine, create_platform_tables
+from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE, WATCHDOG_ACTIONS
+from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
+from tests.exposition_oracle import FixedCollector, HistoryValues, history_families
 
 NOW = utcnow().replace(microsecond=0)
 
@@ -167,3 +172,95 @@ async def test_an_unreadable_database_keeps_the_last_totals_and_the_scrape_answe
     body = await history.scrape(5.0)
     assert b'status="success"} 1.0' in body and history.reads == 1
     engine.dispose()
+
+
+# -- the exposition against client_python's ----------------------------------------------------------
+
+_label_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=8)
+_timeout = st.none() | st.integers(1, 10**6)
+# Whole seconds, so that the sum does not depend on the order the rows are added in; bounds included.
+_seconds = st.sampled_from([int(b) for b in DURATION_BUCKETS if b != float("inf")]) | st.integers(0, 200_000)
+# How the watchdog's texts mark a row: error for the first two actions, response for a claimed result.
+_MARKS: dict[str | None, dict[str, Any]] = {
+    None: {},
+    "orphan_recovered": {"error": "lost — recovered by watchdog"},
+    "auto_terminated": {"error": "Execution auto-terminated after 5 minutes by watchdog"},
+    "result_recovered": {"response": RECOVERED_NOTICE + "\nok"},
+}
+
+
+# Agents with their timeouts, schedules with their agent and timeout, completed runs (agent, schedule,
+# status, seconds, watchdog action) and how many rows have no agent.
+_Platform = tuple[dict[str, int | None], dict[str, tuple[str, int | None]],
+                  list[tuple[str, str, str, int, str | None]], int]
+
+
+@st.composite
+def _platform(draw: st.DrawFn) -> _Platform:
+    agents = draw(st.dictionaries(_label_text, _timeout, min_size=1, max_size=3))
+    schedules = draw(st.dictionaries(_label_text.filter(lambda s: s != MANUAL_SCHEDULE),
+                                     st.tuples(st.sampled_from(sorted(agents)), _timeout), max_size=3))
+    runs = draw(st.lists(st.tuples(st.sampled_from(sorted(agents)), st.sampled_from([*schedules, MANUAL_SCHEDULE]),
+                                   st.sampled_from(FINAL_STATUSES), _seconds,
+                                   st.sampled_from([None, *WATCHDOG_ACTIONS])), max_size=8))
+    return agents, schedules, runs, draw(st.integers(0, 2))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_platform())
+def test_history_renders_byte_for_byte_like_client_python(platform: _Platform) -> None:
+    agents, schedules, runs, skipped = platform
+    engine = create_engine("sqlite://")
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        for agent, agent_timeout in agents.items():
+            insert_agent(conn, agent, timeout_seconds=agent_timeout)
+        for schedule, (agent, schedule_timeout) in schedules.items():
+            insert_schedule(conn, schedule, agent, schedule_timeout)
+        for n, (agent, schedule, status, seconds, action) in enumerate(runs):
+            _complete(conn, f"r{n}", agent=agent, schedule=schedule, status=status, seconds=seconds,
+                      **_MARKS[action])
+        for n in range(skipped):
+            conn.execute(sa.insert(schedule_executions).values(
+                id=f"nobody{n}", schedule_id="s", agent_name=None, status="success", message="m", triggered_by="x",
+                started_at=format_utc(NOW), completed_at=format_utc(NOW), duration_ms=5))
+    history = RunHistory(engine)
+    before = history.exposition()
+    history.read()
+    engine.dispose()
+
+    durations: dict[tuple[str, str, str], tuple[dict[float, int], float]] = {}
+    ended: dict[tuple[str, str, str], int] = {}
+    for agent, schedule, status, seconds, action in runs:
+        buckets, total = durations.get((agent, schedule, status), ({b: 0 for b in DURATION_BUCKETS}, 0.0))
+        buckets[min(b for b in DURATION_BUCKETS if seconds <= b)] += 1
+        durations[(agent, schedule, status)] = (buckets, total + seconds)
+        if action is not None:
+            ended[(agent, schedule, action)] = ended.get((agent, schedule, action), 0) + 1
+    timeouts = {(agent, MANUAL_SCHEDULE): agent_timeout or 3600 for agent, agent_timeout in agents.items()}
+    timeouts |= {(agent, schedule): schedule_timeout or agents[agent] or 3600
+                 for schedule, (agent, schedule_timeout) in schedules.items()}
+    # The read's wall time is the one value the test cannot know: it is taken from the output.
+    read_seconds = _value(history, names.HISTORY_READ_DURATION)
+
+    assert before == _client_python(HistoryValues({}, {}, {}, None, None))
+    assert history.exposition() == _client_python(HistoryValues(durations, ended, timeouts, skipped, read_seconds))
+
+
+def _client_python(values: HistoryValues) -> bytes:
+    """client_python's text, with each bucket's ``le`` moved last: the one place the history departs
+    from client_python's sorted labels (it writes ``le`` last, as Prometheus' Go client does)."""
+    registry = CollectorRegistry()
+    registry.register(FixedCollector(history_families(values)))
+    return b"\n".join(_le_last(line) for line in generate_latest(registry).split(b"\n"))
+
+
+def _le_last(line: bytes) -> bytes:
+    if not line.startswith(f"{names.SCHEDULE_RUN_DURATION}_bucket{{".encode()):
+        return line
+    # An escaped label value never holds `,le="` (its quotes follow a backslash), nor does the
+    # sample value hold `"}`: both finds below are unambiguous.
+    start = line.index(b',le="')
+    end = line.index(b'"', start + 5) + 1
+    close = line.rindex(b'"}') + 1
+    return line[:start] + line[end:close] + line[start:end] + line[close:]

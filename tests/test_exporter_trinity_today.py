@@ -18,20 +18,18 @@ import redis
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from exec_watchdog.common.contract import ExporterMetric as m
 from exec_watchdog.common.flags import ConfigError
-from exec_watchdog.exporter import metric_names as m
-from exec_watchdog.exporter.cli import _require_stores
-from exec_watchdog.exporter.collector import ExecWatchdogCollector
 from exec_watchdog.exporter.gather import Gatherer, poll_client
-from exec_watchdog.exporter.settings import ExporterSettings
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.inflight import RedisInflight, SqlInflight
 from exec_watchdog.platform_access.schema import agent_ownership, metadata
-from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
+from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, require_store_at, slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RunResult
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
 from exec_watchdog.testbed.servers import free_port
+from tests.exposition_oracle import ExecWatchdogCollector
 
 SECRET = "exporter-trinity-secret"
 
@@ -163,8 +161,7 @@ async def test_a_read_only_sqlite_url_is_scraped_and_the_file_left_as_it_was(tmp
     path = tmp_path / "trinity.db"
     _trinity_sqlite(path)
     url = f"sqlite:///file:{path}?mode=ro&uri=true"
-    _require_stores(ExporterSettings(host="127.0.0.1", port=1, database_url=url,
-                                     agent_url_template=agents.url_template, agent_secret=SECRET))
+    require_store_at(url, None)
     reader = db.create_engine(url)
     snapshot = await (await _gatherer(reader, agents)).gather()
     reader.dispose()
@@ -206,9 +203,6 @@ def test_a_trinity_database_without_slot_tables_and_without_redis_is_refused(tmp
     engine = db.create_engine(url)
     metadata.create_all(engine)  # Trinity's tables only
     engine.dispose()
-    settings = ExporterSettings(host="127.0.0.1", port=1, database_url=url, agent_url_template="http://a-{agent}:1",
-                                agent_secret="s")
     with pytest.raises(ConfigError, match="--redis-url"):
-        _require_stores(settings)
-    _require_stores(ExporterSettings(host="127.0.0.1", port=1, database_url=url, agent_secret="s",
-                                     agent_url_template="http://a-{agent}:1", redis_url="redis://127.0.0.1:1/0"))
+        require_store_at(url, None)
+    require_store_at(url, "redis://127.0.0.1:1/0")

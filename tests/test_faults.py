@@ -38,12 +38,12 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from exec_watchdog.common.contract import RemediatorMetric
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.audit import recoveries
-from exec_watchdog.remediator.metric_names import REQUESTS
 from exec_watchdog.simulated_platform.agent_server import serve_agents
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
 from exec_watchdog.testbed.announcements import Announcements
@@ -223,7 +223,7 @@ def remediator_answers(world: World, code: str) -> float:
     text = httpx.get(f"{world.p.stack.remediator_urls[0]}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == REQUESTS and sample.labels.get("code") == code:
+            if sample.name == RemediatorMetric.REQUESTS and sample.labels.get("code") == code:
                 return float(sample.value)
     return 0.0
 

@@ -24,10 +24,12 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from exec_watchdog.alerts import timeout_rules
-from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
+from exec_watchdog.exporter import families as exporter_families
 from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR, queries
 from exec_watchdog.grafana.builder import build, dashboard
-from exec_watchdog.remediator import metric_names as remediator_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES_FILE = PROVISIONING_DIR / "datasources" / "exec-watchdog.yml"
@@ -452,7 +454,7 @@ def test_metric_name_lexer_finds_selectors_and_skips_functions_labels_and_keywor
 
 
 def _published() -> set[str]:
-    names = set(exporter_metrics.ALL) | set(remediator_metrics.ALL)
+    names = set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL)
     histogram_series = {f"{name}{suffix}" for name in names for suffix in ("_bucket", "_sum", "_count")}
     # Recorded by the rules (alerts/timeout_rules.py), from the exporter's series.
     return names | histogram_series | {"ALERTS", "up"} | set(timeout_rules.RECORDED)
@@ -470,7 +472,7 @@ def test_every_metric_the_dashboard_uses_is_published() -> None:
 def test_every_published_metric_has_a_place_on_the_dashboard() -> None:
     """A new metric without a panel is probably forgotten; build_info is deliberately left off."""
     used = set().union(*(metric_names(expr) for expr in queries.all_queries()))
-    published = set(exporter_metrics.ALL) | set(remediator_metrics.ALL)
+    published = set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL)
     missing = {name for name in published if name not in used and f"{name}_bucket" not in used}
     assert missing == {exporter_metrics.BUILD_INFO}
 
@@ -486,16 +488,15 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
 
 
 def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() -> None:
-    from exec_watchdog.alerts import rules
 
-    matched = {name for name in rules.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
-    assert matched == {rules.ORPHANED, rules.OVERDUE, rules.COMPLETED_UNREPORTED}
+    matched = {name for name in contract.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
+    assert matched == {contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED}
 
 
 def test_job_names_appear_only_in_up_selectors(board: dict[str, Any]) -> None:
     for where, expr in queries.labelled_queries():
         for job in re.findall(r'job="([^"]*)"', expr):
-            assert job in {dashboard.EXPORTER_JOB, dashboard.REMEDIATOR_JOB}, where
+            assert job in {contract.EXPORTER_JOB, contract.REMEDIATOR_JOB}, where
 
 
 # ---------------------------------------------------------------------------------------------

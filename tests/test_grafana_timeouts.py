@@ -12,7 +12,7 @@ import yaml
 from exec_watchdog.alerts.profiles import load_profile
 from exec_watchdog.alerts.render import render_rules
 from exec_watchdog.alerts.timeout_rule_tests import SLOW, histogram_series, reference
-from exec_watchdog.exporter import metric_names as names
+from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.grafana import queries
 from tests.test_alerts import require_tool
 

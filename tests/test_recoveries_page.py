@@ -36,12 +36,13 @@ import uvicorn
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from starlette.applications import Starlette
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
-from exec_watchdog.remediator import audit
-from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator import audit, texts
+from exec_watchdog.remediator.app import Config, State, create_app
 from exec_watchdog.remediator.auth import Credentials
-from exec_watchdog.remediator.remediate import Settings, orphan_reason
+from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.testbed.servers import free_port, wait_for_port
 from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
@@ -156,7 +157,7 @@ class Recovered:
 
     @property
     def reason(self) -> str:
-        return orphan_reason(self.agent)
+        return texts.orphan_text(self.agent, reports_pending=True, no_retained_result=True)
 
     def event(self) -> dict[str, Any]:
         """The announcement, in the shape Trinity's UI understands."""
@@ -174,12 +175,12 @@ class LocalRemediator:
     loop: asyncio.AbstractEventLoop
 
     def clients(self) -> int:
-        size: int = self.app.state.hub.size
+        size: int = opened(self.app, State).hub.size
         return size
 
     def announce(self, recovery: Recovered) -> None:
         text = json.dumps(recovery.event())
-        asyncio.run_coroutine_threadsafe(self.app.state.hub.broadcast(text), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(opened(self.app, State).hub.broadcast(text), self.loop).result(5)
 
     def write_audit(self, r: Recovered) -> None:
         """What the remediator keeps of a finished recovery: its outbox row and its decision."""
@@ -236,7 +237,7 @@ def test_event_that_arrives_before_its_audit_row_still_shows_the_recovery(local:
     assert row["action"] == "fail_orphan"
     assert row["outcome"] == "recovered"
     assert row["ttr"] == "9.40 s"
-    assert row["reason"] == orphan_reason("agent-7")
+    assert row["reason"] == texts.orphan_text("agent-7", reports_pending=True, no_retained_result=True)
     assert len(tab.navigations) == 1, tab.navigations
 
 
@@ -286,7 +287,8 @@ def assert_orphan_row(p: Pipeline, row: dict[str, str] | None, execution_id: str
     assert row["execution"] == execution_id
     assert row["action"] == "fail_orphan"
     assert row["outcome"] == "recovered"
-    assert row["reason"] == orphan_reason(agent) == p.row(execution_id).error
+    expected = texts.orphan_text(agent, reports_pending=True, no_retained_result=True)
+    assert row["reason"] == expected == p.row(execution_id).error
     shown = TTR.fullmatch(row["ttr"])
     assert shown, row
     stored = p.recovery(execution_id)

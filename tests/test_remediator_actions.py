@@ -13,11 +13,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.auth import agent_token
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
-from exec_watchdog.remediator import audit
-from exec_watchdog.remediator.remediate import orphan_reason
+from exec_watchdog.remediator import audit, texts
+from exec_watchdog.remediator.app import State
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.testbed.notifications import alert, notification
@@ -55,7 +56,8 @@ async def test_orphan_is_failed_released_and_announced_once(harness: Harness, re
     assert response.json()["alerts"][0]["outcome"] == "recovered"
     row = harness.row("e1")
     assert row.status == "failed"
-    assert row.error == orphan_reason("a1")  # the agent has /result and no record for it
+    # The agent has /result and no record for it.
+    assert row.error == texts.orphan_text("a1", reports_pending=True, no_retained_result=True)
     assert row.completed_at.endswith("Z") and row.duration_ms is None  # Trinity writes NULL on a failure
     assert harness.slots.held("a1") == {"e2"}
     [event] = received(events)
@@ -205,10 +207,10 @@ async def test_slot_release_owed_after_a_redis_outage_is_finished_by_the_sweep(
             assert h.slots.held("a1") == {"e1"}
             events = subscriber(url)
             await asyncio.sleep(0.3)
-            assert await h.app.state.remediator.finish_unfinished() == 1
+            assert await opened(h.app, State).remediator.finish_unfinished() == 1
             assert h.slots.held("a1") == set()
             assert len(received(events)) == 1
-            assert await h.app.state.remediator.finish_unfinished() == 0
+            assert await opened(h.app, State).remediator.finish_unfinished() == 0
 
 
 async def test_two_replicas_on_one_postgresql_give_exactly_one_recovery_each(

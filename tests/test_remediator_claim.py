@@ -21,11 +21,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.inflight import RedisInflight
 from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.schema import agent_ownership, metadata
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.texts import orphan_text
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig, RunResult
@@ -208,7 +210,7 @@ async def test_unreadable_markers_hold_a_run_younger_than_the_bound_only(
         database_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
     async with remediator(database_url, redis_url, agents, claim_defer_seconds=0,
                           inflight_max_age_seconds=1_000) as h:
-        h.app.state.remediator.orphans.inflight = RedisInflight.from_url(f"redis://127.0.0.1:{free_port()}/0",
+        opened(h.app, State).remediator.orphans.inflight = RedisInflight.from_url(f"redis://127.0.0.1:{free_port()}/0",
                                                                          timeout=0.5)
         h.add_execution("e-young", "a1", age_seconds=900)
         h.add_execution("e-old", "a1", age_seconds=1_100)

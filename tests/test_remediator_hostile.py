@@ -15,9 +15,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.remediator import audit
+from exec_watchdog.remediator.app import State
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.testbed.notifications import alert, notification
@@ -264,7 +266,7 @@ async def test_the_sweeper_skips_an_unreadable_outbox_row_and_finishes_the_rest(
             conn.execute(sa.insert(audit.recoveries), [
                 {**row, "execution_id": "e-bad", "alert_started_at": "not a time"},
                 {**row, "execution_id": "e-good", "alert_started_at": format_utc(now)}])
-        await h.app.state.remediator.finish_unfinished()  # raised on the unreadable row before
+        await opened(h.app, State).remediator.finish_unfinished()  # raised on the unreadable row before
 
         def still_open() -> list[str]:
             with h.engine.connect() as conn:

@@ -89,8 +89,8 @@ async def test_crash_between_transition_and_release_is_finished_after_restart(
                               headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert proc.wait(10) == 70
     with engine.connect() as c:
-        execution = db.get_execution(c, "e1")
-    assert execution is not None and execution.status == "failed"
+        execution = db.get_executions(c, ["e1"])["e1"]
+    assert isinstance(execution, db.Execution) and execution.status == "failed"
     assert RedisSlots(redis_client).held("a1") == {"e1"}  # the crash left the slot taken
     assert received(events) == []
 

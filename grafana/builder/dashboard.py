@@ -14,7 +14,9 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import dashboard as model
 
-from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.common import contract
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
+from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
 from exec_watchdog.grafana.builder.panels import (
     BREAKER,
     PROMETHEUS,
@@ -31,12 +33,9 @@ from exec_watchdog.grafana.builder.panels import (
     value_texts,
 )
 from exec_watchdog.grafana.builder.timeout_panels import timeouts
-from exec_watchdog.remediator import metric_names as remediator_metrics
 
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
 # config names the jobs differently; nothing else in the dashboard mentions a job.
-EXPORTER_JOB = "exec-watchdog-exporter"
-REMEDIATOR_JOB = "exec-watchdog-remediator"
 
 UID = "exec-watchdog"
 TITLE = "Exec watchdog"
@@ -47,7 +46,7 @@ PROMETHEUS_DATASOURCE_NAME = "Exec watchdog Prometheus"
 ALERTMANAGER_DATASOURCE_UID = "exec-watchdog-alertmanager"
 ALERTMANAGER_DATASOURCE_NAME = "Exec watchdog Alertmanager"
 
-REMEDIATION_ALERTS = "ExecWatchdogExecution(Orphaned|Overdue|CompletedUnreported)"
+REMEDIATION_ALERTS = "|".join(contract.REMEDIATION_ALERTS)
 TOP_N = 10
 
 # Annotation queries run on their own step, not the panel's interval.
@@ -305,8 +304,8 @@ def health() -> Panels:
             "Prometheus' scrape of the exporter and the remediator, and whether the exporter's "
             "executions query reached the database.",
             [
-                Query(f'up{{job="{EXPORTER_JOB}"}}', "exporter {{instance}}"),
-                Query(f'up{{job="{REMEDIATOR_JOB}"}}', "remediator {{instance}}"),
+                Query(f'up{{job="{contract.EXPORTER_JOB}"}}', "exporter {{instance}}"),
+                Query(f'up{{job="{contract.REMEDIATOR_JOB}"}}', "remediator {{instance}}"),
                 Query(exporter_metrics.DATABASE_UP, "database via {{instance}}"),
             ],
             UP_DOWN,

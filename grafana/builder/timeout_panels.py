@@ -11,7 +11,7 @@ from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import dashboard as model
 
 from exec_watchdog.alerts import timeout_rules as rules
-from exec_watchdog.exporter import metric_names as exporter_metrics
+from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
 from exec_watchdog.grafana.builder.panels import Query, column, instant_table, merge, organize, single_stat, time_series
 
 AGENT = 'agent=~"$agent"'

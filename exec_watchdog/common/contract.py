@@ -1,0 +1,94 @@
+"""The names the parts agree on: Prometheus job names, metric names, alert names, the remediation
+label and its values, and what the remediator decides.
+
+Spelled once here for the exporter, the rules, the remediator, the dashboard and the deployments
+(docs/contracts.md); renaming one is a change to every part, and a test of each part says so.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# The Prometheus jobs that scrape the exporter (every shard) and the remediator. The rules'
+# up{job=...} selectors, the dashboard and every generated scrape config use these.
+EXPORTER_JOB = "exec-watchdog-exporter"
+REMEDIATOR_JOB = "exec-watchdog-remediator"
+
+# The alerts the rules raise.
+ORPHANED = "ExecWatchdogExecutionOrphaned"
+OVERDUE = "ExecWatchdogExecutionOverdue"
+COMPLETED_UNREPORTED = "ExecWatchdogExecutionCompletedUnreported"
+STUCK = "ExecWatchdogExecutionStuck"
+AGENT_UNREACHABLE = "ExecWatchdogAgentUnreachable"
+EXPORTER_DOWN = "ExecWatchdogExporterDown"
+DATABASE_UNREACHABLE = "ExecWatchdogDatabaseUnreachable"
+REMEDIATOR_FAILING = "ExecWatchdogRemediatorFailing"
+BREAKER_OPEN = "ExecWatchdogRemediatorBreakerOpen"
+HEARTBEAT = "ExecWatchdogHeartbeat"
+TIMEOUT_TOO_TIGHT = "ExecWatchdogTimeoutTooTight"
+TIMEOUT_TOO_LOOSE = "ExecWatchdogTimeoutTooLoose"
+TIMEOUT_ALERTS = (TIMEOUT_TOO_TIGHT, TIMEOUT_TOO_LOOSE)
+ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS)
+REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED)  # the alerts that carry a remediation
+
+# What an alert rule asks the remediator to do.
+REMEDIATION_LABEL = "remediation"
+FAIL_ORPHAN = "fail_orphan"  # the agent no longer knows the run: mark it failed, release the slot
+TERMINATE_OVERDUE = "terminate_overdue"  # past its timeout: terminate on the agent, then mark failed
+CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database: claim the result
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
+
+# What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
+Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
+                  "breaker_open", ""]
+UNDECIDED: Final = ""  # no check has decided yet: the alert goes on to the next one
+
+
+class ExporterMetric:
+    """The names the exporter publishes; exporter/families.py gives each its type, HELP and labels."""
+
+    PREFIX = "exec_watchdog"
+
+    EXECUTION_RUNTIME = f"{PREFIX}_execution_runtime_seconds"
+    EXECUTION_TIMEOUT = f"{PREFIX}_execution_timeout_seconds"
+    EXECUTION_AGENT_KNOWN = f"{PREFIX}_execution_agent_known"
+    EXECUTION_RECENTLY_COMPLETED = f"{PREFIX}_execution_recently_completed"
+    EXECUTION_DISPATCH_INFLIGHT = f"{PREFIX}_execution_dispatch_inflight"
+
+    AGENT_UP = f"{PREFIX}_agent_up"
+    AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"
+    AGENT_SLOTS_USED = f"{PREFIX}_agent_slots_used"
+    AGENT_SLOTS_LIMIT = f"{PREFIX}_agent_slots_limit"
+
+    SCRAPE_DURATION = f"{PREFIX}_exporter_scrape_duration_seconds"
+    DATABASE_UP = f"{PREFIX}_exporter_database_up"
+    INVALID_ROWS = f"{PREFIX}_exporter_invalid_rows"
+    AGENT_POLL_ERRORS = f"{PREFIX}_exporter_agent_poll_errors_total"
+    BUILD_INFO = f"{PREFIX}_build_info"
+
+    # Run history, per schedule (exporter/history.py).
+    SCHEDULE_RUN_DURATION = f"{PREFIX}_schedule_run_duration_seconds"
+    SCHEDULE_RUNS_ENDED_BY_WATCHDOG = f"{PREFIX}_schedule_runs_ended_by_watchdog_total"
+    SCHEDULE_TIMEOUT = f"{PREFIX}_schedule_timeout_seconds"
+    HISTORY_READY = f"{PREFIX}_exporter_history_ready"
+    HISTORY_SKIPPED_ROWS = f"{PREFIX}_exporter_history_skipped_rows"
+    HISTORY_READ_DURATION = f"{PREFIX}_exporter_history_read_duration_seconds"
+
+
+class RemediatorMetric:
+    """The names the remediator publishes on its /metrics (remediator/metrics.py)."""
+
+    PREFIX = "exec_watchdog_remediator"
+
+    REQUESTS = f"{PREFIX}_requests_total"
+    ALERTS = f"{PREFIX}_alerts_total"
+    REMEDIATIONS = f"{PREFIX}_remediations_total"
+    REMEDIATION_DURATION = f"{PREFIX}_remediation_duration_seconds"
+    TIME_TO_RECOVERY = f"{PREFIX}_time_to_recovery_seconds"
+    BREAKER_OPEN = f"{PREFIX}_breaker_open"
+    PENDING_FINISHES = f"{PREFIX}_pending_finishes"
+    RECOVERY_TIMESTAMP = f"{PREFIX}_recovery_timestamp_seconds"
+
+    ALL = (REQUESTS, ALERTS, REMEDIATIONS, REMEDIATION_DURATION, TIME_TO_RECOVERY, BREAKER_OPEN, PENDING_FINISHES,
+           RECOVERY_TIMESTAMP)
