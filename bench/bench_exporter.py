@@ -69,15 +69,24 @@ def serve_agents_child(plan_path: str) -> int:
 
 @contextmanager
 def simulated_agents(plan: dict[str, list[str]], workdir: Path) -> Iterator[tuple[str, int]]:
+    with agents_child(__file__, "--serve-agents", plan, workdir, "the simulated agents") as started:
+        yield started
+
+
+@contextmanager
+def agents_child(script: str, mode: str, plan: dict[str, list[str]], workdir: Path,
+                 what: str) -> Iterator[tuple[str, int]]:
+    """Run ``script`` in its child ``mode`` serving ``plan``; yield the URL template it prints after
+    READY and its pid. Closing its stdin stops it."""
     plan_path = workdir / "plan.json"
     plan_path.write_text(json.dumps(plan))
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-agents", str(plan_path)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, script, mode, str(plan_path)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("READY "):
-            raise RuntimeError(f"the simulated agents did not start: {line!r}")
+            raise RuntimeError(f"{what} did not start: {line!r}")
         yield line.split()[1], proc.pid
     finally:
         assert proc.stdin is not None
@@ -155,7 +164,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 def exporter(database_url: str, url_template: str, redis_url: str | None, concurrency: int,
              workdir: Path, extra: Sequence[str] = ("--agent-timeout", "5", "--scrape-timeout", "20"),
              name: str = "exporter") -> Iterator[tuple[str, int]]:
-    from tests.servers import free_port, wait_for_port
+    from exec_watchdog.testbed.servers import free_port, wait_for_port
 
     port = free_port()
     argv = [*exporter_command(), "--listen", f"127.0.0.1:{port}", "--database-url", database_url,
@@ -290,16 +299,12 @@ def main() -> int:
     import httpx
     import psutil
 
-    from tests import servers
+    from exec_watchdog.testbed.servers import redis_server, throwaway_database
 
     with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        if args.database == "postgresql":
-            server_url = stack.enter_context(servers.postgres_server())
-            database_url = servers.create_database(server_url)
-        else:
-            database_url = f"sqlite:///{workdir / 'trinity.db'}"
-        redis_url = stack.enter_context(servers.redis_server()) if args.redis else None
+        database_url = stack.enter_context(throwaway_database(args.database, workdir))
+        redis_url = stack.enter_context(redis_server()) if args.redis else None
 
         started = time.perf_counter()
         plan = build_database(database_url, args.agents, args.executions, args.lost, redis_url)

@@ -88,7 +88,7 @@ async def _gather(database: str, port: int, budget: int, concurrency: int) -> No
 
 def _build_database(path: Path, agents: int) -> str:
     from exec_watchdog.platform_access import database as db
-    from tests.platform_rows import insert_agent, insert_execution
+    from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
 
     url = f"sqlite:///{path}"
     engine = db.create_engine(url)
@@ -117,7 +117,7 @@ def main() -> int:
         return 0
 
     from exec_watchdog.platform_access.poll_transport import DEFAULT_BODY_BUDGET_BYTES
-    from tests.servers import wait_for_port
+    from exec_watchdog.testbed.servers import wait_for_port
 
     with tempfile.TemporaryDirectory(prefix="ew-bench-mem-") as tmp:
         database = _build_database(Path(tmp) / "trinity.db", args.agents)

@@ -90,14 +90,11 @@ def main() -> int:
 
     import httpx
 
-    from tests import servers
+    from exec_watchdog.testbed.servers import throwaway_database
 
     with tempfile.TemporaryDirectory(prefix="ew-bench-history-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        if args.database == "postgresql":
-            database_url = servers.create_database(stack.enter_context(servers.postgres_server()))
-        else:
-            database_url = f"sqlite:///{workdir / 'trinity.db'}"
+        database_url = stack.enter_context(throwaway_database(args.database, workdir))
         started = time.perf_counter()
         plan = build_database(database_url, args.agents, args.executions, 0.05, None)
         insert_completed(database_url, completed_rows(args.completed, args.agents, 0, 30, seed=15))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.inflight import RedisInflight, SqlInflight, Verdict, marker_key
 from exec_watchdog.platform_access.slots import slot_metadata
-from tests.servers import redis_server
+from exec_watchdog.testbed.servers import redis_server
 
 
 def median_seconds(run: Callable[[], object], repeat: int = 5) -> float:

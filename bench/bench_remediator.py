@@ -42,8 +42,8 @@ from exec_watchdog.remediator.audit import decisions
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.simulated_platform.agent_server import serve_agents
-from tests.platform_rows import insert_execution
-from tests.remediator_harness import alert, notification
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_execution
 
 SECRET = "bench-secret"
 
@@ -87,7 +87,7 @@ def _serve_agents(names: list[str], port: int, ready: multiprocessing.synchroniz
 async def remediate(url: str, n: int, agent_count: int, redis_url: str | None,
                     record_evidence: bool = True) -> tuple[float, float]:
     """Wall and CPU seconds of one notification's handling."""
-    from tests.servers import free_port
+    from exec_watchdog.testbed.servers import free_port
 
     names = [f"agent-{i:03d}" for i in range(agent_count)]
     engine = seed(url, n, names, redis_url)
@@ -152,7 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             if args.database_url:
-                from tests.servers import create_database
+                from exec_watchdog.testbed.servers import create_database
                 floor_url, run_url, bare_url = (create_database(args.database_url) for _ in range(3))
             else:
                 floor_url, run_url, bare_url = (f"sqlite:///{tmp}/{name}{i}.db" for name in ("floor", "run", "bare"))

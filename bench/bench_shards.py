@@ -26,13 +26,11 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_exporter import SECRET, _cpu, build_database, exporter, memory_kib  # noqa: E402
+from bench.bench_exporter import SECRET, _cpu, agents_child, build_database, exporter, memory_kib  # noqa: E402
 
 GOAL_SECONDS = 5.0
 SIZES = ((1_000, 100), (10_000, 1_000), (100_000, 5_000))
@@ -98,27 +96,6 @@ def serve_synthetic_child(plan_path: str) -> int:
 
     asyncio.run(main())
     return 0
-
-
-@contextmanager
-def synthetic_agents(plan: dict[str, list[str]], workdir: Path) -> Iterator[tuple[str, int]]:
-    plan_path = workdir / "plan.json"
-    plan_path.write_text(json.dumps(plan))
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-synthetic", str(plan_path)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("READY "):
-            raise RuntimeError(f"the synthetic agents did not start: {line!r}")
-        yield line.split()[1], proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # -- one configuration: N shards scraped side by side --------------------------------------------
@@ -241,7 +218,8 @@ def main() -> int:
             workdir = Path(tmp)
             database_url = f"sqlite:///{workdir / 'trinity.db'}"
             plan = build_database(database_url, agents, executions, 0.05, None)
-            with synthetic_agents(plan, workdir) as (url_template, agents_pid):
+            with agents_child(__file__, "--serve-synthetic", plan, workdir,
+                              "the synthetic agents") as (url_template, agents_pid):
                 for shards in shard_counts:
                     row = measure(database_url, url_template, agents_pid, executions, agents, shards,
                                   args.scrapes, args.poll_concurrency, workdir)

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/fuzz_webhook.py [--examples 2000] [--postgres] [--seed N]
 
-Runs the properties of tests/test_fuzz_webhook.py against the same world (the real app, Redis,
-SQLite or a throwaway PostgreSQL, simulated agents running real processes) with many more
-examples, then prints per property: examples, requests per second, status codes, latency
+Runs the properties of tests/test_fuzz_webhook.py against the same world (``exec_watchdog.testbed.fuzz``:
+the real app, Redis, SQLite or a throwaway PostgreSQL, simulated agents running real processes) with
+many more examples, then prints per property: examples, requests per second, status codes, latency
 percentiles; and for the run: resident memory before and after, whether anything changed, and
 whether the process still recovers a real orphan and a real overdue execution afterwards.
 Exits 1 when an invariant breaks (Hypothesis prints the smallest failing example).
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,16 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import servers
-from tests.remediator_harness import alert, notification
-from tests.test_fuzz_webhook import (
-    World,
-    _check,
-    _dumps,
+from exec_watchdog.testbed.fuzz.strategies import (
     broken_notifications,
     hostile_alerts,
+    json_bytes,
     json_values,
     malformed_bytes,
 )
+from exec_watchdog.testbed.fuzz.world import World, check_harmless
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.servers import redis_server, throwaway_database
 
 
 @dataclass
@@ -77,21 +75,12 @@ def run_property(world: World, before: dict[str, Any], name: str, strategy: st.S
         started = time.perf_counter()
         response = send(value)
         figures.record(started, response)
-        _check(response, world, before)
+        check_harmless(response, world, before)
 
     started = time.perf_counter()
     prop()
     figures.wall = time.perf_counter() - started
     return figures
-
-
-@contextlib.contextmanager
-def database(postgres: bool, tmp: str) -> Iterator[str]:
-    if not postgres:
-        yield f"sqlite:///{tmp}/fuzz.db"
-        return
-    with servers.postgres_server() as url:
-        yield servers.create_database(url)
 
 
 def main() -> int:
@@ -103,8 +92,8 @@ def main() -> int:
     if args.examples < 1:
         parser.error("--examples must be at least 1")
 
-    with tempfile.TemporaryDirectory() as tmp, servers.redis_server() as redis_url, \
-            database(args.postgres, tmp) as database_url:
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url, \
+            throwaway_database("postgresql" if args.postgres else "sqlite", Path(tmp)) as database_url:
         world = World(database_url, redis_url)
         try:
             return fuzz(world, args.examples, args.seed, database_url)
@@ -117,11 +106,11 @@ def fuzz(world: World, examples: int, seed_value: int, database_url: str) -> int
     rss_before = process.memory_info().rss
     before = world.snapshot()
     properties: list[tuple[str, st.SearchStrategy[Any], Callable[[Any], httpx.Response]]] = [
-        ("broken notifications", broken_notifications(), lambda body: world.post_body(_dumps(body))),
+        ("broken notifications", broken_notifications(), lambda body: world.post_body(json_bytes(body))),
         ("fuzzed labels", st.lists(hostile_alerts(), min_size=1, max_size=5),
-         lambda alerts: world.post_body(_dumps(notification(*alerts)))),
+         lambda alerts: world.post_body(json_bytes(notification(*alerts)))),
         ("malformed bytes", malformed_bytes(), world.post_body),
-        ("arbitrary JSON", json_values, lambda body: world.post_body(_dumps(body))),
+        ("arbitrary JSON", json_values, lambda body: world.post_body(json_bytes(body))),
     ]
     print(f"database: {database_url.split(':', 1)[0]}; {examples} examples per property; seed {seed_value}")
     failed = False
@@ -140,7 +129,7 @@ def fuzz(world: World, examples: int, seed_value: int, database_url: str) -> int
           f"announcements: {len(announced)}")
     healthy = world.request("GET", "/healthz").status_code == 200 and \
         world.request("GET", "/readyz").json().get("status") == "ready"
-    response = world.post_body(_dumps(notification(alert("e-orphan", "a1"),
+    response = world.post_body(json_bytes(notification(alert("e-orphan", "a1"),
                                                    alert("e-overdue", "a2", "terminate_overdue"))))
     outcomes = sorted(a["outcome"] for a in response.json().get("alerts", []))
     print(f"afterwards: healthz/readyz {'ok' if healthy else 'FAILING'}; a valid notification got "

@@ -21,11 +21,11 @@ the issue's list:
                     its memory can be followed over the whole run)
     alertmanager_kill one Alertmanager of the pair SIGKILLed, started again after --am-outage s
 
-Every --check-interval seconds the invariants of tests/test_faults.py are checked over every run
-so far (false kills and duplicates are final the moment they are seen; a leaked slot counts once
-it persists for --leak-grace seconds); at the end the runs are left to settle and everything is
-checked strictly. Printed every ~30 s, and at the end: executions, faults injected, recoveries,
-false kills, duplicates, leaked slots (all three must be 0), runs never recovered, retained
+Every --check-interval seconds the invariants of tests/test_faults.py (``exec_watchdog.testbed.invariants``)
+are checked over every run so far (false kills and duplicates are final the moment they are seen; a
+leaked slot counts once it persists for --leak-grace seconds); at the end the runs are left to
+settle and everything is checked strictly. Printed every ~30 s, and at the end: executions, faults
+injected, recoveries, false kills, duplicates, leaked slots (all three must be 0), runs never recovered, retained
 successes written as ``success`` and results lost (must be 0), in-flight dispatches left alone
 (all of them must be), time to recovery median/p95/max, and the remediators' RSS at start and end
 with its trend. A retained result is claimed no sooner than the profile's claim defer after it was
@@ -79,17 +79,10 @@ from exec_watchdog.simulated_platform.agent_server import serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.simulated_platform.scheduler import Fault
 from exec_watchdog.simulated_platform.workload import agent_names
-from tests.test_faults import (
-    Announcements,
-    Findings,
-    PostgresProcess,
-    RedisProcess,
-    check_invariants,
-    kill_child,
-    respawn_child,
-    stack_child,
-    wait_child_ready,
-)
+from exec_watchdog.testbed.announcements import Announcements
+from exec_watchdog.testbed.breakable_servers import PostgresProcess, RedisProcess
+from exec_watchdog.testbed.invariants import Findings, check_invariants
+from exec_watchdog.testbed.stack_children import kill_child, respawn_child, stack_child, wait_child_ready
 
 FAULTS = ("database", "redis", "agent_hang", "agent_garbage", "agent_restart", "remediator_kill",
           "alertmanager_kill")

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ["platform_access", "simulated_platform", "exporter", "alerts", "remediator", "grafana", "pipeline"]
+PACKAGES = ["platform_access", "simulated_platform", "exporter", "alerts", "remediator", "grafana", "pipeline",
+            "testbed"]
 P = "|".join(PACKAGES)
 NS = "exec_watchdog."
 RULES = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests import servers
+from exec_watchdog.testbed import servers
 
 
 @pytest.fixture(scope="session")

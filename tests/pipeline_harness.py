@@ -3,7 +3,7 @@ Prometheus and Alertmanager(s), and what a test needs to watch it.
 
 The simulated platform runs on an event loop in a background thread (its agents must answer while
 a test blocks); the watchdog runs as child processes (:class:`pipeline.stack.Stack`). Tests are
-synchronous and wait with :mod:`tests.waiting`, never with fixed sleeps.
+synchronous and wait with :func:`exec_watchdog.testbed.waiting.eventually`, never with fixed sleeps.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from exec_watchdog.platform_access.schema import agent_schedules, schedule_execu
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
-from tests.waiting import eventually
+from exec_watchdog.testbed.waiting import eventually
 
 T = TypeVar("T")
 CHANNEL = "trinity:watchdog"

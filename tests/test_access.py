@@ -48,9 +48,9 @@ from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.simulated_platform.agent_server import AgentServerThread
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
-from tests.platform_rows import insert_agent, insert_execution
-from tests.remediator_harness import alert, notification
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
+from exec_watchdog.testbed.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

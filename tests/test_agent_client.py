@@ -12,7 +12,7 @@ from exec_watchdog.platform_access.agent_client import AgentClient, check_url_te
 from exec_watchdog.platform_access.auth import agent_token
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.servers import free_port
+from exec_watchdog.testbed.servers import free_port
 
 SECRET = "client-test-secret"
 

@@ -26,9 +26,9 @@ import yaml
 from exec_watchdog.alerts.alertmanager import OPERATOR_RECEIVER, PAUSE_REMEDIATION_MATCHER, REMEDIATOR_RECEIVER
 from exec_watchdog.alerts.render import render_alertmanager_config, render_rules
 from exec_watchdog.common import contract
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.servers import free_port, wait_for_port
+from exec_watchdog.testbed.waiting import eventually
 from tests.test_alerts import RUNBOOK, require_tool
-from tests.waiting import eventually
 
 TOKEN = "s3cret-token"
 RULE_LABELS = {r["alert"]: r["labels"] for g in yaml.safe_load(render_rules("fast"))["groups"] for r in g["rules"]

@@ -11,7 +11,7 @@ from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import slot_metadata
 from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
-from tests.platform_rows import insert_agent, insert_execution, insert_schedule
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution, insert_schedule
 
 
 @pytest.fixture

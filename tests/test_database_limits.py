@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.slots import slot_metadata
 from exec_watchdog.platform_access.timestamps import utcnow
-from tests.platform_rows import insert_execution
+from exec_watchdog.testbed.platform_rows import insert_execution
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ async def test_the_exporter_counts_a_non_utf8_row_and_keeps_publishing(
         sqlite_platform: tuple[sa.Engine, Path]) -> None:
     """exporter_database_up stays 1, the bad row is in invalid_rows, the good one is published."""
     from exec_watchdog.exporter.gather import Gatherer, poll_client
-    from tests.servers import free_port
+    from exec_watchdog.testbed.servers import free_port
 
     engine, path = sqlite_platform
     with engine.begin() as conn:

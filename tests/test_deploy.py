@@ -47,7 +47,7 @@ from exec_watchdog.alerts.render import profile_settings
 from exec_watchdog.cli import build_parser
 from exec_watchdog.common import contract
 from exec_watchdog.grafana import DASHBOARD_PATH, PROVISIONING_DIR
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -24,8 +24,8 @@ from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.timestamps import parse_utc
 from exec_watchdog.remediator import texts
 from exec_watchdog.remediator.audit import recoveries
+from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
-from tests.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(600)
 

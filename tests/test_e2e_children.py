@@ -18,7 +18,7 @@ from exec_watchdog.common.contract import EXPORTER_JOB, REMEDIATOR_JOB
 from exec_watchdog.pipeline.children import Child, ChildCrashed, Children, MissingBinary, NotReady, find_binary
 from exec_watchdog.pipeline.configs import alertmanager_config, prometheus_config
 from exec_watchdog.pipeline.stack import StackOptions
-from tests.waiting import eventually
+from exec_watchdog.testbed.waiting import eventually
 
 
 def _alive(pid: int) -> bool:

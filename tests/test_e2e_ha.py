@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from exec_watchdog.remediator.audit import recoveries
+from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
-from tests.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(600)
 

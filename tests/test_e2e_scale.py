@@ -24,9 +24,9 @@ from exec_watchdog.exporter.sharding import shard_of
 from exec_watchdog.pipeline.children import Child
 from exec_watchdog.pipeline.stack import Stack
 from exec_watchdog.simulated_platform.scheduler import Started
+from exec_watchdog.testbed.stack_children import kill_child, respawn_child, stack_child, wait_child_ready
+from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
-from tests.test_faults import kill_child, respawn_child, stack_child, wait_child_ready
-from tests.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(600)
 

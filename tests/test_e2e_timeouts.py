@@ -25,8 +25,8 @@ from exec_watchdog.common import contract
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
+from exec_watchdog.testbed.waiting import eventually
 from tests.pipeline_harness import Pipeline, running_pipeline
-from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -25,18 +25,10 @@ from exec_watchdog.remediator.payload import parse_notification
 from exec_watchdog.remediator.story import describe
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig
-from tests.platform_rows import insert_agent, insert_schedule
-from tests.remediator_harness import (
-    SECRET,
-    TOKEN,
-    Harness,
-    alert,
-    notification,
-    received,
-    remediator,
-    subscriber,
-)
-from tests.servers import alertmanager_server, free_port
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
+from exec_watchdog.testbed.remediator_harness import SECRET, TOKEN, Harness, received, remediator, subscriber
+from exec_watchdog.testbed.servers import alertmanager_server, free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

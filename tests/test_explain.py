@@ -12,7 +12,8 @@ import redis
 
 from exec_watchdog.cli import build_parser
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.remediator_harness import SECRET, TOKEN, Harness, alert, notification, remediator
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.remediator_harness import SECRET, TOKEN, Harness, remediator
 
 
 def explain(*argv: str) -> int:
@@ -86,7 +87,7 @@ def test_explain_without_a_source_or_with_an_unsafe_id_exits_2(
 
 
 def test_explain_against_an_unreachable_remediator_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.servers import free_port
+    from exec_watchdog.testbed.servers import free_port
 
     assert explain("e1", "--remediator-url", f"http://127.0.0.1:{free_port()}") == 2
     assert "cannot reach the remediator" in capsys.readouterr().err

@@ -22,8 +22,8 @@ from exec_watchdog.exporter import cli
 from exec_watchdog.exporter.settings import ExporterSettings, settings_from_args
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.simulated_platform.agent_server import AgentServerThread
-from tests.platform_rows import insert_agent, insert_execution
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
+from exec_watchdog.testbed.servers import free_port, wait_for_port
 
 SECRET = "cli-test-secret"
 ROOT = Path(__file__).resolve().parents[1]

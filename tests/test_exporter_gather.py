@@ -26,8 +26,8 @@ from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots,
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution, insert_schedule
 from tests.exposition_oracle import ExecWatchdogCollector
-from tests.platform_rows import insert_agent, insert_execution, insert_schedule
 
 SECRET = "exporter-test-secret"
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -164,7 +164,7 @@ async def test_unreachable_agent_is_down_and_its_executions_have_no_presence(
 
 async def test_agent_with_nothing_listening_counts_as_unreachable(
         platform: sa.Engine, make_scraper: Callable[..., Scraper]) -> None:
-    from tests.servers import free_port
+    from exec_watchdog.testbed.servers import free_port
 
     with platform.begin() as c:
         insert_execution(c, "e1", "a1", now=NOW)
@@ -379,7 +379,7 @@ async def test_slots_used_come_from_redis(platform: sa.Engine, agents: AgentServ
 
 async def test_unreadable_slot_store_drops_only_slot_samples(
         platform: sa.Engine, agents: AgentServer, make_scraper: Callable[..., Scraper]) -> None:
-    from tests.servers import free_port
+    from exec_watchdog.testbed.servers import free_port
 
     with platform.begin() as c:
         insert_execution(c, "e1", "a1", now=NOW)

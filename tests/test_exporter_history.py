@@ -20,8 +20,8 @@ from exec_watchdog.platform_access.database import create_engine, create_platfor
 from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE, WATCHDOG_ACTIONS
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from tests.exposition_oracle import FixedCollector, HistoryValues, history_families
-from tests.platform_rows import insert_agent, insert_schedule
 
 NOW = utcnow().replace(microsecond=0)
 

@@ -21,7 +21,7 @@ from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.platform_rows import insert_agent, insert_execution
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
 
 SECRET = "sharding-test-secret"
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ from exec_watchdog.platform_access.schema import agent_ownership, metadata
 from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, require_store_at, slot_metadata
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RunResult
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
+from exec_watchdog.testbed.servers import free_port
 from tests.exposition_oracle import ExecWatchdogCollector
-from tests.platform_rows import insert_agent, insert_execution
-from tests.servers import free_port
 
 SECRET = "exporter-trinity-secret"
 

@@ -16,29 +16,22 @@ invariants once everything is back:
 Two more things without the pipeline: the invariant checker itself, shown each kind of breakage;
 and one remediator whose announcement relay stops answering while an event is in flight.
 
-The servers we break, the stack-child helpers and the invariant checker are reused by
-``bench/soak.py``, which runs the same faults at random for a long while.
+The servers we break, the stack-child helpers and the invariant checker live in
+``exec_watchdog.testbed``, shared with ``bench/soak.py``, which runs the same faults at random for a long while.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import pwd
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -48,385 +41,27 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from exec_watchdog.common.contract import RemediatorMetric
-from exec_watchdog.pipeline.children import Child
-from exec_watchdog.pipeline.stack import Stack
 from exec_watchdog.platform_access import database as db
-from exec_watchdog.platform_access.schema import schedule_executions
-from exec_watchdog.platform_access.slots import RedisSlots, SlotStore, SqlSlots, slot_metadata
-from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.platform_access.slots import RedisSlots, SqlSlots, slot_metadata
+from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import audit
-from exec_watchdog.remediator.audit import decisions, recoveries
+from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.simulated_platform.agent_server import serve_agents
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
+from exec_watchdog.testbed.announcements import CHANNEL, Announcements
+from exec_watchdog.testbed.breakable_servers import PostgresProcess, RedisProcess
+from exec_watchdog.testbed.invariants import Findings, check_invariants
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_execution
+from exec_watchdog.testbed.remediator_harness import SECRET, TOKEN
+from exec_watchdog.testbed.servers import free_port
+from exec_watchdog.testbed.stack_children import kill_child, restart_child
+from exec_watchdog.testbed.waiting import eventually, holds_until
 from tests.pipeline_harness import LoopThread, Pipeline, running_pipeline
-from tests.platform_rows import insert_execution
-from tests.remediator_harness import SECRET, TOKEN, alert, notification
-from tests.servers import _pg_bin, free_port, wait_for_port
-from tests.waiting import eventually, holds_until
 
 pytestmark = pytest.mark.timeout(300)
 
-CHANNEL = "trinity:watchdog"
 SLACK = 5.0  # a loaded 2-core machine on top of the pipeline's floor
-CLOCK_TOLERANCE = timedelta(seconds=0.5)  # platform and remediator share one clock; allow rounding
-
-
-# -- servers we can break -------------------------------------------------------------------------
-
-class PostgresProcess:
-    """A throwaway PostgreSQL that can be stopped and started again on the same port and data.
-
-    ``stop`` is a fast shutdown: every client connection is cut at once and new ones are refused,
-    as when a database host goes away; ``start`` brings the same cluster back.
-    """
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ew-faults-pg-"))
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._run_as: dict[str, Any] = {}
-        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-            self._run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
-        self.data = self.root / "data"
-        subprocess.run([_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                       check=True, capture_output=True, **self._run_as)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            raise RuntimeError("PostgreSQL is already running")
-        with open(self.root / "postgres.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [_pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=300"],
-                stdout=log, stderr=log, **self._run_as)
-        wait_for_port(self.port, timeout, proc=self.process)
-        deadline = time.monotonic() + timeout
-        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
-        try:
-            while True:
-                try:
-                    with engine.connect() as conn:
-                        conn.execute(sa.text("SELECT 1"))
-                    return
-                except sa.exc.OperationalError:  # "the database system is starting up"
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        finally:
-            engine.dispose()
-
-    def stop(self) -> None:
-        """Fast shutdown: clients are disconnected now, new connections are refused."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PostgresProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class RedisProcess:
-    """A throwaway redis-server (nothing on disk) that can be paused and resumed.
-
-    Paused (SIGSTOP), it accepts connections in the kernel but answers nothing: clients time out
-    and nothing is lost, so slot keys survive the outage as they would on a real Redis.
-    """
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ew-faults-redis-"))
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if not binary:
-            raise RuntimeError("redis-server not found: install the Debian package 'redis-server'")
-        self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.root), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, proc=self.process)
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.resume()
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> RedisProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-# -- the stack's children: kill one, start it again ------------------------------------------------
-
-def stack_child(stack: Stack, name: str) -> Child:
-    for child in stack.children.children:
-        if child.name == name:
-            return child
-    raise LookupError(f"no child named {name!r}: {[c.name for c in stack.children.children]}")
-
-
-def kill_child(stack: Stack, name: str) -> int:
-    """SIGKILL one child (no chance to clean up) and reap it; returns its pid."""
-    child = stack_child(stack, name)
-    assert child.process is not None and child.process.poll() is None, f"{name} is not running"
-    pid = child.process.pid
-    os.kill(pid, signal.SIGKILL)
-    child.process.wait(10)
-    return pid
-
-
-def respawn_child(stack: Stack, name: str) -> Child:
-    """Start a child again with the same command line, in the same place in the stack (so the
-    stack stops it at the end); does not wait for it (see :func:`wait_child_ready`)."""
-    index, old = next((i, c) for i, c in enumerate(stack.children.children) if c.name == name)
-    old.stop(timeout=5.0)  # already dead or not: make sure, and forget it
-    new = Child(old.name, old.argv, old.log_path, old.ready, cwd=old.cwd, env=old.env)
-    new.start()
-    stack.children.children[index] = new
-    return new
-
-
-def wait_child_ready(child: Child, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not child.ready():
-        child.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{child.name} not ready {timeout:g} s after its restart (log: {child.log_path})")
-        time.sleep(0.1)
-
-
-def restart_child(stack: Stack, name: str, timeout: float = 60.0) -> Child:
-    child = respawn_child(stack, name)
-    wait_child_ready(child, timeout)
-    return child
-
-
-# -- announcements on the Redis relay -------------------------------------------------------------
-
-class Announcements:
-    """Every recovery event published on the relay channel, counted per execution.
-
-    One subscriber thread for the whole run; a paused Redis just delays messages, a restarted
-    one is subscribed to again (messages published meanwhile are lost, and counted in ``gaps``).
-    """
-
-    def __init__(self, url: str, channel: str = CHANNEL) -> None:
-        self.url, self.channel = url, channel
-        self.counts: Counter[str] = Counter()
-        self.gaps = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pubsub = self._subscribe()
-        self._thread = threading.Thread(target=self._run, name="announcements", daemon=True)
-        self._thread.start()
-
-    def _subscribe(self) -> Any:
-        pubsub = redis.Redis.from_url(self.url, socket_connect_timeout=2).pubsub()  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.channel)
-        eventually(lambda: pubsub.get_message(timeout=0.5), 5, "subscribed to the announcement channel")
-        return pubsub
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                message = self._pubsub.get_message(timeout=0.2)
-            except (redis.ConnectionError, OSError):
-                self.gaps += 1
-                with contextlib.suppress(Exception):
-                    self._pubsub.close()
-                while not self._stop.is_set():
-                    try:
-                        self._pubsub = self._subscribe()
-                        break
-                    except (redis.RedisError, OSError, AssertionError):
-                        time.sleep(0.5)
-                continue
-            if message is not None and message["type"] == "message":
-                event = json.loads(message["data"])
-                with self._lock:
-                    self.counts[str(event.get("execution_id"))] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.counts)
-
-    def count(self, execution_id: str) -> int:
-        with self._lock:
-            return self.counts[execution_id]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        with contextlib.suppress(Exception):
-            self._pubsub.close()
-
-
-# -- the invariants -------------------------------------------------------------------------------
-
-@dataclass
-class Findings:
-    """What the database, the slots and the relay say about a set of executions, judged against
-    the scheduler's record of which of them were truly orphaned or overdue (and since when)."""
-
-    checked: int = 0
-    lost: list[str] = field(default_factory=list)  # truly orphaned or overdue by now
-    recovered: list[str] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)  # lost, still running: not recovered yet
-    unfinished: list[str] = field(default_factory=list)  # recovered; slot release or announcement owed
-    false_kills: list[str] = field(default_factory=list)  # failed by the watchdog though not lost (yet)
-    duplicates: list[str] = field(default_factory=list)  # more than one announcement or recovery
-    unannounced: list[str] = field(default_factory=list)  # marked announced, no event on the relay
-    leaked_slots: list[str] = field(default_factory=list)  # slot held, execution no longer running
-    stolen_slots: list[str] = field(default_factory=list)  # execution running untouched, slot gone
-    time_to_recovery: dict[str, float] = field(default_factory=dict)  # fault -> row failed, seconds
-
-    def violations(self) -> dict[str, list[str]]:
-        """Broken invariants that no amount of waiting repairs (transient states excluded)."""
-        found = {"false_kills": self.false_kills, "duplicates": self.duplicates}
-        return {k: v for k, v in found.items() if v}
-
-    def unsettled(self) -> dict[str, list[str]]:
-        """What should have happened by the end: every list here must be empty once settled."""
-        found = {"pending": self.pending, "unfinished": self.unfinished, "unannounced": self.unannounced,
-                 "leaked_slots": self.leaked_slots, "stolen_slots": self.stolen_slots, **self.violations()}
-        return {k: v for k, v in found.items() if v}
-
-    def describe(self) -> str:
-        problems = self.unsettled()
-        if not problems:
-            return f"{self.checked} executions, {len(self.recovered)} recovered, all invariants hold"
-        return "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''} ({len(v)})" for k, v in problems.items())
-
-
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def fault_moment(started: Started, recorded: datetime | None, execution: db.Execution | None) -> datetime | None:
-    """When this execution became truly orphaned or overdue, or ``None`` if it never did.
-
-    A hung run is overdue once its runtime crosses the effective timeout the database holds now
-    (tests lower it per agent); an earlier recorded fault (its agent restarted) comes first.
-    """
-    if started.fault == "hang" and execution is not None:
-        crossed = execution.started_at + timedelta(seconds=execution.timeout_seconds)
-        return min(crossed, recorded) if recorded is not None else crossed
-    return recorded
-
-
-def check_invariants(engine: sa.Engine, slots: SlotStore, started: Mapping[str, Started],
-                     fault_at: Mapping[str, datetime], announced: Mapping[str, int], *,
-                     ids: Iterable[str] | None = None, now: datetime | None = None) -> Findings:
-    """Judge ``ids`` (default: everything the scheduler started). Read-only, any time.
-
-    ``started`` and ``fault_at`` are the scheduler's records (copies: they change on its loop);
-    ``announced`` counts relay events per execution. Transient states (a slot released a moment
-    after the row was written, a recovery being finished) show up in ``unsettled`` only; the
-    caller decides how long to wait for them to clear.
-    """
-    now = now or utcnow()
-    wanted = sorted(set(ids) if ids is not None else set(started))
-    rows: dict[str, Any] = {}
-    executions: dict[str, db.Execution | db.BadRow] = {}
-    outbox: dict[str, Any] = {}
-    wins: Counter[str] = Counter()
-    with engine.connect() as conn:
-        for chunk in _chunks(wanted):
-            for r in conn.execute(sa.select(schedule_executions.c.id, schedule_executions.c.agent_name,
-                                            schedule_executions.c.status, schedule_executions.c.error)
-                                  .where(schedule_executions.c.id.in_(chunk))):
-                rows[r.id] = r
-            executions.update(db.get_executions(conn, chunk))
-            for r in conn.execute(sa.select(recoveries).where(recoveries.c.execution_id.in_(chunk))):
-                outbox[r.execution_id] = r
-            for execution_id, n in conn.execute(
-                    sa.select(decisions.c.execution_id, sa.func.count())
-                    .where(decisions.c.execution_id.in_(chunk), decisions.c.outcome == "recovered")
-                    .group_by(decisions.c.execution_id)):
-                wins[execution_id] = int(n)
-    agents = sorted({started[i].agent for i in wanted if i in started} | {r.agent_name for r in rows.values()})
-    held = {agent: slots.held(agent) for agent in agents}
-
-    f = Findings()
-    for execution_id in wanted:
-        row = rows.get(execution_id)
-        s = started.get(execution_id)
-        if row is None or s is None:
-            continue  # never written (the database was down when it was started)
-        f.checked += 1
-        execution = executions.get(execution_id)
-        fault = fault_moment(s, fault_at.get(execution_id), execution if isinstance(execution, db.Execution) else None)
-        lost = fault is not None and fault <= now
-        if lost:
-            f.lost.append(execution_id)
-        recovery = outbox.get(execution_id)
-        events = announced.get(execution_id, 0)
-        has_slot = execution_id in held.get(row.agent_name, set())
-        if recovery is not None:
-            f.recovered.append(execution_id)
-            recovered_at = parse_utc(recovery.recovered_at)
-            if fault is None or recovered_at < fault - CLOCK_TOLERANCE:
-                f.false_kills.append(execution_id)
-            elif fault is not None:
-                f.time_to_recovery[execution_id] = (recovered_at - fault).total_seconds()
-            if recovery.slot_released_at is None or recovery.announced_at is None:
-                f.unfinished.append(execution_id)
-            elif events == 0:
-                f.unannounced.append(execution_id)
-            if events > 1 or wins[execution_id] > 1:
-                f.duplicates.append(execution_id)
-        else:
-            if events:
-                f.duplicates.append(execution_id)  # announced without a recovery: never fine
-            if row.status == "failed" and "by watchdog" in (row.error or ""):
-                f.false_kills.append(execution_id)
-            if lost and row.status == "running":
-                f.pending.append(execution_id)
-        owed = execution_id in f.unfinished  # its release is still to come: unfinished, not leaked
-        if has_slot and row.status != "running" and not owed:
-            f.leaked_slots.append(f"{row.agent_name}/{execution_id}")
-        if not has_slot and row.status == "running" and recovery is None:
-            f.stolen_slots.append(f"{row.agent_name}/{execution_id}")
-    return f
-
 
 
 def test_invariant_checker_flags_each_broken_invariant(tmp_path: Path) -> None:

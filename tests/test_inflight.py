@@ -21,7 +21,7 @@ from exec_watchdog.platform_access.inflight import (
     withholds,
 )
 from exec_watchdog.platform_access.slots import slot_metadata
-from tests import servers
+from exec_watchdog.testbed import servers
 
 
 class _Clock:

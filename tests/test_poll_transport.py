@@ -17,7 +17,7 @@ import pytest
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.poll_transport import PollTransport
 from exec_watchdog.simulated_platform.agent_server import serve_agents
-from tests.servers import free_port
+from exec_watchdog.testbed.servers import free_port
 
 SECRET = "transport-secret"
 RUNNING = json.dumps({"executions": [{"execution_id": "e1", "pid": 1, "started_at": None, "metadata": {}}],

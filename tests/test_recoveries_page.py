@@ -43,9 +43,9 @@ from exec_watchdog.remediator import audit, texts
 from exec_watchdog.remediator.app import Config, State, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
+from exec_watchdog.testbed.servers import free_port, wait_for_port
+from exec_watchdog.testbed.waiting import eventually, holds
 from tests.pipeline_harness import Pipeline, running_pipeline
-from tests.servers import free_port, wait_for_port
-from tests.waiting import eventually, holds
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -21,8 +21,9 @@ from exec_watchdog.remediator import audit, texts
 from exec_watchdog.remediator.app import State
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
-from tests.platform_rows import insert_agent, insert_schedule
-from tests.remediator_harness import SECRET, Harness, alert, notification, received, remediator, subscriber
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
+from exec_watchdog.testbed.remediator_harness import SECRET, Harness, received, remediator, subscriber
 
 
 @pytest.fixture
@@ -190,7 +191,7 @@ async def test_breaker_trips_then_an_operator_resets_it(
 
 async def test_slot_release_owed_after_a_redis_outage_is_finished_by_the_sweep(
         sqlite_url: str, agents: AgentServer) -> None:
-    from tests.servers import redis_server
+    from exec_watchdog.testbed.servers import redis_server
 
     with redis_server() as url:
         # The row (120 s) is past the in-flight bound: unreadable markers cannot hold it.

@@ -31,9 +31,10 @@ from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.texts import orphan_text
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig, RunResult
-from tests.platform_rows import insert_agent
-from tests.remediator_harness import SECRET, Harness, alert, notification, received, remediator, subscriber
-from tests.servers import free_port
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_agent
+from exec_watchdog.testbed.remediator_harness import SECRET, Harness, received, remediator, subscriber
+from exec_watchdog.testbed.servers import free_port
 
 DAY = 86_400
 

@@ -22,8 +22,9 @@ from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import State
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.remediator_harness import received, remediator, subscriber
 from tests.agent_front import AgentFront, agent_front
-from tests.remediator_harness import alert, notification, received, remediator, subscriber
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "test-agent-secret"

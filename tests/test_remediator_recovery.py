@@ -19,9 +19,10 @@ from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.slots import RedisSlots, slot_metadata
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.platform_rows import insert_execution
-from tests.remediator_harness import SECRET, TOKEN, alert, notification, received, remediator, subscriber
-from tests.servers import alertmanager_server, free_port, wait_for_port
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.platform_rows import insert_execution
+from exec_watchdog.testbed.remediator_harness import SECRET, TOKEN, received, remediator, subscriber
+from exec_watchdog.testbed.servers import alertmanager_server, free_port, wait_for_port
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import redis
 
 from exec_watchdog.remediator.silences import covering, parse_silences
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.remediator_harness import SECRET, alert, notification, remediator
-from tests.servers import alertmanager_server
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.remediator_harness import SECRET, remediator
+from exec_watchdog.testbed.servers import alertmanager_server
 
 LONG_AGENT = "a" * 40  # the backtracking regex below took Python's re minutes on 40 characters
 

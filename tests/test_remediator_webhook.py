@@ -14,7 +14,10 @@ import redis
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.payload import PayloadError, parse_notification
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from tests.remediator_harness import FIXTURES, SECRET, Harness, alert, notification, remediator
+from exec_watchdog.testbed.notifications import alert, notification
+from exec_watchdog.testbed.remediator_harness import SECRET, Harness, remediator
+
+FIXTURES = Path(__file__).with_name("fixtures")
 
 
 @pytest.fixture

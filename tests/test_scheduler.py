@@ -167,7 +167,7 @@ def test_simulate_command_refuses_bad_flags(tmp_path: Path) -> None:
 
 async def test_slot_release_refused_by_redis_is_owed_and_retried(tmp_path: Path) -> None:
     from exec_watchdog.platform_access.slots import RedisSlots
-    from tests.servers import redis_server
+    from exec_watchdog.testbed.servers import redis_server
 
     engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
     db.create_platform_tables(engine, slot_metadata)

@@ -15,7 +15,7 @@ import pytest
 
 from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.common.serving import parse_listen, read_agent_secret
-from tests.servers import free_port, wait_for_port
+from exec_watchdog.testbed.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

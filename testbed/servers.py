@@ -1,4 +1,4 @@
-"""Throwaway real servers for the tests: PostgreSQL and Redis on free loopback ports.
+"""Throwaway real servers for tests and benchmarks: PostgreSQL, Redis and Alertmanager on free loopback ports.
 
 Each is started from the installed binaries in a temporary directory and removed afterwards, so
 no test depends on state another run left behind. A variable can point at an existing server
@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -39,11 +40,24 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def _pg_bin(name: str) -> str:
+def postgres_binary(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
     if not found:
         raise RuntimeError(f"{name} not found: install the Debian package 'postgresql' (make system-deps)")
     return found
+
+
+def init_postgres_cluster(root: Path) -> dict[str, Any]:
+    """An empty cluster in ``root/data`` (trust authentication, user postgres); returns the
+    ``subprocess`` arguments its server must run with."""
+    run_as: dict[str, Any] = {}
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
+    subprocess.run([postgres_binary("initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True, **run_as)
+    return run_as
 
 
 @contextlib.contextmanager
@@ -54,19 +68,12 @@ def postgres_server() -> Iterator[str]:
         yield from _fresh_database(existing)
         return
     tmp = Path(tempfile.mkdtemp(prefix="ew-pg-"))
-    run_as: dict[str, object] = {}
-    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
-        pw = pwd.getpwnam("postgres")
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
-    data = tmp / "data"
+    run_as = init_postgres_cluster(tmp)
     port = free_port()
-    subprocess.run([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True, **run_as)  # type: ignore[call-overload]
     proc = subprocess.Popen(
-        [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(tmp),
+        [postgres_binary("postgres"), "-D", str(tmp / "data"), "-p", str(port), "-h", "127.0.0.1", "-k", str(tmp),
          "-c", "fsync=off", "-c", "max_connections=200"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as,  # type: ignore[call-overload]
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **run_as,
     )
     with _running(proc, port, tmp):
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
@@ -119,6 +126,25 @@ def create_database(server_url: str) -> str:
 
 
 @contextlib.contextmanager
+def throwaway_database(backend: str, directory: Path) -> Iterator[str]:
+    """The URL of an empty platform database: a SQLite file in ``directory``, or ("postgresql") a
+    database on a throwaway PostgreSQL server that lives as long as the context."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'trinity.db'}"
+        return
+    if backend != "postgresql":
+        raise ValueError(f"unknown database backend {backend!r}: sqlite or postgresql")
+    with postgres_server() as server_url:
+        yield create_database(server_url)
+
+
+def redis_argv(binary: str, port: int, directory: str | Path) -> list[str]:
+    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+    return [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", str(directory), "--daemonize", "no"]
+
+
+@contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """Yield the URL of an empty Redis database."""
     existing = os.environ.get("EXEC_WATCHDOG_TEST_REDIS_URL")
@@ -130,11 +156,7 @@ def redis_server() -> Iterator[str]:
         raise RuntimeError("redis-server not found: install the Debian package 'redis-server' (make system-deps)")
     tmp = tempfile.mkdtemp(prefix="ew-redis-")
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", tmp, "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(redis_argv(binary, port, tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with _running(proc, port, tmp):
         yield f"redis://127.0.0.1:{port}/0"
 

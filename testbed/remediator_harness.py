@@ -1,5 +1,5 @@
-"""A remediator wired to real peers for tests: a database, Redis, simulated agents running real
-processes. Requests go through the real ASGI app (in process); the app's lifespan really runs."""
+"""A remediator wired to real peers for tests and benchmarks: a database, Redis, simulated agents
+running real processes. Requests go through the real ASGI app (in process); the app's lifespan really runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -25,36 +24,10 @@ from exec_watchdog.remediator.app import Config, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.simulated_platform.agent_server import AgentServer
-from tests.platform_rows import insert_execution
+from exec_watchdog.testbed.platform_rows import insert_execution
 
 TOKEN = "test-webhook-token"
 SECRET = "test-agent-secret"
-FIXTURES = Path(__file__).with_name("fixtures")
-
-
-def alert(execution_id: str, agent: str, remediation: str = "fail_orphan", *, status: str = "firing",
-          fingerprint: str | None = None, starts_at: datetime | None = None, **labels: str) -> dict[str, Any]:
-    """One alert as Alertmanager sends it (shape copied from the captured real payloads)."""
-    name = {"fail_orphan": "ExecWatchdogExecutionOrphaned",
-            "terminate_overdue": "ExecWatchdogExecutionOverdue"}.get(remediation, "Other")
-    started = (starts_at or utcnow() - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return {
-        "status": status,
-        "labels": {"alertname": name, "agent": agent, "execution_id": execution_id, "schedule_id": "__manual__",
-                   "remediation": remediation, "severity": "critical", **labels},
-        "annotations": {"summary": "test"},
-        "startsAt": started,
-        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else utcnow().isoformat(),
-        "generatorURL": "http://127.0.0.1:9090/graph",
-        "fingerprint": fingerprint or f"fp{abs(hash(execution_id)) % 10**12:012d}",
-    }
-
-
-def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
-    firing = any(a["status"] == "firing" for a in alerts)
-    return {"receiver": "remediator", "status": "firing" if firing else "resolved", "alerts": list(alerts),
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
-            "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0}
 
 
 @dataclass
