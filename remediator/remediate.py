@@ -304,7 +304,7 @@ class Remediator:
             except sa.exc.DBAPIError as exc:
                 log.warning("transition_batch_failed", error_type=type(exc).__name__, alerts=len(verdicts))
                 for v in verdicts:  # rolled back: whatever the batch decided did not happen
-                    v.outcome = v.reason = ""
+                    v.outcome, v.reason = UNDECIDED, ""
         winners = []
         for index, v in enumerate(verdicts):
             try:

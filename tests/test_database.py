@@ -9,15 +9,8 @@ import sqlalchemy as sa
 
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
-from exec_watchdog.platform_access.slots import slot_metadata
 from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution, insert_schedule
-
-
-@pytest.fixture
-def platform(engine: sa.Engine) -> sa.Engine:
-    db.create_platform_tables(engine, slot_metadata)
-    return engine
 
 
 def test_running_executions_resolve_timeout_through_schedule_agent_default(platform: sa.Engine) -> None:

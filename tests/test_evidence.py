@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +22,7 @@ from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.evidence import MAX_BYTES, REDACTED, Evidence
 from exec_watchdog.remediator.payload import parse_notification
 from exec_watchdog.remediator.story import describe
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.process_registry import LastError, RegistryConfig
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
@@ -31,20 +30,6 @@ from exec_watchdog.testbed.remediator_harness import SECRET, TOKEN, Harness, rec
 from exec_watchdog.testbed.servers import alertmanager_server, free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def harness(sqlite_url: str, redis_url: str, redis_client: redis.Redis,
-                  agents: AgentServer) -> AsyncIterator[Harness]:
-    async with remediator(sqlite_url, redis_url, agents) as h:
-        yield h
 
 
 def evidence_of(h: Harness, execution_id: str) -> list[tuple[str, dict[str, Any]]]:

@@ -34,12 +34,6 @@ NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def platform(engine: sa.Engine) -> sa.Engine:
-    db.create_platform_tables(engine, slot_metadata)
-    return engine
-
-
-@pytest.fixture
 async def agents() -> AsyncIterator[AgentServer]:
     server = await serve_agents(["a1", "a2", "a3"], SECRET)
     try:

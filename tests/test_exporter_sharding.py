@@ -17,9 +17,8 @@ from exec_watchdog.common.flags import ConfigError
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.settings import _shard
 from exec_watchdog.exporter.sharding import Shard, jump_hash, parse_shard, shard_of
-from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
-from exec_watchdog.platform_access.slots import SqlSlots, slot_metadata
+from exec_watchdog.platform_access.slots import SqlSlots
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_execution
 
@@ -83,12 +82,6 @@ def test_a_bad_shard_is_a_clear_error(text: str) -> None:
 
 def test_no_shard_means_the_whole_fleet() -> None:
     assert _shard(None) is None and _shard("") is None
-
-
-@pytest.fixture
-def platform(engine: sa.Engine) -> sa.Engine:
-    db.create_platform_tables(engine, slot_metadata)
-    return engine
 
 
 @pytest.fixture

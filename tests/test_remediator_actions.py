@@ -19,18 +19,11 @@ from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.remediator import audit, texts
 from exec_watchdog.remediator.app import State
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from exec_watchdog.testbed.remediator_harness import SECRET, Harness, received, remediator, subscriber
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

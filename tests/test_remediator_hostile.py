@@ -20,21 +20,13 @@ from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import State
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.remediator_harness import received, remediator, subscriber
 from tests.agent_front import AgentFront, agent_front
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "test-agent-secret"
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.payload import PayloadError, parse_notification
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.testbed.notifications import alert, notification
-from exec_watchdog.testbed.remediator_harness import SECRET, Harness, remediator
+from exec_watchdog.testbed.remediator_harness import SECRET, Harness
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -25,13 +24,6 @@ async def agents() -> AsyncIterator[AgentServer]:
     server = await serve_agents(["a1", "a2"], SECRET)
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def harness(sqlite_url: str, redis_url: str, redis_client: redis.Redis,
-                  agents: AgentServer) -> AsyncIterator[Harness]:
-    async with remediator(sqlite_url, redis_url, agents) as h:
-        yield h
 
 
 def _fixture(name: str) -> object:
