@@ -21,7 +21,8 @@ def register(commands: Any) -> None:
         description="Serve /metrics: per running execution its runtime, effective timeout and whether its "
                     "agent still knows it; per agent reachability, registry counts and capacity slots. "
                     "Every scrape reads the database once and polls the agents concurrently.")
-    add_flag(parser, "--listen", default=DEFAULT_LISTEN, help="HOST:PORT to serve /metrics and /healthz on")
+    add_flag(parser, "--listen", default=DEFAULT_LISTEN,
+             help="IP:PORT (or localhost:PORT, [IPv6]:PORT) to serve /metrics and /healthz on")
     add_flag(parser, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of Trinity's database")
     add_flag(parser, "--agent-url-template", default=DEFAULT_URL_TEMPLATE,
              help="base URL of an agent server, with {agent} where the agent name goes")

@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
                     "/metrics, /healthz, /readyz, the audit API (/api/v1/audit), each execution's story "
                     "(/api/v1/executions/{id}), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flag(p, "--listen", default=DEFAULT_LISTEN, help="host:port to serve on")
+    add_flag(p, "--listen", default=DEFAULT_LISTEN, help="IP:PORT (or localhost:PORT, [IPv6]:PORT) to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
              "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
     add_flag(p, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of the platform database")
