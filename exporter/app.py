@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from exec_watchdog.common.serving import lifespan, resources
+from exec_watchdog.common.serving import lifespan, opened
 from exec_watchdog.exporter.exposition import CONTENT_TYPE, render_snapshot
 from exec_watchdog.exporter.gather import Gatherer, poll_client
 from exec_watchdog.exporter.history import RunHistory
@@ -104,7 +104,7 @@ def create_app(settings: ExporterSettings) -> Starlette:
     async def metrics(request: Request) -> Response:
         # The history read comes after the gather, not beside it: on a busy host the two compete for
         # the same cores and both get slower (bench/history.md); it waits at most what is left.
-        scraping = resources(request, Scraping)
+        scraping = opened(request.app, Scraping)
         started = time.monotonic()
         snapshot = await scraping.gatherer.gather()
         history = await scraping.history.scrape(settings.scrape_timeout - (time.monotonic() - started))

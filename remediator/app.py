@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from exec_watchdog.common.serving import lifespan, resources
+from exec_watchdog.common.serving import lifespan, opened
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.inflight import open_inflight_store
@@ -77,7 +77,7 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """Resources the lifespan opens and closes; handlers reach them with ``resources(request, State)``."""
+    """Resources the lifespan opens and closes; handlers reach them with ``opened(app, State)``."""
 
     remediator: Remediator
     engine: sa.Engine
@@ -156,7 +156,7 @@ def _count_unfinished(engine: sa.Engine) -> int:
 
 
 def _state(connection: Request | WebSocket) -> State:
-    return resources(connection, State)
+    return opened(connection.app, State)
 
 
 def _problem(status: int, message: str, **headers: str) -> JSONResponse:

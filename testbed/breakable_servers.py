@@ -7,12 +7,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from exec_watchdog.testbed.servers import free_port, init_postgres_cluster, postgres_binary, redis_argv, wait_for_port
+from exec_watchdog.testbed.servers import (
+    free_port,
+    init_postgres_cluster,
+    postgres_binary,
+    redis_argv,
+    wait_for_port,
+    wait_postgres_ready,
+)
 
 
 class PostgresProcess:
@@ -39,20 +43,7 @@ class PostgresProcess:
                  "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=300"],
                 stdout=log, stderr=log, **self._run_as)
         wait_for_port(self.port, timeout, proc=self.process)
-        deadline = time.monotonic() + timeout
-        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
-        try:
-            while True:
-                try:
-                    with engine.connect() as conn:
-                        conn.execute(sa.text("SELECT 1"))
-                    return
-                except sa.exc.OperationalError:  # "the database system is starting up"
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        finally:
-            engine.dispose()
+        wait_postgres_ready(self.url, timeout)
 
     def stop(self) -> None:
         """Fast shutdown: clients are disconnected now, new connections are refused."""

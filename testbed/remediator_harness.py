@@ -20,6 +20,7 @@ from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import RedisSlots, slot_metadata
 from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import Config, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
@@ -59,6 +60,14 @@ class Harness:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(schedule_executions)
                                 .where(schedule_executions.c.id == execution_id)).one()
+
+    def evidence(self, execution_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(outcome, evidence) of every decision about the execution, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit.decisions.c.outcome, audit.decisions.c.evidence)
+                                .where(audit.decisions.c.execution_id == execution_id)
+                                .order_by(audit.decisions.c.id)).all()
+        return [(outcome, json.loads(text)) for outcome, text in rows]
 
     def sample(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0

@@ -77,11 +77,12 @@ def postgres_server() -> Iterator[str]:
     )
     with _running(proc, port, tmp):
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        _wait_pg_ready(url)
+        wait_postgres_ready(url)
         yield url
 
 
-def _wait_pg_ready(url: str, timeout: float = 20.0) -> None:
+def wait_postgres_ready(url: str, timeout: float = 20.0) -> None:
+    """Until PostgreSQL at ``url`` takes connections (it refuses them while starting up)."""
     import sqlalchemy as sa
 
     deadline = time.monotonic() + timeout

@@ -32,17 +32,8 @@ from exec_watchdog.testbed.servers import alertmanager_server, free_port
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def evidence_of(h: Harness, execution_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """(outcome, evidence) of every decision about the execution, oldest first."""
-    with h.engine.connect() as conn:
-        rows = conn.execute(sa.select(audit.decisions.c.outcome, audit.decisions.c.evidence)
-                            .where(audit.decisions.c.execution_id == execution_id)
-                            .order_by(audit.decisions.c.id)).all()
-    return [(outcome, json.loads(text)) for outcome, text in rows]
-
-
 def only_evidence(h: Harness, execution_id: str, outcome: str) -> dict[str, Any]:
-    [(got, evidence)] = evidence_of(h, execution_id)
+    [(got, evidence)] = h.evidence(execution_id)
     assert got == outcome, (got, evidence)
     return evidence
 
@@ -117,7 +108,7 @@ async def test_orphan_failed_keeps_what_the_row_the_agent_and_the_update_said(
 
     # The same alert again: the replica counts the second delivery; the row now says failed.
     await h.post(notification(sent))
-    (_, first), (outcome, second) = evidence_of(h, "e1")
+    (_, first), (outcome, second) = h.evidence("e1")
     assert outcome == "skipped" and second["delivery"]["deliveries_seen"] == 2
     assert second["row"]["status"] == "failed" == h.row("e1").status
     assert "agent" not in second and "update" not in second

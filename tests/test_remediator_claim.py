@@ -26,7 +26,6 @@ from exec_watchdog.platform_access.inflight import RedisInflight
 from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.schema import agent_ownership, metadata
 from exec_watchdog.platform_access.timestamps import parse_utc
-from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.texts import orphan_text
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
@@ -400,22 +399,13 @@ async def test_terminate_counts_any_2xx_as_done(scripted: ScriptedAgent, answer:
     assert result.answered and result.unwrap().status == status, result
 
 
-def _evidence(h: Harness, execution_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """(outcome, evidence) of every decision about the execution, oldest first."""
-    with h.engine.connect() as conn:
-        rows = conn.execute(sa.select(audit.decisions.c.outcome, audit.decisions.c.evidence)
-                            .where(audit.decisions.c.execution_id == execution_id)
-                            .order_by(audit.decisions.c.id)).all()
-    return [(outcome, json.loads(text)) for outcome, text in rows]
-
-
 async def test_a_claims_evidence_keeps_the_retained_result_and_what_the_claim_wrote(
         harness: Harness, agents: AgentServer) -> None:
     harness.add_execution("e-kept", "a1", age_seconds=300)
     await _finish(agents, "a1", "e-kept", forget=True, result=RunResult(True, "the answer", 0.25))
     [verdict] = await _decide(harness, alert("e-kept", "a1"))
     assert verdict["outcome"] == "recovered", verdict
-    [(outcome, evidence)] = _evidence(harness, "e-kept")
+    [(outcome, evidence)] = harness.evidence("e-kept")
     retained = agents.registry("a1").retained("e-kept")
     assert retained is not None
     assert outcome == "recovered"
@@ -433,7 +423,7 @@ async def test_an_inflight_skips_evidence_keeps_the_live_marker_verdict(harness:
     RedisInflight(harness.redis).mark("e-held", "a1", "parked", time.time(), 4242)
     [verdict] = await _decide(harness, alert("e-held", "a1"))
     assert verdict["outcome"] == "skipped"
-    [(outcome, evidence)] = _evidence(harness, "e-held")
+    [(outcome, evidence)] = harness.evidence("e-held")
     assert outcome == "skipped" and evidence["inflight"]["verdict"] == "alive"
     assert evidence["agent"]["in_running"] is False  # the agent really does not know it yet
     assert "retained_result" not in evidence and "update" not in evidence

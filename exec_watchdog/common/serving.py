@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-from starlette.requests import HTTPConnection
-
 from exec_watchdog.common.flags import ConfigError, read_secret_file
 
 R = TypeVar("R")
@@ -78,7 +76,7 @@ def lifespan(open_resources: Callable[[], AbstractAsyncContextManager[R]]) -> Ca
         [Any], AbstractAsyncContextManager[None]]:
     """A Starlette lifespan that holds what ``open_resources`` opens while the app runs.
 
-    Handlers get it back, typed, with :func:`resources`; Starlette's own ``app.state`` is untyped.
+    Handlers get it back, typed, with :func:`opened`; Starlette's own ``app.state`` is untyped.
     """
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[None]:
@@ -90,11 +88,6 @@ def lifespan(open_resources: Callable[[], AbstractAsyncContextManager[R]]) -> Ca
                 del app.state.resources
 
     return run
-
-
-def resources(connection: HTTPConnection, kind: type[R]) -> R:
-    """What the app's lifespan opened, as ``kind``, for a request's handler."""
-    return opened(connection.app, kind)
 
 
 def opened(app: Any, kind: type[R]) -> R:
