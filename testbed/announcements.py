@@ -16,6 +16,13 @@ from exec_watchdog.testbed.waiting import eventually
 CHANNEL = "trinity:watchdog"
 
 
+def open_pubsub(url: str) -> Any:
+    """A pub/sub on the Redis at ``url``. redis-py types ``pubsub()`` only from 8.x; going through Any
+    keeps this one call clean under both the older and the newer typing."""
+    client: Any = redis.Redis.from_url(url, socket_connect_timeout=2)
+    return client.pubsub()
+
+
 class Announcements:
     """Every recovery event published on the relay channel, counted per execution.
 
@@ -34,7 +41,7 @@ class Announcements:
         self._thread.start()
 
     def _subscribe(self) -> Any:
-        pubsub = redis.Redis.from_url(self.url, socket_connect_timeout=2).pubsub()  # type: ignore[no-untyped-call]
+        pubsub = open_pubsub(self.url)
         pubsub.subscribe(self.channel)
         eventually(lambda: pubsub.get_message(timeout=0.5), 5, "subscribed to the announcement channel")
         return pubsub

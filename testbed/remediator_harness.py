@@ -25,6 +25,7 @@ from exec_watchdog.remediator.app import Config, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.simulated_platform.agent_server import AgentServer
+from exec_watchdog.testbed.announcements import open_pubsub
 from exec_watchdog.testbed.platform_rows import insert_execution
 
 TOKEN = "test-webhook-token"
@@ -106,7 +107,7 @@ async def remediator(database_url: str, redis_url: str, agents: AgentServer, *,
 
 
 def subscriber(redis_url: str, channel: str = "trinity:watchdog") -> Any:
-    pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call]
+    pubsub = open_pubsub(redis_url)
     pubsub.subscribe(channel)
     pubsub.get_message(timeout=1)
     return pubsub

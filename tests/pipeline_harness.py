@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import redis
 import sqlalchemy as sa
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
@@ -31,10 +30,10 @@ from exec_watchdog.platform_access.schema import agent_schedules, schedule_execu
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.simulated_platform.scheduler import Fault, Started
+from exec_watchdog.testbed.announcements import CHANNEL, open_pubsub
 from exec_watchdog.testbed.waiting import eventually
 
 T = TypeVar("T")
-CHANNEL = "trinity:watchdog"
 
 
 class LoopThread:
@@ -108,8 +107,7 @@ class RedisFeed:
     """Every message published on the announcement channel since subscribing."""
 
     def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url)
-        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = open_pubsub(url)
         self._pubsub.subscribe(CHANNEL)
         eventually(lambda: self._pubsub.get_message(timeout=0.5), 5, "subscribed to the announcement channel")
         self.messages: list[dict[str, Any]] = []
@@ -122,7 +120,6 @@ class RedisFeed:
 
     def close(self) -> None:
         self._pubsub.close()
-        self._client.close()
 
 
 @dataclass
