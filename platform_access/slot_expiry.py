@@ -83,11 +83,13 @@ def is_leaked(entry: SlotEntry, row: SlotRow | None, now: float) -> bool:
     return leaked_status(row) is not None and entry.age_seconds(now) >= LEAK_GRACE_SECONDS
 
 
-def agent_timeouts(conn: sa.Connection) -> dict[str, int]:
+def agent_timeouts(conn: sa.Connection, names: Iterable[str] | None = None) -> dict[str, int]:
     """Each ``agent_ownership`` row's execution timeout (3,600 s when NULL or not a positive integer)."""
     out: dict[str, int] = {}
-    for name, timeout in conn.execute(sa.select(agent_ownership.c.agent_name,
-                                                agent_ownership.c.execution_timeout_seconds)):
+    query = sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds)
+    if names is not None:
+        query = query.where(agent_ownership.c.agent_name.in_(sorted(set(names))))
+    for name, timeout in conn.execute(query):
         if isinstance(name, str):
             ok = isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0
             out[name] = timeout if ok else DEFAULT_TIMEOUT_SECONDS
