@@ -11,11 +11,11 @@ The slot rules themselves (TTL, expiry, leak, ``drain-…``, ``governor:pause``)
    ``queued``/``pending_retry`` or a lease row → only the slot is released (Trinity removes every
    expired slot; no path touches those rows);
 4. the row is ``running``: the agent is asked (``GET /api/executions/running``):
-   - unreachable (no answer, or a timeout) → for ``reclaim_slot_unreachable`` the row is failed
+   - not answering (no connection, no answer in time, a 5xx) → for ``reclaim_slot_unreachable`` the row is failed
      with the #497 text. Trinity does so on one unanswered call; we only on this remediation, whose
      alert fired after the agent stayed unreachable for the whole ``slot_unreachable_for``, and
      only if it is still unreachable now. For ``reclaim_expired_slot`` → skipped (that alert
-     decides). Any other failed answer (401, 5xx, bad body) is not unreachability → retry;
+     decides). Any other failed answer (401, 404, a garbled body) is not unreachability → retry;
    - the agent lists the run (running, pending or recently completed) → only the slot is released;
 5. the in-flight marker: alive or unreadable → only the slot is released;
 6. otherwise the run is terminated on the agent, best effort (its answer never stops us), and
@@ -58,7 +58,9 @@ from exec_watchdog.remediator.payload import Alert
 T = TypeVar("T")
 
 Step = Literal["skip", "retry", "ask_agent", "ask_marker", "release", "fail", "terminate_and_fail"]
-_UNREACHABLE = ("unreachable", "timeout")
+# Not answering: no connection, no answer in time, or a 5xx (a container going away). A 401, a
+# 404 or a garbled body is an answer: our configuration or the image is wrong, not the agent gone.
+_UNREACHABLE = ("unreachable", "timeout", "server_error")
 
 
 @dataclass(frozen=True, slots=True)
