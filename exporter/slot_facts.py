@@ -23,7 +23,7 @@ from exec_watchdog.platform_access import slot_expiry
 from exec_watchdog.platform_access.slot_expiry import SlotEntry, SlotRow
 from exec_watchdog.platform_access.slots import SlotStore
 
-PUBLISH_SHARE = 0.5  # a slot past half its TTL is published, so the rule sees it coming
+PUBLISH_SHARE = 0.8  # a slot past 80 % of its TTL is published: the rules only need it from expiry on
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The exporter publishes the capacity slots that can fire (past half their TTL, or leaked) and governor:pause.
+"""The exporter publishes the capacity slots that can fire (past 80 % of their TTL, or leaked) and governor:pause.
 
 Real parts: SQLite and PostgreSQL, Redis with Trinity's slot layout and the SQL slot table, simulated agents.
 """
@@ -57,7 +57,7 @@ def _slot(agent: str, execution_id: str) -> dict[str, str]:
     return {"agent": agent, "execution_id": execution_id}
 
 
-async def test_only_slots_past_half_their_ttl_or_leaked_are_published(
+async def test_only_slots_past_80_percent_of_their_ttl_or_leaked_are_published(
         platform: sa.Engine, store: SlotStore, agents: AgentServer) -> None:
     with platform.begin() as conn:
         insert_agent(conn, "a1", timeout_seconds=600)
@@ -88,10 +88,10 @@ async def test_a_slot_without_its_hash_lives_the_agents_timeout_plus_300_else_12
     store = RedisSlots(redis_client)
     with platform.begin() as conn:
         insert_agent(conn, "a1", timeout_seconds=600)
-        insert_execution(conn, "e1", "a1", age_seconds=800)
-        insert_execution(conn, "e2", "a2", age_seconds=800)
-    _acquire(store, "a1", "e1", 800)
-    _acquire(store, "a2", "e2", 800)
+        insert_execution(conn, "e1", "a1", age_seconds=1000)
+        insert_execution(conn, "e2", "a2", age_seconds=1000)
+    _acquire(store, "a1", "e1", 1000)
+    _acquire(store, "a2", "e2", 1000)
     redis_client.delete("agent:slot:a1:e1", "agent:slot:a2:e2")
     value = (await _scrape(platform, store, agents)).get_sample_value
     assert value(m.SLOT_TTL, _slot("a1", "e1")) == 900

@@ -270,7 +270,7 @@ def agents() -> Panels:
             [model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})],
         ),
         time_series(
-            "Capacity slots past half their TTL, leaked, and governor pause",
+            "Capacity slots near or past their TTL, leaked, and governor pause",
             "Share of its TTL (hash timeout + 300 s) each published slot has lived: above 1 it is expired "
             "and reclaimed. Leaked: slots whose execution is missing or finished. Paused: 1 while Trinity's "
             "governor:pause stops slot cleanup. Healthy young slots are not published.",
