@@ -7,6 +7,7 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,6 +18,7 @@ import redis
 
 from exec_watchdog.platform_access.inflight import RedisInflight
 from exec_watchdog.platform_access.timestamps import utcnow
+from exec_watchdog.remediator import story
 from exec_watchdog.remediator.texts import (
     ACTIVITY_CLOSE_TEXTS,
     SLOT_RECLAIM_ACTIVITY_TEXT,
@@ -220,3 +222,15 @@ async def test_dry_run_reports_a_slot_reclaim_and_changes_nothing(
 def test_the_activity_close_text_after_a_slot_reclaim_is_trinitys() -> None:
     assert SLOT_RECLAIM_ACTIVITY_TEXT == "lease_expired: slot lease expired (no result callback)"
     assert set(ACTIVITY_CLOSE_TEXTS) == {EXPIRED, UNREACHABLE}  # a leak release closes no activity
+
+
+async def test_explain_tells_the_story_of_a_leak_release_with_the_slot_it_read(harness: Harness) -> None:
+    harness.add_execution("e-told", "a1", age_seconds=60, status="cancelled")
+    [verdict] = await _decide(harness, alert("e-told", "a1", LEAKED))
+    assert verdict["outcome"] == "recovered"
+    with harness.engine.connect() as conn:
+        told = story.load(conn, "e-told")
+    assert told is not None
+    text = json.dumps(told)
+    assert "capacity slot: acquired at" in text and "TTL 3900" in text
+    assert "slot released, no row changed (release_leaked_slot)" in text
