@@ -83,6 +83,7 @@ class Verdict:
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
     slot_only: bool = False  # a slot remediation that releases the slot and changes no row
+    slot_leak: bool = False  # slot_only for a missing or finished row: a recovery, announced
     terminate_first: bool = False  # a slot reclaim: terminate on the agent (best effort) before failing
     slot_age_seconds: float = 0.0  # a slot remediation: how long the slot was held
 
@@ -196,6 +197,9 @@ class Remediator:
                 self._gate(v)
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
+        quiet = [v for v in verdicts if v.undecided and v.slot_only and not v.slot_leak]
+        for v in quiet:
+            await anyio.to_thread.run_sync(self.slot_check.remove_quietly, v)
         await asyncio.gather(*(self._claim_release(v) for v in verdicts if v.undecided and v.slot_only))
         await asyncio.gather(*(self.slot_check.terminate(v) for v in verdicts if v.undecided and v.terminate_first))
         # Trinity's slot texts are written as they are, without the agent's last error.

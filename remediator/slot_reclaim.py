@@ -27,9 +27,12 @@ missing or ``success``/``failed``/``cancelled``/``skipped`` → the slot is rele
 (``running``, ``queued``, ``pending_retry``) → skipped.
 
 A failure goes through the guarded ``running → failed`` transition; the slot is released and the
-recovery announced by the common finish step, exactly once. A release that changes no row is a
-recovery too (action ``release_leaked_slot``): an action claim makes one delivery its owner, the
-outbox row makes its release and announcement happen exactly once.
+recovery announced by the common finish step, exactly once. A leak's release (row missing or
+finished) is a recovery too (action ``release_leaked_slot``): an action claim makes one delivery its
+owner, the outbox row makes its release and announcement happen exactly once. Removing the slot of
+a row that stays as it is (listed, held by a dispatcher, queued, a lease row) is announced to
+nobody, as in Trinity: the atomic removal itself picks the one delivery that did it (``recovered``;
+the others ``lost_race``), and the run, when it ends later, gets its own single recovery.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import anyio.to_thread
+import redis
 import sqlalchemy as sa
 
 from exec_watchdog.common.contract import RECLAIM_SLOT_UNREACHABLE, RELEASE_LEAKED_SLOT, Outcome
@@ -68,6 +72,7 @@ class SlotDecision:
     step: Step
     reason: str = ""
     text: str = ""  # the failure text (fail, terminate_and_fail)
+    leak: bool = False  # a release because the row is missing or finished (announced), not a live row's
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +110,11 @@ def decide(seen: SlotSeen) -> SlotDecision:
                                         f"{slot_expiry.LEAK_GRACE_SECONDS:g} s grace")
         if leak is None:
             return SlotDecision("skip", f"the row is {row.status if row else '?'!r}: not a leak")
-        return SlotDecision("release", _leak_reason(leak))
+        return SlotDecision("release", _leak_reason(leak), leak=True)
     if age <= seen.ttl_seconds:
         return SlotDecision("skip", f"not expired: acquired {age:.0f} s ago, TTL {seen.ttl_seconds:g} s")
     if leak is not None:
-        return SlotDecision("release", f"slot TTL expired; {_leak_reason(leak)}")
+        return SlotDecision("release", f"slot TTL expired; {_leak_reason(leak)}", leak=True)
     assert row is not None
     if row.status != "running" or row.leased:
         what = "a lease row (another reaper's)" if row.leased else f"{row.status!r}"
@@ -149,6 +154,7 @@ class Subject(Protocol):
     error: str
     evidence: Evidence
     slot_only: bool  # release the slot, change no row
+    slot_leak: bool  # slot_only because the row is missing or finished: a recovery, announced
     terminate_first: bool
     slot_age_seconds: float
 
@@ -236,7 +242,7 @@ class SlotCheck:
             return v.decide("retry", decision.reason)
         v.execution = row if isinstance(row, db.Execution) else None
         if decision.step == "release":
-            v.slot_only, v.error = True, decision.reason
+            v.slot_only, v.slot_leak, v.error = True, decision.leak, decision.reason
         else:
             v.error = decision.text
             v.terminate_first = decision.step == "terminate_and_fail"
@@ -247,6 +253,16 @@ class SlotCheck:
         answer, took = await timed(self._call(v.alert.agent, self.agents.terminate(v.alert.agent,
                                                                                    v.alert.execution_id)))
         v.evidence.terminate_answer(answer, took)
+
+    def remove_quietly(self, v: Subject) -> None:
+        """Remove the slot of a row left as it is: no outbox, no announcement; one remover wins."""
+        try:
+            removed = self.slots.release(v.alert.agent, v.alert.execution_id)
+        except (redis.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
+            return v.decide("retry", f"slot store unavailable: {type(exc).__name__}")
+        if removed:
+            return v.decide("recovered", v.error)
+        return v.decide("lost_race", "the slot was removed meanwhile")
 
     def claim_release(self, v: Subject, holder: str, ttl_seconds: float) -> str | None:
         """Own a slot-only release (one delivery, one replica); None when owned, else why not.

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from exec_watchdog.platform_access.inflight import RedisInflight
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import story
+from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.remediator.texts import (
     ACTIVITY_CLOSE_TEXTS,
     SLOT_RECLAIM_ACTIVITY_TEXT,
@@ -103,15 +105,22 @@ async def test_an_expired_slot_without_its_hash_uses_the_agents_timeout(harness:
     assert not _held(harness, "a1", "e-nohash")
 
 
-async def test_a_run_the_agent_still_lists_keeps_running_and_only_its_slot_is_removed(
-        harness: Harness, agents: AgentServer) -> None:
+async def test_a_run_the_agent_still_lists_keeps_running_and_only_its_slot_is_removed_unannounced(
+        harness: Harness, agents: AgentServer, redis_url: str) -> None:
+    """As Trinity: the row is left, so nothing is announced; the run's own end is its one recovery."""
     harness.add_execution("e-live", "a1", age_seconds=OLD)
     await agents.registry("a1").start("e-live", 30)
-    [verdict] = await _decide(harness, alert("e-live", "a1", EXPIRED))
-    assert verdict["outcome"] == "recovered", verdict
+    events = subscriber(redis_url)
+    verdicts = await asyncio.gather(*(_decide(harness, alert("e-live", "a1", EXPIRED)) for _ in range(3)))
+    outcomes = sorted(v[0]["outcome"] for v in verdicts)
+    assert outcomes.count("recovered") == 1, verdicts
+    [verdict] = [v[0] for v in verdicts if v[0]["outcome"] == "recovered"]
     assert "still lists the run" in verdict["reason"]
     assert harness.row("e-live").status == "running"
     assert not _held(harness, "a1", "e-live")
+    assert received(events) == []
+    with harness.engine.connect() as conn:
+        assert conn.execute(sa.select(recoveries).where(recoveries.c.execution_id == "e-live")).first() is None
     assert "e-live" in {r.execution_id for r in agents.registry("a1").running()}
 
 
