@@ -257,6 +257,17 @@ class Evidence:
         self._facts["retained_result"] = facts
         self._took("agent: GET result", seconds)
 
+    def slot_read(self, held: bool, *, paused: bool, acquired_at: float | None = None, age_seconds: float | None = None,
+                  ttl_seconds: float | None = None, hash_timeout_seconds: int | None = None,
+                  seconds: float | None = None) -> None:
+        """The capacity slot as re-read before acting: held, its score and TTL, and governor:pause."""
+        facts: dict[str, Any] = {"held": held, "governor_paused": paused}
+        if held:
+            facts.update(acquired_at=acquired_at, age_seconds=None if age_seconds is None else round(age_seconds, 3),
+                         ttl_seconds=ttl_seconds, hash_timeout_seconds=hash_timeout_seconds)
+        self._facts["slot"] = facts
+        self._took("slots: read the slot", seconds)
+
     def silence_check(self, check: SilenceCheck, seconds: float | None = None) -> None:
         """The silence re-check: who answered, who did not, and the active silences matching the alert."""
         matching = [s.id for s in check.silences if s.matches(self._alert.labels)]

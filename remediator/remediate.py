@@ -31,6 +31,8 @@ from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
+    RELEASE_LEAKED_SLOT,
+    SLOT_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
@@ -51,6 +53,7 @@ from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
+from exec_watchdog.remediator.slot_reclaim import SlotCheck
 
 log = structlog.get_logger("exec_watchdog.remediator")
 
@@ -79,6 +82,10 @@ class Verdict:
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
+    slot_only: bool = False  # a slot remediation that releases the slot and changes no row
+    slot_leak: bool = False  # slot_only for a missing or finished row: a recovery, announced
+    terminate_first: bool = False  # a slot reclaim: terminate on the agent (best effort) before failing
+    slot_age_seconds: float = 0.0  # a slot remediation: how long the slot was held
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -121,6 +128,7 @@ class Remediator:
         self.progress = ProgressMonitor()
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
+        self.slot_check = SlotCheck(engine, slots, agents, self.agent_gate, inflight)
 
     async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
@@ -174,20 +182,29 @@ class Remediator:
         seen: set[str] = set()
         for v in verdicts:
             v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
-            self._verify_row(v, rows.get(v.alert.execution_id), now)
+            if v.alert.remediation not in SLOT_ACTIONS:  # a slot's row may be missing or finished: slot_reclaim.py
+                self._verify_row(v, rows.get(v.alert.execution_id), now)
             if v.undecided and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
             seen.add(v.alert.execution_id)
         await self._check_silences([v for v in verdicts if v.undecided])
         orphans = [v for v in verdicts if v.undecided and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
         await self.orphans.verify(orphans, now)
+        await self.slot_check.verify([v for v in verdicts if v.undecided and v.alert.remediation in SLOT_ACTIONS],
+                                     rows, now.timestamp())
         for v in verdicts:
             if v.undecided:
                 self._gate(v)
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
+        quiet = [v for v in verdicts if v.undecided and v.slot_only and not v.slot_leak]
+        for v in quiet:
+            await anyio.to_thread.run_sync(self.slot_check.remove_quietly, v)
+        await asyncio.gather(*(self._claim_release(v) for v in verdicts if v.undecided and v.slot_only))
+        await asyncio.gather(*(self.slot_check.terminate(v) for v in verdicts if v.undecided and v.terminate_first))
+        # Trinity's slot texts are written as they are, without the agent's last error.
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.undecided and v.claim is None))
+                               if v.undecided and v.claim is None and v.alert.remediation not in SLOT_ACTIONS))
         ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -265,6 +282,13 @@ class Remediator:
             await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
         return None
 
+    async def _claim_release(self, v: Verdict) -> None:
+        holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
+        refused = await anyio.to_thread.run_sync(self.slot_check.claim_release, v, holder,
+                                                 self.settings.action_claim_ttl_seconds)
+        if refused is not None:
+            v.decide("lost_race", refused)
+
     def _claim_action(self, execution_id: str, holder: str) -> str | None:
         """Claim the execution before acting outside the database; None when held, else why not."""
         if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
@@ -323,6 +347,9 @@ class Remediator:
         with self.engine.begin() as conn:
             now = db.database_now(conn)
             for v in verdicts:
+                if v.slot_only:  # owned through its action claim: no row changes, the release is the action
+                    winners.append(self._slot_release(v, now))
+                    continue
                 assert v.execution is not None
                 started = time.perf_counter()
                 won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
@@ -352,6 +379,13 @@ class Remediator:
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
             self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
+
+    def _slot_release(self, v: Verdict, now: datetime) -> audit.Recovery:
+        v.decide("recovered", v.error)
+        return audit.Recovery(
+            execution_id=v.alert.execution_id, agent_name=v.alert.agent, action=RELEASE_LEAKED_SLOT, reason=v.error,
+            fingerprint=v.alert.fingerprint, runtime_seconds=v.slot_age_seconds,
+            alert_started_at=v.alert.starts_at, recovered_at=now)
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
 

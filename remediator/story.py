@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from exec_watchdog.common.contract import RELEASE_LEAKED_SLOT
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.remediator import audit
@@ -168,6 +169,17 @@ def _row(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
             f"from the {r.get('timeout_source')}{lease}")
 
 
+def _slot(s: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    paused = "; governor:pause exists (slot cleanup paused)" if s.get("governor_paused") else ""
+    if not s.get("held"):
+        return f"capacity slot: not held{paused}"
+    timeout = s.get("hash_timeout_seconds")
+    source = (f"hash timeout {timeout} s + 300" if timeout is not None
+              else "no hash: the agent's timeout + 300, else 1200")
+    return (f"capacity slot: acquired at {s.get('acquired_at')} (epoch s), {s.get('age_seconds')} s ago; TTL "
+            f"{s.get('ttl_seconds')} s ({source}){paused}")
+
+
 def _silences(s: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     if not s.get("answered_by"):
         return f"silence re-check failed: {s.get('error')}"
@@ -236,14 +248,17 @@ def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
 
 
 _SENTENCES: tuple[tuple[str, Callable[[Mapping[str, Any], Mapping[str, Any]], str]], ...] = (
-    ("alert", _alert), ("delivery", _delivery), ("row", _row), ("silences", _silences), ("inflight", _inflight),
+    ("alert", _alert), ("delivery", _delivery), ("row", _row), ("slot", _slot), ("silences", _silences),
+    ("inflight", _inflight),
     ("agent", _agent), ("retained_result", _retained), ("terminate", _terminate), ("last_error", _last_error),
     ("update", _update), ("timings", _timings))
 
 
 def _recovery_events(recovery: Any, external_url: str) -> list[dict[str, Any]]:
-    events = [_event("recovered", recovery.recovered_at, f"marked failed by the guarded update "
-                     f"({recovery.action}): {recovery.reason}", action=recovery.action)]
+    what = ("slot released, no row changed" if recovery.action == RELEASE_LEAKED_SLOT
+            else "marked failed by the guarded update")
+    events = [_event("recovered", recovery.recovered_at, f"{what} ({recovery.action}): {recovery.reason}",
+                     action=recovery.action)]
     if recovery.slot_released_at:
         events.append(_event("slot_released", recovery.slot_released_at, "capacity slot released"))
     if recovery.announced_at:
