@@ -1,0 +1,154 @@
+"""Secrets never leave in what we store or send: the one place that takes them out of text.
+
+Two kinds of secret are replaced by ``[redacted]``:
+
+- **known secrets**: every secret the process holds (the agents' HMAC secret, the webhook bearer
+  token and basic-auth password, the database and Redis passwords) and each agent's derived token,
+  registered as the agent client derives it. Wherever one appears, in whatever text, it goes;
+  values shorter than ``MIN_SECRET_CHARS`` are not registered (they would redact ordinary words);
+- **credential shapes**, whoever's they are: a URL's ``user:password@`` or ``token@`` (the whole
+  userinfo goes), query parameters with secret-looking names (``?access_token=…``), ``Bearer …`` and
+  ``Authorization: …`` values, and assignments to secret-looking names in environment, libpq,
+  query-string and JSON forms (``AGENT_AUTH_SECRET=…``, ``password=…``, ``password='a b'``,
+  ``?access_token=…``, ``"api_key": "…"``): the name stays, the value goes.
+
+Who uses it: the agent client on every text an agent sends (``platform_access/agent_client.py``),
+the remediator on every decision reason, recovery row, announcement, story and evidence value, and
+the log processor (``common/logs.py``) on every log line. ``redacted_url`` (for error messages that
+name a database or Redis URL) is the URL shape alone, with ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 6
+MAX_KNOWN_SECRETS = 100_000  # agents' derived tokens: one per agent ever called (then the shapes only)
+
+_NAME = r"[A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|_key|credential)[A-Za-z0-9_.-]*"
+_TOKEN = re.compile(r"[0-9a-f]{64,}")  # an agent's derived token: HMAC-SHA256 in lowercase hex
+TOKEN_CHARS = 64
+_SHAPES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+    # scheme://user:password@host and scheme://token@host: the whole userinfo (a user name can be a token)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@"), r"\1" + REDACTED + "@"),
+    # a query parameter with a secret-looking name: ?access_token=x, &X-Amz-Signature... (name stays)
+    (re.compile(r"(?i)([?&;][^=&#\s]*(?:secret|token|passw|key|auth|credential|signature)[^=&#\s]*=)[^&#\s]*"),
+     r"\1" + REDACTED),
+    # Authorization: Bearer x / Basic x, X-Trinity-Agent-Token: x, and a bare Bearer x
+    (re.compile(r"(?i)\b((?:proxy-)?authorization|x-trinity-agent-token)(\s*[:=]\s*)"
+                r"(?:(?:bearer|basic|token|digest)\s+)?[^\s,;\"']+"), r"\1\2" + REDACTED),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
+    # "password": "x" (JSON) or 'token': 'x' (a printed dict), then NAME=value / NAME: value
+    (re.compile(r"""(?i)(["']""" + _NAME + r"""["']\s*[:=]\s*)(?:(["'])(?:(?!\2)[^\\]|\\.)*\2|[^\s,;}'"]+)"""),
+     lambda m: f"{m[1]}{m[2] or ''}{REDACTED}{m[2] or ''}"),
+    (re.compile(r"(?i)\b(" + _NAME + r")(\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|(?!//)[^\s&;,'\"]+)"),
+     r"\1\2" + REDACTED),
+)
+
+
+class Redactor:
+    """Replaces known secrets and credential shapes; secrets can be added while it is in use.
+
+    Agents' derived tokens (one per agent, 64 hex characters) are looked up in a set for every run
+    of hex in the text, so a fleet of thousands of agents costs one scan, not one per agent.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._lock = threading.Lock()
+        self._tokens: frozenset[str] = frozenset()
+        self._others: tuple[str, ...] = ()  # longest first: a secret containing another goes whole
+        self.add(*secrets)
+
+    def add(self, *secrets: str | None) -> None:
+        fresh = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
+        tokens = {s for s in fresh if len(s) == TOKEN_CHARS and _TOKEN.fullmatch(s)}
+        others = fresh - tokens
+        with self._lock:
+            if not tokens <= self._tokens and len(self._tokens) < MAX_KNOWN_SECRETS:
+                self._tokens = self._tokens | tokens
+            if not others <= set(self._others):
+                self._others = tuple(sorted(set(self._others) | others, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        return self.text(text)
+
+    def text(self, text: str) -> str:
+        """``text`` with every known secret and every credential shape replaced."""
+        text = self._known(text)
+        for pattern, replacement in _SHAPES:
+            text = pattern.sub(replacement, text)
+        # A replacement can join the text around it into a known secret again (one that shares
+        # characters with the marker): then nothing of the text is kept.
+        return REDACTED if self._survives(text) else text
+
+    def known(self, text: str) -> str:
+        """``text`` with the known secrets replaced, the shapes left alone: for a run's own output
+        (its response and transcript), where ``password=`` may be what the user asked about."""
+        text = self._known(text)
+        return REDACTED if self._survives(text) else text
+
+    def _known(self, text: str) -> str:
+        for secret in self._others:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if self._tokens and len(text) >= TOKEN_CHARS:
+            text = _TOKEN.sub(self._hex_run, text)
+        return text
+
+    def _hex_run(self, match: re.Match[str]) -> str:
+        run, tokens = match.group(), self._tokens
+        if len(run) == TOKEN_CHARS:
+            return REDACTED if run in tokens else run
+        out, start = [], 0
+        for i in range(len(run) - TOKEN_CHARS + 1):
+            if i >= start and run[i:i + TOKEN_CHARS] in tokens:
+                out += [run[start:i], REDACTED]
+                start = i + TOKEN_CHARS
+        return "".join(out) + run[start:]
+
+    def _survives(self, text: str) -> bool:
+        if any(secret in text for secret in self._others):
+            return True
+        return bool(self._tokens) and any(
+            run[i:i + TOKEN_CHARS] in self._tokens
+            for run in _TOKEN.findall(text) for i in range(len(run) - TOKEN_CHARS + 1))
+
+
+PROCESS = Redactor()
+"""The process's own redactor: the services register what they hold at start."""
+
+
+def redact(text: str) -> str:
+    """``text`` through the process's redactor."""
+    return PROCESS.text(text)
+
+
+def secrets_of_url(url: str | None) -> tuple[str, ...]:
+    """The password a database or Redis URL carries, as written and decoded, to register as known secrets."""
+    if not url:
+        return ()
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return () if not password else (password, unquote(password))
+
+
+def redacted_url(url: str) -> str:
+    """``scheme://user:***@host/...`` for any URL with a password; the URL unchanged otherwise."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"  # cannot tell where a password would be in it
+    if password is None:
+        # Not parsed as a URL with credentials (e.g. "redis//:pw@host"): mask what looks like one.
+        head, at, tail = url.rpartition("@")
+        return f"{head.rpartition(':')[0]}:***@{tail}" if at and ":" in head else url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
