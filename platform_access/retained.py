@@ -60,7 +60,7 @@ def is_coded_missing(body: bytes) -> bool:
     """True for the coded 404 body; False for a bare or unreadable one (an older image)."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     detail = parsed.get("detail") if isinstance(parsed, dict) else None
     return isinstance(detail, dict) and detail.get("code") == NO_RETAINED_RESULT
@@ -95,8 +95,8 @@ def parse_retained(raw: bytes) -> RetainedResult:
         raise BadRetainedResult(f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
-    except ValueError:
-        raise BadRetainedResult("body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        raise BadRetainedResult("body is not JSON we can read") from None
     if not isinstance(body, dict):
         raise BadRetainedResult("body is not a JSON object")
     status = body.get("status")
