@@ -8,6 +8,7 @@ answering that one route of that one agent; everything else is forwarded to the 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -155,6 +156,7 @@ async def test_a_recovery_for_an_alert_from_year_0999_is_finished_by_the_sweep(
         deadline = time.monotonic() + 10
         while not received_ids(events):
             assert time.monotonic() < deadline, "the sweep announced the recovery"
+            await asyncio.sleep(0.1)  # the sweeper runs on this event loop
         with h.engine.connect() as conn:
             assert audit.count_unfinished(conn) == 0
             started = conn.execute(sa.select(audit.recoveries.c.alert_started_at)).scalar_one()
@@ -163,7 +165,7 @@ async def test_a_recovery_for_an_alert_from_year_0999_is_finished_by_the_sweep(
 
 
 def received_ids(events: Any) -> list[str]:
-    return [e["execution_id"] for e in received(events, wait=0.2)]
+    return [e["execution_id"] for e in received(events, wait=0.05)]
 
 
 async def test_missing_audit_tables_answer_a_clear_503_and_readiness_fails(
