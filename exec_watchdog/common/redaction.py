@@ -5,7 +5,8 @@ Two kinds of secret are replaced by ``[redacted]``:
 - **known secrets**: every secret the process holds (the agents' HMAC secret, the webhook bearer
   token and basic-auth password, the database and Redis passwords) and each agent's derived token,
   registered as the agent client derives it. Wherever one appears, in whatever text, it goes;
-  values shorter than ``MIN_SECRET_CHARS`` are not registered (they would redact ordinary words);
+  values shorter than ``MIN_SECRET_CHARS`` are not registered (they would redact ordinary words),
+  nor pieces of the marker itself;
 - **credential shapes**, whoever's they are: a URL's ``user:password@`` or ``token@`` (the whole
   userinfo goes), query parameters with secret-looking names (``?access_token=…``), ``Bearer …`` and
   ``Authorization: …`` values, and assignments to secret-looking names in environment, libpq,
@@ -34,7 +35,8 @@ _TOKEN = re.compile(r"[0-9a-f]{64,}")  # an agent's derived token: HMAC-SHA256 i
 TOKEN_CHARS = 64
 _SHAPES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # scheme://user:password@host and scheme://token@host: the whole userinfo (a user name can be a token)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@"), r"\1" + REDACTED + "@"),
+    # (a password is often written with its '/' unescaped: after "user:", anything up to the last '@')
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s@]*:\S*|[^/?#\s]*)@"), r"\1" + REDACTED + "@"),
     # a query parameter with a secret-looking name: ?access_token=x, &X-Amz-Signature... (name stays)
     (re.compile(r"(?i)([?&;][^=&#\s]*(?:secret|token|passw|key|auth|credential|signature)[^=&#\s]*=)[^&#\s]*"),
      r"\1" + REDACTED),
@@ -64,7 +66,8 @@ class Redactor:
         self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
-        fresh = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
+        # A piece of the marker itself cannot be told apart from the marker: not a real secret anyway.
+        fresh = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS and s not in REDACTED}
         tokens = {s for s in fresh if len(s) == TOKEN_CHARS and _TOKEN.fullmatch(s)}
         others = fresh - tokens
         with self._lock:
