@@ -225,7 +225,7 @@ async def _webhook(request: Request, state: State) -> Response:
         except sa.exc.SQLAlchemyError as exc:
             return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
     summary = [{"fingerprint": v.alert.fingerprint, "execution_id": v.alert.execution_id[:200],
-                "outcome": v.outcome, "reason": v.reason} for v in result.verdicts[:100]]
+                "outcome": v.outcome, "reason": redact(v.reason)} for v in result.verdicts[:100]]
     if result.retry:
         return JSONResponse({"status": "retry", "alerts": summary}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ok", "alerts": summary})

@@ -130,7 +130,7 @@ class Remediator:
     async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
             result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
-            actionable = [v for v in result.verdicts if self._screen(v)]
+            actionable = [v for v in result.verdicts if self._screened(v)]
             if actionable:
                 try:
                     result.unfinished = not await self._act(actionable)
@@ -159,6 +159,11 @@ class Remediator:
                 self.breaker.settle(v.alert.execution_id, changed=v.outcome == "recovered")
 
     # -- screening: what is ours to act on --------------------------------------------------------
+
+    def _screened(self, v: Verdict) -> bool:
+        with alone(v, "screening the alert"):
+            return self._screen(v)
+        return False
 
     def _screen(self, v: Verdict) -> bool:
         alert = v.alert
@@ -248,10 +253,11 @@ class Remediator:
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            v.evidence.silence_check(check, took)
-            imposed = covering(check.silences, v.alert.labels)
-            if imposed is not None:
-                v.decide(*imposed)
+            with alone(v, "matching silences"):
+                v.evidence.silence_check(check, took)
+                imposed = covering(check.silences, v.alert.labels)
+                if imposed is not None:
+                    v.decide(*imposed)
 
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:

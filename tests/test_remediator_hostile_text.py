@@ -218,6 +218,7 @@ async def test_no_secret_an_agent_prints_reaches_anything_we_store_or_send(
         "agent secret": f"backend said {SECRET}!",
         "webhook token": f"hook{TOKEN}hook",
         "database URL": f"DATABASE_URL={database_url}",
+        "database password": f"PGPASS {DB_PASSWORD}",  # no shape around it: only knowing it catches it
         "libpq": "host=db password=libpq-pw-77 dbname=trinity",
         "URL credentials": "see https://deploy:url-pw-88@git.example/repo.git",
         "bearer": "curl -H 'Authorization: Bearer bearer-tok-99'",
