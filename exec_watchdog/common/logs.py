@@ -11,12 +11,16 @@ import structlog
 
 from exec_watchdog.common.redaction import redact
 
+_OURS = frozenset({"level", "timestamp", "logger"})  # written by the processors: nothing to redact
+
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Blank credentials out of every text of a line, ours or a library's (uvicorn logs WebSocket
     paths with their ``?access_token=``; the websockets library dumps handshake headers at debug;
     an agent's error text may carry its environment): ``common/redaction.py`` has the rules."""
     for key, value in event_dict.items():
+        if key in _OURS:
+            continue
         if isinstance(value, str):
             event_dict[key] = redact(value)
         elif isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
@@ -37,11 +41,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    structlog.configure(
+    structlog.configure(  # redacted last: a traceback quotes what the exception said
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -49,7 +52,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[*shared, redact_secrets], processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
         ])
     )

@@ -81,19 +81,21 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """``text`` with every known secret and every credential shape replaced."""
+        original = text
         text = self._known(text)
         if "=" in text or ":" in text or "earer" in text.lower():  # every shape needs one of them
             for pattern, replacement in _SHAPES:
                 text = pattern.sub(replacement, text)
         # A replacement can join the text around it into a known secret again (one that shares
-        # characters with the marker): then nothing of the text is kept.
-        return REDACTED if self._survives(text) else text
+        # characters with the marker): then nothing of the text is kept. Unchanged text held none.
+        return REDACTED if text is not original and text != original and self._survives(text) else text
 
     def known(self, text: str) -> str:
         """``text`` with the known secrets replaced, the shapes left alone: for a run's own output
         (its response and transcript), where ``password=`` may be what the user asked about."""
+        original = text
         text = self._known(text)
-        return REDACTED if self._survives(text) else text
+        return REDACTED if text != original and self._survives(text) else text
 
     def _known(self, text: str) -> str:
         for secret in self._others:
