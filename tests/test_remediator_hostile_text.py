@@ -12,21 +12,25 @@ import asyncio
 import io
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 import redis
 import sqlalchemy as sa
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exec_watchdog.common import logs
 from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.auth import agent_token
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc
 from exec_watchdog.remediator import audit
 from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.explain import render
@@ -316,3 +320,12 @@ async def test_a_status_that_is_not_terminal_is_never_claimed(claims: tuple[Harn
     [verdict] = response.json()["alerts"]
     assert verdict["outcome"] == "retry" and "not a terminal result" in verdict["reason"], verdict
     assert h.row("e-busy").status == "running" and h.slots.held("a1") == {"e-busy"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)))
+def test_every_moment_written_reads_back(moment: datetime) -> None:
+    """Before: year 999 was written "999-..." (strftime does not pad it), which nothing could read back."""
+    written = format_utc(moment)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written), written
+    assert parse_utc(written) == moment
