@@ -30,25 +30,44 @@ REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 6
 MAX_KNOWN_SECRETS = 100_000  # agents' derived tokens: one per agent ever called (then the shapes only)
 
-_NAME = r"[A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|_key|credential)[A-Za-z0-9_.-]*"
+_SECRET_NAME = re.compile(r"(?i)passw(?:or)?d|pwd|secret|token|api[_-]?key|_key|credential")
+_SECRET_PARAM = re.compile(r"(?i)secret|token|passw|key|auth|credential|signature")
 _TOKEN = re.compile(r"[0-9a-f]{64,}")  # an agent's derived token: HMAC-SHA256 in lowercase hex
 TOKEN_CHARS = 64
+_WORD = r"[A-Za-z0-9_.-]"
+
+
+def _if_secret_name(name_group: int, keep: Callable[[re.Match[str]], str],
+                    names: re.Pattern[str] = _SECRET_NAME) -> Callable[[re.Match[str]], str]:
+    """A replacement that redacts only when the matched name looks like a secret's."""
+    def replace(m: re.Match[str]) -> str:
+        return keep(m) if names.search(m[name_group]) else m[0]
+    return replace
+
+
+# Every pattern matches in linear time: names are whole runs (a look-behind where they start,
+# possessive quantifiers), whether a name is a secret's is decided after the match, not by
+# backtracking through it, and the one backtracking part (a URL's userinfo) is bounded.
 _SHAPES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # scheme://user:password@host and scheme://token@host: the whole userinfo (a user name can be a token)
     # (a password is often written with its '/' unescaped: after "user:", anything up to the last '@')
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s@]*:\S*|[^/?#\s]*)@"), r"\1" + REDACTED + "@"),
-    # a query parameter with a secret-looking name: ?access_token=x, &X-Amz-Signature... (name stays)
-    (re.compile(r"(?i)([?&;][^=&#\s]*(?:secret|token|passw|key|auth|credential|signature)[^=&#\s]*=)[^&#\s]*"),
-     r"\1" + REDACTED),
+    # (bounded: a userinfo is at most 1,024 characters, so no start is scanned further than that)
+    (re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,30}+://)(?:[^/?#\s@:]{0,1024}+:\S{0,1024}|"
+                r"[^/?#\s@]{1,1024}+)@"),
+     r"\1" + REDACTED + "@"),
+    # a query parameter with a secret-looking name: ?access_token=x, &X-Amz-Signature=x (name stays)
+    (re.compile(r"([?&;])([^=&#\s?;]++)=([^&#\s]*+)"),
+     _if_secret_name(2, lambda m: f"{m[1]}{m[2]}={REDACTED}", _SECRET_PARAM)),
     # Authorization: Bearer x / Basic x, X-Trinity-Agent-Token: x, and a bare Bearer x
-    (re.compile(r"(?i)\b((?:proxy-)?authorization|x-trinity-agent-token)(\s*[:=]\s*)"
-                r"(?:(?:bearer|basic|token|digest)\s+)?[^\s,;\"']+"), r"\1\2" + REDACTED),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
-    # "password": "x" (JSON) or 'token': 'x' (a printed dict), then NAME=value / NAME: value
-    (re.compile(r"""(?i)(["']""" + _NAME + r"""["']\s*[:=]\s*)(?:(["'])(?:(?!\2)[^\\]|\\.)*\2|[^\s,;}'"]+)"""),
-     lambda m: f"{m[1]}{m[2] or ''}{REDACTED}{m[2] or ''}"),
-    (re.compile(r"(?i)\b(" + _NAME + r")(\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|(?!//)[^\s&;,'\"]+)"),
-     r"\1\2" + REDACTED),
+    (re.compile(r"(?i)\b((?:proxy-)?authorization|x-trinity-agent-token)(\s*+[:=]\s*+)"
+                r"(?:(?:bearer|basic|token|digest)\s++)?[^\s,;\"']++"), r"\1\2" + REDACTED),
+    (re.compile(r"(?i)\b(bearer\s++)[A-Za-z0-9._~+/=-]++"), r"\1" + REDACTED),
+    # "password": "x" (JSON) or 'token': 'x' (a printed dict): the quotes stay
+    (re.compile(r"""(["'])(""" + _WORD + r"""++)\1(\s*+[:=]\s*+)(?:(["'])((?:(?!\4)[^\\]|\\.)*+)\4|([^\s,;}'"]++))"""),
+     _if_secret_name(2, lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4] or ''}{REDACTED}{m[4] or ''}")),
+    # NAME=value / NAME: value, quoted or bare (environment, libpq, YAML, headers)
+    (re.compile(r"(?<![A-Za-z0-9_.-])(" + _WORD + r"++)(\s*+[=:]\s*+)(?:'[^']*+'|\"[^\"]*+\"|(?!//)[^\s&;,'\"]++)"),
+     _if_secret_name(1, lambda m: f"{m[1]}{m[2]}{REDACTED}")),
 )
 
 
