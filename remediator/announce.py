@@ -25,6 +25,7 @@ from exec_watchdog.common.contract import (
     RELEASE_LEAKED_SLOT,
     TERMINATE_OVERDUE,
 )
+from exec_watchdog.common.redaction import redact
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.remediator.audit import Recovery
 
@@ -47,8 +48,8 @@ def recovery_event(recovery: Recovery, external_url: str = "") -> dict[str, Any]
         "type": "watchdog_recovery",
         "agent_name": recovery.agent_name,
         "execution_id": recovery.execution_id,
-        "action": EVENT_ACTIONS[recovery.action],
-        "reason": recovery.reason,
+        "action": EVENT_ACTIONS.get(recovery.action, recovery.action[:64]),  # a hand-edited row is still announced
+        "reason": redact(recovery.reason),
         "timestamp": format_utc(recovery.recovered_at),
     }
     link = story_url(external_url, recovery.execution_id)
