@@ -42,7 +42,7 @@ from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import action_claims, audit, claim, texts
+from exec_watchdog.remediator import action_claims, audit, claim, closing, texts
 from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
@@ -119,6 +119,7 @@ class Remediator:
         self.agent_gate = AgentGate(settings.agent_concurrency, settings.agent_calls_per_agent,
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
+        self._has_close_tables: bool | None = None
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
@@ -332,6 +333,9 @@ class Remediator:
                                               status=v.claim.status, guard="Trinity's claim guard")
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
+                if won and self._closes_supported():  # the run's activity and event: same transaction
+                    closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
+                    v.evidence.platform_closed(closed.activities, closed.event_id)
                 killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
                 if won or killed:  # a kill whose exit report won the update is still ours
                     recovery = audit.Recovery(
@@ -352,6 +356,16 @@ class Remediator:
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
             self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
+
+    def _closes_supported(self) -> bool:
+        """Whether the database has Trinity's activity and event tables (a database an older
+        ``db init`` made has not: its transitions then close nothing, and the log says so once)."""
+        if self._has_close_tables is None:
+            self._has_close_tables = closing.tables_present(self.engine)
+            if not self._has_close_tables:
+                log.warning("activity_tables_missing", detail="agent_activities / agent_event_subscriptions / "
+                            "agent_events absent: recoveries close no activity and write no event")
+        return self._has_close_tables
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
 

@@ -31,3 +31,16 @@ def with_last_error(text: str, last_error: LastError | None) -> str:
     if last_error is not None and last_error.error_message:
         text = f"[{last_error.error_type or 'error'}] {last_error.error_message}. Cleanup: {text}"
     return text[:MAX_ERROR_CHARS]
+
+
+# -- Activity closes and the cleanup paths' texts (Trinity's cleanup_service / db/activities) ---------
+# The activity close after a stale or no-session sweep (duration_ms NULL).
+STALE_SWEEP_ACTIVITY_TEXT = "Marked as failed by cleanup: execution swept as stale"
+# The activity close after a slot reclaim (Trinity's _close_stale_slot_activity).
+SLOT_RECLAIM_ACTIVITY_TEXT = "lease_expired: slot lease expired (no result callback)"
+# Trinity's 120-minute activity backstop (mark_stale_activities_failed).
+STALE_ACTIVITY_TEXT = "Marked as failed by cleanup: exceeded 120-minute timeout"
+# Phase 1c: a skipped row never given a completed_at.
+SKIPPED_FINALIZED_TEXT = "Finalized by cleanup: skipped execution"
+# Capacity maintenance: a queued row older than 24 hours.
+BACKLOG_EXPIRED_TEXT = "Backlog expired: queued longer than 24 hours"

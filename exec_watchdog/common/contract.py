@@ -37,7 +37,11 @@ REMEDIATION_LABEL = "remediation"
 FAIL_ORPHAN = "fail_orphan"  # the agent no longer knows the run: mark it failed, release the slot
 TERMINATE_OVERDUE = "terminate_overdue"  # past its timeout: terminate on the agent, then mark failed
 CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database: claim the result
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
+# Rows Trinity's cleanup service ends outside Phase 0 (issue 22): skipped rows, backlog.
+FINALIZE_SKIPPED = "finalize_skipped"  # a skipped row without completed_at: finalize it as failed
+EXPIRE_BACKLOG = "expire_backlog"  # a queued row older than 24 h: fail it
+ROW_ACTIONS = (FINALIZE_SKIPPED, EXPIRE_BACKLOG)
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *ROW_ACTIONS)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
