@@ -36,6 +36,18 @@ class ExecutionFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CleanupRowFacts:
+    """A skipped row without completed_at (age since started_at), or a queued row queued longer than the
+    exporter's publish bound (age since queued_at): the rows Trinity's cleanup service ends."""
+
+    agent: str
+    execution_id: str
+    schedule_id: str
+    status: str  # skipped | queued
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryCounts:
     """How many executions the agent's registry lists in each state."""
 
@@ -75,3 +87,4 @@ class Snapshot:
     # Cumulative since the exporter started: (agent, reason) -> count. Every polled agent has all
     # reasons (zeros included) so that the first error shows up in rate() and increase().
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    cleanup_rows: tuple[CleanupRowFacts, ...] = ()

@@ -31,10 +31,12 @@ from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
+    ROW_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
 )
+from exec_watchdog.platform_access import cleanup_rows
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -42,7 +44,7 @@ from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import action_claims, audit, claim, closing, texts
+from exec_watchdog.remediator import action_claims, audit, claim, closing, row_cleanup, texts
 from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
@@ -67,6 +69,7 @@ class Settings:
     action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
+    backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
 
 
 @dataclass(slots=True)
@@ -79,6 +82,7 @@ class Verdict:
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
+    queued_at: str | None = None  # expire_backlog: the queued_at verified, guarded on by the write
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -172,10 +176,15 @@ class Remediator:
         """Verify and act; False when a recovery's slot release or announcement is still owed."""
         ids = sorted({v.alert.execution_id for v in verdicts})
         (rows, now), took = await timed(anyio.to_thread.run_sync(self._load, ids))
+        cleanup_ids = sorted({v.alert.execution_id for v in verdicts if v.alert.remediation in ROW_ACTIONS})
+        cleanup = await anyio.to_thread.run_sync(self._load_cleanup, cleanup_ids, now) if cleanup_ids else {}
         seen: set[str] = set()
         for v in verdicts:
             v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
-            self._verify_row(v, rows.get(v.alert.execution_id), now)
+            if v.alert.remediation in ROW_ACTIONS:
+                self._verify_cleanup_row(v, rows.get(v.alert.execution_id), cleanup.get(v.alert.execution_id))
+            else:
+                self._verify_row(v, rows.get(v.alert.execution_id), now)
             if v.undecided and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
             seen.add(v.alert.execution_id)
@@ -188,7 +197,7 @@ class Remediator:
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.undecided and v.claim is None))
+                               if v.undecided and v.claim is None and v.alert.remediation not in ROW_ACTIONS))
         ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -202,6 +211,22 @@ class Remediator:
         """The rows, and the database's clock to age them with (never ours: it may be skewed)."""
         with self.engine.connect() as conn:
             return db.get_executions(conn, ids), db.database_now(conn)
+
+    def _load_cleanup(self, ids: list[str], now: datetime) -> dict[str, cleanup_rows.CleanupRow | None]:
+        with self.engine.connect() as conn:
+            return {i: row_cleanup.read(conn, i, now) for i in ids}
+
+    def _verify_cleanup_row(self, v: Verdict, row: db.Execution | db.BadRow | None,
+                            facts: cleanup_rows.CleanupRow | None) -> None:
+        """Skipped and backlog rows: remediator/row_cleanup.py decides, no agent is asked."""
+        if isinstance(row, db.BadRow):
+            return v.decide("skipped", f"unreadable row: {row}")
+        decision = row_cleanup.decide(v.alert.remediation, v.alert.agent, facts,
+                                      self.settings.backlog_max_age_seconds)
+        if not decision.act or row is None:
+            return v.decide("skipped", decision.reason or "no such execution in the database")
+        v.execution, v.queued_at, v.error = row, decision.queued_at, row_cleanup.TEXTS[v.alert.remediation]
+        return None
 
     def _verify_row(self, v: Verdict, row: db.Execution | db.BadRow | None, now: datetime) -> None:
         alert = v.alert
@@ -326,8 +351,11 @@ class Remediator:
             for v in verdicts:
                 assert v.execution is not None
                 started = time.perf_counter()
-                won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
-                       else db.fail_execution(conn, v.execution, v.error, now))
+                if v.alert.remediation in ROW_ACTIONS:
+                    won = row_cleanup.transition(conn, v.alert.remediation, v.execution.id, v.queued_at, now)
+                else:
+                    won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
+                           else db.fail_execution(conn, v.execution, v.error, now))
                 if v.claim is not None:  # what the claim wrote: the agent's status and error, not our notice
                     v.evidence.guarded_update(won, v.claim.error or "", time.perf_counter() - started,
                                               status=v.claim.status, guard="Trinity's claim guard")

@@ -60,6 +60,10 @@ class ExporterMetric:
     EXECUTION_RECENTLY_COMPLETED = f"{PREFIX}_execution_recently_completed"
     EXECUTION_DISPATCH_INFLIGHT = f"{PREFIX}_execution_dispatch_inflight"
 
+    # Rows Trinity's cleanup service ends (issue 22): only rows that can fire, one series each.
+    SKIPPED_UNFINALIZED_AGE = f"{PREFIX}_execution_skipped_unfinalized_seconds"
+    QUEUED_AGE = f"{PREFIX}_execution_queued_seconds"
+
     AGENT_UP = f"{PREFIX}_agent_up"
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"
     AGENT_SLOTS_USED = f"{PREFIX}_agent_slots_used"
