@@ -61,6 +61,9 @@ class Profile:
     advice_window: str = _tunable("duration")
     advice_min_runs: int = _tunable("count")
     timeout_advice_for: str = _tunable("duration")
+    skipped_unfinalized_for: str = _tunable("duration")
+    backlog_max_age_seconds: int = _tunable("seconds")
+    backlog_expired_for: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""

@@ -140,6 +140,8 @@ class Stack:
                             f"{agent_timeout:g}")
         if o.redis_url:
             argv += ["--redis-url", o.redis_url]
+        # Queued rows are published from half the backlog age on (only rows that can fire).
+        argv += ["--queued-publish-after", f"{int(self.settings['backlog_max_age_seconds']) / 2:g}"]
         argv += list(o.exporter_flags)
         name, url = "exporter", self.exporter_urls[index]
         if o.exporter_shards > 1:

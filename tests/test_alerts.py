@@ -119,8 +119,9 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     assert labels[contract.ORPHANED] == {"severity": "critical", "remediation": "fail_orphan"}
     assert labels[contract.OVERDUE] == {"severity": "critical", "remediation": "terminate_overdue"}
     assert labels[contract.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
-    assert [name for name, labels in labels.items() if "remediation" in labels] == [
-        contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED]
+    assert labels[contract.SKIPPED_UNFINALIZED] == {"severity": "warning", "remediation": "finalize_skipped"}
+    assert labels[contract.BACKLOG_EXPIRED] == {"severity": "warning", "remediation": "expire_backlog"}
+    assert [name for name, labels in labels.items() if "remediation" in labels] == list(contract.REMEDIATION_ALERTS)
 
 
 def _github_anchor(heading: str) -> str:
@@ -173,7 +174,8 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             exporter_metrics.EXECUTION_RECENTLY_COMPLETED, exporter_metrics.EXECUTION_DISPATCH_INFLIGHT,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
-            exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED} == used
+            exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED,
+            exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -216,6 +218,8 @@ ROUTES = {
     contract.HEARTBEAT: HEARTBEAT_RECEIVER,
     contract.TIMEOUT_TOO_TIGHT: OPERATOR_RECEIVER,  # warnings about configuration: never remediated
     contract.TIMEOUT_TOO_LOOSE: OPERATOR_RECEIVER,
+    contract.SKIPPED_UNFINALIZED: REMEDIATOR_RECEIVER,  # the row alone decides: no agent is asked
+    contract.BACKLOG_EXPIRED: REMEDIATOR_RECEIVER,
 }
 
 
