@@ -673,10 +673,7 @@ def heartbeat(p: Profile) -> dict[str, Any]:
 
 
 # The timeout-advice cases live beside their rules; importing them registers them here.
-from exec_watchdog.alerts import (
-    cleanup_rule_tests,  # noqa: F401
-    timeout_rule_tests,  # noqa: F401
-)
+from exec_watchdog.alerts import cleanup_rule_tests, timeout_rule_tests  # noqa: E402, F401
 
 
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:
