@@ -18,7 +18,7 @@ from exec_watchdog.alerts.rule_tests import (
     silent,
 )
 from exec_watchdog.common import contract
-from exec_watchdog.common.contract import EXPIRE_BACKLOG, FINALIZE_SKIPPED, REMEDIATION_LABEL
+from exec_watchdog.common.contract import EXPIRE_BACKLOG, FAIL_STALE_ACTIVITY, FINALIZE_SKIPPED, REMEDIATION_LABEL
 from exec_watchdog.common.contract import ExporterMetric as exporter
 
 AGENT = "agent-a"
@@ -101,4 +101,48 @@ def backlog_at_the_age(p: Profile) -> dict[str, Any]:
     return {
         "input_series": [series(exporter.QUEUED_AGE, _row(), f"{p.backlog_max_age_seconds}x{t.steps(late)}")],
         "alert_rule_test": silent(contract.BACKLOG_EXPIRED, late),
+    }
+
+
+ACTIVITY = "6f1c0a2e-4b7d-4a51-9a0e-0c9d3f3a2b11"
+
+
+def _activity() -> dict[str, str]:
+    return {"job": contract.EXPORTER_JOB, "instance": EXPORTER_INSTANCE, "agent": AGENT,
+            "activity_id": ACTIVITY, "activity_type": "schedule_start"}
+
+
+def _activity_alert(p: Profile, age: int) -> dict[str, Any]:
+    return {
+        "exp_labels": {**_activity(), "severity": "warning", REMEDIATION_LABEL: FAIL_STALE_ACTIVITY},
+        "exp_annotations": {
+            "summary": "An activity has been in state started for longer than any run may take.",
+            "description": (
+                f"Activity {ACTIVITY} (schedule_start) of agent {AGENT} was started {humanize_duration(age)} ago "
+                "and never closed, so Trinity's UI shows the agent busy. Past "
+                f"{p.activity_stale_seconds}s the remediator marks it failed, as Trinity's cleanup does."),
+            "runbook_url": runbook(p, contract.ACTIVITY_STALE),
+        },
+    }
+
+
+@case("ExecWatchdogActivityStale fires activity_stale_for after a started activity passes activity_stale_seconds")
+def activity_stale(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = max(0, p.activity_stale_seconds - 5 * t.step)
+    fires = t.fires(t.first_above(start, p.activity_stale_seconds), "activity_stale_for")
+    return {
+        "input_series": [series(exporter.ACTIVITY_STARTED_AGE, _activity(), t.runtime(start, fires))],
+        "alert_rule_test": boundary(contract.ACTIVITY_STALE, fires, t.step, _activity_alert(p, start + fires)),
+    }
+
+
+@case("ExecWatchdogActivityStale stays silent once the activity is closed before the bound (its series is gone)")
+def activity_closed(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    late = t.fires(0, "activity_stale_for") + 6 * t.step
+    start = p.activity_stale_seconds - 2 * t.step
+    return {
+        "input_series": [series(exporter.ACTIVITY_STARTED_AGE, _activity(), f"{start}+{t.step}x1 stale")],
+        "alert_rule_test": silent(contract.ACTIVITY_STALE, late),
     }

@@ -12,7 +12,12 @@ from typing import Any
 
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
-from exec_watchdog.common.contract import EXPIRE_BACKLOG, FINALIZE_SKIPPED, REMEDIATION_LABEL
+from exec_watchdog.common.contract import (
+    EXPIRE_BACKLOG,
+    FAIL_STALE_ACTIVITY,
+    FINALIZE_SKIPPED,
+    REMEDIATION_LABEL,
+)
 from exec_watchdog.common.contract import ExporterMetric as exporter
 
 _NAMES = "{{ $labels.execution_id }} (schedule {{ $labels.schedule_id }})"
@@ -45,6 +50,18 @@ def cleanup_group(p: Profile, alert: Alert) -> dict[str, Any]:
                 "{{ $value | humanizeDuration }}, past the backlog age of "
                 f"{p.backlog_max_age_seconds}s. The remediator fails it, as Trinity's backlog expiry does.",
                 **{REMEDIATION_LABEL: EXPIRE_BACKLOG},
+            ),
+            alert(
+                p, contract.ACTIVITY_STALE,
+                # Trinity's 120-minute backstop: without it the UI shows the agent busy (Trinity #1804).
+                f"{exporter.ACTIVITY_STARTED_AGE} > {p.activity_stale_seconds}\n",
+                p.activity_stale_for, "warning",
+                "An activity has been in state started for longer than any run may take.",
+                "Activity {{ $labels.activity_id }} ({{ $labels.activity_type }}) of agent {{ $labels.agent }} "
+                "was started {{ $value | humanizeDuration }} ago and never closed, so Trinity's UI shows the "
+                f"agent busy. Past {p.activity_stale_seconds}s the remediator marks it failed, as Trinity's "
+                "cleanup does.",
+                **{REMEDIATION_LABEL: FAIL_STALE_ACTIVITY},
             ),
         ],
     }

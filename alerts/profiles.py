@@ -64,6 +64,8 @@ class Profile:
     skipped_unfinalized_for: str = _tunable("duration")
     backlog_max_age_seconds: int = _tunable("seconds")
     backlog_expired_for: str = _tunable("duration")
+    activity_stale_seconds: int = _tunable("seconds")
+    activity_stale_for: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""

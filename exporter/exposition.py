@@ -85,6 +85,12 @@ def _cleanup_rows(status: str) -> _SampleLines:
     return lines
 
 
+def _stale_activities(name: str, s: _Labelled) -> list[str]:
+    return [f'{name}{{activity_id="{_escape(a.activity_id)}",activity_type="{_escape(a.activity_type)}",'
+            f'agent="{_escape(a.agent)}"}} {_number(a.age_seconds)}\n'
+            for a in s.snapshot.stale_activities]
+
+
 def _agent_up(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{{{label}}} {'1.0' if a.up else '0.0'}\n" for label, a in s.agents]
 
@@ -138,6 +144,7 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.EXECUTION_DISPATCH_INFLIGHT: _dispatch_inflight,
     names.SKIPPED_UNFINALIZED_AGE: _cleanup_rows("skipped"),
     names.QUEUED_AGE: _cleanup_rows("queued"),
+    names.ACTIVITY_STARTED_AGE: _stale_activities,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

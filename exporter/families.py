@@ -61,6 +61,10 @@ SNAPSHOT: tuple[Family, ...] = (
     Family(names.QUEUED_AGE, "gauge",
            "Seconds since queued_at of a queued execution (no lease), only once it has waited longer than the "
            "exporter's --queued-publish-after.", EXECUTION_LABELS),
+    Family(names.ACTIVITY_STARTED_AGE, "gauge",
+           "Seconds since started_at of an activity still in state started, only once it is older than the "
+           "exporter's --activity-publish-after (Trinity fails them at 120 minutes).",
+           ("activity_id", "activity_type", "agent")),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 import sqlalchemy as sa
@@ -30,12 +30,14 @@ from exec_watchdog.common.version import __version__
 from exec_watchdog.exporter.sharding import Shard
 from exec_watchdog.exporter.snapshot import (
     POLL_ERROR_REASONS,
+    ActivityFacts,
     AgentFacts,
     CleanupRowFacts,
     ExecutionFacts,
     RegistryCounts,
     Snapshot,
 )
+from exec_watchdog.platform_access.activities import Activity, started_activities
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
 from exec_watchdog.platform_access.cleanup_rows import CleanupRow, pending_cleanup
 from exec_watchdog.platform_access.database import Execution, agents, running_executions
@@ -49,6 +51,8 @@ from exec_watchdog.platform_access.timestamps import utcnow
 # Queued rows are published one by one only once they have waited this long (half of Trinity's 24 h
 # backlog age): only rows that can fire get a series, never the whole queue.
 QUEUED_PUBLISH_AFTER_SECONDS = 43_200.0
+# Started activities likewise, from half of Trinity's 120-minute backstop on.
+ACTIVITY_PUBLISH_AFTER_SECONDS = 3_600.0
 
 log = structlog.get_logger("exporter")
 
@@ -77,6 +81,7 @@ class _DatabaseRead:
     unreadable: int
     limits: dict[str, int]
     cleanup: list[CleanupRow]
+    stale_activities: list[Activity]
 
 
 class Gatherer:
@@ -91,7 +96,8 @@ class Gatherer:
                  scrape_timeout: float = 8.0, clock: Callable[[], datetime] = utcnow,
                  version: str = __version__, inflight: InflightStore | None = None,
                  inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, shard: Shard | None = None,
-                 queued_publish_after_seconds: float = QUEUED_PUBLISH_AFTER_SECONDS) -> None:
+                 queued_publish_after_seconds: float = QUEUED_PUBLISH_AFTER_SECONDS,
+                 activity_publish_after_seconds: float = ACTIVITY_PUBLISH_AFTER_SECONDS) -> None:
         if poll_concurrency < 1:
             raise ValueError("poll concurrency must be at least 1")
         if min(agent_timeout, database_timeout, scrape_timeout) <= 0:
@@ -103,6 +109,8 @@ class Gatherer:
         self._inflight_max_age = inflight_max_age_seconds
         self._shard = shard  # None: the whole fleet
         self._queued_publish_after = queued_publish_after_seconds
+        self._activity_publish_after = activity_publish_after_seconds
+        self._has_activities: bool | None = None  # agent_activities exists (probed once; Trinity's always has it)
         self._agent_timeout = agent_timeout
         self._poll_concurrency = poll_concurrency
         self._database_timeout = database_timeout
@@ -205,6 +213,10 @@ class Gatherer:
             poll_errors=dict(self._poll_errors),
             cleanup_rows=tuple(CleanupRowFacts(r.agent_name, r.execution_id, r.schedule_id, r.status, r.age_seconds)
                                for r in read.cleanup if self._is_valid_agent(r.agent_name)),
+            stale_activities=tuple(ActivityFacts(a.agent_name, a.id, a.activity_type,
+                                                 (read.now - a.started_at).total_seconds())
+                                   for a in read.stale_activities
+                                   if a.started_at is not None and self._is_valid_agent(a.agent_name)),
         )
 
     def _read_database(self) -> _DatabaseRead:
@@ -215,7 +227,11 @@ class Gatherer:
             now = self._clock()
             cleanup = [r for r in pending_cleanup(conn, now, self._queued_publish_after)
                        if self._shard is None or self._shard.owns(r.agent_name)]
-        return _DatabaseRead(now, executions, len(bad), limits, cleanup)
+            if self._has_activities is None:
+                self._has_activities = "agent_activities" in sa.inspect(conn).get_table_names()
+            stale = [a for a in started_activities(conn, now - timedelta(seconds=self._activity_publish_after))
+                     if self._shard is None or self._shard.owns(a.agent_name)] if self._has_activities else []
+        return _DatabaseRead(now, executions, len(bad), limits, cleanup, stale)
 
     async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:
         """One read of the markers; unknown for all when the store fails or is too slow."""

@@ -48,6 +48,16 @@ class CleanupRowFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivityFacts:
+    """An activity still ``started`` past the exporter's publish bound (Trinity fails them at 120 min)."""
+
+    agent: str
+    activity_id: str
+    activity_type: str
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryCounts:
     """How many executions the agent's registry lists in each state."""
 
@@ -88,3 +98,4 @@ class Snapshot:
     # reasons (zeros included) so that the first error shows up in rate() and increase().
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
     cleanup_rows: tuple[CleanupRowFacts, ...] = ()
+    stale_activities: tuple[ActivityFacts, ...] = ()

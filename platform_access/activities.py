@@ -131,12 +131,12 @@ def started_activities(conn: sa.Connection, older_than: datetime) -> list[Activi
 
 
 def fail_stale(conn: sa.Connection, activity_id: str, error: str, now: datetime,
-               minutes: int = STALE_ACTIVITY_MINUTES) -> bool:
-    """``started -> failed`` for an activity started more than ``minutes`` ago. True when this call won."""
+               older_than_seconds: float = STALE_ACTIVITY_MINUTES * 60) -> bool:
+    """``started -> failed`` for an activity started more than ``older_than_seconds`` ago. True when this call won."""
     activity = get(conn, activity_id)
     if activity is None or activity.started_at is None or activity.state != ACTIVITY_STARTED:
         return False
-    if now - activity.started_at <= timedelta(minutes=minutes):
+    if now - activity.started_at <= timedelta(seconds=older_than_seconds):
         return False
     won = conn.execute(sa.update(table).where(table.c.id == activity_id, table.c.activity_state == ACTIVITY_STARTED)
                        .values(activity_state="failed", completed_at=format_utc(now), duration_ms=None,

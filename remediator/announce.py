@@ -28,6 +28,7 @@ from exec_watchdog.common.contract import (
     CLAIM_RESULT,
     EXPIRE_BACKLOG,
     FAIL_ORPHAN,
+    FAIL_STALE_ACTIVITY,
     FINALIZE_SKIPPED,
     TERMINATE_OVERDUE,
 )
@@ -37,7 +38,8 @@ from exec_watchdog.remediator.audit import Recovery
 EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_terminated",
                  CLAIM_RESULT: "result_recovered",
                  # Rows Trinity's cleanup service ends (issue 22): the event's action names the path.
-                 FINALIZE_SKIPPED: "skipped_finalized", EXPIRE_BACKLOG: "backlog_expired"}
+                 FINALIZE_SKIPPED: "skipped_finalized", EXPIRE_BACKLOG: "backlog_expired",
+                 FAIL_STALE_ACTIVITY: "activity_failed"}  # its execution_id field carries the activity's id
 log = structlog.get_logger("exec_watchdog.remediator")
 
 

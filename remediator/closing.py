@@ -31,7 +31,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from exec_watchdog.common.contract import EXPIRE_BACKLOG, FINALIZE_SKIPPED
+from exec_watchdog.common.contract import EXPIRE_BACKLOG, FAIL_STALE_ACTIVITY, FINALIZE_SKIPPED
 from exec_watchdog.platform_access import activities, agent_events
 from exec_watchdog.remediator import texts
 
@@ -53,6 +53,7 @@ NOTHING = CloseRule("none", event=False)
 RULES: dict[str, CloseRule] = {
     FINALIZE_SKIPPED: NOTHING,
     EXPIRE_BACKLOG: NOTHING,
+    FAIL_STALE_ACTIVITY: NOTHING,  # the subject is an activity: there is no run to close
     # The stale / no-session paths register STALE_SWEEP, the slot-reclaim path SLOT_RECLAIM.
 }
 

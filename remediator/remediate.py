@@ -31,12 +31,13 @@ from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
+    FAIL_STALE_ACTIVITY,
     ROW_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
 )
-from exec_watchdog.platform_access import cleanup_rows
+from exec_watchdog.platform_access import activities, cleanup_rows
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -70,6 +71,7 @@ class Settings:
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
     backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
+    activity_stale_seconds: float = activities.STALE_ACTIVITY_MINUTES * 60.0  # Trinity: 120 minutes
 
 
 @dataclass(slots=True)
@@ -83,6 +85,7 @@ class Verdict:
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
     queued_at: str | None = None  # expire_backlog: the queued_at verified, guarded on by the write
+    activity: activities.Activity | None = None  # fail_stale_activity: the activity verified (no execution)
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -101,6 +104,9 @@ class BatchResult:
     def retry(self) -> bool:
         """Alertmanager should deliver again: something transient stopped us."""
         return self.unfinished or any(v.outcome in ("retry", "breaker_open") for v in self.verdicts)
+
+
+_NO_AGENT = (*ROW_ACTIONS, FAIL_STALE_ACTIVITY)  # decided on the database alone: no agent is asked
 
 
 def metric_remediation(value: str) -> str:
@@ -178,10 +184,14 @@ class Remediator:
         (rows, now), took = await timed(anyio.to_thread.run_sync(self._load, ids))
         cleanup_ids = sorted({v.alert.execution_id for v in verdicts if v.alert.remediation in ROW_ACTIONS})
         cleanup = await anyio.to_thread.run_sync(self._load_cleanup, cleanup_ids, now) if cleanup_ids else {}
+        activity_ids = sorted({v.alert.execution_id for v in verdicts if v.alert.remediation == FAIL_STALE_ACTIVITY})
+        acts = await anyio.to_thread.run_sync(self._load_activities, activity_ids) if activity_ids else {}
         seen: set[str] = set()
         for v in verdicts:
             v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
-            if v.alert.remediation in ROW_ACTIONS:
+            if v.alert.remediation == FAIL_STALE_ACTIVITY:
+                self._verify_activity(v, acts.get(v.alert.execution_id), now)
+            elif v.alert.remediation in ROW_ACTIONS:
                 self._verify_cleanup_row(v, rows.get(v.alert.execution_id), cleanup.get(v.alert.execution_id))
             else:
                 self._verify_row(v, rows.get(v.alert.execution_id), now)
@@ -197,7 +207,7 @@ class Remediator:
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.undecided and v.claim is None and v.alert.remediation not in ROW_ACTIONS))
+                               if v.undecided and v.claim is None and v.alert.remediation not in _NO_AGENT))
         ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -215,6 +225,27 @@ class Remediator:
     def _load_cleanup(self, ids: list[str], now: datetime) -> dict[str, cleanup_rows.CleanupRow | None]:
         with self.engine.connect() as conn:
             return {i: row_cleanup.read(conn, i, now) for i in ids}
+
+    def _load_activities(self, ids: list[str]) -> dict[str, activities.Activity | None]:
+        with self.engine.connect() as conn:
+            return {i: activities.get(conn, i) for i in ids}
+
+    def _verify_activity(self, v: Verdict, act: activities.Activity | None, now: datetime) -> None:
+        """Trinity's 120-minute backstop: the activity must still be started, and old enough on the database's clock."""
+        limit = self.settings.activity_stale_seconds
+        if act is None:
+            return v.decide("skipped", "no such activity in the database")
+        if act.state != "started":
+            return v.decide("skipped", f"closed meanwhile: activity_state is {act.state!r}")
+        if act.agent_name != v.alert.agent:
+            return v.decide("skipped", f"alert names agent {v.alert.agent!r}, the activity says {act.agent_name!r}")
+        if act.started_at is None:
+            return v.decide("skipped", "unreadable started_at: never aged, never failed")
+        age = (now - act.started_at).total_seconds()
+        if age <= limit:
+            return v.decide("skipped", f"not stale: started {age:.0f} s ago of {limit:g} s")
+        v.activity, v.error = act, texts.stale_activity_text(limit)
+        return None
 
     def _verify_cleanup_row(self, v: Verdict, row: db.Execution | db.BadRow | None,
                             facts: cleanup_rows.CleanupRow | None) -> None:
@@ -345,12 +376,20 @@ class Remediator:
 
     def _transition_together(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """One transaction: each guarded update, and the outbox row of each one we won."""
-        winners = []
+        winners: list[audit.Recovery] = []
         with self.engine.begin() as conn:
             now = db.database_now(conn)
             for v in verdicts:
-                assert v.execution is not None
                 started = time.perf_counter()
+                if v.activity is not None:
+                    won = activities.fail_stale(conn, v.activity.id, v.error, now, self.settings.activity_stale_seconds)
+                    v.evidence.guarded_update(won, v.error, time.perf_counter() - started,
+                                              guard="activity_state = 'started'")
+                    self._settle(v, won, v.activity.id, v.activity.agent_name,
+                                 (now - v.activity.started_at).total_seconds() if v.activity.started_at else 0.0,
+                                 now, winners)
+                    continue
+                assert v.execution is not None
                 if v.alert.remediation in ROW_ACTIONS:
                     won = row_cleanup.transition(conn, v.alert.remediation, v.execution.id, v.queued_at, now)
                 else:
@@ -384,6 +423,18 @@ class Remediator:
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
             self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
+
+    def _settle(self, v: Verdict, won: bool, subject_id: str, agent: str, runtime: float, now: datetime,
+                winners: list[audit.Recovery]) -> None:
+        """A transition without a run behind it (an activity): recovered or lost, nothing to close."""
+        if won:
+            winners.append(audit.Recovery(
+                execution_id=subject_id, agent_name=agent, action=v.alert.remediation, reason=v.error,
+                fingerprint=v.alert.fingerprint, runtime_seconds=runtime, alert_started_at=v.alert.starts_at,
+                recovered_at=now))
+            v.decide("recovered", v.error)
+        else:
+            v.decide("lost_race", "another writer changed the activity first")
 
     def _closes_supported(self) -> bool:
         """Whether the database has Trinity's activity and event tables (a database an older

@@ -40,6 +40,11 @@ STALE_SWEEP_ACTIVITY_TEXT = "Marked as failed by cleanup: execution swept as sta
 SLOT_RECLAIM_ACTIVITY_TEXT = "lease_expired: slot lease expired (no result callback)"
 # Trinity's 120-minute activity backstop (mark_stale_activities_failed).
 STALE_ACTIVITY_TEXT = "Marked as failed by cleanup: exceeded 120-minute timeout"
+
+
+def stale_activity_text(seconds: float) -> str:
+    """Trinity's backstop text for the bound in use (120 minutes: exactly STALE_ACTIVITY_TEXT)."""
+    return f"Marked as failed by cleanup: exceeded {seconds / 60:g}-minute timeout"
 # Phase 1c: a skipped row never given a completed_at.
 SKIPPED_FINALIZED_TEXT = "Finalized by cleanup: skipped execution"
 # Capacity maintenance: a queued row older than 24 hours.

@@ -109,7 +109,10 @@ def test_every_alert_has_severity_for_summary_description_and_a_runbook_anchor(p
         url, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         assert url.endswith("alerts/runbook.md") and anchor == name.lower(), name
         assert anchor in anchors, f"alerts/runbook.md has no section for {name}"
-        if rule["labels"].get("remediation") or name == contract.STUCK:
+        if name == contract.ACTIVITY_STALE:  # names an activity, not an execution
+            for label in ("agent", "activity_id", "activity_type"):
+                assert f"$labels.{label}" in rule["annotations"]["description"], name
+        elif rule["labels"].get("remediation") or name == contract.STUCK:
             for label in ("agent", "execution_id", "schedule_id"):
                 assert f"$labels.{label}" in rule["annotations"]["description"], name
 
@@ -121,6 +124,7 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     assert labels[contract.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
     assert labels[contract.SKIPPED_UNFINALIZED] == {"severity": "warning", "remediation": "finalize_skipped"}
     assert labels[contract.BACKLOG_EXPIRED] == {"severity": "warning", "remediation": "expire_backlog"}
+    assert labels[contract.ACTIVITY_STALE] == {"severity": "warning", "remediation": "fail_stale_activity"}
     assert [name for name, labels in labels.items() if "remediation" in labels] == list(contract.REMEDIATION_ALERTS)
 
 
@@ -175,7 +179,8 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
             exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED,
-            exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE} == used
+            exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE,
+            exporter_metrics.ACTIVITY_STARTED_AGE} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -220,6 +225,7 @@ ROUTES = {
     contract.TIMEOUT_TOO_LOOSE: OPERATOR_RECEIVER,
     contract.SKIPPED_UNFINALIZED: REMEDIATOR_RECEIVER,  # the row alone decides: no agent is asked
     contract.BACKLOG_EXPIRED: REMEDIATOR_RECEIVER,
+    contract.ACTIVITY_STALE: REMEDIATOR_RECEIVER,
 }
 
 

@@ -438,3 +438,17 @@ async def test_skipped_rows_without_completed_at_and_long_queued_rows_are_publis
     lower = make_scraper(agents.url_template, queued_publish_after_seconds=50)
     await lower.scrape()
     assert {dict(k)["execution_id"] for k in lower.series(m.QUEUED_AGE)} == {"q-old", "q-young"}
+
+
+async def test_activities_started_past_the_publish_bound_are_published_one_series_each(
+        platform: sa.Engine, agents: AgentServer, make_scraper: Callable[..., Scraper]) -> None:
+    from exec_watchdog.testbed.platform_rows import insert_activity
+
+    with platform.begin() as conn:
+        insert_activity(conn, "old", "a1", "e1", age_seconds=4000, now=NOW)
+        insert_activity(conn, "young", "a1", "e2", age_seconds=100, now=NOW)
+        insert_activity(conn, "done", "a1", "e3", state="completed", age_seconds=9000, now=NOW)
+    scraper = make_scraper(agents.url_template)
+    await scraper.scrape()
+    assert scraper.series(m.ACTIVITY_STARTED_AGE) == {
+        (("activity_id", "old"), ("activity_type", "chat_start"), ("agent", "a1")): 4000.0}

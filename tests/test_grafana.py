@@ -482,7 +482,7 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
     alert_names = set(re.findall(r"`(ExecWatchdog\w+)`", contract))
     remediated = {"ExecWatchdogExecutionOrphaned", "ExecWatchdogExecutionOverdue",
                   "ExecWatchdogExecutionCompletedUnreported", "ExecWatchdogSkippedExecutionUnfinalized",
-                  "ExecWatchdogQueuedExecutionExpired"}
+                  "ExecWatchdogQueuedExecutionExpired", "ExecWatchdogActivityStale"}
     assert remediated | {"ExecWatchdogExecutionStuck"} <= alert_names
     matched = {name for name in alert_names if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == remediated

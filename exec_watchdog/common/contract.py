@@ -31,7 +31,8 @@ TIMEOUT_ALERTS = (TIMEOUT_TOO_TIGHT, TIMEOUT_TOO_LOOSE)
 # Rows Trinity's cleanup service ends outside Phase 0 (issue 22).
 SKIPPED_UNFINALIZED = "ExecWatchdogSkippedExecutionUnfinalized"
 BACKLOG_EXPIRED = "ExecWatchdogQueuedExecutionExpired"
-CLEANUP_ALERTS = (SKIPPED_UNFINALIZED, BACKLOG_EXPIRED)
+ACTIVITY_STALE = "ExecWatchdogActivityStale"
+CLEANUP_ALERTS = (SKIPPED_UNFINALIZED, BACKLOG_EXPIRED, ACTIVITY_STALE)
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
           REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *CLEANUP_ALERTS)
 # The alerts that carry a remediation.
@@ -46,7 +47,10 @@ CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running 
 FINALIZE_SKIPPED = "finalize_skipped"  # a skipped row without completed_at: finalize it as failed
 EXPIRE_BACKLOG = "expire_backlog"  # a queued row older than 24 h: fail it
 ROW_ACTIONS = (FINALIZE_SKIPPED, EXPIRE_BACKLOG)
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *ROW_ACTIONS)
+# Trinity's 120-minute activity backstop: an activity still `started` is failed. Its alert names the
+# activity (label activity_id), not an execution.
+FAIL_STALE_ACTIVITY = "fail_stale_activity"
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *ROW_ACTIONS, FAIL_STALE_ACTIVITY)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
@@ -68,6 +72,7 @@ class ExporterMetric:
     # Rows Trinity's cleanup service ends (issue 22): only rows that can fire, one series each.
     SKIPPED_UNFINALIZED_AGE = f"{PREFIX}_execution_skipped_unfinalized_seconds"
     QUEUED_AGE = f"{PREFIX}_execution_queued_seconds"
+    ACTIVITY_STARTED_AGE = f"{PREFIX}_activity_started_seconds"
 
     AGENT_UP = f"{PREFIX}_agent_up"
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"

@@ -1,5 +1,6 @@
-"""The dashboard's "Cleanup backlog" row: the rows Trinity's cleanup service ends outside Phase 0
-(skipped rows never finalized, queued rows waiting long), as the exporter publishes them."""
+"""The dashboard's "Cleanup backlog" row: what Trinity's cleanup service ends outside Phase 0
+(skipped rows never finalized, queued rows waiting long, activities left open), as the exporter
+publishes them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from exec_watchdog.grafana.builder.panels import Query, single_stat, time_series
 AGENT = 'agent=~"$agent"'
 SKIPPED = f"{exporter_metrics.SKIPPED_UNFINALIZED_AGE}{{{AGENT}}}"
 QUEUED = f"{exporter_metrics.QUEUED_AGE}{{{AGENT}}}"
+ACTIVITIES = f"{exporter_metrics.ACTIVITY_STARTED_AGE}{{{AGENT}}}"
 
 
 def cleanup() -> list[Builder[model.Panel]]:
@@ -22,6 +24,14 @@ def cleanup() -> list[Builder[model.Panel]]:
             "ExecWatchdogSkippedExecutionUnfinalized (Trinity's Phase 1c).",
             "short",
             Query(f"count({SKIPPED}) or vector(0)"),
+            steps=((None, "green"), (1, "orange")),
+        ),
+        single_stat(
+            "Long-open activities",
+            "Activities still started past the exporter's --activity-publish-after; past the bound "
+            "(Trinity: 120 minutes) ExecWatchdogActivityStale fails them, else Trinity's UI shows the agent busy.",
+            "short",
+            Query(f"count({ACTIVITIES}) or vector(0)"),
             steps=((None, "green"), (1, "orange")),
         ),
         time_series(
