@@ -30,7 +30,8 @@ from exec_watchdog.simulated_platform.scheduler import Started
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
                "late_report": "its report will arrive late", "none": "normal"}
 ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
-                "result_recovered": "retained result claimed"}
+                "result_recovered": "retained result claimed", "skipped_finalized": "skipped row finalized",
+                "backlog_expired": "queued row expired", "activity_failed": "stale activity failed"}
 
 
 class Account:

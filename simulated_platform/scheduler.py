@@ -101,6 +101,8 @@ class Scheduler:
         self.retained_lost: set[str] = set()  # succeeded, retained by the agent, report lost
         self.counts: Counter[str] = Counter()
         self.owed_releases: set[tuple[str, str]] = set()
+        # Rows and activities added for the cleanup paths, by kind (skipped, queued, activities).
+        self.injected: dict[str, list[str]] = {"skipped": [], "queued": [], "activities": []}
         self.dispatches = Dispatches(inflight, tick=marker_tick, grace=marker_grace) if inflight else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._activities = "agent_activities" in sa.inspect(engine).get_table_names()
@@ -292,6 +294,7 @@ class Scheduler:
                 id=execution_id, schedule_id=f"sim-{agent}", agent_name=agent, status="skipped",
                 started_at=format_utc(now), message="simulated skipped run", triggered_by="schedule"))
         self.counts["added_skipped"] += 1
+        self.injected["skipped"].append(execution_id)
         return execution_id
 
     def add_stale_queued(self, agent: str, waited_seconds: float) -> str:
@@ -304,6 +307,7 @@ class Scheduler:
                 started_at=format_utc(queued), queued_at=format_utc(queued), message="simulated queued run",
                 triggered_by="schedule"))
         self.counts["added_stale_queued"] += 1
+        self.injected["queued"].append(execution_id)
         return execution_id
 
     def add_stale_activity(self, agent: str, age_seconds: float) -> str:
@@ -312,6 +316,7 @@ class Scheduler:
             activity_id = self._open_activity(conn, agent, None, utcnow() - timedelta(seconds=age_seconds),
                                               "chat_start")
         self.counts["added_stale_activities"] += 1
+        self.injected["activities"].append(activity_id)
         return activity_id
 
     def subscribe(self, subscriber: str, source: str, event_type: str = "agent.task.failed") -> None:
