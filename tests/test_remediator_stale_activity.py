@@ -81,4 +81,4 @@ async def test_an_activity_that_is_not_stale_is_left_alone(harness: Harness, set
 
 def test_the_text_follows_the_bound_and_is_trinitys_at_120_minutes() -> None:
     assert texts.stale_activity_text(7200) == texts.STALE_ACTIVITY_TEXT
-    assert texts.stale_activity_text(60) == "Marked as failed by cleanup: exceeded 1-minute timeout"
+    assert texts.stale_activity_text(120) == "Marked as failed by cleanup: exceeded 2-minute timeout"
