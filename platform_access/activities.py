@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -103,18 +104,22 @@ class Activity:
     related_execution_id: str | None
 
 
-def get(conn: sa.Connection, activity_id: str) -> Activity | None:
-    row = conn.execute(sa.select(table.c.id, table.c.agent_name, table.c.activity_type, table.c.activity_state,
-                                 table.c.started_at, table.c.related_execution_id)
-                       .where(table.c.id == activity_id)).first()
-    if row is None:
-        return None
+_COLUMNS = (table.c.id, table.c.agent_name, table.c.activity_type, table.c.activity_state, table.c.started_at,
+            table.c.related_execution_id)
+
+
+def _activity(row: Any) -> Activity:
     try:
         started: datetime | None = parse_utc(row.started_at)
     except BadTimestamp:
         started = None
     return Activity(str(row.id), str(row.agent_name or ""), str(row.activity_type or ""),
                     str(row.activity_state or ""), started, row.related_execution_id)
+
+
+def get(conn: sa.Connection, activity_id: str) -> Activity | None:
+    row = conn.execute(sa.select(*_COLUMNS).where(table.c.id == activity_id)).first()
+    return None if row is None else _activity(row)
 
 
 def started_activities(conn: sa.Connection, older_than: datetime) -> list[Activity]:
@@ -124,10 +129,8 @@ def started_activities(conn: sa.Connection, older_than: datetime) -> list[Activi
     each row's age is then re-read from its parsed timestamp.
     """
     cutoff = older_than.strftime("%Y-%m-%dT%H:%M:%S")
-    rows = conn.execute(sa.select(table.c.id).where(table.c.activity_state == ACTIVITY_STARTED,
-                                                     table.c.started_at < cutoff)).scalars().all()
-    found = [get(conn, str(i)) for i in rows]
-    return [a for a in found if a is not None]
+    return [_activity(r) for r in conn.execute(sa.select(*_COLUMNS).where(
+        table.c.activity_state == ACTIVITY_STARTED, table.c.started_at < cutoff))]
 
 
 def fail_stale(conn: sa.Connection, activity_id: str, error: str, now: datetime,

@@ -61,9 +61,9 @@ RULES: dict[str, CloseRule] = {
 CLOSE_TABLES = ("agent_activities", "agent_event_subscriptions", "agent_events")
 
 
-def tables_present(engine: sa.Engine) -> bool:
+def tables_present(conn: sa.Connection) -> bool:
     """Whether the database has every table a close writes (Trinity's always does)."""
-    return set(CLOSE_TABLES) <= set(sa.inspect(engine).get_table_names())
+    return set(CLOSE_TABLES) <= set(sa.inspect(conn).get_table_names())
 
 
 def rule_for(remediation: str) -> CloseRule:

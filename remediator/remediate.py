@@ -400,7 +400,7 @@ class Remediator:
                                               status=v.claim.status, guard="Trinity's claim guard")
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
-                if won and self._closes_supported():  # the run's activity and event: same transaction
+                if won and self._closes_supported(conn):  # the run's activity and event: same transaction
                     closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
                     v.evidence.platform_closed(closed.activities, closed.event_id)
                 killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
@@ -436,11 +436,11 @@ class Remediator:
         else:
             v.decide("lost_race", "another writer changed the activity first")
 
-    def _closes_supported(self) -> bool:
+    def _closes_supported(self, conn: sa.Connection) -> bool:
         """Whether the database has Trinity's activity and event tables (a database an older
         ``db init`` made has not: its transitions then close nothing, and the log says so once)."""
         if self._has_close_tables is None:
-            self._has_close_tables = closing.tables_present(self.engine)
+            self._has_close_tables = closing.tables_present(conn)
             if not self._has_close_tables:
                 log.warning("activity_tables_missing", detail="agent_activities / agent_event_subscriptions / "
                             "agent_events absent: recoveries close no activity and write no event")

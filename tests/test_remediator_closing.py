@@ -227,3 +227,22 @@ def test_an_activity_with_an_unreadable_start_is_closed_with_null_duration(platf
         closed = activities.close_one(conn, "e9", "failed", "x", utcnow() + timedelta(seconds=1))
         row = conn.execute(sa.select(agent_activities)).one()
     assert closed == "bad" and (row.activity_state, row.duration_ms) == ("failed", None)
+
+
+async def test_a_database_without_the_activity_tables_still_recovers_and_closes_nothing(
+        sqlite_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
+    """A database an older ``db init`` made has no activity or event tables: recoveries go on."""
+    from exec_watchdog.platform_access import database as db
+    from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, metadata, schedule_executions
+    from exec_watchdog.platform_access.slots import slot_metadata
+
+    engine = db.create_engine(sqlite_url)
+    metadata.create_all(engine, tables=[schedule_executions, agent_schedules, agent_ownership])
+    slot_metadata.create_all(engine)
+    engine.dispose()
+    async with remediator(sqlite_url, redis_url, agents) as h:
+        h.add_execution("e1", "a1")
+        [verdict] = await _decide(h, alert("e1", "a1"))
+        assert verdict["outcome"] == "recovered", verdict
+        assert h.row("e1").status == "failed"
+        assert "closed" not in h.evidence("e1")[-1][1]
