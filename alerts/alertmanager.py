@@ -6,7 +6,8 @@
 - The heartbeat goes to its own receiver (a dead man's switch, when the operator names one).
 - Everything else goes to people (a placeholder receiver unless a webhook URL is given).
 
-Inhibitions: an unreachable agent mutes its executions' remediation alerts; an orphaned or
+Inhibitions: an unreachable agent mutes its executions' remediation alerts (not those decided on
+the database alone: skipped rows, backlog, stale activities); an orphaned or
 overdue execution mutes its own stuck warning; an open breaker mutes its remediator's failing page.
 """
 
@@ -27,10 +28,12 @@ HEARTBEAT_RECEIVER = "heartbeat"
 # One silence with this matcher pauses every remediation (alerts/runbook.md says how).
 PAUSE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~".+"'
 
-# Remediations that do not need the agent to answer (an unreachable agent is their premise, or
-# they touch no agent): an unreachable agent does not hold them.
+# Remediations that do not need the agent to answer (an unreachable agent is their premise, or they
+# touch no agent: decided on the database or Redis alone): an unreachable agent does not hold them.
 NEEDS_AGENT_MATCHER = (f'{REMEDIATION_LABEL}!~"'
-                       f'{"|".join((*contract.UNREACHABLE_ACTIONS, contract.RELEASE_LEAKED_SLOT))}"')
+                       + "|".join((*contract.UNREACHABLE_ACTIONS, contract.RELEASE_LEAKED_SLOT, *contract.ROW_ACTIONS,
+                                   contract.FAIL_STALE_ACTIVITY)) + '"')
+
 REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
 OPERATOR_GROUP_BY = ["alertname", "agent"]
 
@@ -109,7 +112,8 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             ],
         },
         "inhibit_rules": [
-            # Nothing about an agent's executions can be verified while it does not answer.
+            # Nothing about an agent's executions can be verified while it does not answer. The paths
+            # decided on the database alone (skipped rows, backlog, stale activities) go on, as in Trinity.
             {
                 "source_matchers": [f'alertname="{contract.AGENT_UNREACHABLE}"'],
                 "target_matchers": [PAUSE_REMEDIATION_MATCHER, NEEDS_AGENT_MATCHER],

@@ -65,6 +65,11 @@ class Profile:
     slot_unreachable_for: str = _tunable("duration")
     slot_leak_min_age_seconds: int = _tunable("seconds")
     slot_leaked_for: str = _tunable("duration")
+    skipped_unfinalized_for: str = _tunable("duration")
+    backlog_max_age_seconds: int = _tunable("seconds")
+    backlog_expired_for: str = _tunable("duration")
+    activity_stale_seconds: int = _tunable("seconds")
+    activity_stale_for: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""

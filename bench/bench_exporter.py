@@ -147,6 +147,51 @@ def build_database(url: str, agents: int, executions: int, lost: float,
     return plan
 
 
+def add_cleanup_load(url: str, agents: int, activities: int, terminal: int) -> dict[str, int]:
+    """Issue 22's load: ``activities`` activities (2 % still started past the publish bound, the rest
+    closed or recent), ``terminal`` finished rows, and a few skipped and long-queued rows. Returns
+    how many series the cleanup families must publish."""
+    import sqlalchemy as sa
+
+    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.platform_access.schema import agent_activities, schedule_executions
+    from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+
+    rng = random.Random(5)
+    engine = create_engine(url)
+    now = utcnow()
+    names = [f"agent-{i:04d}" for i in range(agents)]
+    acts, published = [], 0
+    for n in range(activities):
+        old = n % 50 == 0  # 2 %: started 61-119 min ago, published (not stale yet)
+        state = "started" if old or n % 10 == 1 else "completed"
+        age = rng.uniform(3660, 7140) if old else rng.uniform(0, 3000)
+        published += old
+        stamp = format_utc(now - timedelta(seconds=age))
+        acts.append({"id": f"act-{n:06d}", "agent_name": names[n % agents], "activity_type": "schedule_start",
+                     "activity_state": state, "started_at": stamp, "created_at": stamp, "triggered_by": "schedule",
+                     "related_execution_id": f"done-{n:06d}"})
+    rows = []
+    for n in range(terminal):
+        stamp = format_utc(now - timedelta(seconds=rng.uniform(60, 30 * 86400)))
+        rows.append({"id": f"done-{n:06d}", "schedule_id": "__manual__", "agent_name": names[n % agents],
+                     "status": ("success", "failed", "cancelled", "skipped")[n % 4], "message": "benchmark",
+                     "triggered_by": "schedule", "started_at": stamp, "completed_at": stamp, "duration_ms": 1000})
+    extra = 50
+    for n in range(extra):  # unfinalized skipped rows and queued rows: half queued long enough to be published
+        stamp = format_utc(now - timedelta(seconds=(50_000 if n % 2 else 100)))
+        rows.append({"id": f"cleanup-{n:03d}", "schedule_id": "__manual__", "agent_name": names[n % agents],
+                     "status": "skipped" if n < 10 else "queued", "message": "benchmark", "triggered_by": "schedule",
+                     "started_at": stamp, "queued_at": stamp})
+    with engine.begin() as c:
+        for start in range(0, len(rows), 5000):
+            c.execute(sa.insert(schedule_executions), rows[start:start + 5000])
+        for start in range(0, len(acts), 5000):
+            c.execute(sa.insert(agent_activities), acts[start:start + 5000])
+    engine.dispose()
+    return {"activities": published, "cleanup_rows": 10 + sum(1 for n in range(10, extra) if n % 2)}
+
+
 # -- the exporter, in its own process ----------------------------------------------------------------
 
 def exporter_command() -> list[str]:
@@ -293,6 +338,8 @@ def main() -> int:
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--redis", action="store_true", help="capacity slots in Redis instead of the SQL table")
     parser.add_argument("--poll-concurrency", type=int, default=50)
+    parser.add_argument("--activities", type=int, default=20_000, help="agent_activities rows (issue 22)")
+    parser.add_argument("--terminal", type=int, default=100_000, help="finished schedule_executions rows (issue 22)")
     parser.add_argument("--compare-transports", action="store_true",
                         help="also time one round of polls in this process with httpx's default transport and ours")
     args = parser.parse_args()
@@ -311,8 +358,11 @@ def main() -> int:
 
         started = time.perf_counter()
         plan = build_database(database_url, args.agents, args.executions, args.lost, redis_url, args.slots)
+        cleanup = add_cleanup_load(database_url, args.agents, args.activities, args.terminal)
         print(f"database: {args.executions} running rows, {args.agents} agents ({args.database}, slots in "
-              f"{'Redis' if redis_url else 'SQL'}) in {time.perf_counter() - started:.1f} s")
+              f"{'Redis' if redis_url else 'SQL'}), {args.activities} activities, {args.terminal} finished rows "
+              f"(published: {cleanup['activities']} activities, {cleanup['cleanup_rows']} skipped/queued rows) in "
+              f"{time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         url_template, agents_pid = stack.enter_context(simulated_agents(plan, workdir))
         print(f"simulated agents: {sum(map(len, plan.values()))} real processes on {args.agents} agents, "
@@ -378,6 +428,11 @@ def check(body: str, executions: int, agents: int) -> None:
           f"{up}/{agents} agents up, {len(body) / 1e6:.1f} MB of text")
     if runtime != executions or up != agents or len(known) != executions:
         raise SystemExit("incomplete scrape: the figures below would not be for the full load")
+    activities = sum(1 for line in body.splitlines() if line.startswith("exec_watchdog_activity_started_seconds{"))
+    cleanup = sum(1 for line in body.splitlines() if line.startswith(("exec_watchdog_execution_skipped_unfinalized",
+                                                                      "exec_watchdog_execution_queued_seconds{")))
+    print(f"  cleanup series: {activities} long-open activities, {cleanup} skipped/long-queued rows (never one "
+          "per finished row)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ the issue's list:
                     its memory can be followed over the whole run)
     alertmanager_kill one Alertmanager of the pair SIGKILLed, started again after --am-outage s
 
+and, every --cleanup-every seconds, the rows Trinity's cleanup service ends (pipeline/cleanup_faults.py):
+a skipped row never finalized, a queued row past the backlog age, an activity nobody closed (one agent
+is subscribed to another's failures, so failed runs also write agent events). At the end each of
+them must have ended once with Trinity's text, no finished run may have its activity still open, and
+Trinity's UI feed (``trinity:events``) must hold exactly one entry per recovery
+(``exec_watchdog.testbed.cleanup_checks``).
+
 Every --check-interval seconds the invariants of tests/test_faults.py (``exec_watchdog.testbed.invariants``)
 are checked over every run so far (false kills and duplicates are final the moment they are seen; a
 leaked slot counts once it persists for --leak-grace seconds); at the end the runs are left to
@@ -68,6 +75,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exec_watchdog.common.logs import configure_logging
+from exec_watchdog.pipeline.cleanup_faults import inject_cleanup_faults
 from exec_watchdog.pipeline.platform import FaultClock, Platform, PlatformOptions, ensure_database
 from exec_watchdog.pipeline.stack import Stack, StackOptions
 from exec_watchdog.pipeline.timing import Timing
@@ -81,6 +89,7 @@ from exec_watchdog.simulated_platform.scheduler import Fault
 from exec_watchdog.simulated_platform.workload import agent_names
 from exec_watchdog.testbed.announcements import Announcements
 from exec_watchdog.testbed.breakable_servers import PostgresProcess, RedisProcess
+from exec_watchdog.testbed.cleanup_checks import check_cleanup
 from exec_watchdog.testbed.invariants import Findings, check_invariants
 from exec_watchdog.testbed.stack_children import kill_child, respawn_child, stack_child, wait_child_ready
 
@@ -544,16 +553,20 @@ async def soak(args: argparse.Namespace) -> int:
             drain = args.timeout + 30.0  # the last runs must have time to end, be lost and be recovered
             tasks = [asyncio.create_task(s.generate(run_seconds - drain)),
                      asyncio.create_task(s.inject(run_seconds - drain)),
+                     asyncio.create_task(inject_cleanup_faults(
+                         s.scheduler, s.agents, args.profile, args.cleanup_every, run_seconds - drain,
+                         seed=args.seed, first_after=10.0)),
                      asyncio.create_task(s.monitor()),
                      asyncio.create_task(s.scheduler.keep_releasing_owed())]
             await asyncio.sleep(max(0.0, run_seconds - s.elapsed()))
             s.log("run over: no more executions or faults; letting everything settle")
-            for task in tasks[:2]:
+            for task in tasks[:3]:
                 task.cancel()
             final = await s.settle(args.settle)
             s.memory.sample(stack, s.elapsed())
             s.progress()
             code = s.report(final)
+            code |= report_cleanup(s.scheduler, platform.engine, rds.url)
             announcements.close()
         finally:
             for task in tasks:
@@ -567,6 +580,20 @@ async def soak(args: argparse.Namespace) -> int:
     else:
         print(f"configurations, data and logs kept in {workdir}")
     return code
+
+
+def report_cleanup(scheduler: SoakScheduler, engine: sa.Engine, redis_url: str) -> int:
+    """The cleanup paths' end-of-run checks; 1 when one is broken."""
+    injected = scheduler.injected
+    f = check_cleanup(engine, redis_url, skipped=injected["skipped"], queued=injected["queued"],
+                      stale_activities=injected["activities"])
+    print(f"  cleanup paths     skipped {len(injected['skipped'])}, queued {len(injected['queued'])}, stale "
+          f"activities {len(injected['activities'])} injected; not ended right {len(f.rows_not_ended)}"
+          f"{f.rows_not_ended[:5]}, activities left open {len(f.activities_not_failed)}; finished runs whose "
+          f"activity is still open {len(f.open_pairs)} {f.open_pairs[:5]}")
+    print(f"  trinity:events    recoveries without their entry {len(f.stream_missing)} {f.stream_missing[:5]}, "
+          f"with more than one {len(f.stream_duplicates)} {f.stream_duplicates[:5]}")
+    return 1 if f.broken else 0
 
 
 def main() -> int:
@@ -584,6 +611,9 @@ def main() -> int:
     parser.add_argument("--agent-fault", type=float, default=20.0, help="seconds an agent hangs or answers garbage")
     parser.add_argument("--am-outage", type=float, default=30.0, help="seconds an Alertmanager stays dead")
     parser.add_argument("--check-interval", type=float, default=10.0, help="seconds between invariant checks")
+    parser.add_argument("--cleanup-every", type=float, default=30.0,
+                        help="seconds between injections of a skipped row, an expired queued row and a stale "
+                             "activity (0: never)")
     parser.add_argument("--leak-grace", type=float, default=150.0,
                         help="seconds a slot may stay held for a finished run before it counts as leaked "
                              "(releases are owed while Redis is down)")

@@ -94,7 +94,9 @@ async def open_scraping(settings: ExporterSettings) -> AsyncIterator[Scraping]:
         engine, client, slots, agent_timeout=settings.agent_timeout,
         poll_concurrency=settings.poll_concurrency, database_timeout=settings.database_timeout,
         scrape_timeout=settings.scrape_timeout, inflight=inflight,
-        inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
+        inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard,
+        queued_publish_after_seconds=settings.queued_publish_after_seconds,
+        activity_publish_after_seconds=settings.activity_publish_after_seconds)
     try:
         yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None))
     finally:

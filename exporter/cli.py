@@ -34,6 +34,12 @@ def register(commands: Any) -> None:
     add_flag(parser, "--inflight-max-age", default="10920",
              help="while in-flight markers cannot be read, runs younger than this many seconds count as in "
                   "flight (Trinity: 3600 queue + 7260 + 60)")
+    add_flag(parser, "--queued-publish-after", default="43200",
+             help="seconds a queued row must have waited before it is published (keep it below the rules' "
+                  "backlog_max_age_seconds; Trinity expires the backlog at 24 h)")
+    add_flag(parser, "--activity-publish-after", default="3600",
+             help="seconds an activity must have been started before it is published (keep it below the rules' "
+                  "activity_stale_seconds; Trinity fails started activities at 120 minutes)")
     add_flag(parser, "--poll-concurrency", default="50", help="agents polled at the same time")
     add_flag(parser, "--database-timeout", default="5", help="seconds the database read may take")
     add_flag(parser, "--scrape-timeout", default="8",

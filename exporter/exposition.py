@@ -80,6 +80,20 @@ def _dispatch_inflight(name: str, s: _Labelled) -> list[str]:
             for labels, e in s.executions if e.dispatch_inflight is not None]
 
 
+def _cleanup_rows(status: str) -> _SampleLines:
+    def lines(name: str, s: _Labelled) -> list[str]:
+        return [f'{name}{{agent="{_escape(r.agent)}",execution_id="{_escape(r.execution_id)}",'
+                f'schedule_id="{_escape(r.schedule_id)}"}} {_number(r.age_seconds)}\n'
+                for r in s.snapshot.cleanup_rows if r.status == status]
+    return lines
+
+
+def _stale_activities(name: str, s: _Labelled) -> list[str]:
+    return [f'{name}{{activity_id="{_escape(a.activity_id)}",activity_type="{_escape(a.activity_type)}",'
+            f'agent="{_escape(a.agent)}"}} {_number(a.age_seconds)}\n'
+            for a in s.snapshot.stale_activities]
+
+
 def _agent_up(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{{{label}}} {'1.0' if a.up else '0.0'}\n" for label, a in s.agents]
 
@@ -148,6 +162,9 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.EXECUTION_AGENT_KNOWN: _agent_known,
     names.EXECUTION_RECENTLY_COMPLETED: _recently_completed,
     names.EXECUTION_DISPATCH_INFLIGHT: _dispatch_inflight,
+    names.SKIPPED_UNFINALIZED_AGE: _cleanup_rows("skipped"),
+    names.QUEUED_AGE: _cleanup_rows("queued"),
+    names.ACTIVITY_STARTED_AGE: _stale_activities,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

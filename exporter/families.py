@@ -56,6 +56,16 @@ SNAPSHOT: tuple[Family, ...] = (
            "1 if a backend dispatcher may still hold the execution (its in-flight marker is alive, or the markers "
            "are unreadable and it is younger than the in-flight bound), else 0; absent unless the agent answered "
            "without it running or pending.", EXECUTION_LABELS),
+    Family(names.SKIPPED_UNFINALIZED_AGE, "gauge",
+           "Seconds since started_at of a skipped execution that has no completed_at (no lease); Trinity's "
+           "cleanup finalizes every one.", EXECUTION_LABELS),
+    Family(names.QUEUED_AGE, "gauge",
+           "Seconds since queued_at of a queued execution (no lease), only once it has waited longer than the "
+           "exporter's --queued-publish-after.", EXECUTION_LABELS),
+    Family(names.ACTIVITY_STARTED_AGE, "gauge",
+           "Seconds since started_at of an activity still in state started, only once it is older than the "
+           "exporter's --activity-publish-after (Trinity fails them at 120 minutes).",
+           ("activity_id", "activity_type", "agent")),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

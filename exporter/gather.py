@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 import sqlalchemy as sa
@@ -29,8 +29,18 @@ import structlog
 from exec_watchdog.common.version import __version__
 from exec_watchdog.exporter.sharding import Shard
 from exec_watchdog.exporter.slot_facts import SlotRead, read_slots
-from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.exporter.snapshot import (
+    POLL_ERROR_REASONS,
+    ActivityFacts,
+    AgentFacts,
+    CleanupRowFacts,
+    ExecutionFacts,
+    RegistryCounts,
+    Snapshot,
+)
+from exec_watchdog.platform_access.activities import Activity, started_activities
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
+from exec_watchdog.platform_access.cleanup_rows import CleanupRow, pending_cleanup
 from exec_watchdog.platform_access.database import Execution, agents, running_executions
 from exec_watchdog.platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
 from exec_watchdog.platform_access.names import InvalidIdentifier
@@ -38,6 +48,12 @@ from exec_watchdog.platform_access.poll_transport import PollTransport
 from exec_watchdog.platform_access.schema import DEFAULT_MAX_PARALLEL_TASKS
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
+
+# Queued rows are published one by one only once they have waited this long (half of Trinity's 24 h
+# backlog age): only rows that can fire get a series, never the whole queue.
+QUEUED_PUBLISH_AFTER_SECONDS = 43_200.0
+# Started activities likewise, from half of Trinity's 120-minute backstop on.
+ACTIVITY_PUBLISH_AFTER_SECONDS = 3_600.0
 
 log = structlog.get_logger("exporter")
 
@@ -65,6 +81,8 @@ class _DatabaseRead:
     executions: list[Execution]
     unreadable: int
     limits: dict[str, int]
+    cleanup: list[CleanupRow]
+    stale_activities: list[Activity]
 
 
 class Gatherer:
@@ -78,7 +96,9 @@ class Gatherer:
                  agent_timeout: float = 3.0, poll_concurrency: int = 50, database_timeout: float = 5.0,
                  scrape_timeout: float = 8.0, clock: Callable[[], datetime] = utcnow,
                  version: str = __version__, inflight: InflightStore | None = None,
-                 inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, shard: Shard | None = None) -> None:
+                 inflight_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS, shard: Shard | None = None,
+                 queued_publish_after_seconds: float = QUEUED_PUBLISH_AFTER_SECONDS,
+                 activity_publish_after_seconds: float = ACTIVITY_PUBLISH_AFTER_SECONDS) -> None:
         if poll_concurrency < 1:
             raise ValueError("poll concurrency must be at least 1")
         if min(agent_timeout, database_timeout, scrape_timeout) <= 0:
@@ -89,6 +109,9 @@ class Gatherer:
         self._markers = inflight
         self._inflight_max_age = inflight_max_age_seconds
         self._shard = shard  # None: the whole fleet
+        self._queued_publish_after = queued_publish_after_seconds
+        self._activity_publish_after = activity_publish_after_seconds
+        self._has_activities: bool | None = None  # agent_activities exists (probed once; Trinity's always has it)
         self._agent_timeout = agent_timeout
         self._poll_concurrency = poll_concurrency
         self._database_timeout = database_timeout
@@ -194,6 +217,12 @@ class Gatherer:
             poll_errors=dict(self._poll_errors),
             slots=() if slot_read is None else slot_read.facts,
             slots_paused=None if slot_read is None else slot_read.paused,
+            cleanup_rows=tuple(CleanupRowFacts(r.agent_name, r.execution_id, r.schedule_id, r.status, r.age_seconds)
+                               for r in read.cleanup if self._is_valid_agent(r.agent_name)),
+            stale_activities=tuple(ActivityFacts(a.agent_name, a.id, a.activity_type,
+                                                 (read.now - a.started_at).total_seconds())
+                                   for a in read.stale_activities
+                                   if a.started_at is not None and self._is_valid_agent(a.agent_name)),
         )
 
     def _read_database(self) -> _DatabaseRead:
@@ -201,7 +230,14 @@ class Gatherer:
             executions, bad = running_executions(conn) if self._shard is None else self._shard.read_running(conn)
             limits = {a.name: a.max_parallel_tasks for a in agents(conn)
                       if self._shard is None or self._shard.owns(a.name)}
-        return _DatabaseRead(self._clock(), executions, len(bad), limits)
+            now = self._clock()
+            cleanup = [r for r in pending_cleanup(conn, now, self._queued_publish_after)
+                       if self._shard is None or self._shard.owns(r.agent_name)]
+            if self._has_activities is None:
+                self._has_activities = "agent_activities" in sa.inspect(conn).get_table_names()
+            stale = [a for a in started_activities(conn, now - timedelta(seconds=self._activity_publish_after))
+                     if self._shard is None or self._shard.owns(a.agent_name)] if self._has_activities else []
+        return _DatabaseRead(now, executions, len(bad), limits, cleanup, stale)
 
     async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:
         """One read of the markers; unknown for all when the store fails or is too slow."""

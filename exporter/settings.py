@@ -33,6 +33,8 @@ class ExporterSettings:
     database_timeout: float = 5.0
     scrape_timeout: float = 8.0
     inflight_max_age_seconds: float = 10_920.0
+    queued_publish_after_seconds: float = 43_200.0  # queued rows get a series once they waited this long
+    activity_publish_after_seconds: float = 3_600.0  # started activities get a series once this old
     shard: Shard | None = None  # None: this exporter watches the whole fleet
 
 
@@ -107,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         database_timeout=_positive_seconds("--database-timeout", args.database_timeout),
         scrape_timeout=scrape_timeout,
         inflight_max_age_seconds=_positive_seconds("--inflight-max-age", args.inflight_max_age),
+        queued_publish_after_seconds=_positive_seconds("--queued-publish-after", args.queued_publish_after),
+        activity_publish_after_seconds=_positive_seconds("--activity-publish-after", args.activity_publish_after),
         shard=_shard(getattr(args, "shard", None)),
     )
 

@@ -36,6 +36,28 @@ class ExecutionFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CleanupRowFacts:
+    """A skipped row without completed_at (age since started_at), or a queued row queued longer than the
+    exporter's publish bound (age since queued_at): the rows Trinity's cleanup service ends."""
+
+    agent: str
+    execution_id: str
+    schedule_id: str
+    status: str  # skipped | queued
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityFacts:
+    """An activity still ``started`` past the exporter's publish bound (Trinity fails them at 120 min)."""
+
+    agent: str
+    activity_id: str
+    activity_type: str
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryCounts:
     """How many executions the agent's registry lists in each state."""
 
@@ -90,3 +112,5 @@ class Snapshot:
     # slots) when the slot store was not read.
     slots: tuple[SlotFacts, ...] = ()
     slots_paused: bool | None = None
+    cleanup_rows: tuple[CleanupRowFacts, ...] = ()
+    stale_activities: tuple[ActivityFacts, ...] = ()

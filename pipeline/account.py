@@ -33,7 +33,9 @@ FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past
                "expire_slot": "its slot is taken already past its TTL"}
 ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
                 "result_recovered": "retained result claimed", "slot_reclaimed": "expired slot reclaimed, run failed",
-                "slot_released": "leaked slot released, no row changed"}
+                "slot_released": "leaked slot released, no row changed",
+                "skipped_finalized": "skipped row finalized", "backlog_expired": "queued row expired",
+                "activity_failed": "stale activity failed"}
 
 
 class Account:

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--advice-schedules", default="on", choices=["on", "off"],
              help="also run four schedules with distinct runtimes (fast, slow, heavy tail, too tight) so the "
                   "timeout advice and its TooTight/TooLoose warnings have something to show")
+    add_flag(parser, "--cleanup-faults-every", type=float, default=60.0,
+             help="every N seconds add a skipped row never finalized, a queued row past the backlog age and an "
+                  "activity nobody closed, the rows Trinity's cleanup service ends (0: never)")
     add_flag(parser, "--summary-every", type=float, default=10.0, help="seconds between summary lines")
     add_flag(parser, "--workdir", help="directory for configurations, data and logs (default: a temporary one, "
                                        "removed on a clean exit)")
@@ -194,6 +197,11 @@ class Demo:
             placed = place(DEMO, options.agent_names)
             await asyncio.to_thread(register, platform.engine, placed)
             self._task(run_schedules(platform.scheduler, placed, self.workload.duration_seconds, seed=self.args.seed))
+        from exec_watchdog.pipeline.cleanup_faults import inject_cleanup_faults
+
+        self._task(inject_cleanup_faults(platform.scheduler, options.agent_names, self.args.profile,
+                                         self.args.cleanup_faults_every, self.workload.duration_seconds,
+                                         seed=self.args.seed))
         crash = self._task(self._watch_children(stack))
         timer = self._task(asyncio.sleep(self.workload.duration_seconds if self.args.duration else 1e9))
         done, _ = await asyncio.wait({crash, timer, stopped, workload}, return_when=asyncio.FIRST_COMPLETED)

@@ -140,6 +140,9 @@ class Stack:
                             f"{agent_timeout:g}")
         if o.redis_url:
             argv += ["--redis-url", o.redis_url]
+        # Queued rows are published from half the backlog age on (only rows that can fire).
+        argv += ["--queued-publish-after", f"{int(self.settings['backlog_max_age_seconds']) / 2:g}",
+                 "--activity-publish-after", f"{int(self.settings['activity_stale_seconds']) / 2:g}"]
         argv += list(o.exporter_flags)
         name, url = "exporter", self.exporter_urls[index]
         if o.exporter_shards > 1:
@@ -157,6 +160,8 @@ class Stack:
                             "--agent-secret-file", str(secret_file), "--bearer-token-file", str(token_file),
                             "--min-orphan-age", str(self.settings["orphan_min_age_seconds"]),
                             "--claim-defer", str(self.settings["claim_defer_seconds"]),
+                            "--backlog-max-age", str(self.settings["backlog_max_age_seconds"]),
+                            "--activity-stale-after", str(self.settings["activity_stale_seconds"]),
                             "--replica-id", self.replica_ids[index], "--sweep-interval", f"{sweep:g}")
         for am in self.alertmanager_urls:
             argv += ["--alertmanager-url", am]

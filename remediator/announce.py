@@ -1,5 +1,12 @@
-"""Announcing a recovery: Trinity's ``watchdog_recovery`` event on the WebSocket feed and an
-optional Redis channel, and one canonical JSON log line.
+"""Announcing a recovery: Trinity's ``watchdog_recovery`` event on the WebSocket feed, an optional
+Redis channel and Trinity's own UI feed (the Redis Stream ``trinity:events``), and one canonical
+JSON log line.
+
+The stream entry is Trinity's envelope (its event_bus): fields ``payload`` (the event as JSON),
+``scope`` (``all``) and ``agent_name``, trimmed to about ``STREAM_MAXLEN`` entries. Every backend
+worker relays that stream to its ``/ws`` clients, so Trinity's UI shows our recoveries as its own.
+It is written by the same script as the channel message, behind the same once-only marker: one
+stream entry per recovery, whatever the retries.
 
 When the remediator knows its own address (``--external-url``), the event also carries
 ``story_url``: the live page opened on that execution's story (evidence and timeline). Trinity's
@@ -19,7 +26,10 @@ from starlette.websockets import WebSocket
 
 from exec_watchdog.common.contract import (
     CLAIM_RESULT,
+    EXPIRE_BACKLOG,
     FAIL_ORPHAN,
+    FAIL_STALE_ACTIVITY,
+    FINALIZE_SKIPPED,
     RECLAIM_EXPIRED_SLOT,
     RECLAIM_SLOT_UNREACHABLE,
     RELEASE_LEAKED_SLOT,
@@ -33,7 +43,10 @@ EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_termi
                  CLAIM_RESULT: "result_recovered",
                  # Capacity slots: a run failed because its slot expired, or only a slot released.
                  RECLAIM_EXPIRED_SLOT: "slot_reclaimed", RECLAIM_SLOT_UNREACHABLE: "slot_reclaimed",
-                 RELEASE_LEAKED_SLOT: "slot_released"}
+                 RELEASE_LEAKED_SLOT: "slot_released",
+                 # Rows Trinity's cleanup service ends (issue 22): the event's action names the path.
+                 FINALIZE_SKIPPED: "skipped_finalized", EXPIRE_BACKLOG: "backlog_expired",
+                 FAIL_STALE_ACTIVITY: "activity_failed"}  # its execution_id field carries the activity's id
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
@@ -90,19 +103,26 @@ class WebSocketHub:
 _PUBLISH_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
+  if KEYS[2] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'payload', ARGV[3], 'scope', 'all', 'agent_name', ARGV[4])
+  end
   return 1
 end
 return 0
 """
 ANNOUNCED_MARKER_TTL_SECONDS = 7 * 24 * 3600
+TRINITY_STREAM = "trinity:events"  # Trinity's event_bus STREAM_KEY
+STREAM_MAXLEN = 10_000  # Trinity's REDIS_STREAM_MAXLEN default (approximate trim)
 
 
 class Announcer:
-    def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str, external_url: str = "") -> None:
+    def __init__(self, hub: WebSocketHub, redis: Redis | None, channel: str, external_url: str = "",
+                 stream: str = TRINITY_STREAM) -> None:
         self.hub = hub
         self.redis = redis
         self.channel = channel
         self.external_url = external_url
+        self.stream = stream  # empty: no stream entry
 
     async def announce(self, recoveries: list[Recovery], now: datetime) -> None:
         """Publish every event once; raises if Redis is configured and unreachable (the caller retries)."""
@@ -113,8 +133,8 @@ class Announcer:
                 for event in events:
                     # One marker per recovery: a re-run of a recovered id is announced again.
                     marker = f"watchdog:announced:{event['execution_id']}:{event['timestamp']}"
-                    pipe.eval(_PUBLISH_ONCE, 1, marker,
-                              ANNOUNCED_MARKER_TTL_SECONDS, self.channel, json.dumps(event))
+                    pipe.eval(_PUBLISH_ONCE, 2, marker, self.stream, ANNOUNCED_MARKER_TTL_SECONDS, self.channel,
+                              json.dumps(event), event["agent_name"], STREAM_MAXLEN)
                 fresh = [bool(published) for published in await pipe.execute()]
         for recovery, event, first_time in zip(recoveries, events, fresh, strict=True):
             if not first_time:

@@ -66,6 +66,11 @@ def register(commands: Any) -> None:
              "before it is claimed (Trinity's watchdog waits 180: the run may still report itself)")
     add_flag(p, "--inflight-max-age", type=float, default=10_920.0, help="while in-flight markers cannot be read, "
              "runs younger than this many seconds are held (Trinity: 3600 queue + 7260 + 60)")
+    add_flag(p, "--backlog-max-age", type=float, default=86_400.0, help="seconds a queued row must have waited "
+             "before expire_backlog fails it (Trinity: 24 h; keep it equal to the rules' backlog_max_age_seconds)")
+    add_flag(p, "--activity-stale-after", type=float, default=7_200.0, help="seconds an activity must have been "
+             "started before fail_stale_activity fails it (Trinity: 120 minutes; keep it equal to the rules' "
+             "activity_stale_seconds)")
     add_flag(p, "--breaker-max-actions", type=int, default=100, help="remediations allowed per breaker window")
     add_flag(p, "--breaker-window", type=float, default=300.0, help="breaker window in seconds")
     add_flag(p, "--claim-ttl", type=float, default=30.0, help="seconds before a half-done recovery is retried")
@@ -103,7 +108,8 @@ def build_config(args: argparse.Namespace) -> Config:
         basic_user=args.basic_auth_user, basic_password=password,
         allow_unauthenticated=args.insecure_no_auth)
     for name in ("min_orphan_age", "breaker_window", "claim_ttl", "sweep_interval", "agent_timeout",
-                 "claim_defer", "inflight_max_age", "header_timeout", "max_connections"):
+                 "claim_defer", "inflight_max_age", "header_timeout", "max_connections", "backlog_max_age",
+                 "activity_stale_after"):
         if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     external_url = (args.external_url or default_external_url(args.listen)).rstrip("/")
@@ -119,7 +125,9 @@ def build_config(args: argparse.Namespace) -> Config:
         sweep_interval_seconds=args.sweep_interval, external_url=external_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
-                          inflight_max_age_seconds=args.inflight_max_age),
+                          inflight_max_age_seconds=args.inflight_max_age,
+                          backlog_max_age_seconds=args.backlog_max_age,
+                          activity_stale_seconds=args.activity_stale_after),
     )
 
 

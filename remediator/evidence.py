@@ -290,6 +290,11 @@ class Evidence:
             self._facts["update"]["guard"] = guard
         self._took("database: guarded update", seconds)
 
+    def platform_closed(self, activities: list[str], event_id: str | None) -> None:
+        """What the won transition also wrote: the activities it closed and the agent event, if any."""
+        self._facts["closed"] = {"activities": [self._redact.text(a, 64) for a in activities[:MAX_LISTED]],
+                                 "agent_event": event_id}
+
     # -- turning it into the stored record -----------------------------------------------------------
 
     def finish(self, replica: str, now: datetime) -> str | None:

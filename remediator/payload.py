@@ -47,7 +47,8 @@ class Alert:
 
     @property
     def execution_id(self) -> str:
-        return self.labels.get("execution_id", "")
+        """The subject: the execution, or for an activity alert (no ``execution_id``) the activity."""
+        return self.labels.get("execution_id") or self.labels.get("activity_id", "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,16 @@ from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
+    FAIL_STALE_ACTIVITY,
     RELEASE_LEAKED_SLOT,
+    ROW_ACTIONS,
     SLOT_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
 )
 from exec_watchdog.common.redaction import redact
+from exec_watchdog.platform_access import activities, cleanup_rows
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -48,7 +51,7 @@ from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import action_claims, audit, claim, texts
+from exec_watchdog.remediator import action_claims, audit, claim, closing, row_cleanup, texts
 from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
@@ -75,6 +78,8 @@ class Settings:
     action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
+    backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
+    activity_stale_seconds: float = activities.STALE_ACTIVITY_MINUTES * 60.0  # Trinity: 120 minutes
 
 
 @dataclass(slots=True)
@@ -91,6 +96,8 @@ class Verdict:
     slot_leak: bool = False  # slot_only for a missing or finished row: a recovery, announced
     terminate_first: bool = False  # a slot reclaim: terminate on the agent (best effort) before failing
     slot_age_seconds: float = 0.0  # a slot remediation: how long the slot was held
+    queued_at: str | None = None  # expire_backlog: the queued_at verified, guarded on by the write
+    activity: activities.Activity | None = None  # fail_stale_activity: the activity verified (no execution)
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -109,6 +116,10 @@ class BatchResult:
     def retry(self) -> bool:
         """Alertmanager should deliver again: something transient stopped us."""
         return self.unfinished or any(v.outcome in ("retry", "breaker_open") for v in self.verdicts)
+
+
+# Decided without the agent's last error: on the database alone, or with Trinity's slot texts as they are.
+_NO_AGENT = (*ROW_ACTIONS, FAIL_STALE_ACTIVITY, *SLOT_ACTIONS)
 
 
 def metric_remediation(value: str) -> str:
@@ -131,6 +142,7 @@ class Remediator:
         self.agent_gate = AgentGate(settings.agent_concurrency, settings.agent_calls_per_agent,
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
+        self._has_close_tables: bool | None = None
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
         self.slot_check = SlotCheck(engine, slots, agents, self.agent_gate, inflight)
@@ -194,11 +206,19 @@ class Remediator:
         """Verify and act; False when a recovery's slot release or announcement is still owed."""
         ids = sorted({v.alert.execution_id for v in verdicts})
         (rows, now), took = await timed(anyio.to_thread.run_sync(self._load, ids))
+        cleanup_ids = sorted({v.alert.execution_id for v in verdicts if v.alert.remediation in ROW_ACTIONS})
+        cleanup = await anyio.to_thread.run_sync(self._load_cleanup, cleanup_ids, now) if cleanup_ids else {}
+        activity_ids = sorted({v.alert.execution_id for v in verdicts if v.alert.remediation == FAIL_STALE_ACTIVITY})
+        acts = await anyio.to_thread.run_sync(self._load_activities, activity_ids) if activity_ids else {}
         seen: set[str] = set()
         for v in verdicts:
             with alone(v, "reading the row"):
                 v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
-                if v.alert.remediation not in SLOT_ACTIONS:  # a slot's row may be missing or finished: slot_reclaim.py
+                if v.alert.remediation == FAIL_STALE_ACTIVITY:
+                    self._verify_activity(v, acts.get(v.alert.execution_id), now)
+                elif v.alert.remediation in ROW_ACTIONS:
+                    self._verify_cleanup_row(v, rows.get(v.alert.execution_id), cleanup.get(v.alert.execution_id))
+                elif v.alert.remediation not in SLOT_ACTIONS:  # a slot's row may be gone or finished: slot_reclaim.py
                     self._verify_row(v, rows.get(v.alert.execution_id), now)
             if v.undecided and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
@@ -222,8 +242,8 @@ class Remediator:
                    "claiming the slot release")
         await each([v for v in verdicts if v.undecided and v.terminate_first], self.slot_check.terminate,
                    "terminating the slot's run on the agent")
-        # Trinity's slot texts are written as they are, without the agent's last error.
-        await each([v for v in verdicts if v.undecided and v.claim is None and v.alert.remediation not in SLOT_ACTIONS],
+        # Trinity's slot and cleanup texts are written as they are, without the agent's last error.
+        await each([v for v in verdicts if v.undecided and v.claim is None and v.alert.remediation not in _NO_AGENT],
                    self.orphans.prefix_last_error, "asking the agent's last error")
         ready = [v for v in verdicts if v.undecided]
         if ready:
@@ -238,6 +258,43 @@ class Remediator:
         """The rows, and the database's clock to age them with (never ours: it may be skewed)."""
         with self.engine.connect() as conn:
             return db.get_executions(conn, ids), db.database_now(conn)
+
+    def _load_cleanup(self, ids: list[str], now: datetime) -> dict[str, cleanup_rows.CleanupRow | None]:
+        with self.engine.connect() as conn:
+            return {i: row_cleanup.read(conn, i, now) for i in ids}
+
+    def _load_activities(self, ids: list[str]) -> dict[str, activities.Activity | None]:
+        with self.engine.connect() as conn:
+            return {i: activities.get(conn, i) for i in ids}
+
+    def _verify_activity(self, v: Verdict, act: activities.Activity | None, now: datetime) -> None:
+        """Trinity's 120-minute backstop: the activity must still be started, and old enough on the database's clock."""
+        limit = self.settings.activity_stale_seconds
+        if act is None:
+            return v.decide("skipped", "no such activity in the database")
+        if act.state != "started":
+            return v.decide("skipped", f"closed meanwhile: activity_state is {act.state!r}")
+        if act.agent_name != v.alert.agent:
+            return v.decide("skipped", f"alert names agent {v.alert.agent!r}, the activity says {act.agent_name!r}")
+        if act.started_at is None:
+            return v.decide("skipped", "unreadable started_at: never aged, never failed")
+        age = (now - act.started_at).total_seconds()
+        if age <= limit:
+            return v.decide("skipped", f"not stale: started {age:.0f} s ago of {limit:g} s")
+        v.activity, v.error = act, texts.stale_activity_text(limit)
+        return None
+
+    def _verify_cleanup_row(self, v: Verdict, row: db.Execution | db.BadRow | None,
+                            facts: cleanup_rows.CleanupRow | None) -> None:
+        """Skipped and backlog rows: remediator/row_cleanup.py decides, no agent is asked."""
+        if isinstance(row, db.BadRow):
+            return v.decide("skipped", f"unreadable row: {row}")
+        decision = row_cleanup.decide(v.alert.remediation, v.alert.agent, facts,
+                                      self.settings.backlog_max_age_seconds)
+        if not decision.act or row is None:
+            return v.decide("skipped", decision.reason or "no such execution in the database")
+        v.execution, v.queued_at, v.error = row, decision.queued_at, row_cleanup.TEXTS[v.alert.remediation]
+        return None
 
     def _verify_row(self, v: Verdict, row: db.Execution | db.BadRow | None, now: datetime) -> None:
         alert = v.alert
@@ -368,25 +425,39 @@ class Remediator:
 
     def _transition_together(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """One transaction: each guarded update, and the outbox row of each one we won."""
-        winners = []
+        winners: list[audit.Recovery] = []
         with self.engine.begin() as conn:
             now = db.database_now(conn)
             for v in verdicts:
                 if v.slot_only:  # owned through its action claim: no row changes, the release is the action
                     winners.append(self._slot_release(v, now))
                     continue
-                assert v.execution is not None
                 v.error = redact(v.error)  # agent text came in redacted; our own texts go out the same way
                 if v.claim is not None and v.claim.error:
                     v.claim = replace(v.claim, error=redact(v.claim.error))
                 started = time.perf_counter()
-                won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
-                       else db.fail_execution(conn, v.execution, v.error, now))
+                if v.activity is not None:
+                    won = activities.fail_stale(conn, v.activity.id, v.error, now, self.settings.activity_stale_seconds)
+                    v.evidence.guarded_update(won, v.error, time.perf_counter() - started,
+                                              guard="activity_state = 'started'")
+                    self._settle(v, won, v.activity.id, v.activity.agent_name,
+                                 (now - v.activity.started_at).total_seconds() if v.activity.started_at else 0.0,
+                                 now, winners)
+                    continue
+                assert v.execution is not None
+                if v.alert.remediation in ROW_ACTIONS:
+                    won = row_cleanup.transition(conn, v.alert.remediation, v.execution.id, v.queued_at, now)
+                else:
+                    won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
+                           else db.fail_execution(conn, v.execution, v.error, now))
                 if v.claim is not None:  # what the claim wrote: the agent's status and error, not our notice
                     v.evidence.guarded_update(won, v.claim.error or "", time.perf_counter() - started,
                                               status=v.claim.status, guard="Trinity's claim guard")
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
+                if won and self._closes_supported(conn):  # the run's activity and event: same transaction
+                    closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
+                    v.evidence.platform_closed(closed.activities, closed.event_id)
                 killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
                 if won or killed:  # a kill whose exit report won the update is still ours
                     recovery = audit.Recovery(
@@ -414,6 +485,28 @@ class Remediator:
             execution_id=v.alert.execution_id, agent_name=v.alert.agent, action=RELEASE_LEAKED_SLOT, reason=v.error,
             fingerprint=v.alert.fingerprint, runtime_seconds=v.slot_age_seconds,
             alert_started_at=v.alert.starts_at, recovered_at=now)
+
+    def _settle(self, v: Verdict, won: bool, subject_id: str, agent: str, runtime: float, now: datetime,
+                winners: list[audit.Recovery]) -> None:
+        """A transition without a run behind it (an activity): recovered or lost, nothing to close."""
+        if won:
+            winners.append(audit.Recovery(
+                execution_id=subject_id, agent_name=agent, action=v.alert.remediation, reason=v.error,
+                fingerprint=v.alert.fingerprint, runtime_seconds=runtime, alert_started_at=v.alert.starts_at,
+                recovered_at=now))
+            v.decide("recovered", v.error)
+        else:
+            v.decide("lost_race", "another writer changed the activity first")
+
+    def _closes_supported(self, conn: sa.Connection) -> bool:
+        """Whether the database has Trinity's activity and event tables (a database an older
+        ``db init`` made has not: its transitions then close nothing, and the log says so once)."""
+        if self._has_close_tables is None:
+            self._has_close_tables = closing.tables_present(conn)
+            if not self._has_close_tables:
+                log.warning("activity_tables_missing", detail="agent_activities / agent_event_subscriptions / "
+                            "agent_events absent: recoveries close no activity and write no event")
+        return self._has_close_tables
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
 

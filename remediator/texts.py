@@ -5,7 +5,6 @@ Kept together so the wording operators grep for matches Trinity's own, in one pl
 
 from __future__ import annotations
 
-from exec_watchdog.common.contract import RECLAIM_EXPIRED_SLOT, RECLAIM_SLOT_UNREACHABLE
 from exec_watchdog.platform_access.agent_client import LastError
 
 MAX_ERROR_CHARS = 2_000  # Trinity's MAX_ERROR_MESSAGE_LENGTH: the whole text, prefix included
@@ -47,10 +46,19 @@ def slot_unreachable_text(agent: str) -> str:
             "slot TTL expired (#497)")
 
 
+# -- Activity closes and the cleanup paths' texts (Trinity's cleanup_service / db/activities) ---------
+# The activity close after a stale or no-session sweep (duration_ms NULL).
+STALE_SWEEP_ACTIVITY_TEXT = "Marked as failed by cleanup: execution swept as stale"
+# The activity close after a slot reclaim (Trinity's _close_stale_slot_activity).
 SLOT_RECLAIM_ACTIVITY_TEXT = "lease_expired: slot lease expired (no result callback)"
-# The error a run's paired activity is closed with, by the remediation that failed the run. A
-# ``release_leaked_slot`` recovery changes no row and closes no activity.
-ACTIVITY_CLOSE_TEXTS: dict[str, str] = {
-    RECLAIM_EXPIRED_SLOT: SLOT_RECLAIM_ACTIVITY_TEXT,
-    RECLAIM_SLOT_UNREACHABLE: SLOT_RECLAIM_ACTIVITY_TEXT,
-}
+# Trinity's 120-minute activity backstop (mark_stale_activities_failed).
+STALE_ACTIVITY_TEXT = "Marked as failed by cleanup: exceeded 120-minute timeout"
+
+
+def stale_activity_text(seconds: float) -> str:
+    """Trinity's backstop text for the bound in use (120 minutes: exactly STALE_ACTIVITY_TEXT)."""
+    return f"Marked as failed by cleanup: exceeded {seconds / 60:g}-minute timeout"
+# Phase 1c: a skipped row never given a completed_at.
+SKIPPED_FINALIZED_TEXT = "Finalized by cleanup: skipped execution"
+# Capacity maintenance: a queued row older than 24 hours.
+BACKLOG_EXPIRED_TEXT = "Backlog expired: queued longer than 24 hours"

@@ -23,6 +23,15 @@ Execution faults (per execution):
 Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
 ``stop_agent``/``resume_agent`` (unreachable: never orphans).
 
+Rows Trinity's cleanup service ends (issue 22): ``add_skipped`` (a skipped row never given a
+``completed_at``), ``add_stale_queued`` (a queued row that has waited too long),
+``add_stale_activity`` (an activity nobody closed); ``subscribe`` adds an agent event subscription.
+
+Activities as Trinity writes them: every run opens its dispatch activity (``schedule_start``,
+``started``) when it is admitted, and the completion report closes it (``completed`` or ``failed``
+with the error, ``duration_ms`` measured) with Trinity's compare-and-set; a lost report leaves it
+open, for the watchdog's recovery to close.
+
 Like Trinity's backend: ids are ``secrets.token_urlsafe(16)``; every dispatch is registered in
 the in-flight registry (:mod:`exec_watchdog.simulated_platform.dispatches`) for its whole call when an
 ``inflight`` store is given, and a dispatch held 5 s or more is re-anchored when it is granted
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -44,8 +54,15 @@ import redis
 import sqlalchemy as sa
 import structlog
 
+from exec_watchdog.platform_access import activities
 from exec_watchdog.platform_access.inflight import REFRESH_SECONDS, InflightStore
-from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.schema import (
+    agent_activities,
+    agent_event_subscriptions,
+    agent_ownership,
+    agent_schedules,
+    schedule_executions,
+)
 from exec_watchdog.platform_access.slot_expiry import SLOT_TTL_MARGIN_SECONDS
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
@@ -93,8 +110,11 @@ class Scheduler:
         self.retained_lost: set[str] = set()  # succeeded, retained by the agent, report lost
         self.counts: Counter[str] = Counter()
         self.owed_releases: set[tuple[str, str]] = set()
+        # Rows and activities added for the cleanup paths, by kind (skipped, queued, activities).
+        self.injected: dict[str, list[str]] = {"skipped": [], "queued": [], "activities": []}
         self.dispatches = Dispatches(inflight, tick=marker_tick, grace=marker_grace) if inflight else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._activities = "agent_activities" in sa.inspect(engine).get_table_names()
         for name in agents.agents:
             agents.registry(name).on_complete(self._completion_hook(name))
 
@@ -194,6 +214,8 @@ class Scheduler:
                 id=s.execution_id, schedule_id=s.schedule_id or f"sim-{s.agent}", agent_name=s.agent, status="running",
                 started_at=format_utc(s.started_at), message=f"simulated {s.fault} run", triggered_by="schedule",
                 queued_at=format_utc(s.started_at)))
+            if self._activities:  # Trinity's track_activity at dispatch
+                self._open_activity(conn, s.agent, s.execution_id, s.started_at)
         acquired = s.started_at
         if s.fault == "expire_slot":
             acquired -= timedelta(seconds=s.timeout_seconds + SLOT_TTL_MARGIN_SECONDS + EXPIRED_BY_SECONDS)
@@ -252,6 +274,9 @@ class Scheduler:
                 .values(status="success" if returncode == 0 else "failed", completed_at=format_utc(now),
                         duration_ms=int((now - s.started_at).total_seconds() * 1000),
                         error=None if returncode == 0 else f"exit code {returncode}"))
+            if result.rowcount == 1 and self._activities:  # the CAS winner closes the paired activity
+                activities.close_one(conn, s.execution_id, "success" if returncode == 0 else "failed",
+                                     None if returncode == 0 else f"exit code {returncode}", now)
         if s.fault != "leak_slot":  # a leak: the writer finishes the row and forgets the slot
             self._release(s.agent, s.execution_id)
         return result.rowcount == 1
@@ -268,6 +293,58 @@ class Scheduler:
             self.owed_releases.discard((agent, execution_id))
             self._release(agent, execution_id)
         return len(self.owed_releases)
+
+    @staticmethod
+    def _open_activity(conn: sa.Connection, agent: str, execution_id: str | None, at: datetime,
+                       activity_type: str = "schedule_start") -> str:
+        activity_id = str(uuid.uuid4())
+        stamp = format_utc(at)
+        conn.execute(sa.insert(agent_activities).values(
+            id=activity_id, agent_name=agent, activity_type=activity_type, activity_state="started",
+            started_at=stamp, created_at=stamp, triggered_by="schedule", related_execution_id=execution_id))
+        return activity_id
+
+    def add_skipped(self, agent: str) -> str:
+        """A skipped row never given a completed_at (Trinity's Phase 1c finalizes it)."""
+        execution_id, now = secrets.token_urlsafe(16), utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(schedule_executions).values(
+                id=execution_id, schedule_id=f"sim-{agent}", agent_name=agent, status="skipped",
+                started_at=format_utc(now), message="simulated skipped run", triggered_by="schedule"))
+        self.counts["added_skipped"] += 1
+        self.injected["skipped"].append(execution_id)
+        return execution_id
+
+    def add_stale_queued(self, agent: str, waited_seconds: float) -> str:
+        """A queued row admitted ``waited_seconds`` ago that never left the queue (backlog expiry ends it)."""
+        execution_id = secrets.token_urlsafe(16)
+        queued = utcnow() - timedelta(seconds=waited_seconds)
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(schedule_executions).values(
+                id=execution_id, schedule_id=f"sim-{agent}", agent_name=agent, status="queued",
+                started_at=format_utc(queued), queued_at=format_utc(queued), message="simulated queued run",
+                triggered_by="schedule"))
+        self.counts["added_stale_queued"] += 1
+        self.injected["queued"].append(execution_id)
+        return execution_id
+
+    def add_stale_activity(self, agent: str, age_seconds: float) -> str:
+        """An activity opened ``age_seconds`` ago that nobody closed (a chat whose closer died)."""
+        with self.engine.begin() as conn:
+            activity_id = self._open_activity(conn, agent, None, utcnow() - timedelta(seconds=age_seconds),
+                                              "chat_start")
+        self.counts["added_stale_activities"] += 1
+        self.injected["activities"].append(activity_id)
+        return activity_id
+
+    def subscribe(self, subscriber: str, source: str, event_type: str = "agent.task.failed") -> None:
+        """An agent event subscription, as Trinity's EVT-001 API writes it."""
+        stamp = format_utc(utcnow())
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(agent_event_subscriptions).values(
+                id=str(uuid.uuid4()), subscriber_agent=subscriber, source_agent=source, event_type=event_type,
+                target_message="{{payload.execution_id}} ended: {{payload.summary_or_error}}", enabled=1,
+                created_at=stamp, updated_at=stamp, created_by="simulation"))
 
     def restart_agent(self, agent: str) -> None:
         registry = self.agents.registry(agent)

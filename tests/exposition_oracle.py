@@ -76,6 +76,13 @@ class ExecWatchdogCollector(Collector):
             if e.dispatch_inflight is not None:
                 f.inflight.add_metric(labels, 1.0 if e.dispatch_inflight else 0.0)
 
+        for r in snapshot.cleanup_rows:
+            family = f.skipped if r.status == "skipped" else f.queued
+            family.add_metric([r.agent, r.execution_id, r.schedule_id], r.age_seconds)
+
+        for act in snapshot.stale_activities:
+            f.activities.add_metric([act.activity_id, act.activity_type, act.agent], act.age_seconds)
+
         for a in snapshot.agents:
             f.up.add_metric([a.name], 1.0 if a.up else 0.0)
             if a.registry is not None:
@@ -110,6 +117,9 @@ class _SnapshotFamilies(NamedTuple):
     known: GaugeMetricFamily
     recently_completed: GaugeMetricFamily
     inflight: GaugeMetricFamily
+    skipped: GaugeMetricFamily
+    queued: GaugeMetricFamily
+    activities: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -132,6 +142,9 @@ class _SnapshotFamilies(NamedTuple):
             known=gauge(names.EXECUTION_AGENT_KNOWN),
             recently_completed=gauge(names.EXECUTION_RECENTLY_COMPLETED),
             inflight=gauge(names.EXECUTION_DISPATCH_INFLIGHT),
+            skipped=gauge(names.SKIPPED_UNFINALIZED_AGE),
+            queued=gauge(names.QUEUED_AGE),
+            activities=gauge(names.ACTIVITY_STARTED_AGE),
             up=gauge(names.AGENT_UP),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),

@@ -109,7 +109,10 @@ def test_every_alert_has_severity_for_summary_description_and_a_runbook_anchor(p
         url, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         assert url.endswith("alerts/runbook.md") and anchor == name.lower(), name
         assert anchor in anchors, f"alerts/runbook.md has no section for {name}"
-        if rule["labels"].get("remediation") or name == contract.STUCK:
+        if name == contract.ACTIVITY_STALE:  # names an activity, not an execution
+            for label in ("agent", "activity_id", "activity_type"):
+                assert f"$labels.{label}" in rule["annotations"]["description"], name
+        elif rule["labels"].get("remediation") or name == contract.STUCK:
             slot = name in contract.SLOT_ALERTS  # slots have no schedule
             for label in ("agent", "execution_id") if slot else ("agent", "execution_id", "schedule_id"):
                 assert f"$labels.{label}" in rule["annotations"]["description"], name
@@ -124,8 +127,10 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     assert labels[contract.SLOT_EXPIRED_AGENT_UNREACHABLE] == {"severity": "critical",
                                                                "remediation": "reclaim_slot_unreachable"}
     assert labels[contract.SLOT_LEAKED] == {"severity": "warning", "remediation": "release_leaked_slot"}
-    assert [name for name, labels in labels.items() if "remediation" in labels] == [
-        contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED, *contract.SLOT_ALERTS]
+    assert labels[contract.SKIPPED_UNFINALIZED] == {"severity": "warning", "remediation": "finalize_skipped"}
+    assert labels[contract.BACKLOG_EXPIRED] == {"severity": "warning", "remediation": "expire_backlog"}
+    assert labels[contract.ACTIVITY_STALE] == {"severity": "warning", "remediation": "fail_stale_activity"}
+    assert [name for name, labels in labels.items() if "remediation" in labels] == list(contract.REMEDIATION_ALERTS)
 
 
 def _github_anchor(heading: str) -> str:
@@ -179,7 +184,9 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
             exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
-            exporter_metrics.SLOT_TTL, exporter_metrics.SLOT_LEAKED, exporter_metrics.SLOTS_PAUSED} == used
+            exporter_metrics.SLOT_TTL, exporter_metrics.SLOT_LEAKED, exporter_metrics.SLOTS_PAUSED,
+            exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE,
+            exporter_metrics.ACTIVITY_STARTED_AGE} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -225,6 +232,9 @@ ROUTES = {
     contract.SLOT_EXPIRED: REMEDIATOR_RECEIVER,
     contract.SLOT_EXPIRED_AGENT_UNREACHABLE: REMEDIATOR_RECEIVER,
     contract.SLOT_LEAKED: REMEDIATOR_RECEIVER,
+    contract.SKIPPED_UNFINALIZED: REMEDIATOR_RECEIVER,  # the row alone decides: no agent is asked
+    contract.BACKLOG_EXPIRED: REMEDIATOR_RECEIVER,
+    contract.ACTIVITY_STALE: REMEDIATOR_RECEIVER,
 }
 
 

@@ -241,6 +241,21 @@ def test_an_unreachable_agent_inhibits_that_agents_remediation_alerts_only(
     assert notified(webhook.bodies()) - {("agent-a", "probe")} == {("agent-b", "exec-3")}
 
 
+def test_an_unreachable_agent_does_not_hold_the_remediations_decided_on_the_database_alone(
+        alertmanager: str, webhook: Webhook) -> None:
+    """Skipped rows and the backlog need no agent: they go on while it is unreachable, as in Trinity."""
+    post(alertmanager, alert(contract.AGENT_UNREACHABLE, "agent-a"))
+    post(alertmanager, alert(contract.ORPHANED, "agent-a", "probe"))
+    _until(lambda: states(alertmanager)[(contract.ORPHANED, "agent-a", "probe")]["state"] == "suppressed",
+           "the unreachable agent never inhibited its orphan alert")
+    post(alertmanager, alert(contract.SKIPPED_UNFINALIZED, "agent-a", "skip-1"),
+         alert(contract.BACKLOG_EXPIRED, "agent-a", "queued-1"))
+    webhook.wait_for(lambda bodies: {("agent-a", "skip-1"), ("agent-a", "queued-1")} <= notified(bodies))
+    now = states(alertmanager)
+    assert now[(contract.SKIPPED_UNFINALIZED, "agent-a", "skip-1")]["state"] == "active"
+    assert now[(contract.BACKLOG_EXPIRED, "agent-a", "queued-1")]["state"] == "active"
+
+
 def test_an_orphaned_or_overdue_execution_inhibits_its_own_stuck_warning(alertmanager: str) -> None:
     post(alertmanager, alert(contract.ORPHANED, "agent-a", "exec-1"), alert(contract.OVERDUE, "agent-a", "exec-2"),
          *(alert(contract.STUCK, "agent-a", e) for e in ("exec-1", "exec-2", "exec-3")))

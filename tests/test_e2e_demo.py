@@ -130,6 +130,19 @@ def test_demo_shows_recoveries_and_stops_after_duration(demos: list[Demo]) -> No
     assert not logs.parent.parent.exists(), "the temporary work dir is removed after a clean run"
 
 
+def test_demo_shows_a_recovery_from_each_cleanup_path(demos: list[Demo]) -> None:
+    """The demo injects a skipped row, an expired queued row and an unclosed activity, and shows each
+    one's recovery within its first minute (the issue asks for three)."""
+    demo = Demo("--duration", "45", "--rate", "0.5", "--faults", "lose_report=0.2", "--cleanup-faults-every", "20",
+                "--advice-schedules", "off", *QUICK)
+    demos.append(demo)
+    demo.wait_for_line("#token=", 60)
+    for words in ("skipped row finalized", "queued row expired", "stale activity failed"):
+        line = demo.wait_for_line(words, 60)
+        assert "Marked as failed" in line or "Finalized by cleanup" in line or "Backlog expired" in line, line
+    assert demo.finish(60) == 0, demo.stderr()
+
+
 def test_ctrl_c_stops_everything(demos: list[Demo]) -> None:
     """SIGINT (Ctrl-C) during the run stops every child and exits 0."""
     demo = Demo(*QUICK)

@@ -11,7 +11,9 @@ from exec_watchdog.exporter.app import render
 from exec_watchdog.exporter.exposition import render_snapshot
 from exec_watchdog.exporter.snapshot import (
     POLL_ERROR_REASONS,
+    ActivityFacts,
     AgentFacts,
+    CleanupRowFacts,
     ExecutionFacts,
     RegistryCounts,
     SlotFacts,
@@ -39,8 +41,14 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     slots = tuple(SlotFacts(draw(labels), draw(labels), draw(st.floats()), draw(st.floats(0, 10**9)),
                             draw(st.booleans()))
                   for _ in range(draw(st.integers(0, 3))))
+    cleanup = tuple(CleanupRowFacts(draw(labels), draw(labels), draw(labels),
+                                    draw(st.sampled_from(["skipped", "queued"])), draw(st.floats()))
+                    for _ in range(draw(st.integers(0, 3))))
+    stale = tuple(ActivityFacts(draw(labels), draw(labels), draw(labels), draw(st.floats()))
+                  for _ in range(draw(st.integers(0, 3))))
     return Snapshot(draw(st.booleans()), draw(st.floats(0, 100)), draw(labels), executions, agents,
-                    draw(st.none() | st.integers(0, 10**6)), errors, slots, draw(st.none() | st.booleans()))
+                    draw(st.none() | st.integers(0, 10**6)), errors, slots, draw(st.none() | st.booleans()),
+                    cleanup, stale)
 
 
 @settings(max_examples=400, deadline=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -413,3 +413,42 @@ def test_postgres_engine_reads_but_never_writes(postgres_url: str) -> None:
                 c.execute(sa.update(schedule_executions).values(status="failed"))
     finally:
         engine.dispose()
+
+
+async def test_skipped_rows_without_completed_at_and_long_queued_rows_are_published_one_series_each(
+        platform: sa.Engine, agents: AgentServer, make_scraper: Callable[..., Scraper]) -> None:
+    """Only rows that can fire get a series: every unfinalized skipped row, queued rows past the publish bound."""
+    def queued(waited: float) -> str:
+        return format_utc(NOW - timedelta(seconds=waited))
+
+    with platform.begin() as conn:
+        insert_execution(conn, "s1", "a1", age_seconds=90, status="skipped", now=NOW)
+        insert_execution(conn, "s-done", "a1", age_seconds=90, status="skipped", now=NOW, completed_at=format_utc(NOW))
+        insert_execution(conn, "s-lease", "a1", status="skipped", now=NOW, lease_expires_at=format_utc(NOW))
+        insert_execution(conn, "q-old", "a2", status="queued", now=NOW, queued_at=queued(50_000))
+        insert_execution(conn, "q-young", "a2", status="queued", now=NOW, queued_at=queued(100))
+        insert_execution(conn, "q-bad", "a2", status="queued", now=NOW, queued_at="not a time")
+        insert_execution(conn, "f1", "a2", status="failed", now=NOW, queued_at=queued(90_000))
+    scraper = make_scraper(agents.url_template)
+    await scraper.scrape()
+    assert scraper.series(m.SKIPPED_UNFINALIZED_AGE) == {
+        (("agent", "a1"), ("execution_id", "s1"), ("schedule_id", "__manual__")): 90.0}
+    assert scraper.series(m.QUEUED_AGE) == {
+        (("agent", "a2"), ("execution_id", "q-old"), ("schedule_id", "__manual__")): 50_000.0}
+    lower = make_scraper(agents.url_template, queued_publish_after_seconds=50)
+    await lower.scrape()
+    assert {dict(k)["execution_id"] for k in lower.series(m.QUEUED_AGE)} == {"q-old", "q-young"}
+
+
+async def test_activities_started_past_the_publish_bound_are_published_one_series_each(
+        platform: sa.Engine, agents: AgentServer, make_scraper: Callable[..., Scraper]) -> None:
+    from exec_watchdog.testbed.platform_rows import insert_activity
+
+    with platform.begin() as conn:
+        insert_activity(conn, "old", "a1", "e1", age_seconds=4000, now=NOW)
+        insert_activity(conn, "young", "a1", "e2", age_seconds=100, now=NOW)
+        insert_activity(conn, "done", "a1", "e3", state="completed", age_seconds=9000, now=NOW)
+    scraper = make_scraper(agents.url_template)
+    await scraper.scrape()
+    assert scraper.series(m.ACTIVITY_STARTED_AGE) == {
+        (("activity_id", "old"), ("activity_type", "chat_start"), ("agent", "a1")): 4000.0}

@@ -19,10 +19,9 @@ import sqlalchemy as sa
 
 from exec_watchdog.platform_access.inflight import RedisInflight
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import story
+from exec_watchdog.remediator import closing, story
 from exec_watchdog.remediator.audit import recoveries
 from exec_watchdog.remediator.texts import (
-    ACTIVITY_CLOSE_TEXTS,
     SLOT_RECLAIM_ACTIVITY_TEXT,
     slot_expired_text,
     slot_unreachable_text,
@@ -230,7 +229,8 @@ async def test_dry_run_reports_a_slot_reclaim_and_changes_nothing(
 
 def test_the_activity_close_text_after_a_slot_reclaim_is_trinitys() -> None:
     assert SLOT_RECLAIM_ACTIVITY_TEXT == "lease_expired: slot lease expired (no result callback)"
-    assert set(ACTIVITY_CLOSE_TEXTS) == {EXPIRED, UNREACHABLE}  # a leak release closes no activity
+    assert closing.rule_for(EXPIRED) == closing.rule_for(UNREACHABLE) == closing.SLOT_RECLAIM
+    assert closing.rule_for(LEAKED).mode == "none"  # a leak release closes no activity
 
 
 async def test_explain_tells_the_story_of_a_leak_release_with_the_slot_it_read(harness: Harness) -> None:

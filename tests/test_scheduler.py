@@ -397,3 +397,42 @@ async def test_bad_hold_or_marker_timing_is_refused(markers: tuple[InflightStore
         with pytest.raises(ValueError, match=message):
             async with backend(markers, **options):
                 pass
+
+
+def _activities(engine: sa.Engine) -> list[Any]:
+    from exec_watchdog.platform_access.schema import agent_activities
+
+    with engine.connect() as c:
+        return list(c.execute(sa.select(agent_activities)))
+
+
+async def test_every_run_opens_its_activity_and_its_report_closes_it_as_trinity_does(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    scheduler, _, engine = world
+    reported = await scheduler.start("a1", 0.1)
+    lost = await scheduler.start("a1", 0.1, "lose_report")
+    await _until(lambda: _status(engine, reported.execution_id) == "success")
+    await _until(lambda: scheduler.counts["reports_lost"] == 1)
+    by_run = {a.related_execution_id: a for a in _activities(engine)}
+    done, open_ = by_run[reported.execution_id], by_run[lost.execution_id]
+    assert (done.activity_type, done.activity_state, done.error) == ("schedule_start", "completed", None)
+    assert done.duration_ms is not None and done.completed_at.endswith("Z")
+    assert (open_.activity_state, open_.completed_at) == ("started", None)  # left for the watchdog to close
+
+
+async def test_the_cleanup_faults_write_the_rows_trinitys_cleanup_ends(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    from exec_watchdog.platform_access import cleanup_rows
+    from exec_watchdog.platform_access.timestamps import utcnow
+
+    scheduler, _, engine = world
+    skipped = scheduler.add_skipped("a1")
+    queued = scheduler.add_stale_queued("a2", 90)
+    activity = scheduler.add_stale_activity("a1", 300)
+    scheduler.subscribe("a2", "a1")
+    with engine.connect() as c:
+        rows = {r.execution_id: r for r in cleanup_rows.pending_cleanup(c, utcnow(), 60)}
+    assert (rows[skipped].status, rows[skipped].completed) == ("skipped", False)
+    assert rows[queued].status == "queued" and 89 <= rows[queued].age_seconds <= 120
+    [stale] = [a for a in _activities(engine) if a.id == activity]
+    assert (stale.activity_state, stale.related_execution_id) == ("started", None)

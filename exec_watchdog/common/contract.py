@@ -33,9 +33,15 @@ SLOT_EXPIRED = "ExecWatchdogSlotExpired"
 SLOT_EXPIRED_AGENT_UNREACHABLE = "ExecWatchdogSlotExpiredAgentUnreachable"
 SLOT_LEAKED = "ExecWatchdogSlotLeaked"
 SLOT_ALERTS = (SLOT_EXPIRED, SLOT_EXPIRED_AGENT_UNREACHABLE, SLOT_LEAKED)
+# Rows Trinity's cleanup service ends outside Phase 0 (alerts/cleanup_rules.py).
+SKIPPED_UNFINALIZED = "ExecWatchdogSkippedExecutionUnfinalized"
+BACKLOG_EXPIRED = "ExecWatchdogQueuedExecutionExpired"
+ACTIVITY_STALE = "ExecWatchdogActivityStale"
+CLEANUP_ALERTS = (SKIPPED_UNFINALIZED, BACKLOG_EXPIRED, ACTIVITY_STALE)
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS)
-REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS)  # the alerts that carry a remediation
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS, *CLEANUP_ALERTS)
+# The alerts that carry a remediation.
+REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS, *CLEANUP_ALERTS)
 
 # What an alert rule asks the remediator to do.
 REMEDIATION_LABEL = "remediation"
@@ -49,7 +55,14 @@ RECLAIM_SLOT_UNREACHABLE = "reclaim_slot_unreachable"  # slot past its TTL, agen
 RELEASE_LEAKED_SLOT = "release_leaked_slot"  # slot of a missing or finished row: release it, touch no row
 SLOT_ACTIONS = (RECLAIM_EXPIRED_SLOT, RECLAIM_SLOT_UNREACHABLE, RELEASE_LEAKED_SLOT)
 UNREACHABLE_ACTIONS = (RECLAIM_SLOT_UNREACHABLE,)  # act only because an agent stays unreachable
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *SLOT_ACTIONS)
+# Rows Trinity's cleanup service ends outside Phase 0: skipped rows, backlog.
+FINALIZE_SKIPPED = "finalize_skipped"  # a skipped row without completed_at: finalize it as failed
+EXPIRE_BACKLOG = "expire_backlog"  # a queued row older than 24 h: fail it
+ROW_ACTIONS = (FINALIZE_SKIPPED, EXPIRE_BACKLOG)
+# Trinity's 120-minute activity backstop: an activity still `started` is failed. Its alert names the
+# activity (label activity_id), not an execution.
+FAIL_STALE_ACTIVITY = "fail_stale_activity"
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *SLOT_ACTIONS, *ROW_ACTIONS, FAIL_STALE_ACTIVITY)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
@@ -67,6 +80,11 @@ class ExporterMetric:
     EXECUTION_AGENT_KNOWN = f"{PREFIX}_execution_agent_known"
     EXECUTION_RECENTLY_COMPLETED = f"{PREFIX}_execution_recently_completed"
     EXECUTION_DISPATCH_INFLIGHT = f"{PREFIX}_execution_dispatch_inflight"
+
+    # Rows Trinity's cleanup service ends (issue 22): only rows that can fire, one series each.
+    SKIPPED_UNFINALIZED_AGE = f"{PREFIX}_execution_skipped_unfinalized_seconds"
+    QUEUED_AGE = f"{PREFIX}_execution_queued_seconds"
+    ACTIVITY_STARTED_AGE = f"{PREFIX}_activity_started_seconds"
 
     AGENT_UP = f"{PREFIX}_agent_up"
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"

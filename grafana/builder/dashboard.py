@@ -17,6 +17,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
 from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
+from exec_watchdog.grafana.builder.cleanup_panels import cleanup
 from exec_watchdog.grafana.builder.panels import (
     BREAKER,
     PROMETHEUS,
@@ -513,6 +514,7 @@ def build() -> model.Dashboard:
         ("Alerts and recoveries", alerts_and_recoveries()),
         ("Agents and capacity", agents()),
         ("Timeouts from evidence", timeouts()),
+        ("Cleanup backlog", cleanup()),
         ("Watchdog health", health()),
     ):
         board = board.with_row(row(title))
