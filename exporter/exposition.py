@@ -77,6 +77,10 @@ def _dispatch_inflight(name: str, s: _Labelled) -> list[str]:
             for labels, e in s.executions if e.dispatch_inflight is not None]
 
 
+def _unknown_since(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{labels}{_number(e.unknown_since)}\n" for labels, e in s.executions if e.unknown_since is not None]
+
+
 def _agent_up(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{{{label}}} {'1.0' if a.up else '0.0'}\n" for label, a in s.agents]
 
@@ -128,6 +132,7 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.EXECUTION_AGENT_KNOWN: _agent_known,
     names.EXECUTION_RECENTLY_COMPLETED: _recently_completed,
     names.EXECUTION_DISPATCH_INFLIGHT: _dispatch_inflight,
+    names.EXECUTION_UNKNOWN_SINCE: _unknown_since,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

@@ -55,6 +55,10 @@ SNAPSHOT: tuple[Family, ...] = (
            "1 if a backend dispatcher may still hold the execution (its in-flight marker is alive, or the markers "
            "are unreadable and it is younger than the in-flight bound), else 0; absent unless the agent answered "
            "without it running or pending.", EXECUTION_LABELS),
+    Family(names.EXECUTION_UNKNOWN_SINCE, "gauge",
+           "Unix time of the first scrape that found the running execution unknown to its agent (not running, "
+           "pending or recently completed, and no live in-flight marker); present while it stays unknown.",
+           EXECUTION_LABELS),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

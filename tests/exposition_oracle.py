@@ -75,6 +75,8 @@ class ExecWatchdogCollector(Collector):
                 f.recently_completed.add_metric(labels, 1.0 if e.recently_completed else 0.0)
             if e.dispatch_inflight is not None:
                 f.inflight.add_metric(labels, 1.0 if e.dispatch_inflight else 0.0)
+            if e.unknown_since is not None:
+                f.unknown_since.add_metric(labels, e.unknown_since)
 
         for a in snapshot.agents:
             f.up.add_metric([a.name], 1.0 if a.up else 0.0)
@@ -103,6 +105,7 @@ class _SnapshotFamilies(NamedTuple):
     known: GaugeMetricFamily
     recently_completed: GaugeMetricFamily
     inflight: GaugeMetricFamily
+    unknown_since: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -121,6 +124,7 @@ class _SnapshotFamilies(NamedTuple):
             known=gauge(names.EXECUTION_AGENT_KNOWN),
             recently_completed=gauge(names.EXECUTION_RECENTLY_COMPLETED),
             inflight=gauge(names.EXECUTION_DISPATCH_INFLIGHT),
+            unknown_since=gauge(names.EXECUTION_UNKNOWN_SINCE),
             up=gauge(names.AGENT_UP),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),

@@ -37,7 +37,7 @@ from exec_watchdog.grafana.builder.timeout_panels import timeouts
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
 # config names the jobs differently; nothing else in the dashboard mentions a job.
 
-UID = "exec-watchdog"
+UID = contract.GRAFANA_DASHBOARD_UID
 TITLE = "Exec watchdog"
 
 # Defaults of the data source variables: the uids and names grafana/provisioning/ gives them.
