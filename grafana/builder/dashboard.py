@@ -244,6 +244,21 @@ def alerts_and_recoveries() -> Panels:
             "s",
             quantiles(remediator_metrics.TIME_TO_RECOVERY, "{{action}}"),
         ),
+        time_series(
+            "Detected after",
+            "From the moment a run was lost to its recovered row, by action: an overdue run's start + "
+            "timeout, an orphan's first scrape unknown to its agent, a claimed result's retained_at.",
+            "s",
+            quantiles(remediator_metrics.DETECTED_AFTER, "{{action}}"),
+        ),
+        time_series(
+            "Runs unknown to their agent",
+            "How long each running execution has been unknown to its agent (since the exporter's first "
+            "scrape that found it so); the orphan alert fires once it lasts orphan_for.",
+            "s",
+            [Query(f"time() - min by (agent, execution_id) ({exporter_metrics.EXECUTION_UNKNOWN_SINCE})",
+                   "{{agent}} {{execution_id}}")],
+        ),
     ]
 
 
