@@ -14,6 +14,7 @@ keep ``NULL`` evidence.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,6 +61,7 @@ recoveries = sa.Table(
     sa.Column("announced_at", sa.Text),
     sa.Column("claimed_by", sa.Text),
     sa.Column("claim_expires_at", sa.Text),
+    sa.Column("detected_at", sa.Text),  # when the run was lost (remediator/detection.py); NULL: unknown
     sa.Index("idx_watchdog_recoveries_open", "announced_at"),
 )
 
@@ -87,6 +89,7 @@ class Recovery:
     runtime_seconds: float
     alert_started_at: datetime
     recovered_at: datetime
+    detected_at: datetime | None = None  # when the run was lost: "detected after" counts from here
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -106,7 +109,7 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 # Columns added to existing tables since their first version: (table, column, SQL type).
-_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"),)
+_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"), (recoveries, "detected_at", "TEXT"))
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
@@ -138,6 +141,7 @@ def open_recoveries(conn: sa.Connection, items: list[Recovery], replica: str, cl
             "alert_started_at": format_utc(r.alert_started_at), "recovered_at": format_utc(r.recovered_at),
             "claimed_by": replica,
             "claim_expires_at": format_utc(r.recovered_at + timedelta(seconds=claim_ttl)),
+            "detected_at": format_utc(r.detected_at) if r.detected_at else None,
         } for r in items])
 
 
@@ -173,6 +177,7 @@ def _recovery(row: Any) -> Recovery:
         execution_id=row.execution_id, agent_name=row.agent_name, action=row.action, reason=row.reason,
         fingerprint=row.fingerprint, runtime_seconds=row.runtime_seconds,
         alert_started_at=parse_utc(row.alert_started_at), recovered_at=parse_utc(row.recovered_at),
+        detected_at=parse_utc(row.detected_at) if row.detected_at else None,
     )
 
 
@@ -195,10 +200,13 @@ def count_unfinished(conn: sa.Connection) -> int:
 _DECISION_SUMMARY = [c for c in decisions.c if c.name != "evidence"]
 
 
-def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
-    """Recent decisions joined with their recovery, newest first, for the audit API and page."""
+def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int,
+           action: str | None = None, outcomes: Sequence[str] = (), id_prefix: str | None = None,
+           ) -> list[dict[str, Any]]:
+    """Recent decisions joined with their recovery, newest first, for the audit API and page;
+    narrowed by agent, execution id (exact or by its start), action and outcomes."""
     query = (sa.select(*_DECISION_SUMMARY, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
-                       recoveries.c.alert_started_at, recoveries.c.announced_at)
+                       recoveries.c.alert_started_at, recoveries.c.announced_at, recoveries.c.detected_at)
              .select_from(decisions.outerjoin(recoveries, sa.and_(
                  recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))
              .order_by(decisions.c.id.desc()).limit(limit))
@@ -206,4 +214,10 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
         query = query.where(decisions.c.agent_name == agent)
     if execution_id:
         query = query.where(decisions.c.execution_id == execution_id)
+    if action:
+        query = query.where(decisions.c.remediation == action)
+    if outcomes:
+        query = query.where(decisions.c.outcome.in_(list(outcomes)))
+    if id_prefix:  # ids hold _ and -: escaped, so LIKE matches them literally
+        query = query.where(decisions.c.execution_id.startswith(id_prefix, autoescape=True))
     return [dict(r._mapping) for r in conn.execute(query)]
