@@ -3,7 +3,8 @@
 - ``terminate_overdue``: the run's start + its effective timeout (it became overdue then).
 - ``fail_orphan``: the exporter's first scrape that found the run unknown to its agent, carried by
   the orphan alert's ``unknown_since`` annotation (``alerts/rules.py``); unknown without it.
-- ``claim_result``: when the agent kept the run's result (``retained_at``): it finished then.
+- a claimed result (``claim_result``, or an orphan alert that found a retained result): when the
+  agent kept it (``retained_at``): the run finished then, by the agent's own word.
 
 "Detected after" is the recovery's time minus this moment; the alert's ``startsAt`` (time to
 recovery) leaves out how long the rules waited, which is most of what an operator cares about.
@@ -37,13 +38,14 @@ def unknown_since(annotations: Mapping[str, str]) -> datetime | None:
 
 def lost_at(remediation: str, *, annotations: Mapping[str, str], started_at: datetime, timeout_seconds: int,
             retained_at: datetime | None) -> datetime | None:
-    """The moment the run was lost, by the rule of the alert's remediation; None when unknown."""
+    """The moment the run was lost, by the rule of the alert's remediation; None when unknown.
+    ``retained_at`` is set only when the recovery claims a retained result."""
     if remediation == TERMINATE_OVERDUE:
         return started_at + timedelta(seconds=timeout_seconds)
-    if remediation == FAIL_ORPHAN:
-        return unknown_since(annotations) or retained_at
-    if remediation == CLAIM_RESULT:
+    if retained_at is not None or remediation == CLAIM_RESULT:
         return retained_at
+    if remediation == FAIL_ORPHAN:
+        return unknown_since(annotations)
     return None
 
 
