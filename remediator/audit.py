@@ -196,6 +196,9 @@ def count_unfinished(conn: sa.Connection) -> int:
                             .where(recoveries.c.announced_at.is_(None))).scalar_one())
 
 
+# What was done: the recovery's action (an orphan alert may end in a claimed result), else what the
+# alert asked for.
+_ACTION = sa.func.coalesce(recoveries.c.action, decisions.c.remediation)
 # The audit list leaves the evidence out (it is the bulk of a row); the story has it.
 _DECISION_SUMMARY = [c for c in decisions.c if c.name != "evidence"]
 
@@ -206,7 +209,8 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
     """Recent decisions joined with their recovery, newest first, for the audit API and page;
     narrowed by agent, execution id (exact or by its start), action and outcomes."""
     query = (sa.select(*_DECISION_SUMMARY, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
-                       recoveries.c.alert_started_at, recoveries.c.announced_at, recoveries.c.detected_at)
+                       recoveries.c.alert_started_at, recoveries.c.announced_at, recoveries.c.detected_at,
+                       _ACTION.label("action"))
              .select_from(decisions.outerjoin(recoveries, sa.and_(
                  recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))
              .order_by(decisions.c.id.desc()).limit(limit))
@@ -215,7 +219,7 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
     if execution_id:
         query = query.where(decisions.c.execution_id == execution_id)
     if action:
-        query = query.where(decisions.c.remediation == action)
+        query = query.where(_ACTION == action)
     if outcomes:
         query = query.where(decisions.c.outcome.in_(list(outcomes)))
     if id_prefix:  # ids hold _ and -: escaped, so LIKE matches them literally

@@ -241,14 +241,14 @@ function buildRow(d, fresh) {
   const tr = document.createElement("tr");
   tr.dataset.executionId = d.execution_id;
   tr.dataset.id = String(d.id);
+  tr.dataset.action = d.action || d.remediation;
   tr.className = (fresh ? "fresh " : "") + "recovery";
   const after = detectedAfter(d);
-  const action = d.outcome === "recovered" ? (ACTION_WORDS[d.remediation] || d.remediation)
+  const action = d.outcome === "recovered" ? (ACTION_WORDS[d.action] || d.action || d.remediation)
     : (TRIED_WORDS[d.remediation] || d.remediation);
-  const button = element("button", "show", "toggle");
+  const button = element("button", null, "toggle");
   button.type = "button";
-  button.setAttribute("aria-expanded", "false");
-  button.setAttribute("aria-label", "show the story of " + d.execution_id);
+  setToggle(button, false, d.execution_id);
   button.addEventListener("click", (ev) => { ev.stopPropagation(); toggleStory(tr, d); });
   const detected = cell("detected", "detected after", after == null ? "" : duration(after));
   if (after != null) detected.title = "lost at " + absolute(d.detected_at) + ", recovered at " + absolute(d.recovered_at);
@@ -261,6 +261,12 @@ function buildRow(d, fresh) {
     toggleStory(tr, d);
   });
   return tr;
+}
+
+// The visible word, and for screen readers whose story it is (a label that keeps the visible word).
+function setToggle(button, open, executionId) {
+  button.replaceChildren(open ? "hide" : "show", element("span", " the story of " + executionId, "visually-hidden"));
+  button.setAttribute("aria-expanded", String(open));
 }
 
 async function refreshList(fresh) {
@@ -355,8 +361,7 @@ async function toggleStory(tr, d) {
   const button = tr.querySelector("button.toggle");
   if (next && next.classList.contains("story-row")) {
     next.remove();
-    button.textContent = "show";
-    button.setAttribute("aria-expanded", "false");
+    setToggle(button, false, d.execution_id);
     return;
   }
   const detail = element("tr", null, "story-row");
@@ -365,8 +370,7 @@ async function toggleStory(tr, d) {
   td.colSpan = tr.cells.length;
   detail.append(td);
   tr.after(detail);
-  button.textContent = "hide";
-  button.setAttribute("aria-expanded", "true");
+  setToggle(button, true, d.execution_id);
   try {
     td.replaceChildren(renderStory(await fetchStory(d.execution_id), d.id));
   } catch (err) {
