@@ -198,7 +198,7 @@ def count_unfinished(conn: sa.Connection) -> int:
 
 # What was done: the recovery's action (an orphan alert may end in a claimed result), else what the
 # alert asked for.
-_ACTION = sa.func.coalesce(recoveries.c.action, decisions.c.remediation)
+_done_action = sa.func.coalesce(recoveries.c.action, decisions.c.remediation)
 # The audit list leaves the evidence out (it is the bulk of a row); the story has it.
 _DECISION_SUMMARY = [c for c in decisions.c if c.name != "evidence"]
 
@@ -210,7 +210,7 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
     narrowed by agent, execution id (exact or by its start), action and outcomes."""
     query = (sa.select(*_DECISION_SUMMARY, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
                        recoveries.c.alert_started_at, recoveries.c.announced_at, recoveries.c.detected_at,
-                       _ACTION.label("action"))
+                       _done_action.label("action"))
              .select_from(decisions.outerjoin(recoveries, sa.and_(
                  recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))
              .order_by(decisions.c.id.desc()).limit(limit))
@@ -219,7 +219,7 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
     if execution_id:
         query = query.where(decisions.c.execution_id == execution_id)
     if action:
-        query = query.where(_ACTION == action)
+        query = query.where(_done_action == action)
     if outcomes:
         query = query.where(decisions.c.outcome.in_(list(outcomes)))
     if id_prefix:  # ids hold _ and -: escaped, so LIKE matches them literally
