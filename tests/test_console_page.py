@@ -518,3 +518,20 @@ def test_page_has_no_serious_accessibility_violation_and_nothing_runs_off_the_ed
         assert not tab.errors, tab.errors
     finally:
         page.close()
+
+
+def test_grafana_url_flag_and_environment_variable_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--grafana-url (or EXEC_WATCHDOG_GRAFANA_URL) must be an http(s) URL; it reaches the config
+    without a trailing slash, and is empty when not given."""
+    from exec_watchdog.cli import build_parser
+    from exec_watchdog.remediator.cli import build_config
+
+    (tmp_path / "secret").write_text("s")
+    base = ["remediator", "--insecure-no-auth", f"--agent-secret-file={tmp_path / 'secret'}",
+            f"--database-url=sqlite:///{tmp_path / 'db.sqlite'}"]
+    assert build_config(build_parser().parse_args(base)).grafana_url == ""
+    assert build_config(build_parser().parse_args([*base, "--grafana-url", f"{GRAFANA}/"])).grafana_url == GRAFANA
+    with pytest.raises(ValueError, match="--grafana-url"):
+        build_config(build_parser().parse_args([*base, "--grafana-url", "javascript:alert(1)"]))
+    monkeypatch.setenv("EXEC_WATCHDOG_GRAFANA_URL", "https://grafana.internal")
+    assert build_config(build_parser().parse_args(base)).grafana_url == "https://grafana.internal"
