@@ -32,11 +32,14 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 from playwright.sync_api import BrowserContext, Page, expect
+from starlette.applications import Starlette
 
 from exec_watchdog.common.contract import RemediatorMetric
+from exec_watchdog.common.serving import opened
 from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
 from exec_watchdog.remediator import audit
-from exec_watchdog.remediator.app import Config, create_app
+from exec_watchdog.remediator import console as console_module
+from exec_watchdog.remediator.app import Config, State, create_app
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.remediate import Settings
 from exec_watchdog.testbed.servers import alertmanager_server, free_port, wait_for_port
@@ -80,12 +83,15 @@ class Console:
 
 
 @contextlib.contextmanager
-def console_app(database_url: str, alertmanager_urls: tuple[str, ...]) -> Iterator[str]:
-    """The real remediator app on uvicorn in a thread; yields its URL."""
+def console_app(database_url: str, alertmanager_urls: tuple[str, ...], *, dry_run: bool = False,
+                apps: list[Starlette] | None = None) -> Iterator[str]:
+    """The real remediator app on uvicorn in a thread; yields its URL (and appends the app to ``apps``)."""
     app = create_app(Config(database_url=database_url, agent_url_template="http://127.0.0.1:9/agents/{agent}",
                             agent_secret="unused", credentials=Credentials(bearer_token=TOKEN),
-                            alertmanager_urls=alertmanager_urls, grafana_url=GRAFANA,
-                            settings=Settings(replica="console-test")))
+                            alertmanager_urls=alertmanager_urls, grafana_url=GRAFANA, breaker_max_actions=1,
+                            settings=Settings(replica="console-test", dry_run=dry_run)))
+    if apps is not None:
+        apps.append(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     loop = asyncio.new_event_loop()
@@ -208,6 +214,26 @@ def test_without_a_reachable_alertmanager_pause_is_a_503_and_the_header_says_so(
     assert any(p.startswith("silences: ") for p in now["problems"])
 
 
+def test_page_shows_an_open_breaker_with_its_reset_and_dry_run(tmp_path: Path, alertmanager: str, tab: Tab) -> None:
+    """With the breaker open the header says so and offers the reset, which closes it; a dry-run
+    replica says it changes nothing."""
+    apps: list[Starlette] = []
+    with console_app(f"sqlite:///{tmp_path / 'trinity.db'}", (alertmanager,), dry_run=True, apps=apps) as url:
+        breaker = opened(apps[0], State).remediator.breaker
+        assert breaker.allow("e1") and not breaker.allow("e2")  # the second action in the window trips it
+        page = tab.page
+        page.goto(f"{url}/#token={TOKEN}")
+        expect(page.locator("#state")).to_have_attribute("data-state", "breaker_open", timeout=10_000)
+        expect(page.locator("#state")).to_contain_text("dry run")
+        expect(page.locator("#breaker")).to_be_visible()
+
+        page.click("#breaker-reset")
+
+        expect(page.locator("#state")).to_have_attribute("data-state", "dry_run", timeout=10_000)
+        expect(page.locator("#breaker")).to_be_hidden()
+        assert not breaker.is_open
+
+
 def test_page_script_and_styles_are_separate_files_under_a_csp_without_unsafe_inline(console: Console) -> None:
     page = console.http.get(f"{console.url}/")
     csp = page.headers["content-security-policy"]
@@ -223,30 +249,64 @@ def test_page_script_and_styles_are_separate_files_under_a_csp_without_unsafe_in
         assert console.http.get(f"{console.url}/static/{name}").status_code == 404
 
 
+def _decide(conn: sa.Connection, execution_id: str, outcome: str, remediation: str = "fail_orphan",
+            decided_at: str | None = None) -> None:
+    conn.execute(sa.insert(audit.decisions).values(
+        decided_at=decided_at or format_utc(utcnow()), replica="t", alertname="ExecWatchdogExecutionOrphaned",
+        alert_status="firing", fingerprint="f", remediation=remediation, agent_name="a1", execution_id=execution_id,
+        outcome=outcome, reason="r"))
+
+
 def test_audit_filters_check_their_values_and_search_matches_the_start_of_ids_literally(
-        console: Console, tmp_path: Path) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'trinity.db'}")
-    stamp = format_utc(utcnow())
+        database_url: str, alertmanager: str) -> None:
+    """On SQLite and PostgreSQL: search is a literal prefix ("_" and "%" are not wildcards), the
+    action filter follows what was done (a claim made on an orphan alert is a claim), bad values are 400."""
+    with console_app(database_url, (alertmanager,)) as url, httpx.Client(timeout=10) as http:
+        engine = sa.create_engine(database_url)
+        with engine.begin() as conn:
+            for execution_id, outcome in (("ab_1", "recovered"), ("abX1", "skipped"), ("zz_9", "ignored"),
+                                          ("a%b", "retry")):
+                _decide(conn, execution_id, outcome)
+            stamp = utcnow()
+            audit.open_recoveries(conn, [audit.Recovery("ab_1", "a1", "claim_result", "claimed", "f", 5.0,
+                                                        stamp, stamp)], "t", 30)
+        engine.dispose()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+
+        def ids(**params: str) -> list[str]:
+            response = http.get(f"{url}/api/v1/audit", params=params, headers=auth)
+            assert response.status_code == 200, response.text
+            return sorted(d["execution_id"] for d in response.json()["decisions"])
+
+        assert ids(search="ab_") == ["ab_1"]
+        assert ids(search="a%") == ["a%b"]
+        assert ids(outcome="recovered,skipped") == ["abX1", "ab_1"]
+        assert ids(action="fail_orphan", outcome="ignored") == ["zz_9"]
+        assert ids(action="claim_result") == ["ab_1"]
+        for bad in ({"action": "reboot"}, {"outcome": "recovered,exploded"}, {"search": "x" * 201}):
+            response = http.get(f"{url}/api/v1/audit", params=bad, headers=auth)
+            assert response.status_code == 400, bad
+
+
+def test_counts_cover_the_last_hour_and_day_by_action_and_outcome(engine: sa.Engine) -> None:
+    """On SQLite and PostgreSQL: older decisions drop out of each window; the newest decision per
+    execution is reported, with whether any decision acted on it."""
+    audit.create_tables(engine)
+    now = utcnow()
     with engine.begin() as conn:
-        for execution_id, outcome in (("ab_1", "recovered"), ("abX1", "skipped"), ("zz_9", "ignored")):
-            conn.execute(sa.insert(audit.decisions).values(
-                decided_at=stamp, replica="t", alertname="ExecWatchdogExecutionOrphaned", alert_status="firing",
-                fingerprint="f", remediation="fail_orphan", agent_name="a1", execution_id=execution_id,
-                outcome=outcome, reason="r"))
-    engine.dispose()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+        _decide(conn, "e1", "skipped", decided_at=format_utc(now - timedelta(hours=3)))
+        _decide(conn, "e1", "recovered", decided_at=format_utc(now - timedelta(minutes=5)))
+        _decide(conn, "e2", "retry", "terminate_overdue", decided_at=format_utc(now - timedelta(minutes=1)))
+        _decide(conn, "e3", "recovered", decided_at=format_utc(now - timedelta(days=2)))
+    with engine.connect() as conn:
+        counts = console_module.counts(conn, now)
+        last = console_module.last_decisions(conn, ["e1", "e2", "nope"])
 
-    def ids(**params: str) -> list[str]:
-        response = console.http.get(f"{console.url}/api/v1/audit", params=params, headers=auth)
-        assert response.status_code == 200, response.text
-        return sorted(d["execution_id"] for d in response.json()["decisions"])
-
-    assert ids(search="ab_") == ["ab_1"]  # "_" is not a wildcard
-    assert ids(outcome="recovered,skipped") == ["abX1", "ab_1"]
-    assert ids(action="fail_orphan", outcome="ignored") == ["zz_9"]
-    for bad in ({"action": "reboot"}, {"outcome": "recovered,exploded"}, {"search": "x" * 201}):
-        response = console.http.get(f"{console.url}/api/v1/audit", params=bad, headers=auth)
-        assert response.status_code == 400, bad
+    assert counts["hour"] == {"fail_orphan": {"recovered": 1}, "terminate_overdue": {"retry": 1}}
+    assert counts["day"] == {"fail_orphan": {"recovered": 1, "skipped": 1}, "terminate_overdue": {"retry": 1}}
+    assert (last["e1"]["outcome"], last["e1"]["acted"]) == ("recovered", True)
+    assert (last["e2"]["outcome"], last["e2"]["acted"]) == ("retry", False)
+    assert "nope" not in last
 
 
 # -- the running pipeline -------------------------------------------------------------------------
