@@ -46,6 +46,8 @@ class Console:
 
     async def firing(self) -> list[dict[str, Any]]:
         """Alertmanager's alerts that carry a remediation label and are still firing."""
+        if not self.pauser.urls:
+            raise AlertmanagerUnavailable("no Alertmanager configured (--alertmanager-url)")
         for url in self.pauser.urls:
             try:
                 response = await self.http.get(f"{url}/api/v2/alerts", params={

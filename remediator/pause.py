@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from exec_watchdog.common.contract import ACTIONS, REMEDIATION_LABEL
-from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc, utcnow
+from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator.silences import MAX_SILENCES_BYTES, Matcher
 
 MAX_AUTHOR, MAX_COMMENT = 100, 500
@@ -163,9 +163,3 @@ class Pauser:
             expired.append(p.silence_id)
         return expired
 
-
-def ends_in_seconds(pause: Pause, now: datetime) -> float | None:
-    try:
-        return (parse_utc(pause.ends_at) - now).total_seconds()
-    except BadTimestamp:
-        return None
