@@ -121,7 +121,7 @@ def _execution(p: Profile) -> dict[str, str]:
             "execution_id": EXECUTION, "schedule_id": SCHEDULE}
 
 
-def _orphan_alert(p: Profile, runtime: int) -> dict[str, Any]:
+def _orphan_alert(p: Profile, runtime: int, unknown_since: str = "unknown") -> dict[str, Any]:
     return {
         "exp_labels": {**_execution(p), "severity": "critical", REMEDIATION_LABEL: FAIL_ORPHAN},
         "exp_annotations": {
@@ -132,6 +132,7 @@ def _orphan_alert(p: Profile, runtime: int) -> dict[str, Any]:
                 "remediator re-verifies, marks it failed and releases its slot."
             ),
             "runbook_url": runbook(p, contract.ORPHANED),
+            contract.UNKNOWN_SINCE_ANNOTATION: unknown_since,
         },
     }
 
@@ -162,6 +163,24 @@ def orphan_young_execution(p: Profile) -> dict[str, Any]:
             series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(fires)}"),
         ],
         "alert_rule_test": boundary(contract.ORPHANED, fires, t.step, _orphan_alert(p, fires)),
+    }
+
+
+@case("ExecWatchdogExecutionOrphaned carries the first scrape that found its execution unknown, from the "
+      "exporter's gauge")
+def orphan_unknown_since(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    start = p.orphan_min_age_seconds + 10 * t.step
+    fires = t.fires(0, "orphan_for")
+    first_unknown = 1_764_000_000.25
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_RUNTIME, _execution(p), t.runtime(start, fires)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(p), f"0x{t.steps(fires)}"),
+            series(exporter.EXECUTION_UNKNOWN_SINCE, _execution(p), f"{first_unknown}x{t.steps(fires)}"),
+        ],
+        "alert_rule_test": boundary(contract.ORPHANED, fires, t.step,
+                                    _orphan_alert(p, start + fires, f"{first_unknown:.3f}")),
     }
 
 

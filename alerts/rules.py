@@ -47,14 +47,22 @@ def _alert(profile: Profile, name: str, expr: str, for_: str, severity: str, sum
     }
 
 
+# The orphan alert carries the first scrape that found its run unknown (the exporter's gauge), so
+# the remediator can say how long after the run was lost it was recovered: unix seconds, or
+# "unknown" when no exporter published it (an older exporter, or the series not scraped yet).
+UNKNOWN_SINCE_TEMPLATE = (
+    f'{{{{ with printf "min({exporter.EXECUTION_UNKNOWN_SINCE}{{agent=%q,execution_id=%q}})" '
+    '$labels.agent $labels.execution_id | query }}{{ . | first | value | printf "%.3f" }}'
+    '{{ else }}unknown{{ end }}')
+
+
 def execution_rules(p: Profile) -> list[Rule]:
     runtime = exporter.EXECUTION_RUNTIME
     known = exporter.EXECUTION_AGENT_KNOWN
     timeout = exporter.EXECUTION_TIMEOUT
     completed = exporter.EXECUTION_RECENTLY_COMPLETED
     inflight = exporter.EXECUTION_DISPATCH_INFLIGHT
-    return [
-        _alert(
+    orphaned = _alert(
             p, contract.ORPHANED,
             # Runtime on the left, so $value is the age. agent_known is absent while the agent
             # cannot be asked, so an unreachable agent never makes orphans; a run a backend
@@ -70,7 +78,10 @@ def execution_rules(p: Profile) -> list[Rule]:
             "database has shown as running for {{ $value | humanizeDuration }}. The remediator "
             "re-verifies, marks it failed and releases its slot.",
             **{REMEDIATION_LABEL: FAIL_ORPHAN},
-        ),
+        )
+    orphaned["annotations"][contract.UNKNOWN_SINCE_ANNOTATION] = UNKNOWN_SINCE_TEMPLATE
+    return [
+        orphaned,
         _alert(
             p, contract.OVERDUE,
             # The default timeout stands in for an execution whose timeout series is missing.

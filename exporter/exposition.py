@@ -92,6 +92,8 @@ def _stale_activities(name: str, s: _Labelled) -> list[str]:
     return [f'{name}{{activity_id="{_escape(a.activity_id)}",activity_type="{_escape(a.activity_type)}",'
             f'agent="{_escape(a.agent)}"}} {_number(a.age_seconds)}\n'
             for a in s.snapshot.stale_activities]
+def _unknown_since(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{labels}{_number(e.unknown_since)}\n" for labels, e in s.executions if e.unknown_since is not None]
 
 
 def _agent_up(name: str, s: _Labelled) -> list[str]:
@@ -165,6 +167,7 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.SKIPPED_UNFINALIZED_AGE: _cleanup_rows("skipped"),
     names.QUEUED_AGE: _cleanup_rows("queued"),
     names.ACTIVITY_STARTED_AGE: _stale_activities,
+    names.EXECUTION_UNKNOWN_SINCE: _unknown_since,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

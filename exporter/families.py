@@ -66,6 +66,10 @@ SNAPSHOT: tuple[Family, ...] = (
            "Seconds since started_at of an activity still in state started, only once it is older than the "
            "exporter's --activity-publish-after (Trinity fails them at 120 minutes).",
            ("activity_id", "activity_type", "agent")),
+    Family(names.EXECUTION_UNKNOWN_SINCE, "gauge",
+           "Unix time of the first scrape that found the running execution unknown to its agent (not running, "
+           "pending or recently completed, and no live in-flight marker); present while it stays unknown.",
+           EXECUTION_LABELS),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import redis
@@ -122,6 +122,9 @@ class Gatherer:
         self._inflight: asyncio.Future[Snapshot] | None = None
         self._last_logged: dict[str, object] = {}
         self._valid_names: dict[str, bool] = {}
+        # execution id -> unix time of the first scrape that found it unknown to its agent; kept
+        # only while its row is running and it stays unknown (bounded by the running rows).
+        self._unknown_since: dict[str, float] = {}
 
     async def gather(self) -> Snapshot:
         """Gather now, or join the gather already in flight."""
@@ -207,6 +210,7 @@ class Gatherer:
             )
             for e in watched
         )
+        executions = self._with_unknown_since(executions, read.now.timestamp())
         duration = time.perf_counter() - started
         log.debug("scrape gathered", executions=len(executions), agents=len(agent_facts),
                   agents_down=sum(not a.up for a in agent_facts), invalid_rows=invalid,
@@ -224,6 +228,27 @@ class Gatherer:
                                    for a in read.stale_activities
                                    if a.started_at is not None and self._is_valid_agent(a.agent_name)),
         )
+
+    def _with_unknown_since(self, executions: tuple[ExecutionFacts, ...], now: float) -> tuple[ExecutionFacts, ...]:
+        """Remember when each run was first found unknown to its agent (and held by no dispatcher).
+
+        An agent that knows the run again, or a dispatcher that holds it, clears the moment; an
+        agent that cannot be asked keeps it (nobody knows more than before). Rows no longer
+        running are forgotten.
+        """
+        since = self._unknown_since
+        for e in executions:
+            if e.agent_known is False and not e.dispatch_inflight:
+                since.setdefault(e.execution_id, now)
+            elif e.agent_known is not None:
+                since.pop(e.execution_id, None)
+        running = {e.execution_id for e in executions}
+        for gone in [i for i in since if i not in running]:
+            del since[gone]
+        if not since:
+            return executions
+        return tuple(replace(e, unknown_since=since[e.execution_id])
+                     if e.agent_known is False and e.execution_id in since else e for e in executions)
 
     def _read_database(self) -> _DatabaseRead:
         with self._engine.connect() as conn:

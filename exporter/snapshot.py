@@ -33,6 +33,10 @@ class ExecutionFacts:
     # not be read and the run is younger than the in-flight bound): never an orphan. None: not
     # asked (the agent knows the run as running or pending, or could not be asked).
     dispatch_inflight: bool | None = None
+    # Unix time of the first scrape that found the run unknown to its agent (the agent answered
+    # without it, and no backend dispatcher holds it), kept while it stays so: where an orphan's
+    # "detected after" counts from. None while the agent knows it or could not be asked first.
+    unknown_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

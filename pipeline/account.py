@@ -44,6 +44,7 @@ class Account:
         self.out = out or sys.stdout
         self.counts: Counter[str] = Counter()
         self.recovered: dict[str, tuple[str, float | None]] = {}  # execution -> (event action, seconds)
+        self.detected: dict[str, float] = {}  # execution -> the remediator's "detected after", seconds
         self.alerts: dict[str, tuple[str, str, str]] = {}  # fingerprint -> (alert name, state, where)
         self.began = time.monotonic()
 
@@ -124,6 +125,10 @@ class Account:
             pass
         self.recovered[execution_id] = (action, seconds)
         after = f"{seconds:.1f} s after the fault" if seconds is not None else "fault time unknown"
+        detected = detected_after(event)
+        if detected is not None:  # the remediator's own measure: from when the run was lost
+            self.detected[execution_id] = detected
+            after += f" (detected after {detected:.1f} s)"
         story = f"  story: {event['story_url']}" if event.get("story_url") else ""
         self.line("RECOVERED", f"{event.get('agent_name')}  {execution_id}  {ACTION_WORDS.get(action, action)}, "
                                f"{after}: {event.get('reason')}{story}")
@@ -136,12 +141,22 @@ class Account:
         by_action = Counter(action for action, _ in self.recovered.values())
         times = [s for _, s in self.recovered.values() if s is not None]
         median = f", median {statistics.median(times):.1f} s from fault" if times else ""
+        if self.detected:
+            median += f", median detected after {statistics.median(self.detected.values()):.1f} s"
         firing = sum(1 for _, state, _ in self.alerts.values() if state == "active")
         return (f"{time.monotonic() - self.began:.0f} s: started {started} (lost reports {c['started_lose_report']}, "
                 f"hung {c['started_hang']}, late reports {c['started_late_report']}); agent restarts "
                 f"{c['agent_restarted']}, outages {c['agent_down']}; alerts active now {firing}; recovered "
                 f"{len(self.recovered)} (orphans {by_action['orphan_recovered']}, overdue "
                 f"{by_action['auto_terminated']}{median})")
+
+
+def detected_after(event: dict[str, Any]) -> float | None:
+    """Seconds from the moment the run was lost (the event's ``detected_at``) to its recovery."""
+    try:
+        return max(0.0, (parse_utc(event.get("timestamp")) - parse_utc(event.get("detected_at"))).total_seconds())
+    except BadTimestamp:
+        return None
 
 
 async def listen_recoveries(remediator_url: str, token: str, on_event: Callable[[dict[str, Any]], None]) -> None:

@@ -68,6 +68,8 @@ def recovery_event(recovery: Recovery, external_url: str = "") -> dict[str, Any]
     link = story_url(external_url, recovery.execution_id)
     if link:
         event["story_url"] = link
+    if recovery.detected_at is not None:  # when the run was lost: the demo's account shows "detected after"
+        event["detected_at"] = format_utc(recovery.detected_at)
     return event
 
 

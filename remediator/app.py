@@ -30,6 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from exec_watchdog.common import redaction
+from exec_watchdog.common.contract import ACTION_OUTCOMES, ACTIONS, QUIET_OUTCOMES
 from exec_watchdog.common.redaction import redact
 from exec_watchdog.common.serving import lifespan, opened
 from exec_watchdog.platform_access import database as db
@@ -38,19 +39,23 @@ from exec_watchdog.platform_access.inflight import open_inflight_store
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.poll_transport import PollTransport
 from exec_watchdog.platform_access.slots import open_slot_store, require_store_for
-from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import audit, story
+from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.remediator import audit, console, story
 from exec_watchdog.remediator.announce import Announcer, WebSocketHub
 from exec_watchdog.remediator.auth import Credentials
 from exec_watchdog.remediator.breaker import Breaker
+from exec_watchdog.remediator.console import Console
 from exec_watchdog.remediator.evidence import Delivery, DeliveryCounter, Recorder, Redactor
 from exec_watchdog.remediator.metrics import RemediatorMetrics
+from exec_watchdog.remediator.pause import AlertmanagerUnavailable, PauseInputError, Pauser, PauseRequest
 from exec_watchdog.remediator.payload import Notification, PayloadError, parse_notification
 from exec_watchdog.remediator.remediate import Remediator, Settings
 from exec_watchdog.remediator.silences import SilenceChecker
 
 log = structlog.get_logger("exec_watchdog.remediator")
 PAGE = Path(__file__).with_name("recoveries.html")
+STATIC = Path(__file__).with_name("static")
+STATIC_FILES = {"console.js": "text/javascript", "console.css": "text/css"}  # nothing else is served
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Config:
     sweep_interval_seconds: float = 5.0
     external_url: str = ""  # where people reach this remediator: links to stories in events and metrics
     record_evidence: bool = True  # keep the facts behind each decision with its audit row
+    grafana_url: str = ""  # Grafana's base URL: the live page links to the dashboard when set
     settings: Settings = field(default_factory=lambda: Settings(replica=f"remediator-{uuid.uuid4().hex[:8]}"))
 
 
@@ -87,6 +93,7 @@ class State:
     metrics: RemediatorMetrics
     config: Config
     recorder: Recorder
+    console: Console
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> Starlette:
@@ -120,7 +127,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
                  authenticated=config.credentials.configured, silence_check=bool(silences))
         try:
-            yield State(remediator, engine, hub, metrics, config, recorder)
+            console = Console(Pauser(config.alertmanager_urls, http), http, config.grafana_url)
+            yield State(remediator, engine, hub, metrics, config, recorder, console)
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,6 +144,10 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         Route("/api/v1/audit", audit_api, methods=["GET"]),
         Route("/api/v1/executions/{execution_id}", execution_story, methods=["GET"]),
         Route("/api/v1/breaker/reset", reset_breaker, methods=["POST"]),
+        Route("/api/v1/now", now_api, methods=["GET"]),
+        Route("/api/v1/pause", pause_api, methods=["POST"]),
+        Route("/api/v1/resume", resume_api, methods=["POST"]),
+        Route("/static/{name}", static_file, methods=["GET"]),
         WebSocketRoute("/api/v1/events", events),
         Route("/", page, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -217,6 +229,7 @@ async def _webhook(request: Request, state: State) -> Response:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and PayloadError are ValueErrors
         what = str(exc) if isinstance(exc, PayloadError) else f"malformed JSON: {exc}"
         return _problem(400, what[:500])
+    state.console.last_notification_at = received_at
     with structlog.contextvars.bound_contextvars(group_key=notification.group_key[:200]):
         try:
             with state.metrics.duration.labels("batch").time():
@@ -239,23 +252,32 @@ async def audit_api(request: Request) -> Response:
     if not _authorized(request):
         return _problem(401, "missing or wrong credentials")
     params = request.query_params
-    unknown = set(params) - {"agent", "execution_id", "limit"}
+    unknown = set(params) - {"agent", "execution_id", "limit", "action", "outcome", "search"}
     if unknown:
         return _problem(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
     raw_limit = params.get("limit", "100")
     # Length first: int() of thousands of digits raises (and costs) before any range check.
     if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4) or not 1 <= int(raw_limit) <= 1000:
         return _problem(400, "limit must be a whole number from 1 to 1000")
-    if any("\x00" in params.get(k, "") for k in ("agent", "execution_id")):
-        return _problem(400, "agent and execution_id must not contain NUL characters")
-    if any(len(params.get(k, "")) > 200 for k in ("agent", "execution_id")):
-        return _problem(400, "agent and execution_id are at most 200 characters (the audit keeps no longer ones)")
+    if any("\x00" in params.get(k, "") for k in ("agent", "execution_id", "search")):
+        return _problem(400, "agent, execution_id and search must not contain NUL characters")
+    if any(len(params.get(k, "")) > 200 for k in ("agent", "execution_id", "search")):
+        return _problem(400, "agent, execution_id and search are at most 200 characters (the audit keeps no "
+                             "longer ones)")
+    action = params.get("action") or None
+    if action is not None and action not in ACTIONS:
+        return _problem(400, f"action must be one of {', '.join(ACTIONS)}")
+    outcomes = tuple(o for o in params.get("outcome", "").split(",") if o)
+    known_outcomes = (*ACTION_OUTCOMES, *QUIET_OUTCOMES)
+    if any(o not in known_outcomes for o in outcomes):
+        return _problem(400, f"outcome must be a comma-separated list of {', '.join(known_outcomes)}")
     state = _state(request)
 
     def query() -> list[dict[str, Any]]:
         with state.engine.connect() as conn:
             return audit.recent(conn, agent=params.get("agent"), execution_id=params.get("execution_id"),
-                                limit=int(raw_limit))
+                                limit=int(raw_limit), action=action, outcomes=outcomes,
+                                id_prefix=params.get("search") or None)
 
     try:
         rows = await anyio.to_thread.run_sync(query)
@@ -287,7 +309,7 @@ async def execution_story(request: Request) -> Response:
 
     def query() -> dict[str, Any] | None:
         with state.engine.connect() as conn:
-            return story.load(conn, execution_id, state.config.external_url)
+            return story.load(conn, execution_id, state.config.external_url, state.console.grafana_dashboard_url)
 
     try:
         found = await anyio.to_thread.run_sync(query)
@@ -326,9 +348,8 @@ async def events(ws: WebSocket) -> None:
 
 # The page loads nothing from elsewhere and may not be framed (clickjacking its breaker button).
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
-                               "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
-                               "base-uri 'none'; form-action 'self'",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -337,6 +358,110 @@ PAGE_HEADERS = {
 
 async def page(request: Request) -> Response:
     return FileResponse(PAGE, media_type="text/html", headers=PAGE_HEADERS)
+
+
+async def static_file(request: Request) -> Response:
+    """The page's script and styles: a fixed list of files (no path from the request reaches the disk)."""
+    name = request.path_params["name"]
+    if name not in STATIC_FILES:
+        return _problem(404, "no such file")
+    return FileResponse(STATIC / name, media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
+
+# -- the on-call console: the page's "Now" header, pause and resume -------------------------------
+
+
+async def now_api(request: Request) -> Response:
+    """Remediation state, firing alerts not yet acted on, counts, the last notification."""
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    state = _state(request)
+    c, now = state.console, utcnow()
+    problems = []
+    try:
+        pauses: list[dict[str, str]] | None = [p.as_json() for p in await c.pauser.pauses()]
+    except AlertmanagerUnavailable as exc:
+        pauses, problems = None, [f"silences: {exc}"]
+    try:
+        firing = await c.firing()
+    except AlertmanagerUnavailable as exc:
+        firing, problems = [], [*problems, f"alerts: {exc}"]
+
+    def query() -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
+        with state.engine.connect() as conn:
+            return (console.counts(conn, now), console.last_decisions(conn, [a["execution_id"] for a in firing]),
+                    console.last_decided_at(conn))
+
+    try:
+        counts, decided, last_decided = await anyio.to_thread.run_sync(query)
+    except sa.exc.OperationalError:
+        return _problem(503, "database unavailable", **{"Retry-After": "5"})
+    waiting = []
+    for alert in firing:
+        last = decided.get(alert["execution_id"])
+        if last is None or not last["acted"]:
+            waiting.append({**alert, "last_decision": last})
+    settings = state.remediator.settings
+    last_seen = c.last_notification_at
+    return JSONResponse({
+        "generated_at": format_utc(now), "replica": settings.replica,
+        "remediation": console.remediation_state(pauses, state.remediator.breaker, settings.dry_run),
+        "firing_not_acted_on": waiting[:console.MAX_FIRING], "firing_not_acted_on_count": len(waiting),
+        "firing_count": len(firing), "counts": counts,
+        "last_notification_at": format_utc(last_seen) if last_seen else None, "last_decision_at": last_decided,
+        "links": {"alertmanager": (c.pauser.urls or (None,))[0], "grafana": c.grafana_dashboard_url or None},
+        "problems": problems,
+    })
+
+
+async def _json_body(request: Request) -> object:
+    body = await _read_body(request, 16 * 1024)
+    if body is None:
+        raise PauseInputError("body larger than 16 KiB")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise PauseInputError("content type must be application/json")
+    try:
+        return json.loads(body) if body else {}
+    except ValueError as exc:
+        raise PauseInputError(f"malformed JSON: {exc}") from None
+
+
+async def pause_api(request: Request) -> Response:
+    """Create a silence on every remediation: body ``{"author", "comment", "duration_minutes"}``."""
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    state = _state(request)
+    try:
+        pause_request = PauseRequest.parse(await _json_body(request))
+        url, pause = await state.console.pauser.pause(pause_request)
+    except PauseInputError as exc:
+        return _problem(400, str(exc))
+    except AlertmanagerUnavailable as exc:
+        return _problem(503, str(exc)[:500], **{"Retry-After": "5"})
+    log.warning("remediation_paused", silence=pause.silence_id, author=pause.created_by, comment=pause.comment,
+                ends_at=pause.ends_at, alertmanager=url)
+    return JSONResponse({"status": "ok", "paused": pause.as_json(), "alertmanager": url})
+
+
+async def resume_api(request: Request) -> Response:
+    """Expire the silences that pause remediation: body ``{"silence_id": ...}`` for one, ``{}`` for all."""
+    if not _authorized(request):
+        return _problem(401, "missing or wrong credentials")
+    state = _state(request)
+    try:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) - {"silence_id"}:
+            raise PauseInputError("the body must be {} or {\"silence_id\": \"...\"}")
+        silence_id = body.get("silence_id")
+        if silence_id is not None and (not isinstance(silence_id, str) or not 0 < len(silence_id) <= 64):
+            raise PauseInputError("silence_id must be a silence id (a string of at most 64 characters)")
+        expired = await state.console.pauser.resume(silence_id)
+    except PauseInputError as exc:
+        return _problem(400, str(exc))
+    except AlertmanagerUnavailable as exc:
+        return _problem(503, str(exc)[:500], **{"Retry-After": "5"})
+    log.warning("remediation_resumed", expired=expired)
+    return JSONResponse({"status": "ok", "expired": expired})
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -14,6 +14,7 @@ keep ``NULL`` evidence.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +61,7 @@ recoveries = sa.Table(
     sa.Column("announced_at", sa.Text),
     sa.Column("claimed_by", sa.Text),
     sa.Column("claim_expires_at", sa.Text),
+    sa.Column("detected_at", sa.Text),  # when the run was lost (remediator/detection.py); NULL: unknown
     sa.Index("idx_watchdog_recoveries_open", "announced_at"),
 )
 
@@ -87,6 +89,7 @@ class Recovery:
     runtime_seconds: float
     alert_started_at: datetime
     recovered_at: datetime
+    detected_at: datetime | None = None  # when the run was lost: "detected after" counts from here
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -106,7 +109,7 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 # Columns added to existing tables since their first version: (table, column, SQL type).
-_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"),)
+_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"), (recoveries, "detected_at", "TEXT"))
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
@@ -138,6 +141,7 @@ def open_recoveries(conn: sa.Connection, items: list[Recovery], replica: str, cl
             "alert_started_at": format_utc(r.alert_started_at), "recovered_at": format_utc(r.recovered_at),
             "claimed_by": replica,
             "claim_expires_at": format_utc(r.recovered_at + timedelta(seconds=claim_ttl)),
+            "detected_at": format_utc(r.detected_at) if r.detected_at else None,
         } for r in items])
 
 
@@ -181,6 +185,12 @@ def _recovery(row: Any) -> Recovery:
     recovered_at = stamp(row.recovered_at, None, "recovered_at")
     alert_started_at = stamp(row.alert_started_at, recovered_at, "alert_started_at")
     runtime = row.runtime_seconds if isinstance(row.runtime_seconds, int | float) else 0.0
+    detected_at = None
+    if row.detected_at:  # when the run was lost, if known; unreadable means unknown
+        try:
+            detected_at = parse_utc(row.detected_at)
+        except BadTimestamp:
+            problems.append(f"detected_at {str(row.detected_at)[:40]!r}")
     if problems:
         log.warning("unreadable_recovery_fields", execution_id=str(row.execution_id)[:200],
                     replaced=", ".join(problems))
@@ -188,6 +198,7 @@ def _recovery(row: Any) -> Recovery:
         execution_id=str(row.execution_id), agent_name=str(row.agent_name), action=str(row.action),
         reason=str(row.reason), fingerprint=str(row.fingerprint), runtime_seconds=float(runtime),
         alert_started_at=alert_started_at, recovered_at=recovered_at,
+        detected_at=detected_at,
     )
 
 
@@ -215,14 +226,21 @@ def count_unfinished(conn: sa.Connection) -> int:
                             .where(recoveries.c.announced_at.is_(None))).scalar_one())
 
 
+# What was done: the recovery's action (an orphan alert may end in a claimed result), else what the
+# alert asked for.
+_done_action = sa.func.coalesce(recoveries.c.action, decisions.c.remediation)
 # The audit list leaves the evidence out (it is the bulk of a row); the story has it.
 _DECISION_SUMMARY = [c for c in decisions.c if c.name != "evidence"]
 
 
-def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int) -> list[dict[str, Any]]:
-    """Recent decisions joined with their recovery, newest first, for the audit API and page."""
+def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, limit: int,
+           action: str | None = None, outcomes: Sequence[str] = (), id_prefix: str | None = None,
+           ) -> list[dict[str, Any]]:
+    """Recent decisions joined with their recovery, newest first, for the audit API and page;
+    narrowed by agent, execution id (exact or by its start), action and outcomes."""
     query = (sa.select(*_DECISION_SUMMARY, recoveries.c.runtime_seconds, recoveries.c.recovered_at,
-                       recoveries.c.alert_started_at, recoveries.c.announced_at)
+                       recoveries.c.alert_started_at, recoveries.c.announced_at, recoveries.c.detected_at,
+                       _done_action.label("action"))
              .select_from(decisions.outerjoin(recoveries, sa.and_(
                  recoveries.c.execution_id == decisions.c.execution_id, decisions.c.outcome == "recovered")))
              .order_by(decisions.c.id.desc()).limit(limit))
@@ -230,4 +248,10 @@ def recent(conn: sa.Connection, *, agent: str | None, execution_id: str | None, 
         query = query.where(decisions.c.agent_name == agent)
     if execution_id:
         query = query.where(decisions.c.execution_id == execution_id)
+    if action:
+        query = query.where(_done_action == action)
+    if outcomes:
+        query = query.where(decisions.c.outcome.in_(list(outcomes)))
+    if id_prefix:  # ids hold _ and -: escaped, so LIKE matches them literally
+        query = query.where(decisions.c.execution_id.startswith(id_prefix, autoescape=True))
     return [dict(r._mapping) for r in conn.execute(query)]

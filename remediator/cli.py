@@ -42,6 +42,8 @@ def register(commands: Any) -> None:
     add_flag(p, "--listen", default=DEFAULT_LISTEN, help="IP:PORT (or localhost:PORT, [IPv6]:PORT) to serve on")
     add_flag(p, "--external-url", help="the URL people reach this remediator at, for the story links in "
              "announcements and metrics (default: http:// + --listen, with the host name for a wildcard host)")
+    add_flag(p, "--grafana-url", help="Grafana's base URL (e.g. https://grafana.example.com): the live page and "
+             "each story link to the exec-watchdog dashboard there")
     add_flag(p, "--database-url", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL of the platform database")
     add_flag(p, "--agent-url-template", default="http://agent-{agent}:8000", help="agent base URL; {agent} is replaced")
     secret = p.add_mutually_exclusive_group()
@@ -115,6 +117,9 @@ def build_config(args: argparse.Namespace) -> Config:
     external_url = (args.external_url or default_external_url(args.listen)).rstrip("/")
     if not external_url.startswith(("http://", "https://")):
         raise ValueError(f"--external-url {args.external_url!r} must be an http:// or https:// URL")
+    grafana_url = (args.grafana_url or "").rstrip("/")
+    if grafana_url and not grafana_url.startswith(("http://", "https://")):
+        raise ValueError(f"--grafana-url {args.grafana_url!r} must be an http:// or https:// URL")
     replica = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     return Config(
         database_url=args.database_url, agent_url_template=args.agent_url_template, agent_secret=secret,
@@ -122,7 +127,7 @@ def build_config(args: argparse.Namespace) -> Config:
         announce_channel=args.announce_channel, alertmanager_urls=tuple(args.alertmanager_url or ()),
         protect_metrics=args.protect_metrics, max_body_bytes=args.max_body_bytes, agent_timeout=args.agent_timeout,
         breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
-        sweep_interval_seconds=args.sweep_interval, external_url=external_url,
+        sweep_interval_seconds=args.sweep_interval, external_url=external_url, grafana_url=grafana_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
                           inflight_max_age_seconds=args.inflight_max_age,

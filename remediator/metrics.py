@@ -61,6 +61,10 @@ class RemediatorMetrics:
         self.time_to_recovery = Histogram(
             names.TIME_TO_RECOVERY, "From the alert's startsAt to the execution marked failed.", ["action"],
             registry=registry, buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
+        self.detected_after = Histogram(
+            names.DETECTED_AFTER, "From the moment the run was lost (overdue: start + timeout; orphan: first scrape "
+            "unknown to its agent; claimed: retained_at) to the execution's recovered row.", ["action"],
+            registry=registry, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600))
         self.breaker_open = Gauge(names.BREAKER_OPEN, "1 while the breaker stops remediation.", registry=registry)
         self.pending_finishes = Gauge(names.PENDING_FINISHES,
                                       "Recoveries whose slot release or announcement is not done yet.",

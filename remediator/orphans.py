@@ -46,6 +46,7 @@ class Subject(Protocol):
     outcome: Outcome
     error: str
     claim: db.Claim | None
+    retained_at: datetime | None
     evidence: Evidence
 
     def decide(self, outcome: Outcome, reason: str) -> None: ...
@@ -147,6 +148,7 @@ class OrphanCheck:
         if decision.step == "claim":
             assert decision.result is not None
             v.claim = claim.claim_of(decision.result)
+            v.retained_at = decision.result.retained_at
             v.error = claim.announcement_reason(v.claim)
         elif decision.step in ("fail", "fail_no_record") and v.alert.remediation == CLAIM_RESULT:
             v.decide("skipped", "no retained result, and no longer listed as recently completed: "

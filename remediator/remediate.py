@@ -51,7 +51,7 @@ from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import action_claims, audit, claim, closing, row_cleanup, texts
+from exec_watchdog.remediator import action_claims, audit, claim, closing, detection, row_cleanup, texts
 from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
@@ -98,6 +98,7 @@ class Verdict:
     slot_age_seconds: float = 0.0  # a slot remediation: how long the slot was held
     queued_at: str | None = None  # expire_backlog: the queued_at verified, guarded on by the write
     activity: activities.Activity | None = None  # fail_stale_activity: the activity verified (no execution)
+    retained_at: datetime | None = None  # when the agent kept the result a claim takes
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -465,7 +466,9 @@ class Remediator:
                         action=CLAIM_RESULT if v.claim is not None else v.alert.remediation, reason=v.error,
                         fingerprint=v.alert.fingerprint,
                         runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
-                        recovered_at=now)
+                        recovered_at=now, detected_at=detection.lost_at(
+                            v.alert.remediation, annotations=v.alert.annotations, started_at=v.execution.started_at,
+                            timeout_seconds=v.execution.timeout_seconds, retained_at=v.retained_at))
                     winners.append(recovery)
                     v.decide("recovered", v.error if won else
                              f"{v.error}; the platform recorded the exit of our kill first")
@@ -477,6 +480,9 @@ class Remediator:
             self.metrics.time_to_recovery.labels(r.action).observe(
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
             self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
+            after = detection.detected_after(r.detected_at, r.recovered_at)
+            if after is not None:
+                self.metrics.detected_after.labels(r.action).observe(after)
         return winners
 
     def _slot_release(self, v: Verdict, now: datetime) -> audit.Recovery:

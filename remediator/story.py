@@ -25,12 +25,13 @@ from exec_watchdog.remediator.evidence import GUARD
 
 MAX_DECISIONS = 500  # the newest ones; a story longer than that says how many it left out
 # Same instant: the order things happen in.
-_ORDER = ("started", "alert_fired", "notification", "decision", "recovered", "slot_released", "announced",
+_ORDER = ("started", "lost", "alert_fired", "notification", "decision", "recovered", "slot_released", "announced",
           "row_completed")
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
 
-def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict[str, Any] | None:
+def load(conn: sa.Connection, execution_id: str, external_url: str = "",
+         grafana_dashboard_url: str = "") -> dict[str, Any] | None:
     """The story of ``execution_id``; ``None`` when neither the platform nor the watchdog knows it."""
     row = conn.execute(sa.select(
         schedule_executions.c.agent_name, schedule_executions.c.schedule_id, schedule_executions.c.status,
@@ -46,7 +47,7 @@ def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict
     decisions = [_decision(d) for d in reversed(decided[:MAX_DECISIONS])]
     events = _platform_events(row, recovery) + _alert_events(decisions) + [_decision_event(d) for d in decisions]
     if recovery is not None:
-        events += _recovery_events(recovery, external_url)
+        events += _recovery_events(recovery, external_url) + _lost_event(recovery)
     events.sort(key=lambda e: (_instant(e["at"]), _ORDER.index(e["kind"])))
     return {
         "execution_id": execution_id,
@@ -61,10 +62,50 @@ def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict
             "action": recovery.action, "reason": redact(recovery.reason), "recovered_at": recovery.recovered_at,
             "alert_started_at": recovery.alert_started_at, "runtime_seconds": recovery.runtime_seconds,
             "slot_released_at": recovery.slot_released_at, "announced_at": recovery.announced_at,
-            "claimed_by": recovery.claimed_by},
+            "claimed_by": recovery.claimed_by, "detected_at": recovery.detected_at,
+            "detected_after_seconds": _detected_after(recovery)},
+        "links": _links(decisions, grafana_dashboard_url),
         "decisions_left_out": max(0, len(decided) - MAX_DECISIONS),
         "timeline": events,
     }
+
+
+# -- the on-call console's additions: when the run was lost, and where to look next ----------------
+
+_LOST = {"terminate_overdue": "the run became overdue (its start + timeout)",
+         "fail_orphan": "the exporter first found the run unknown to its agent",
+         "claim_result": "the agent kept the run's result (it finished then)"}
+
+
+def _detected_after(recovery: Any) -> float | None:
+    if not recovery.detected_at:
+        return None
+    seconds = (_instant(recovery.recovered_at) - _instant(recovery.detected_at)).total_seconds()
+    return round(max(0.0, seconds), 3)
+
+
+def _lost_event(recovery: Any) -> list[dict[str, Any]]:
+    if not recovery.detected_at:
+        return []
+    after = _detected_after(recovery)
+    return [_event("lost", recovery.detected_at, f"{_LOST.get(recovery.action, 'the run was lost')}; "
+                   f"recovered {after} s later", detected_after_seconds=after)]
+
+
+def _links(decisions: list[dict[str, Any]], grafana_dashboard_url: str) -> dict[str, str | None]:
+    """The alert in Prometheus (its generatorURL), the Alertmanager that delivered it, and Grafana's
+    dashboard: from the newest decision that recorded them."""
+    prometheus = alertmanager = None
+    for d in reversed(decisions):
+        evidence = d["evidence"] or {}
+        prometheus = prometheus or _http_url((evidence.get("alert") or {}).get("generator_url"))
+        alertmanager = alertmanager or _http_url((evidence.get("delivery") or {}).get("alertmanager"))
+    return {"prometheus": prometheus, "alertmanager": alertmanager, "grafana": grafana_dashboard_url or None}
+
+
+def _http_url(value: object) -> str | None:
+    """Only http(s) links reach the page: alert text is untrusted (no javascript: URLs)."""
+    return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
 
 
 def _optional_text(value: object) -> str | None:
@@ -267,7 +308,8 @@ def _recovery_events(recovery: Any, external_url: str) -> list[dict[str, Any]]:
         announced = recovery_event(audit.Recovery(
             execution_id=recovery.execution_id, agent_name=recovery.agent_name, action=recovery.action,
             reason=recovery.reason, fingerprint=recovery.fingerprint, runtime_seconds=recovery.runtime_seconds,
-            alert_started_at=_instant(recovery.alert_started_at), recovered_at=_instant(recovery.recovered_at)),
+            alert_started_at=_instant(recovery.alert_started_at), recovered_at=_instant(recovery.recovered_at),
+            detected_at=_instant(recovery.detected_at) if recovery.detected_at else None),
             external_url)
         events.append(_event("announced", recovery.announced_at, f"announced as {announced['action']}",
                              event=announced))

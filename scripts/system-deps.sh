@@ -12,6 +12,7 @@ command -v redis-server  >/dev/null || need+=(redis-server)
 [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null || need+=(postgresql)
 if [ "${EXEC_WATCHDOG_BROWSER_TESTS:-1}" = 1 ]; then
   command -v chromium >/dev/null || need+=(chromium)
+  command -v npm      >/dev/null || need+=(npm)  # axe-core for the accessibility check (scripts/test-assets.sh)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

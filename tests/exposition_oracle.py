@@ -75,6 +75,8 @@ class ExecWatchdogCollector(Collector):
                 f.recently_completed.add_metric(labels, 1.0 if e.recently_completed else 0.0)
             if e.dispatch_inflight is not None:
                 f.inflight.add_metric(labels, 1.0 if e.dispatch_inflight else 0.0)
+            if e.unknown_since is not None:
+                f.unknown_since.add_metric(labels, e.unknown_since)
 
         for r in snapshot.cleanup_rows:
             family = f.skipped if r.status == "skipped" else f.queued
@@ -120,6 +122,7 @@ class _SnapshotFamilies(NamedTuple):
     skipped: GaugeMetricFamily
     queued: GaugeMetricFamily
     activities: GaugeMetricFamily
+    unknown_since: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -145,6 +148,7 @@ class _SnapshotFamilies(NamedTuple):
             skipped=gauge(names.SKIPPED_UNFINALIZED_AGE),
             queued=gauge(names.QUEUED_AGE),
             activities=gauge(names.ACTIVITY_STARTED_AGE),
+            unknown_since=gauge(names.EXECUTION_UNKNOWN_SINCE),
             up=gauge(names.AGENT_UP),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),

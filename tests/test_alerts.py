@@ -89,7 +89,8 @@ def test_every_alert_has_a_firing_case_and_every_firing_check_a_silent_step_befo
             if check["alertname"] != contract.HEARTBEAT and fires >= step:
                 assert at.get((check["alertname"], f"{fires - step}s")) == [], group["name"]
             for alert in check["exp_alerts"]:
-                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+                extra = {contract.UNKNOWN_SINCE_ANNOTATION} if check["alertname"] == contract.ORPHANED else set()
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url", *extra}
     assert firing == set(contract.ALERTS)
 
 

@@ -29,7 +29,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     executions = tuple(
         ExecutionFacts(draw(labels), draw(labels), draw(labels), draw(st.floats()), draw(st.integers(0, 10**9)),
                        draw(st.sampled_from([True, False, None])), draw(st.sampled_from([True, False, None])),
-                       draw(st.sampled_from([True, False, None])))
+                       draw(st.sampled_from([True, False, None])), draw(st.none() | st.floats()))
         for _ in range(draw(st.integers(0, 5))))
     agents = tuple(
         AgentFacts(draw(labels), draw(st.booleans()),

@@ -452,3 +452,39 @@ async def test_activities_started_past_the_publish_bound_are_published_one_serie
     await scraper.scrape()
     assert scraper.series(m.ACTIVITY_STARTED_AGE) == {
         (("activity_id", "old"), ("activity_type", "chat_start"), ("agent", "a1")): 4000.0}
+async def test_first_unknown_time_is_kept_while_the_run_stays_unknown_and_cleared_when_known(
+        platform: sa.Engine, agents: AgentServer, make_scraper: Callable[..., Scraper]) -> None:
+    """The unknown-since gauge holds the first scrape that found the run unknown to its agent, stays
+    at that moment on later scrapes, vanishes while the agent knows the run or cannot be asked, and
+    is forgotten with the row."""
+    clock = {"now": NOW}
+    with platform.begin() as c:
+        insert_execution(c, "e-lost", "a1", age_seconds=300, now=NOW)
+        insert_execution(c, "e-known", "a1", age_seconds=300, now=NOW)
+    await agents.registry("a1").start("e-known", 60)
+    scraper = make_scraper(agents.url_template, clock=lambda: clock["now"])
+    lost = {"agent": "a1", "execution_id": "e-lost", "schedule_id": "__manual__"}
+    known = {"agent": "a1", "execution_id": "e-known", "schedule_id": "__manual__"}
+
+    await scraper.scrape()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **lost) == NOW.timestamp()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **known) is None
+
+    clock["now"] = NOW.replace(second=30)
+    await scraper.scrape()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **lost) == NOW.timestamp()  # the first one, not this one
+
+    agents.agents["a1"].set_fault("down")
+    await scraper.scrape()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **lost) is None  # nobody knows meanwhile
+    agents.agents["a1"].set_fault("none")
+    await scraper.scrape()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **lost) == NOW.timestamp()  # kept through the outage
+
+    await agents.registry("a1").start("e-lost", 60)  # the agent knows it again: the moment is cleared
+    await scraper.scrape()
+    assert scraper.value(m.EXECUTION_UNKNOWN_SINCE, **lost) is None
+    with platform.begin() as c:
+        c.execute(sa.update(schedule_executions).where(schedule_executions.c.id == "e-lost").values(status="success"))
+    await scraper.scrape()
+    assert scraper.gatherer._unknown_since == {}  # nothing kept for rows no longer running

@@ -148,7 +148,7 @@ async def test_health_readiness_and_metrics(harness: Harness) -> None:
 
 async def test_recoveries_page_is_served(harness: Harness) -> None:
     response = await harness.client.get("/")
-    assert response.status_code == 200 and "Recoveries" in response.text
+    assert response.status_code == 200 and "on call" in response.text and "/static/console.js" in response.text
 
 
 def test_fixture_files_are_the_project_s_own_copies() -> None:

@@ -69,6 +69,17 @@ Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored"
                   "breaker_open", ""]
 UNDECIDED: Final = ""  # no check has decided yet: the alert goes on to the next one
 
+# -- The on-call console (remediator/console.py, the live page) ---------------------------------
+# The orphan alert's annotation carrying the exporter's first-unknown time of its execution (unix
+# seconds, or "unknown"): where "detected after" counts from for an orphan.
+UNKNOWN_SINCE_ANNOTATION = "unknown_since"
+# Outcomes the live page lists by default (something was done or tried); the others (waits, skips,
+# silenced and ignored alerts) sit behind a toggle and always inside the story.
+ACTION_OUTCOMES = ("recovered", "would_recover", "lost_race", "retry", "breaker_open")
+QUIET_OUTCOMES = ("skipped", "silenced", "ignored")
+# The Grafana dashboard's stable uid (grafana/builder), for links from the remediator's page.
+GRAFANA_DASHBOARD_UID = "exec-watchdog"
+
 
 class ExporterMetric:
     """The names the exporter publishes; exporter/families.py gives each its type, HELP and labels."""
@@ -80,6 +91,7 @@ class ExporterMetric:
     EXECUTION_AGENT_KNOWN = f"{PREFIX}_execution_agent_known"
     EXECUTION_RECENTLY_COMPLETED = f"{PREFIX}_execution_recently_completed"
     EXECUTION_DISPATCH_INFLIGHT = f"{PREFIX}_execution_dispatch_inflight"
+    EXECUTION_UNKNOWN_SINCE = f"{PREFIX}_execution_unknown_since_timestamp_seconds"
 
     # Rows Trinity's cleanup service ends (issue 22): only rows that can fire, one series each.
     SKIPPED_UNFINALIZED_AGE = f"{PREFIX}_execution_skipped_unfinalized_seconds"
@@ -125,6 +137,7 @@ class RemediatorMetric:
     BREAKER_OPEN = f"{PREFIX}_breaker_open"
     PENDING_FINISHES = f"{PREFIX}_pending_finishes"
     RECOVERY_TIMESTAMP = f"{PREFIX}_recovery_timestamp_seconds"
+    DETECTED_AFTER = f"{PREFIX}_detected_after_seconds"  # orphaned/overdue moment -> recovered
 
     ALL = (REQUESTS, ALERTS, REMEDIATIONS, REMEDIATION_DURATION, TIME_TO_RECOVERY, BREAKER_OPEN, PENDING_FINISHES,
-           RECOVERY_TIMESTAMP)
+           RECOVERY_TIMESTAMP, DETECTED_AFTER)

@@ -38,7 +38,7 @@ from exec_watchdog.grafana.builder.timeout_panels import timeouts
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
 # config names the jobs differently; nothing else in the dashboard mentions a job.
 
-UID = "exec-watchdog"
+UID = contract.GRAFANA_DASHBOARD_UID
 TITLE = "Exec watchdog"
 
 # Defaults of the data source variables: the uids and names grafana/provisioning/ gives them.
@@ -244,6 +244,21 @@ def alerts_and_recoveries() -> Panels:
             "delay (scrape, evaluation, `for`, group_wait) plus the remediator's own work.",
             "s",
             quantiles(remediator_metrics.TIME_TO_RECOVERY, "{{action}}"),
+        ),
+        time_series(
+            "Detected after",
+            "From the moment a run was lost to its recovered row, by action: an overdue run's start + "
+            "timeout, an orphan's first scrape unknown to its agent, a claimed result's retained_at.",
+            "s",
+            quantiles(remediator_metrics.DETECTED_AFTER, "{{action}}"),
+        ),
+        time_series(
+            "Runs unknown to their agent",
+            "How long each running execution has been unknown to its agent (since the exporter's first "
+            "scrape that found it so); the orphan alert fires once it lasts orphan_for.",
+            "s",
+            [Query(f"time() - min by (agent, execution_id) ({exporter_metrics.EXECUTION_UNKNOWN_SINCE})",
+                   "{{agent}} {{execution_id}}")],
         ),
     ]
 
