@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter import families
 from exec_watchdog.exporter.families import escape_label_value as _escape
-from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, Snapshot
+from exec_watchdog.exporter.snapshot import AgentFacts, CleanupFacts, ExecutionFacts, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,6 +36,7 @@ class _Labelled(NamedTuple):
     snapshot: Snapshot
     executions: list[tuple[str, ExecutionFacts]]  # ('{agent="a1",execution_id="e",schedule_id="s"} ', e)
     agents: list[tuple[str, AgentFacts]]  # ('agent="a1"', a)
+    cleanup: list[tuple[str, CleanupFacts]]  # ('agent="a1",execution_id="e",schedule_id="s"', c): few rows
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> _Labelled:
@@ -45,7 +46,9 @@ class _Labelled(NamedTuple):
             for e in snapshot.executions
         ]
         agents = [(f'agent="{_escape(a.name)}"', a) for a in snapshot.agents]
-        return cls(snapshot, executions, agents)
+        cleanup = [(f'agent="{_escape(c.agent)}",execution_id="{_escape(c.execution_id)}",'
+                    f'schedule_id="{_escape(c.schedule_id)}"', c) for c in snapshot.cleanup]
+        return cls(snapshot, executions, agents, cleanup)
 
 
 # (family name, labelled snapshot) -> the family's sample lines, each ending in a newline.
@@ -75,6 +78,16 @@ def _recently_completed(name: str, s: _Labelled) -> list[str]:
 def _dispatch_inflight(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{labels}{'1.0' if e.dispatch_inflight else '0.0'}\n"
             for labels, e in s.executions if e.dispatch_inflight is not None]
+
+
+def _stale_overrun(name: str, s: _Labelled) -> list[str]:
+    return [f'{name}{{{labels},window="{c.stale_window}"}} {_number(c.stale_overrun_seconds)}\n'
+            for labels, c in s.cleanup if c.stale_overrun_seconds is not None]
+
+
+def _sessionless_runtime(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{{{labels}}} {_number(c.sessionless_runtime_seconds)}\n"
+            for labels, c in s.cleanup if c.sessionless_runtime_seconds is not None]
 
 
 def _agent_up(name: str, s: _Labelled) -> list[str]:
@@ -128,6 +141,8 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.EXECUTION_AGENT_KNOWN: _agent_known,
     names.EXECUTION_RECENTLY_COMPLETED: _recently_completed,
     names.EXECUTION_DISPATCH_INFLIGHT: _dispatch_inflight,
+    names.EXECUTION_STALE_OVERRUN: _stale_overrun,
+    names.EXECUTION_SESSIONLESS_RUNTIME: _sessionless_runtime,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

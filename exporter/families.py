@@ -55,6 +55,14 @@ SNAPSHOT: tuple[Family, ...] = (
            "1 if a backend dispatcher may still hold the execution (its in-flight marker is alive, or the markers "
            "are unreadable and it is younger than the in-flight bound), else 0; absent unless the agent answered "
            "without it running or pending.", EXECUTION_LABELS),
+    Family(names.EXECUTION_STALE_OVERRUN, "gauge",
+           "Seconds a running execution is past what Trinity's stale sweep counts from: window=\"agent\", "
+           "runtime minus the agent's COALESCE(execution_timeout_seconds, 3600), published once positive; "
+           "window=\"unowned\", the runtime of a run whose agent is unknown to agent_ownership or soft-deleted.",
+           (*EXECUTION_LABELS, "window")),
+    Family(names.EXECUTION_SESSIONLESS_RUNTIME, "gauge",
+           "Runtime of a running execution whose claude_session_id is NULL or empty (Trinity's silent "
+           "launch failure); absent once it has a session.", EXECUTION_LABELS),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

@@ -28,9 +28,16 @@ import structlog
 
 from exec_watchdog.common.version import __version__
 from exec_watchdog.exporter.sharding import Shard
-from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.exporter.snapshot import (
+    POLL_ERROR_REASONS,
+    AgentFacts,
+    CleanupFacts,
+    ExecutionFacts,
+    RegistryCounts,
+    Snapshot,
+)
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
-from exec_watchdog.platform_access.database import Execution, agents, running_executions
+from exec_watchdog.platform_access.database import Execution, agents, deleted_agents_running, running_executions
 from exec_watchdog.platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
 from exec_watchdog.platform_access.names import InvalidIdentifier
 from exec_watchdog.platform_access.poll_transport import PollTransport
@@ -64,6 +71,7 @@ class _DatabaseRead:
     executions: list[Execution]
     unreadable: int
     limits: dict[str, int]
+    deleted: list[Execution]  # running rows of soft-deleted agents: only the stale sweep's
 
 
 class Gatherer:
@@ -180,6 +188,8 @@ class Gatherer:
             )
             for e in watched
         )
+        cleanup = tuple(c for e in (*watched, *(d for d in read.deleted if self._is_valid_agent(d.agent_name)))
+                        if (c := _cleanup_facts(e, read.now)) is not None)
         duration = time.perf_counter() - started
         log.debug("scrape gathered", executions=len(executions), agents=len(agent_facts),
                   agents_down=sum(not a.up for a in agent_facts), invalid_rows=invalid,
@@ -187,7 +197,7 @@ class Gatherer:
         return Snapshot(
             database_up=True, duration_seconds=duration, version=self._version,
             executions=executions, agents=tuple(agent_facts), invalid_rows=invalid,
-            poll_errors=dict(self._poll_errors),
+            poll_errors=dict(self._poll_errors), cleanup=cleanup,
         )
 
     def _read_database(self) -> _DatabaseRead:
@@ -195,7 +205,9 @@ class Gatherer:
             executions, bad = running_executions(conn) if self._shard is None else self._shard.read_running(conn)
             limits = {a.name: a.max_parallel_tasks for a in agents(conn)
                       if self._shard is None or self._shard.owns(a.name)}
-        return _DatabaseRead(self._clock(), executions, len(bad), limits)
+            deleted, deleted_bad = deleted_agents_running(conn)
+            deleted = [e for e in deleted if self._shard is None or self._shard.owns(e.agent_name)]
+        return _DatabaseRead(self._clock(), executions, len(bad) + len(deleted_bad), limits, deleted)
 
     async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:
         """One read of the markers; unknown for all when the store fails or is too slow."""
@@ -281,6 +293,21 @@ class Gatherer:
 
 
 _UNSET = object()
+
+
+def _cleanup_facts(e: Execution, now: datetime) -> CleanupFacts | None:
+    """The row's facts for the stale and no-session rules, or None when neither rule can fire on it."""
+    runtime = (now - e.started_at).total_seconds()
+    window: str | None = None
+    overrun: float | None = None
+    if e.agent_timeout_seconds is None:
+        window, overrun = "unowned", runtime
+    elif runtime > e.agent_timeout_seconds:
+        window, overrun = "agent", runtime - e.agent_timeout_seconds
+    sessionless = runtime if e.session_missing else None
+    if overrun is None and sessionless is None:
+        return None
+    return CleanupFacts(e.agent_name, e.id, e.schedule_id, window, overrun, sessionless)
 
 
 def _slim(result: AgentResult[RunningSnapshot]) -> AgentResult[RunningSnapshot]:

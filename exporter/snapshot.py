@@ -36,6 +36,21 @@ class ExecutionFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CleanupFacts:
+    """A running row (no lease) Trinity's cleanup sweeps could end: past its agent's own timeout, of
+    an agent unknown or soft-deleted, or without a session. Only such rows are published."""
+
+    agent: str
+    execution_id: str
+    schedule_id: str
+    # "agent": runtime minus the agent's COALESCE(execution_timeout_seconds, 3600), published once
+    # positive; "unowned": the agent is unknown to agent_ownership or soft-deleted, value = runtime.
+    stale_window: str | None
+    stale_overrun_seconds: float | None
+    sessionless_runtime_seconds: float | None  # claude_session_id NULL or '': the runtime; else None
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryCounts:
     """How many executions the agent's registry lists in each state."""
 
@@ -75,3 +90,5 @@ class Snapshot:
     # Cumulative since the exporter started: (agent, reason) -> count. Every polled agent has all
     # reasons (zeros included) so that the first error shows up in rate() and increase().
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Rows the stale and no-session rules can fire on (soft-deleted agents' rows included).
+    cleanup: tuple[CleanupFacts, ...] = ()

@@ -76,6 +76,13 @@ class ExecWatchdogCollector(Collector):
             if e.dispatch_inflight is not None:
                 f.inflight.add_metric(labels, 1.0 if e.dispatch_inflight else 0.0)
 
+        for c in snapshot.cleanup:
+            labels = [c.agent, c.execution_id, c.schedule_id]
+            if c.stale_overrun_seconds is not None:
+                f.stale_overrun.add_metric([*labels, c.stale_window or ""], c.stale_overrun_seconds)
+            if c.sessionless_runtime_seconds is not None:
+                f.sessionless.add_metric(labels, c.sessionless_runtime_seconds)
+
         for a in snapshot.agents:
             f.up.add_metric([a.name], 1.0 if a.up else 0.0)
             if a.registry is not None:
@@ -103,6 +110,8 @@ class _SnapshotFamilies(NamedTuple):
     known: GaugeMetricFamily
     recently_completed: GaugeMetricFamily
     inflight: GaugeMetricFamily
+    stale_overrun: GaugeMetricFamily
+    sessionless: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -121,6 +130,8 @@ class _SnapshotFamilies(NamedTuple):
             known=gauge(names.EXECUTION_AGENT_KNOWN),
             recently_completed=gauge(names.EXECUTION_RECENTLY_COMPLETED),
             inflight=gauge(names.EXECUTION_DISPATCH_INFLIGHT),
+            stale_overrun=gauge(names.EXECUTION_STALE_OVERRUN),
+            sessionless=gauge(names.EXECUTION_SESSIONLESS_RUNTIME),
             up=gauge(names.AGENT_UP),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),

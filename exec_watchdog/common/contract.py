@@ -28,16 +28,26 @@ HEARTBEAT = "ExecWatchdogHeartbeat"
 TIMEOUT_TOO_TIGHT = "ExecWatchdogTimeoutTooTight"
 TIMEOUT_TOO_LOOSE = "ExecWatchdogTimeoutTooLoose"
 TIMEOUT_ALERTS = (TIMEOUT_TOO_TIGHT, TIMEOUT_TOO_LOOSE)
+# Trinity's cleanup sweeps (Phase 1 stale, Phase 1b no session) and the fleet guard above them.
+STALE = "ExecWatchdogExecutionStale"
+NO_SESSION = "ExecWatchdogExecutionNoSession"
+FLEET_UNREACHABLE = "ExecWatchdogFleetUnreachable"
+CLEANUP_ALERTS = (STALE, NO_SESSION, FLEET_UNREACHABLE)
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS)
-REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED)  # the alerts that carry a remediation
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *CLEANUP_ALERTS)
+REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STALE, NO_SESSION)  # the alerts that carry a remediation
 
 # What an alert rule asks the remediator to do.
 REMEDIATION_LABEL = "remediation"
 FAIL_ORPHAN = "fail_orphan"  # the agent no longer knows the run: mark it failed, release the slot
 TERMINATE_OVERDUE = "terminate_overdue"  # past its timeout: terminate on the agent, then mark failed
 CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database: claim the result
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
+FAIL_STALE = "fail_stale"  # past its agent's stale window, not listed by the agent: Trinity's Phase 1 text
+FAIL_NO_SESSION = "fail_no_session"  # no Claude session 60 s after start, agent not answering: Trinity's Phase 1b
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, FAIL_STALE, FAIL_NO_SESSION)
+# Remediations that may act while the agent does not answer: the per-agent unreachable inhibition
+# leaves them alone, and the fleet guard (FLEET_UNREACHABLE) holds every one of them.
+UNREACHABLE_REMEDIATIONS = (FAIL_STALE, FAIL_NO_SESSION)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
@@ -55,6 +65,8 @@ class ExporterMetric:
     EXECUTION_AGENT_KNOWN = f"{PREFIX}_execution_agent_known"
     EXECUTION_RECENTLY_COMPLETED = f"{PREFIX}_execution_recently_completed"
     EXECUTION_DISPATCH_INFLIGHT = f"{PREFIX}_execution_dispatch_inflight"
+    EXECUTION_STALE_OVERRUN = f"{PREFIX}_execution_stale_overrun_seconds"
+    EXECUTION_SESSIONLESS_RUNTIME = f"{PREFIX}_execution_sessionless_runtime_seconds"
 
     AGENT_UP = f"{PREFIX}_agent_up"
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"
