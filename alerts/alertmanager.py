@@ -6,7 +6,8 @@
 - The heartbeat goes to its own receiver (a dead man's switch, when the operator names one).
 - Everything else goes to people (a placeholder receiver unless a webhook URL is given).
 
-Inhibitions: an unreachable agent mutes its executions' remediation alerts; an orphaned or
+Inhibitions: an unreachable agent mutes its executions' remediation alerts (but those that act on
+unreachable agents, ``UNREACHABLE_REMEDIATIONS``); the fleet guard mutes every one of those; an orphaned or
 overdue execution mutes its own stuck warning; an open breaker mutes its remediator's failing page.
 """
 
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
-from exec_watchdog.common.contract import REMEDIATION_LABEL
+from exec_watchdog.common.contract import REMEDIATION_LABEL, UNREACHABLE_REMEDIATIONS
 
 REMEDIATOR_RECEIVER = "remediator"
 OPERATOR_RECEIVER = "operators"
@@ -26,6 +27,8 @@ HEARTBEAT_RECEIVER = "heartbeat"
 
 # One silence with this matcher pauses every remediation (alerts/runbook.md says how).
 PAUSE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~".+"'
+# The remediations that may act on an agent that does not answer (Trinity's stale and no-session sweeps).
+UNREACHABLE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~"{"|".join(UNREACHABLE_REMEDIATIONS)}"'
 
 REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
 OPERATOR_GROUP_BY = ["alertname", "agent"]
@@ -108,8 +111,15 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             # Nothing about an agent's executions can be verified while it does not answer.
             {
                 "source_matchers": [f'alertname="{contract.AGENT_UNREACHABLE}"'],
-                "target_matchers": [PAUSE_REMEDIATION_MATCHER],
+                "target_matchers": [PAUSE_REMEDIATION_MATCHER,
+                                    f'{REMEDIATION_LABEL}!~"{"|".join(UNREACHABLE_REMEDIATIONS)}"'],
                 "equal": ["agent"],
+            },
+            # Most of the fleet unreachable at once: more likely our network than the agents. Hold
+            # every remediation that would act on an unreachable agent, fleet-wide, until it is back.
+            {
+                "source_matchers": [f'alertname="{contract.FLEET_UNREACHABLE}"'],
+                "target_matchers": [UNREACHABLE_REMEDIATION_MATCHER],
             },
             # A stuck warning adds nothing once the watchdog is recovering that execution.
             {
