@@ -120,6 +120,7 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             {
                 "source_matchers": [f'alertname="{contract.FLEET_UNREACHABLE}"'],
                 "target_matchers": [UNREACHABLE_REMEDIATION_MATCHER],
+                "equal": [],  # fleet-wide: every agent's
             },
             # A stuck warning adds nothing once the watchdog is recovering that execution.
             {

@@ -673,10 +673,9 @@ def heartbeat(p: Profile) -> dict[str, Any]:
     }
 
 
-# The timeout-advice cases live beside their rules; importing them registers them here.
-from exec_watchdog.alerts import timeout_rule_tests  # noqa: E402, F401
-# So do the cleanup sweeps' and the fleet guard's.
-from exec_watchdog.alerts import cleanup_rule_tests  # noqa: E402, F401
+# The timeout-advice cases, and the cleanup sweeps' and fleet guard's, live beside their rules;
+# importing them registers them here.
+from exec_watchdog.alerts import cleanup_rule_tests, timeout_rule_tests  # noqa: E402, F401
 
 
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:

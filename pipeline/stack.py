@@ -157,6 +157,9 @@ class Stack:
                             "--agent-secret-file", str(secret_file), "--bearer-token-file", str(token_file),
                             "--min-orphan-age", str(self.settings["orphan_min_age_seconds"]),
                             "--claim-defer", str(self.settings["claim_defer_seconds"]),
+                            "--stale-grace", str(self.settings["stale_grace_seconds"]),
+                            "--stale-unowned", str(self.settings["stale_unowned_seconds"]),
+                            "--no-session-age", str(self.settings["no_session_min_age_seconds"]),
                             "--replica-id", self.replica_ids[index], "--sweep-interval", f"{sweep:g}")
         for am in self.alertmanager_urls:
             argv += ["--alertmanager-url", am]

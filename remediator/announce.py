@@ -17,12 +17,14 @@ import structlog
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_NO_SESSION, FAIL_ORPHAN, FAIL_STALE, TERMINATE_OVERDUE
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.remediator.audit import Recovery
 
 EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_terminated",
-                 CLAIM_RESULT: "result_recovered"}
+                 CLAIM_RESULT: "result_recovered",
+                 # Trinity's cleanup sweeps announce nothing of their own; ours say which sweep ended the run.
+                 FAIL_STALE: "stale_failed", FAIL_NO_SESSION: "no_session_failed"}
 log = structlog.get_logger("exec_watchdog.remediator")
 
 

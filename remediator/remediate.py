@@ -33,6 +33,7 @@ from exec_watchdog.common.contract import (
     FAIL_ORPHAN,
     TERMINATE_OVERDUE,
     UNDECIDED,
+    UNREACHABLE_REMEDIATIONS,
     Outcome,
 )
 from exec_watchdog.platform_access import database as db
@@ -47,10 +48,12 @@ from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
+from exec_watchdog.remediator.fleet import FleetGuard
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
+from exec_watchdog.remediator.stale import SweepCheck, Windows
 
 log = structlog.get_logger("exec_watchdog.remediator")
 
@@ -67,6 +70,7 @@ class Settings:
     action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
+    sweep_windows: Windows = field(default_factory=Windows)  # Trinity's stale and no-session sweeps (stale.py)
 
 
 @dataclass(slots=True)
@@ -121,6 +125,8 @@ class Remediator:
         self.progress = ProgressMonitor()
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
+        fleet = FleetGuard(silences.urls, silences.http) if silences is not None else None
+        self.sweeps = SweepCheck(agents, self.agent_gate, fleet, settings.sweep_windows)
 
     async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
@@ -181,13 +187,17 @@ class Remediator:
         await self._check_silences([v for v in verdicts if v.undecided])
         orphans = [v for v in verdicts if v.undecided and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
         await self.orphans.verify(orphans, now)
+        sweeps = [v for v in verdicts if v.undecided and v.alert.remediation in UNREACHABLE_REMEDIATIONS]
+        await self.sweeps.verify(sweeps, now)
         for v in verdicts:
             if v.undecided:
                 self._gate(v)
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
         await asyncio.gather(*(self._terminate(v, now) for v in overdue))
+        # Trinity's cleanup sweeps write their text alone; the watchdog's paths ask /last-error first.
         await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.undecided and v.claim is None))
+                               if v.undecided and v.claim is None
+                               and v.alert.remediation not in UNREACHABLE_REMEDIATIONS))
         ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -216,7 +226,7 @@ class Remediator:
             return v.decide("skipped", "lease row: another reaper owns it")
         if row.agent_name != alert.agent:
             return v.decide("skipped", f"alert names agent {alert.agent!r}, the row says {row.agent_name!r}")
-        if row.agent_deleted:
+        if row.agent_deleted and alert.remediation not in UNREACHABLE_REMEDIATIONS:
             return v.decide("skipped", "the agent is soft-deleted (agent_ownership.deleted_at): not ours")
         if alert.remediation == FAIL_ORPHAN and runtime < self.settings.min_orphan_age_seconds:
             return v.decide("skipped", f"too young to be an orphan: {runtime:.1f} s < "

@@ -31,3 +31,14 @@ def with_last_error(text: str, last_error: LastError | None) -> str:
     if last_error is not None and last_error.error_message:
         text = f"[{last_error.error_type or 'error'}] {last_error.error_message}. Cleanup: {text}"
     return text[:MAX_ERROR_CHARS]
+
+
+# Trinity's cleanup sweeps write these texts alone: they never ask the agent for /last-error.
+def stale_text(window_seconds: int) -> str:
+    """Trinity's stale sweep (Phase 1): the window is the agent's timeout + 300 s, or 7,200 s."""
+    return f"Marked as failed by cleanup: exceeded {window_seconds}s stale timeout"
+
+
+def no_session_text(min_age_seconds: int) -> str:
+    """Trinity's no-session sweep (Phase 1b), with its 60 s."""
+    return f"Silent launch failure: no Claude session created within {min_age_seconds} seconds"
