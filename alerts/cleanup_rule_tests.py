@@ -105,6 +105,20 @@ def stale_listed(p: Profile) -> dict[str, Any]:
     }
 
 
+@case("ExecWatchdogExecutionStale stays silent while a backend dispatcher still holds the run")
+def stale_in_flight(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    late = t.fires(t.first_above(0, p.stale_grace_seconds), "stale_for") + 10 * t.step
+    return {
+        "input_series": [
+            series(exporter.EXECUTION_STALE_OVERRUN, _overrun("agent"), t.runtime(0, late)),
+            series(exporter.EXECUTION_AGENT_KNOWN, _execution(), f"0x{t.steps(late)}"),
+            series(exporter.EXECUTION_DISPATCH_INFLIGHT, _execution(), f"1x{t.steps(late)}"),
+        ],
+        "alert_rule_test": silent(contract.STALE, late),
+    }
+
+
 @case("ExecWatchdogExecutionStale starts stale_for over when the agent lists the run again for one scrape")
 def stale_listed_once(p: Profile) -> dict[str, Any]:
     t = Timeline(p)

@@ -144,14 +144,17 @@ def cleanup_rules(p: Profile) -> list[Rule]:
             # Past the agent's own timeout + grace (or the flat window of an unknown or soft-deleted
             # agent), and not listed by the agent: a listed run is the overdue rule's (terminated
             # first). agent_known is absent while the agent does not answer, so a run whose agent
-            # stays unreachable for the whole `for` fires too; the fleet guard inhibits that.
+            # stays unreachable for the whole `for` fires too; the fleet guard inhibits that. A run a
+            # backend dispatcher still holds (in-flight marker alive) is not stale: it has not started.
             f"(\n"
             f'  {overrun}{{window="agent"}} > {p.stale_grace_seconds}\n'
             f'  or\n'
             f'  {overrun}{{window="unowned"}} > {p.stale_unowned_seconds}\n'
             f")\n"
             f"unless {_EXECUTION}\n"
-            f"{known} == 1\n",
+            f"{known} == 1\n"
+            f"unless {_EXECUTION}\n"
+            f"{exporter.EXECUTION_DISPATCH_INFLIGHT} == 1\n",
             p.stale_for, "critical",
             "An execution is past its stale window and its agent does not list it.",
             f"Execution {_EXECUTION_NAMES} on agent {{{{ $labels.agent }}}} is past its stale window "

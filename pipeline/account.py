@@ -28,9 +28,11 @@ from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.simulated_platform.scheduler import Started
 
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
-               "late_report": "its report will arrive late", "none": "normal"}
+               "late_report": "its report will arrive late", "none": "normal",
+               "no_session": "never dispatched, no session (a silent launch failure)"}
 ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
-                "result_recovered": "retained result claimed"}
+                "result_recovered": "retained result claimed", "stale_failed": "stale run failed",
+                "no_session_failed": "silent launch failure failed"}
 
 
 class Account:
@@ -67,7 +69,10 @@ class Account:
         self.counts[f"agent_{what}"] += 1
         words = {"restarted": f"restarted: its {forgotten} running execution(s) are forgotten, unreported",
                  "down": "stopped answering (outage): its executions must be left alone",
-                 "up": "answers again"}
+                 "up": "answers again",
+                 "gone": f"removed for good: its {forgotten} execution(s) end through the stale sweeps",
+                 "partitioned": "the whole fleet stopped answering the watchdog: the fleet guard must hold",
+                 "healed": "the fleet answers the watchdog again"}
         self.line("agent", f"{agent}  {words.get(what, what)}")
 
     # -- Alertmanager ---------------------------------------------------------------------------
