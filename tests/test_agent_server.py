@@ -608,7 +608,9 @@ async def test_a_gone_agent_kills_its_processes_and_answers_like_an_agent_that_d
         server: AgentServer) -> None:
     async with agent_client(server, "alpha") as client:
         await start(client, "e-gone", seconds=60)
-        pid = server.registry("alpha").status("e-gone").pid  # type: ignore[union-attr]
+        status = server.registry("alpha").status("e-gone")
+        assert status is not None and status.pid is not None
+        pid = status.pid
         await client.post("/sim/fault", json={"mode": "gone"})
         for path in ("/api/executions/running", "/health", "/api/executions/e-gone/status"):
             response = await client.get(path)
