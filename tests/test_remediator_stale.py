@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from exec_watchdog.common import contract
 from exec_watchdog.platform_access.schema import agent_ownership
 from exec_watchdog.remediator.stale import Windows
+from exec_watchdog.remediator.story import describe
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.testbed.notifications import alert, notification
@@ -83,6 +84,8 @@ async def test_a_stale_run_its_agent_answered_without_is_failed_with_trinitys_te
     assert again[0]["outcome"] == "skipped" and received(events) == []
     [(_, evidence), _] = harness.evidence("e-stale")
     assert evidence["sweep"]["window_seconds"] == 900 and evidence["agent"]["answer"] == "answered"
+    assert any(line.startswith("cleanup sweep fail_stale: age 9") and "window of 900 s" in line
+               for line in describe(evidence)), describe(evidence)  # what `explain` and the page show
 
 
 async def test_a_run_inside_its_stale_window_is_left_running(harness: Harness) -> None:
