@@ -7,8 +7,9 @@
 - Everything else goes to people (a placeholder receiver unless a webhook URL is given).
 
 Inhibitions: an unreachable agent mutes its executions' remediation alerts (but those that act on
-unreachable agents, ``UNREACHABLE_REMEDIATIONS``); the fleet guard mutes every one of those; an orphaned or
-overdue execution mutes its own stuck warning; an open breaker mutes its remediator's failing page.
+unreachable agents, ``UNREACHABLE_REMEDIATIONS``); the fleet guard mutes every one of those; an
+execution being remediated (orphaned, overdue, stale, without a session) mutes its own stuck
+warning; an open breaker mutes its remediator's failing page.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             },
             # A stuck warning adds nothing once the watchdog is recovering that execution.
             {
-                "source_matchers": [f'alertname=~"{contract.ORPHANED}|{contract.OVERDUE}"'],
+                "source_matchers": [f'alertname=~"{contract.ORPHANED}|{contract.OVERDUE}|{contract.STALE}|'
+                                    f'{contract.NO_SESSION}"'],
                 "target_matchers": [f'alertname="{contract.STUCK}"'],
                 "equal": ["agent", "execution_id"],
             },
