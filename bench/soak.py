@@ -298,7 +298,7 @@ class Soak:
         await asyncio.sleep(20)
         while True:
             if not deck:
-                deck = list(FAULTS)
+                deck = list(self.args.faults)
                 self.fault_rng.shuffle(deck)
             fault = deck.pop()
             if fault == "agent_removed" and self.removed:
@@ -619,6 +619,8 @@ def main() -> int:
                              "recovery rate of a full soak (about 35%% of the runs are lost), and the breaker is "
                              "there to stop a runaway, which this is not")
     parser.add_argument("--settle", type=float, default=180.0, help="seconds allowed to settle at the end")
+    parser.add_argument("--faults", type=lambda text: [f for f in text.split(",") if f], default=list(FAULTS),
+                        help=f"comma-separated faults to draw from (default all: {','.join(FAULTS)})")
     parser.add_argument("--agent-timeout", type=int, default=60,
                         help="the agents' own timeout (agent_ownership), which Trinity's stale sweep counts from: "
                              "above every normal run and the schedules' --timeout, so only lost runs go stale")
@@ -632,6 +634,8 @@ def main() -> int:
         parser.error("--minutes must be at least 2: the last runs need time to be lost and recovered")
     if args.executions < 1:
         parser.error("--executions must be at least 1")
+    if not args.faults or set(args.faults) - set(FAULTS):
+        parser.error(f"--faults takes some of {', '.join(FAULTS)}")
     if not 0 <= args.hold <= args.timeout:
         parser.error("--hold must be from 0 to --timeout seconds")
     if not 1 <= args.agents <= 1000:
