@@ -99,7 +99,9 @@ async def run_workload(scheduler: Scheduler, workload: Workload) -> None:
             scheduler.resume_agent(agent)
             outages.remove((until, agent))
         if now >= removal and len(agents) > 1:
-            gone = rng.choice([a for a in agents if a not in {o[1] for o in outages}] or agents)
+            # The busiest agent: its running work dies with it, so the stale sweep has runs to end.
+            candidates = [a for a in agents if a not in {o[1] for o in outages}] or agents
+            gone = max(candidates, key=lambda a: len(scheduler.agents.registry(a).running()))
             scheduler.remove_agent(gone)
             agents.remove(gone)  # no more work for it, no outage or restart either
             await scheduler.start(gone, 0, "no_session")  # its launch fails silently
