@@ -519,10 +519,13 @@ class Soak:
         print(f"  false kills       {len(false_kills)}" + (f" {sorted(false_kills)[:10]}" if false_kills else ""))
         print(f"  duplicates        {len(duplicates)}" + (f" {sorted(duplicates)[:10]}" if duplicates else ""))
         print(f"  leaked slots      {len(leaked)}" + (f" {sorted(leaked)[:10]}" if leaked else ""))
-        o = Outcomes.read(self.platform.engine, set(s.retained_lost),
+        # A removed agent's retained results went with its container: nothing is left to claim.
+        gone_with_agent = {i for i in s.retained_lost if s.started[i].agent in self.removed}
+        o = Outcomes.read(self.platform.engine, set(s.retained_lost) - gone_with_agent,
                           {i for i, v in s.started.items() if v.fault == "inflight"}, false_kills, s.fault_at)
-        print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost)} successes the agent retained "
-              f"while the report was lost (retained_success runs, and reports the database refused) were "
+        print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost) - len(gone_with_agent)} successes the "
+              f"agent retained while the report was lost (retained_success runs, and reports the database refused; "
+              f"{len(gone_with_agent)} more went with a removed agent) were "
               f"written as success; results lost {len(o.results_lost)}"
               + (f" {o.results_lost[:10]}" if o.results_lost else "")
               + (f"; still running {len(o.unclaimed)}" if o.unclaimed else ""))
