@@ -570,7 +570,7 @@ async def soak(args: argparse.Namespace) -> int:
             s.memory.sample(stack, 0.0)
             timing = Timing.of(args.profile)
             s.log(f"pipeline ready (work dir {workdir}); {args.executions} executions over {args.minutes:g} min on "
-                  f"{args.agents} agents, faults from {', '.join(FAULTS)}; {timing.describe()}")
+                  f"{args.agents} agents, faults from {', '.join(args.faults)}; {timing.describe()}")
             drain = args.timeout + 30.0  # the last runs must have time to end, be lost and be recovered
             tasks = [asyncio.create_task(s.generate(run_seconds - drain)),
                      asyncio.create_task(s.inject(run_seconds - drain)),
