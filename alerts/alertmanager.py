@@ -7,8 +7,10 @@
 - Everything else goes to people (a placeholder receiver unless a webhook URL is given).
 
 Inhibitions: an unreachable agent mutes its executions' remediation alerts (not those decided on
-the database alone: skipped rows, backlog, stale activities); an orphaned or
-overdue execution mutes its own stuck warning; an open breaker mutes its remediator's failing page.
+the database alone — skipped rows, backlog, stale activities — nor those that act on unreachable
+agents, ``UNREACHABLE_REMEDIATIONS``); the fleet guard mutes every one of the latter; an execution
+being remediated (orphaned, overdue, stale, without a session) mutes its own stuck warning; an open
+breaker mutes its remediator's failing page.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from urllib.parse import urlsplit
 
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
-from exec_watchdog.common.contract import REMEDIATION_LABEL
+from exec_watchdog.common.contract import REMEDIATION_LABEL, UNREACHABLE_REMEDIATIONS
 
 REMEDIATOR_RECEIVER = "remediator"
 OPERATOR_RECEIVER = "operators"
@@ -27,11 +29,13 @@ HEARTBEAT_RECEIVER = "heartbeat"
 
 # One silence with this matcher pauses every remediation (alerts/runbook.md says how).
 PAUSE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~".+"'
+# The remediations that may act on an agent that does not answer (Trinity's stale and no-session sweeps).
+UNREACHABLE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~"{"|".join(UNREACHABLE_REMEDIATIONS)}"'
 
 # Remediations that do not need the agent to answer (an unreachable agent is their premise, or they
 # touch no agent: decided on the database or Redis alone): an unreachable agent does not hold them.
 NEEDS_AGENT_MATCHER = (f'{REMEDIATION_LABEL}!~"'
-                       + "|".join((*contract.UNREACHABLE_ACTIONS, contract.RELEASE_LEAKED_SLOT, *contract.ROW_ACTIONS,
+                       + "|".join((*UNREACHABLE_REMEDIATIONS, contract.RELEASE_LEAKED_SLOT, *contract.ROW_ACTIONS,
                                    contract.FAIL_STALE_ACTIVITY)) + '"')
 
 REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
@@ -119,9 +123,17 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
                 "target_matchers": [PAUSE_REMEDIATION_MATCHER, NEEDS_AGENT_MATCHER],
                 "equal": ["agent"],
             },
+            # Most of the fleet unreachable at once: more likely our network than the agents. Hold
+            # every remediation that would act on an unreachable agent, fleet-wide, until it is back.
+            {
+                "source_matchers": [f'alertname="{contract.FLEET_UNREACHABLE}"'],
+                "target_matchers": [UNREACHABLE_REMEDIATION_MATCHER],
+                "equal": [],  # fleet-wide: every agent's
+            },
             # A stuck warning adds nothing once the watchdog is recovering that execution.
             {
-                "source_matchers": [f'alertname=~"{contract.ORPHANED}|{contract.OVERDUE}"'],
+                "source_matchers": [f'alertname=~"{contract.ORPHANED}|{contract.OVERDUE}|{contract.STALE}|'
+                                    f'{contract.NO_SESSION}"'],
                 "target_matchers": [f'alertname="{contract.STUCK}"'],
                 "equal": ["agent", "execution_id"],
             },

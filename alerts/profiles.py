@@ -45,6 +45,14 @@ class Profile:
     overdue_for: str = _tunable("duration")
     stuck_threshold_seconds: int = _tunable("seconds")
     stuck_for: str = _tunable("duration")
+    stale_grace_seconds: int = _tunable("seconds")
+    stale_unowned_seconds: int = _tunable("seconds")
+    stale_for: str = _tunable("duration")
+    no_session_min_age_seconds: int = _tunable("seconds")
+    no_session_for: str = _tunable("duration")
+    fleet_unreachable_percent: int = _tunable("count")
+    fleet_unreachable_min_agents: int = _tunable("count")
+    fleet_unreachable_for: str = _tunable("duration")
     agent_unreachable_for: str = _tunable("duration")
     exporter_down_for: str = _tunable("duration")
     database_unreachable_for: str = _tunable("duration")
@@ -168,6 +176,12 @@ def _check_consistency(path: Path, p: Profile) -> None:
                     "operator_group_interval", "operator_repeat_interval", "heartbeat_interval"):
         if p.seconds(tunable) <= 0:
             fail(f"{tunable} must be longer than 0s")
+    if p.fleet_unreachable_percent > 100:
+        fail("fleet_unreachable_percent is a share of the fleet: at most 100")
+    for guarded in ("stale_for", "no_session_for"):
+        if p.seconds(guarded) <= p.seconds("fleet_unreachable_for") + p.seconds("evaluation_interval"):
+            fail(f"{guarded} must be longer than fleet_unreachable_for plus one evaluation, or a partition "
+                 "fails runs before the fleet guard inhibits them")
     if p.seconds("remediator_failing_window") < 2 * p.seconds("scrape_interval"):
         fail("remediator_failing_window must span at least two scrapes, or rate() has no data")
 

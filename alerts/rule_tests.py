@@ -497,7 +497,8 @@ def agent_unreachable(p: Profile) -> dict[str, Any]:
             "summary": "An agent does not answer the exporter.",
             "description": (
                 f"Agent {AGENT} has not answered GET /api/executions/running. Its executions can be "
-                "neither verified nor recovered: the watchdog leaves them alone until it answers."
+                "neither verified nor recovered: the watchdog leaves them alone until it answers, except runs "
+                "past their stale window or without a session, which end as Trinity's cleanup ends them."
             ),
             "runbook_url": runbook(p, contract.AGENT_UNREACHABLE),
         },
@@ -691,8 +692,14 @@ def heartbeat(p: Profile) -> dict[str, Any]:
     }
 
 
-# The timeout-advice, slot and cleanup cases live beside their rules; importing them registers them here.
-from exec_watchdog.alerts import cleanup_rule_tests, slot_rule_tests, timeout_rule_tests  # noqa: E402, F401
+# The timeout-advice, slot, cleanup-row and sweep (stale, no session, fleet guard) cases live beside
+# their rules; importing them registers them here.
+from exec_watchdog.alerts import (  # noqa: E402, F401
+    cleanup_rule_tests,
+    slot_rule_tests,
+    sweep_rule_tests,
+    timeout_rule_tests,
+)
 
 
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:

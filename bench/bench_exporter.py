@@ -122,7 +122,9 @@ def build_database(url: str, agents: int, executions: int, lost: float,
         age = rng.uniform(0, 7200)
         rows.append({"id": execution_id, "schedule_id": f"sched-{n % 100:03d}" if n % 3 else "__manual__",
                      "agent_name": agent, "status": "running", "message": "benchmark", "triggered_by": "schedule",
-                     "started_at": format_utc(now - timedelta(seconds=age))})
+                     "started_at": format_utc(now - timedelta(seconds=age)),
+                     # Trinity's backend writes this on dispatch; 1 % never got a session (silent launch failures)
+                     "claude_session_id": None if n % 100 == 0 else "dispatched"})
         if n < slots_held:  # the bound: 3,000 slots, ages up to 2 h, so some are past their TTL
             slots.append({"agent_name": agent, "execution_id": execution_id, "started_at": time.time() - age,
                           "message_preview": "benchmark", "slot_number": 1, "timeout_seconds": 3600})

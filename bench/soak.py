@@ -20,6 +20,11 @@ the issue's list:
                     recoveries that follows, then started again (remediator-1 is never killed, so
                     its memory can be followed over the whole run)
     alertmanager_kill one Alertmanager of the pair SIGKILLed, started again after --am-outage s
+    agent_removed   the busiest agent removed for good (once per soak): its runs die unreported
+                    and end through Trinity's stale sweep (its agent timeout is --agent-timeout), a
+                    launch on it fails silently and ends through the no-session sweep
+    fleet_partition every agent stops answering the watchdog for --partition seconds while the work
+                    goes on: the fleet guard pages and holds, nothing may be failed for it
 
 and, every --cleanup-every seconds, the rows Trinity's cleanup service ends (pipeline/cleanup_faults.py):
 a skipped row never finalized, a queued row past the backlog age, an activity nobody closed (one agent
@@ -94,7 +99,7 @@ from exec_watchdog.testbed.invariants import Findings, check_invariants
 from exec_watchdog.testbed.stack_children import kill_child, respawn_child, stack_child, wait_child_ready
 
 FAULTS = ("database", "redis", "agent_hang", "agent_garbage", "agent_restart", "remediator_kill",
-          "alertmanager_kill")
+          "alertmanager_kill", "agent_removed", "fleet_partition")
 KILLED_REPLICA = "remediator-2"  # remediator-1 is never killed: its RSS is followed over the whole run
 # The workload: (fault, share, shortest, longest run in seconds); every normal run ends well
 # before the schedules' timeout, so only hung runs are ever overdue.
@@ -108,6 +113,7 @@ MIX: tuple[tuple[Fault, float, float, float], ...] = (
     ("inflight", 0.08, 0.5, 8.0),
     # A finished run whose slot is never released; released by the leak path (Trinity's start-up sweep).
     ("leak_slot", 0.04, 0.5, 8.0),
+    ("no_session", 0.02, 0.0, 0.0),  # a silent launch failure: the orphan path (or the no-session sweep) ends it
 )
 MARKER_TICK, MARKER_GRACE = 1.0, 0.5  # Trinity's 15 s and 5 s, scaled to the fast profile's 3 s minimum age
 
@@ -132,7 +138,8 @@ async def start_platform(options: PlatformOptions, hold_seconds: float) -> Platf
     scheduler = SoakScheduler(engine, slots, server, timeout_seconds=options.timeout_seconds,
                               late_report_seconds=options.late_report_seconds,
                               inflight=RedisInflight.from_url(options.redis_url), hold_seconds=hold_seconds,
-                              marker_tick=MARKER_TICK, marker_grace=MARKER_GRACE)
+                              marker_tick=MARKER_TICK, marker_grace=MARKER_GRACE,
+                              agent_timeout_seconds=options.agent_timeout_seconds)
     scheduler.prepare()
     return Platform(options, engine, slots, server, scheduler)
 
@@ -255,6 +262,7 @@ class Soak:
     memory: Memory = field(default_factory=Memory)
     crashes: list[str] = field(default_factory=list)
     down: set[str] = field(default_factory=set)  # children killed on purpose, not yet restarted
+    removed: set[str] = field(default_factory=set)  # agents removed for good
     restart_victims: int = 0
 
     def __post_init__(self) -> None:
@@ -283,7 +291,6 @@ class Soak:
     # -- workload -------------------------------------------------------------------------------
 
     async def generate(self, until: float) -> None:
-        agents = self.agents
         interval = until / self.args.executions
         weights = [share for _, share, _, _ in MIX]
         for i in range(self.args.executions):
@@ -291,6 +298,7 @@ class Soak:
             await self.storage_up.wait()
             fault, _, shortest, longest = self.rng.choices(MIX, weights)[0]
             seconds = self.rng.uniform(shortest, longest) if fault != "hang" else 0.0
+            agents = [a for a in self.agents if a not in self.removed]  # no work for a removed agent
             with contextlib.suppress(Exception):  # counted as starts_failed
                 await self.scheduler.start(self.rng.choice(agents), seconds, fault)
 
@@ -301,9 +309,11 @@ class Soak:
         await asyncio.sleep(20)
         while True:
             if not deck:
-                deck = list(FAULTS)
+                deck = list(self.args.faults)
                 self.fault_rng.shuffle(deck)
             fault = deck.pop()
+            if fault == "agent_removed" and self.removed:
+                continue  # once per soak: the fleet must not dwindle
             if self.elapsed() + self._duration(fault) + 10 > until:
                 return
             began = utcnow()
@@ -316,7 +326,7 @@ class Soak:
         a = self.args
         seconds: dict[str, float] = {"database": a.db_outage, "redis": a.redis_outage, "agent_hang": a.agent_fault,
                                      "agent_garbage": a.agent_fault, "alertmanager_kill": a.am_outage,
-                                     "remediator_kill": 20.0}
+                                     "remediator_kill": 20.0, "fleet_partition": a.partition}
         return seconds.get(fault, 0.0)
 
     async def _database(self) -> None:
@@ -342,7 +352,7 @@ class Soak:
         self.log("fault over: redis answers again")
 
     async def _agent_fault(self, mode: str) -> None:
-        agent = self.fault_rng.choice(self.agents)
+        agent = self.fault_rng.choice([a for a in self.agents if a not in self.removed])
         self.log(f"fault: {agent} {'hangs' if mode == 'hang' else 'answers garbage'} for {self.args.agent_fault:g} s")
         self.platform.server.agents[agent].set_fault(mode)  # type: ignore[arg-type]
         try:
@@ -356,12 +366,30 @@ class Soak:
     async def _agent_garbage(self) -> None:
         await self._agent_fault("garbage")
 
+    async def _agent_removed(self) -> None:
+        agent, runs = self._busiest_agent()
+        self.removed.add(agent)
+        self.log(f"fault: {agent} removed for good ({len(runs)} runs die unreported; stale after "
+                 f"{self.args.agent_timeout} s + the grace)")
+        self.scheduler.remove_agent(agent)
+        with contextlib.suppress(Exception):
+            await self.scheduler.start(agent, 0, "no_session")  # a launch on it fails silently
+
+    async def _fleet_partition(self) -> None:
+        self.log(f"fault: the whole fleet is cut off from the watchdog for {self.args.partition:g} s")
+        self.scheduler.partition()
+        try:
+            await asyncio.sleep(self.args.partition)
+        finally:
+            self.scheduler.heal()
+        self.log("fault over: the fleet answers the watchdog again")
+
     def _busiest_agent(self) -> tuple[str, list[str]]:
         running: dict[str, list[str]] = {}
         for execution_id, s in self.scheduler.started.items():
             if execution_id not in self.scheduler.finished and execution_id not in self.scheduler.held:
                 running.setdefault(s.agent, []).append(execution_id)
-        agent = max(self.agents, key=lambda a: len(running.get(a, [])))
+        agent = max((a for a in self.agents if a not in self.removed), key=lambda a: len(running.get(a, [])))
         return agent, running.get(agent, [])
 
     async def _agent_restart(self) -> str:
@@ -502,10 +530,13 @@ class Soak:
         print(f"  false kills       {len(false_kills)}" + (f" {sorted(false_kills)[:10]}" if false_kills else ""))
         print(f"  duplicates        {len(duplicates)}" + (f" {sorted(duplicates)[:10]}" if duplicates else ""))
         print(f"  leaked slots      {len(leaked)}" + (f" {sorted(leaked)[:10]}" if leaked else ""))
-        o = Outcomes.read(self.platform.engine, set(s.retained_lost),
+        # A removed agent's retained results went with its container: nothing is left to claim.
+        gone_with_agent = {i for i in s.retained_lost if s.started[i].agent in self.removed}
+        o = Outcomes.read(self.platform.engine, set(s.retained_lost) - gone_with_agent,
                           {i for i, v in s.started.items() if v.fault == "inflight"}, false_kills, s.fault_at)
-        print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost)} successes the agent retained "
-              f"while the report was lost (retained_success runs, and reports the database refused) were "
+        print(f"  retained results  {len(o.claimed)} of {len(s.retained_lost) - len(gone_with_agent)} successes the "
+              f"agent retained while the report was lost (retained_success runs, and reports the database refused; "
+              f"{len(gone_with_agent)} more went with a removed agent) were "
               f"written as success; results lost {len(o.results_lost)}"
               + (f" {o.results_lost[:10]}" if o.results_lost else "")
               + (f"; still running {len(o.unclaimed)}" if o.unclaimed else ""))
@@ -531,7 +562,8 @@ async def soak(args: argparse.Namespace) -> int:
     run_seconds = args.minutes * 60
     with PostgresProcess() as postgres, RedisProcess() as rds:
         options = PlatformOptions(database_url=postgres.url, agents=args.agents, redis_url=rds.url,
-                                  timeout_seconds=args.timeout, completed_window=5.0, late_report_seconds=2.0)
+                                  timeout_seconds=args.timeout, completed_window=5.0, late_report_seconds=2.0,
+                                  agent_timeout_seconds=args.agent_timeout)
         platform = await start_platform(options, args.hold)
         stack = Stack(StackOptions(postgres.url, platform.url_template, options.agent_secret, redis_url=rds.url,
                                    profile=args.profile, alertmanagers=2, remediators=2,
@@ -549,7 +581,7 @@ async def soak(args: argparse.Namespace) -> int:
             s.memory.sample(stack, 0.0)
             timing = Timing.of(args.profile)
             s.log(f"pipeline ready (work dir {workdir}); {args.executions} executions over {args.minutes:g} min on "
-                  f"{args.agents} agents, faults from {', '.join(FAULTS)}; {timing.describe()}")
+                  f"{args.agents} agents, faults from {', '.join(args.faults)}; {timing.describe()}")
             drain = args.timeout + 30.0  # the last runs must have time to end, be lost and be recovered
             tasks = [asyncio.create_task(s.generate(run_seconds - drain)),
                      asyncio.create_task(s.inject(run_seconds - drain)),
@@ -622,6 +654,13 @@ def main() -> int:
                              "recovery rate of a full soak (about 35%% of the runs are lost), and the breaker is "
                              "there to stop a runaway, which this is not")
     parser.add_argument("--settle", type=float, default=180.0, help="seconds allowed to settle at the end")
+    parser.add_argument("--faults", type=lambda text: [f for f in text.split(",") if f], default=list(FAULTS),
+                        help=f"comma-separated faults to draw from (default all: {','.join(FAULTS)})")
+    parser.add_argument("--agent-timeout", type=int, default=60,
+                        help="the agents' own timeout (agent_ownership), which Trinity's stale sweep counts from: "
+                             "above every normal run and the schedules' --timeout, so only lost runs go stale")
+    parser.add_argument("--partition", type=float, default=20.0,
+                        help="seconds the whole fleet stays cut off from the watchdog per fleet_partition fault")
     parser.add_argument("--hold", type=float, default=20.0,
                         help="seconds the backend holds an 'inflight' dispatch before the agent gets it (well "
                              "past the fast profile's minimum orphan age, so only the marker protects it)")
@@ -630,6 +669,8 @@ def main() -> int:
         parser.error("--minutes must be at least 2: the last runs need time to be lost and recovered")
     if args.executions < 1:
         parser.error("--executions must be at least 1")
+    if not args.faults or set(args.faults) - set(FAULTS):
+        parser.error(f"--faults takes some of {', '.join(FAULTS)}")
     if not 0 <= args.hold <= args.timeout:
         parser.error("--hold must be from 0 to --timeout seconds")
     if not 1 <= args.agents <= 1000:

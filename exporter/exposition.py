@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter import families
 from exec_watchdog.exporter.families import escape_label_value as _escape
-from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, SlotFacts, Snapshot
+from exec_watchdog.exporter.snapshot import AgentFacts, CleanupFacts, ExecutionFacts, SlotFacts, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -37,6 +37,7 @@ class _Labelled(NamedTuple):
     executions: list[tuple[str, ExecutionFacts]]  # ('{agent="a1",execution_id="e",schedule_id="s"} ', e)
     agents: list[tuple[str, AgentFacts]]  # ('agent="a1"', a)
     slots: list[tuple[str, SlotFacts]]  # ('{agent="a1",execution_id="e"} ', s)
+    cleanup: list[tuple[str, CleanupFacts]]  # ('agent="a1",execution_id="e",schedule_id="s"', c): few rows
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> _Labelled:
@@ -48,7 +49,9 @@ class _Labelled(NamedTuple):
         agents = [(f'agent="{_escape(a.name)}"', a) for a in snapshot.agents]
         slots = [(f'{{agent="{_escape(s.agent)}",execution_id="{_escape(s.execution_id)}"}} ', s)
                  for s in snapshot.slots]
-        return cls(snapshot, executions, agents, slots)
+        cleanup = [(f'agent="{_escape(c.agent)}",execution_id="{_escape(c.execution_id)}",'
+                    f'schedule_id="{_escape(c.schedule_id)}"', c) for c in snapshot.cleanup]
+        return cls(snapshot, executions, agents, slots, cleanup)
 
 
 # (family name, labelled snapshot) -> the family's sample lines, each ending in a newline.
@@ -92,8 +95,20 @@ def _stale_activities(name: str, s: _Labelled) -> list[str]:
     return [f'{name}{{activity_id="{_escape(a.activity_id)}",activity_type="{_escape(a.activity_type)}",'
             f'agent="{_escape(a.agent)}"}} {_number(a.age_seconds)}\n'
             for a in s.snapshot.stale_activities]
+
+
 def _unknown_since(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{labels}{_number(e.unknown_since)}\n" for labels, e in s.executions if e.unknown_since is not None]
+
+
+def _stale_overrun(name: str, s: _Labelled) -> list[str]:
+    return [f'{name}{{{labels},window="{c.stale_window}"}} {_number(c.stale_overrun_seconds)}\n'
+            for labels, c in s.cleanup if c.stale_overrun_seconds is not None]
+
+
+def _sessionless_runtime(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{{{labels}}} {_number(c.sessionless_runtime_seconds)}\n"
+            for labels, c in s.cleanup if c.sessionless_runtime_seconds is not None]
 
 
 def _agent_up(name: str, s: _Labelled) -> list[str]:
@@ -168,6 +183,8 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.QUEUED_AGE: _cleanup_rows("queued"),
     names.ACTIVITY_STARTED_AGE: _stale_activities,
     names.EXECUTION_UNKNOWN_SINCE: _unknown_since,
+    names.EXECUTION_STALE_OVERRUN: _stale_overrun,
+    names.EXECUTION_SESSIONLESS_RUNTIME: _sessionless_runtime,
     names.AGENT_UP: _agent_up,
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,

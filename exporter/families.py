@@ -70,6 +70,14 @@ SNAPSHOT: tuple[Family, ...] = (
            "Unix time of the first scrape that found the running execution unknown to its agent (not running, "
            "pending or recently completed, and no live in-flight marker); present while it stays unknown.",
            EXECUTION_LABELS),
+    Family(names.EXECUTION_STALE_OVERRUN, "gauge",
+           "Seconds a running execution is past what Trinity's stale sweep counts from: window=\"agent\", "
+           "runtime minus the agent's COALESCE(execution_timeout_seconds, 3600), published once positive; "
+           "window=\"unowned\", the runtime of a run whose agent is unknown to agent_ownership or soft-deleted.",
+           (*EXECUTION_LABELS, "window")),
+    Family(names.EXECUTION_SESSIONLESS_RUNTIME, "gauge",
+           "Runtime of a running execution whose claude_session_id is NULL or empty (Trinity's silent "
+           "launch failure); absent once it has a session.", EXECUTION_LABELS),
     Family(names.AGENT_UP, "gauge",
            "1 if the agent answered GET /api/executions/running in this scrape, else 0.", ("agent",)),
     Family(names.AGENT_REGISTRY_EXECUTIONS, "gauge",

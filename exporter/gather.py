@@ -33,6 +33,7 @@ from exec_watchdog.exporter.snapshot import (
     POLL_ERROR_REASONS,
     ActivityFacts,
     AgentFacts,
+    CleanupFacts,
     CleanupRowFacts,
     ExecutionFacts,
     RegistryCounts,
@@ -41,7 +42,7 @@ from exec_watchdog.exporter.snapshot import (
 from exec_watchdog.platform_access.activities import Activity, started_activities
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
 from exec_watchdog.platform_access.cleanup_rows import CleanupRow, pending_cleanup
-from exec_watchdog.platform_access.database import Execution, agents, running_executions
+from exec_watchdog.platform_access.database import Execution, agents, deleted_agents_running, running_executions
 from exec_watchdog.platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
 from exec_watchdog.platform_access.names import InvalidIdentifier
 from exec_watchdog.platform_access.poll_transport import PollTransport
@@ -83,6 +84,7 @@ class _DatabaseRead:
     limits: dict[str, int]
     cleanup: list[CleanupRow]
     stale_activities: list[Activity]
+    deleted: list[Execution]  # running rows of soft-deleted agents: only the stale sweep's
 
 
 class Gatherer:
@@ -211,6 +213,8 @@ class Gatherer:
             for e in watched
         )
         executions = self._with_unknown_since(executions, read.now.timestamp())
+        sweep = tuple(c for e in (*watched, *(d for d in read.deleted if self._is_valid_agent(d.agent_name)))
+                      if (c := _cleanup_facts(e, read.now)) is not None)
         duration = time.perf_counter() - started
         log.debug("scrape gathered", executions=len(executions), agents=len(agent_facts),
                   agents_down=sum(not a.up for a in agent_facts), invalid_rows=invalid,
@@ -227,6 +231,7 @@ class Gatherer:
                                                  (read.now - a.started_at).total_seconds())
                                    for a in read.stale_activities
                                    if a.started_at is not None and self._is_valid_agent(a.agent_name)),
+            cleanup=sweep,
         )
 
     def _with_unknown_since(self, executions: tuple[ExecutionFacts, ...], now: float) -> tuple[ExecutionFacts, ...]:
@@ -262,7 +267,9 @@ class Gatherer:
                 self._has_activities = "agent_activities" in sa.inspect(conn).get_table_names()
             stale = [a for a in started_activities(conn, now - timedelta(seconds=self._activity_publish_after))
                      if self._shard is None or self._shard.owns(a.agent_name)] if self._has_activities else []
-        return _DatabaseRead(now, executions, len(bad), limits, cleanup, stale)
+            deleted, deleted_bad = deleted_agents_running(conn)
+            deleted = [e for e in deleted if self._shard is None or self._shard.owns(e.agent_name)]
+        return _DatabaseRead(now, executions, len(bad) + len(deleted_bad), limits, cleanup, stale, deleted)
 
     async def _inflight_verdicts(self, ids: list[str], deadline: float) -> dict[str, Verdict]:
         """One read of the markers; unknown for all when the store fails or is too slow."""
@@ -349,6 +356,21 @@ class Gatherer:
 
 
 _UNSET = object()
+
+
+def _cleanup_facts(e: Execution, now: datetime) -> CleanupFacts | None:
+    """The row's facts for the stale and no-session rules, or None when neither rule can fire on it."""
+    runtime = (now - e.started_at).total_seconds()
+    window: str | None = None
+    overrun: float | None = None
+    if e.agent_timeout_seconds is None:
+        window, overrun = "unowned", runtime
+    elif runtime > e.agent_timeout_seconds:
+        window, overrun = "agent", runtime - e.agent_timeout_seconds
+    sessionless = runtime if e.session_missing else None
+    if overrun is None and sessionless is None:
+        return None
+    return CleanupFacts(e.agent_name, e.id, e.schedule_id, window, overrun, sessionless)
 
 
 def _slim(result: AgentResult[RunningSnapshot]) -> AgentResult[RunningSnapshot]:

@@ -62,6 +62,21 @@ class ActivityFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CleanupFacts:
+    """A running row (no lease) Trinity's cleanup sweeps could end: past its agent's own timeout, of
+    an agent unknown or soft-deleted, or without a session. Only such rows are published."""
+
+    agent: str
+    execution_id: str
+    schedule_id: str
+    # "agent": runtime minus the agent's COALESCE(execution_timeout_seconds, 3600), published once
+    # positive; "unowned": the agent is unknown to agent_ownership or soft-deleted, value = runtime.
+    stale_window: str | None
+    stale_overrun_seconds: float | None
+    sessionless_runtime_seconds: float | None  # claude_session_id NULL or '': the runtime; else None
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryCounts:
     """How many executions the agent's registry lists in each state."""
 
@@ -118,3 +133,5 @@ class Snapshot:
     slots_paused: bool | None = None
     cleanup_rows: tuple[CleanupRowFacts, ...] = ()
     stale_activities: tuple[ActivityFacts, ...] = ()
+    # Rows the stale and no-session rules can fire on (soft-deleted agents' rows included).
+    cleanup: tuple[CleanupFacts, ...] = ()

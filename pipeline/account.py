@@ -30,12 +30,14 @@ from exec_watchdog.simulated_platform.scheduler import Started
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
                "late_report": "its report will arrive late", "none": "normal",
                "leak_slot": "its slot will never be released (a leak)",
-               "expire_slot": "its slot is taken already past its TTL"}
+               "expire_slot": "its slot is taken already past its TTL",
+               "no_session": "never dispatched, no session (a silent launch failure)"}
 ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
                 "result_recovered": "retained result claimed", "slot_reclaimed": "expired slot reclaimed, run failed",
                 "slot_released": "leaked slot released, no row changed",
                 "skipped_finalized": "skipped row finalized", "backlog_expired": "queued row expired",
-                "activity_failed": "stale activity failed"}
+                "activity_failed": "stale activity failed", "stale_failed": "stale run failed",
+                "no_session_failed": "silent launch failure failed"}
 
 
 class Account:
@@ -75,7 +77,10 @@ class Account:
         self.counts[f"agent_{what}"] += 1
         words = {"restarted": f"restarted: its {forgotten} running execution(s) are forgotten, unreported",
                  "down": "stopped answering (outage): its executions must be left alone",
-                 "up": "answers again"}
+                 "up": "answers again",
+                 "gone": f"removed for good: its {forgotten} execution(s) end through the stale sweeps",
+                 "partitioned": "the whole fleet stopped answering the watchdog: the fleet guard must hold",
+                 "healed": "the fleet answers the watchdog again"}
         self.line("agent", f"{agent}  {words.get(what, what)}")
 
     # -- Alertmanager ---------------------------------------------------------------------------

@@ -39,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     add_flag(parser, "--agents", type=int, default=5, help="number of simulated agents")
     add_flag(parser, "--rate", type=float, default=1.0, help="executions started per second")
-    add_flag(parser, "--faults", default="lose_report=0.15,hang=0.05,late_report=0.1,leak_slot=0.04,expire_slot=0.03",
+    add_flag(parser, "--faults",
+             default="lose_report=0.15,hang=0.05,late_report=0.1,leak_slot=0.04,expire_slot=0.03,no_session=0.02",
              help="share of executions with each fault: lose_report (orphan), hang (overdue), late_report "
-                  "(must never be failed), leak_slot (slot left held), expire_slot (slot past its TTL)")
+                  "(must never be failed), leak_slot (slot left held), expire_slot (slot past its TTL), "
+                  "no_session (a silent launch failure)")
     add_flag(parser, "--run-seconds", default="2,6", help="min,max seconds a normal execution runs")
     add_flag(parser, "--timeout", type=int, default=15, help="timeout_seconds of the simulated schedules")
     add_flag(parser, "--completed-window", type=float, default=5.0,
@@ -50,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              help="restart a random agent every N seconds, forgetting its runs (0: never)")
     add_flag(parser, "--outage-every", type=float, default=60.0,
              help="take a random agent offline for 10 s every N seconds (0: never)")
+    add_flag(parser, "--agent-timeout", type=int, default=10,
+             help="the agents' own timeout (agent_ownership.execution_timeout_seconds), which Trinity's stale sweep "
+                  "counts from (Trinity: 3600)")
+    add_flag(parser, "--remove-agent-at", type=float, default=40.0,
+             help="remove one agent for good after N seconds: its runs end through the stale and no-session "
+                  "sweeps (0: never)")
+    add_flag(parser, "--partition-every", type=float, default=0.0,
+             help="cut the watchdog off the whole fleet for 20 s every N seconds: the fleet guard pages and "
+                  "holds every remediation of unreachable agents (0: never)")
     add_flag(parser, "--database-url", help="platform database (default: a new SQLite file in the work directory)")
     add_flag(parser, "--redis-url", help="keep capacity slots and recovery announcements in this Redis")
     add_flag(parser, "--profile", default="fast", choices=PROFILES,
@@ -82,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
         workload = Workload(rate_per_second=args.rate, duration_seconds=duration,
                             run_seconds=(float(low), float(high or low)), mix=parse_mix(args.faults),
                             agent_restart_every=args.restart_every, agent_outage_every=args.outage_every,
+                            agent_removal_at=args.remove_agent_at, partition_every=args.partition_every,
                             seed=args.seed)
         options = PlatformOptions(database_url="sqlite://", agents=args.agents, redis_url=args.redis_url,
                                   timeout_seconds=args.timeout, completed_window=args.completed_window,
+                                  agent_timeout_seconds=args.agent_timeout,
                                   late_report_seconds=min(2.0, args.completed_window / 2))
     except ValueError as exc:
         print(f"exec-watchdog demo: {exc}", file=sys.stderr)

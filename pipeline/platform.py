@@ -27,7 +27,7 @@ from exec_watchdog.simulated_platform.process_registry import RegistryConfig
 from exec_watchdog.simulated_platform.scheduler import Scheduler, Started
 
 EventCallback = Callable[[str, Started, str], None]
-AgentCallback = Callable[[str, str, int], None]  # (restarted|down|up, agent, executions forgotten)
+AgentCallback = Callable[[str, str, int], None]  # (restarted|down|up|gone|partitioned|healed, agent, forgotten)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class PlatformOptions:
     agent_secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     redis_url: str | None = None
     timeout_seconds: int = 15  # the simulated schedules' timeout
+    # agent_ownership.execution_timeout_seconds: Trinity's stale sweep fails an unlisted run this
+    # long + its grace after the start (Trinity's default 3600; the demo shortens it to show it).
+    agent_timeout_seconds: int = 3600
     completed_window: float = 5.0  # how long an agent lists a finished run (Trinity: 300 s)
     late_report_seconds: float = 2.0  # must stay below completed_window, or a late report looks lost
     hold_seconds: float = 8.0  # how long an ``inflight`` run waits in the "backend" before its agent gets it
@@ -50,6 +53,8 @@ class PlatformOptions:
             raise ValueError("agents must be from 1 to 1000")
         if self.timeout_seconds < 1:
             raise ValueError("timeout_seconds must be at least 1")
+        if self.agent_timeout_seconds < 1:
+            raise ValueError("agent_timeout_seconds must be at least 1")
         if not 0 <= self.late_report_seconds < self.completed_window:
             raise ValueError(f"late reports ({self.late_report_seconds:g} s) must arrive within the agent's "
                              f"recently-completed window ({self.completed_window:g} s)")
@@ -89,6 +94,9 @@ class FaultClock(Scheduler):
             self.fault_at.setdefault(started.execution_id, utcnow())
         if kind in ("report_lost", "start_failed", "completed", "report_too_late", "hang_ended"):
             self.finished.add(started.execution_id)
+        if kind == "started" and started.fault == "no_session":
+            self.fault_at[started.execution_id] = started.started_at
+            self.finished.add(started.execution_id)
         if kind == "started" and started.fault == "hang":
             self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)
         self.on_execution(kind, started, detail)
@@ -113,6 +121,25 @@ class FaultClock(Scheduler):
     def resume_agent(self, agent: str) -> None:
         super().resume_agent(agent)
         self.on_agent("up", agent, 0)
+
+    def remove_agent(self, agent: str) -> None:
+        now = utcnow()
+        forgotten = 0
+        for execution_id, s in self.started.items():
+            if s.agent == agent and execution_id not in self.finished and execution_id not in self.held:
+                self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
+                self.finished.add(execution_id)
+                forgotten += 1
+        super().remove_agent(agent)
+        self.on_agent("gone", agent, forgotten)
+
+    def partition(self) -> None:
+        super().partition()
+        self.on_agent("partitioned", "*", 0)
+
+    def heal(self) -> None:
+        super().heal()
+        self.on_agent("healed", "*", 0)
 
 
 class Platform:
@@ -141,7 +168,7 @@ class Platform:
                                late_report_seconds=options.late_report_seconds, on_event=on_event,
                                inflight=open_inflight_store(options.redis_url, engine),
                                hold_seconds=options.hold_seconds, marker_grace=options.marker_grace,
-                               marker_tick=options.marker_tick)
+                               marker_tick=options.marker_tick, agent_timeout_seconds=options.agent_timeout_seconds)
         try:
             scheduler.prepare()
         except BaseException:

@@ -162,6 +162,9 @@ class Stack:
                             "--claim-defer", str(self.settings["claim_defer_seconds"]),
                             "--backlog-max-age", str(self.settings["backlog_max_age_seconds"]),
                             "--activity-stale-after", str(self.settings["activity_stale_seconds"]),
+                            "--stale-grace", str(self.settings["stale_grace_seconds"]),
+                            "--stale-unowned", str(self.settings["stale_unowned_seconds"]),
+                            "--no-session-age", str(self.settings["no_session_min_age_seconds"]),
                             "--replica-id", self.replica_ids[index], "--sweep-interval", f"{sweep:g}")
         for am in self.alertmanager_urls:
             argv += ["--alertmanager-url", am]

@@ -51,6 +51,11 @@ class Execution:
     leased: bool
     agent_deleted: bool = False  # agent_ownership.deleted_at is set: not the watchdog's business
     timeout_source: str = "default"  # where the effective timeout came from: schedule, agent or default
+    # Trinity's stale sweep (Phase 1) counts from the agent's own timeout, COALESCE(agent, 3600);
+    # None when the agent is unknown to agent_ownership or soft-deleted (its window is then flat).
+    agent_timeout_seconds: int | None = DEFAULT_TIMEOUT_SECONDS
+    # claude_session_id is NULL or '': Trinity's Phase 1b calls such a run a silent launch failure.
+    session_missing: bool = False
 
     def runtime_seconds(self, now: datetime) -> float:
         return (now - self.started_at).total_seconds()
@@ -186,6 +191,8 @@ _SELECT_EXECUTIONS = sa.select(
     agent_schedules.c.timeout_seconds.label("schedule_timeout"),
     agent_ownership.c.execution_timeout_seconds.label("agent_timeout"),
     agent_ownership.c.deleted_at.label("agent_deleted_at"),
+    agent_ownership.c.agent_name.label("owned_agent"),
+    schedule_executions.c.claude_session_id,
 ).select_from(
     schedule_executions.outerjoin(agent_schedules, agent_schedules.c.id == schedule_executions.c.schedule_id)
     .outerjoin(agent_ownership, agent_ownership.c.agent_name == schedule_executions.c.agent_name)
@@ -214,7 +221,20 @@ def _to_execution(row: Any) -> Execution:
         leased=row.lease_expires_at is not None,
         agent_deleted=row.agent_deleted_at is not None,
         timeout_source=timeout_source,
+        agent_timeout_seconds=stale_base_seconds(row.owned_agent is not None, row.agent_deleted_at is not None,
+                                                 row.agent_timeout),
+        session_missing=row.claude_session_id is None or row.claude_session_id == "",
     )
+
+
+def stale_base_seconds(owned: bool, deleted: bool, agent_timeout: object) -> int | None:
+    """What Trinity's stale sweep adds its 300 s to: COALESCE(execution_timeout_seconds, 3600) of a
+    live agent in agent_ownership; None for an unknown or soft-deleted agent (flat 120 min)."""
+    if not owned or deleted:
+        return None
+    if isinstance(agent_timeout, int) and not isinstance(agent_timeout, bool):
+        return max(0, agent_timeout)
+    return DEFAULT_TIMEOUT_SECONDS
 
 
 def running_executions(conn: sa.Connection, agent_names: Sequence[str | None] | None = None,
@@ -237,6 +257,23 @@ def running_executions(conn: sa.Connection, agent_names: Sequence[str | None] | 
                 good.append(_to_execution(row))
             except BadRow as exc:
                 bad.append(exc)
+    return good, bad
+
+
+def deleted_agents_running(conn: sa.Connection) -> tuple[list[Execution], list[BadRow]]:
+    """Running rows (no lease) of soft-deleted agents: not the watchdog's business, except that
+    Trinity's stale sweep still ends them after its flat 120 minutes."""
+    query = _SELECT_EXECUTIONS.where(
+        schedule_executions.c.status == RUNNING, schedule_executions.c.lease_expires_at.is_(None),
+        agent_ownership.c.deleted_at.is_not(None),
+    )
+    good: list[Execution] = []
+    bad: list[BadRow] = []
+    for row in conn.execute(query):
+        try:
+            good.append(_to_execution(row))
+        except BadRow as exc:
+            bad.append(exc)
     return good, bad
 
 

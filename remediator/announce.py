@@ -27,7 +27,9 @@ from starlette.websockets import WebSocket
 from exec_watchdog.common.contract import (
     CLAIM_RESULT,
     EXPIRE_BACKLOG,
+    FAIL_NO_SESSION,
     FAIL_ORPHAN,
+    FAIL_STALE,
     FAIL_STALE_ACTIVITY,
     FINALIZE_SKIPPED,
     RECLAIM_EXPIRED_SLOT,
@@ -46,7 +48,9 @@ EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_termi
                  RELEASE_LEAKED_SLOT: "slot_released",
                  # Rows Trinity's cleanup service ends (issue 22): the event's action names the path.
                  FINALIZE_SKIPPED: "skipped_finalized", EXPIRE_BACKLOG: "backlog_expired",
-                 FAIL_STALE_ACTIVITY: "activity_failed"}  # its execution_id field carries the activity's id
+                 FAIL_STALE_ACTIVITY: "activity_failed",  # its execution_id field carries the activity's id
+                 # Trinity's cleanup sweeps announce nothing of their own; ours say which sweep ended the run.
+                 FAIL_STALE: "stale_failed", FAIL_NO_SESSION: "no_session_failed"}
 log = structlog.get_logger("exec_watchdog.remediator")
 
 

@@ -34,8 +34,9 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "remediator", help="the Alertmanager webhook that re-verifies and recovers executions",
         description="Receive Alertmanager notifications (payload v4) at POST /api/v1/alerts; for each firing "
-                    "alert labelled remediation=fail_orphan|terminate_overdue re-verify against the database "
-                    "and the agent, then act exactly once, keeping the evidence of every decision. Also serves "
+                    "alert labelled with a remediation (fail_orphan, terminate_overdue, claim_result, fail_stale, "
+                    "fail_no_session) re-verify against the database and the agent, then act exactly once, "
+                    "keeping the evidence of every decision. Also serves "
                     "/metrics, /healthz, /readyz, the audit API (/api/v1/audit), each execution's story "
                     "(/api/v1/executions/{id}), the live recoveries page (/) and its WebSocket feed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +74,12 @@ def register(commands: Any) -> None:
     add_flag(p, "--activity-stale-after", type=float, default=7_200.0, help="seconds an activity must have been "
              "started before fail_stale_activity fails it (Trinity: 120 minutes; keep it equal to the rules' "
              "activity_stale_seconds)")
+    add_flag(p, "--stale-grace", type=int, default=300, help="seconds added to an agent's own timeout to make "
+             "its stale window (Trinity's cleanup: 300); match the rules' stale_grace_seconds")
+    add_flag(p, "--stale-unowned", type=int, default=7_200, help="stale window in seconds of a run whose agent is "
+             "unknown to agent_ownership or soft-deleted (Trinity: 7200); match stale_unowned_seconds")
+    add_flag(p, "--no-session-age", type=int, default=60, help="seconds after which a run without a Claude session "
+             "is a silent launch failure (Trinity: 60); match no_session_min_age_seconds")
     add_flag(p, "--breaker-max-actions", type=int, default=100, help="remediations allowed per breaker window")
     add_flag(p, "--breaker-window", type=float, default=300.0, help="breaker window in seconds")
     add_flag(p, "--claim-ttl", type=float, default=30.0, help="seconds before a half-done recovery is retried")
@@ -97,6 +104,7 @@ def build_config(args: argparse.Namespace) -> Config:
     from exec_watchdog.remediator.app import Config
     from exec_watchdog.remediator.auth import Credentials
     from exec_watchdog.remediator.remediate import Settings
+    from exec_watchdog.remediator.stale import Windows
 
     secret = read_agent_secret(args.agent_secret, args.agent_secret_file)
     check_url_template(args.agent_url_template)
@@ -114,6 +122,9 @@ def build_config(args: argparse.Namespace) -> Config:
                  "activity_stale_after"):
         if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("stale_grace", "stale_unowned", "no_session_age"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} cannot be negative")
     external_url = (args.external_url or default_external_url(args.listen)).rstrip("/")
     if not external_url.startswith(("http://", "https://")):
         raise ValueError(f"--external-url {args.external_url!r} must be an http:// or https:// URL")
@@ -132,7 +143,8 @@ def build_config(args: argparse.Namespace) -> Config:
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
                           inflight_max_age_seconds=args.inflight_max_age,
                           backlog_max_age_seconds=args.backlog_max_age,
-                          activity_stale_seconds=args.activity_stale_after),
+                          activity_stale_seconds=args.activity_stale_after,
+                          sweep_windows=Windows(args.stale_grace, args.stale_unowned, args.no_session_age)),
     )
 
 

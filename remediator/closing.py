@@ -33,6 +33,8 @@ import sqlalchemy as sa
 
 from exec_watchdog.common.contract import (
     EXPIRE_BACKLOG,
+    FAIL_NO_SESSION,
+    FAIL_STALE,
     FAIL_STALE_ACTIVITY,
     FINALIZE_SKIPPED,
     RECLAIM_EXPIRED_SLOT,
@@ -64,7 +66,8 @@ RULES: dict[str, CloseRule] = {
     RECLAIM_EXPIRED_SLOT: SLOT_RECLAIM,
     RECLAIM_SLOT_UNREACHABLE: SLOT_RECLAIM,
     RELEASE_LEAKED_SLOT: NOTHING,  # a leaked slot's row is already finished (or missing): nothing to close
-    # The stale / no-session paths register STALE_SWEEP.
+    FAIL_STALE: STALE_SWEEP,
+    FAIL_NO_SESSION: STALE_SWEEP,
 }
 
 

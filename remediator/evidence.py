@@ -266,6 +266,14 @@ class Evidence:
         self._facts["slot"] = facts
         self._took("slots: read the slot", seconds)
 
+    def sweep(self, rule: str, *, window_seconds: float, age_seconds: float, session_missing: bool,
+              fleet: str) -> None:
+        """What a cleanup sweep (stale, no session) measured: its window, the row's age on the
+        database's clock, whether it has a session, and the fleet guard's state at action time."""
+        self._facts["sweep"] = {"rule": rule, "window_seconds": round(window_seconds, 3),
+                                "age_seconds": round(age_seconds, 3), "session_missing": session_missing,
+                                "fleet_guard": self._redact.text(fleet)}
+
     def silence_check(self, check: SilenceCheck, seconds: float | None = None) -> None:
         """The silence re-check: who answered, who did not, and the active silences matching the alert."""
         matching = [s.id for s in check.silences if s.matches(self._alert.labels)]

@@ -38,6 +38,7 @@ from exec_watchdog.common.contract import (
     RELEASE_LEAKED_SLOT,
     ROW_ACTIONS,
     SLOT_ACTIONS,
+    SWEEP_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
@@ -56,12 +57,14 @@ from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
+from exec_watchdog.remediator.fleet import FleetGuard
 from exec_watchdog.remediator.isolation import alone, each, together
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 from exec_watchdog.remediator.slot_reclaim import SlotCheck
+from exec_watchdog.remediator.stale import SweepCheck, Windows
 
 log = structlog.get_logger("exec_watchdog.remediator")
 
@@ -80,6 +83,7 @@ class Settings:
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
     backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
     activity_stale_seconds: float = activities.STALE_ACTIVITY_MINUTES * 60.0  # Trinity: 120 minutes
+    sweep_windows: Windows = field(default_factory=Windows)  # Trinity's stale and no-session sweeps (stale.py)
 
 
 @dataclass(slots=True)
@@ -120,7 +124,7 @@ class BatchResult:
 
 
 # Decided without the agent's last error: on the database alone, or with Trinity's slot texts as they are.
-_NO_AGENT = (*ROW_ACTIONS, FAIL_STALE_ACTIVITY, *SLOT_ACTIONS)
+_NO_AGENT = (*ROW_ACTIONS, FAIL_STALE_ACTIVITY, *SLOT_ACTIONS, *SWEEP_ACTIONS)
 
 
 def metric_remediation(value: str) -> str:
@@ -147,6 +151,8 @@ class Remediator:
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
         self.slot_check = SlotCheck(engine, slots, agents, self.agent_gate, inflight)
+        fleet = FleetGuard(silences.urls, silences.http) if silences is not None else None
+        self.sweeps = SweepCheck(agents, self.agent_gate, fleet, settings.sweep_windows)
 
     async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
@@ -230,6 +236,9 @@ class Remediator:
         slot_verdicts = [v for v in verdicts if v.undecided and v.alert.remediation in SLOT_ACTIONS]
         with together(slot_verdicts, "verifying the slot"):
             await self.slot_check.verify(slot_verdicts, rows, now.timestamp())
+        sweeps = [v for v in verdicts if v.undecided and v.alert.remediation in SWEEP_ACTIONS]
+        with together(sweeps, "verifying the sweep"):
+            await self.sweeps.verify(sweeps, now)
         for v in verdicts:
             if v.undecided:
                 self._gate(v)
@@ -243,7 +252,7 @@ class Remediator:
                    "claiming the slot release")
         await each([v for v in verdicts if v.undecided and v.terminate_first], self.slot_check.terminate,
                    "terminating the slot's run on the agent")
-        # Trinity's slot and cleanup texts are written as they are, without the agent's last error.
+        # Trinity's slot, cleanup and sweep texts are written as they are, without the agent's last error.
         await each([v for v in verdicts if v.undecided and v.claim is None and v.alert.remediation not in _NO_AGENT],
                    self.orphans.prefix_last_error, "asking the agent's last error")
         ready = [v for v in verdicts if v.undecided]
@@ -311,7 +320,7 @@ class Remediator:
             return v.decide("skipped", "lease row: another reaper owns it")
         if row.agent_name != alert.agent:
             return v.decide("skipped", f"alert names agent {alert.agent!r}, the row says {row.agent_name!r}")
-        if row.agent_deleted:
+        if row.agent_deleted and alert.remediation not in SWEEP_ACTIONS:
             return v.decide("skipped", "the agent is soft-deleted (agent_ownership.deleted_at): not ours")
         if alert.remediation == FAIL_ORPHAN and runtime < self.settings.min_orphan_age_seconds:
             return v.decide("skipped", f"too young to be an orphan: {runtime:.1f} s < "

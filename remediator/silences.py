@@ -134,11 +134,11 @@ class SilenceChecker:
 
     def __init__(self, urls: list[str], http: httpx.AsyncClient, deadline_seconds: float = 3.0) -> None:
         self.urls = [u.rstrip("/") for u in urls]
-        self._http = http
+        self.http = http  # shared with the fleet guard's re-check (remediator/fleet.py)
         self.deadline_seconds = deadline_seconds
 
     async def _fetch(self, url: str) -> Any:
-        async with self._http.stream("GET", f"{url}/api/v2/silences") as response:
+        async with self.http.stream("GET", f"{url}/api/v2/silences") as response:
             response.raise_for_status()
             body = bytearray()
             async for chunk in response.aiter_bytes():

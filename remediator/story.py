@@ -282,6 +282,12 @@ def _update(u: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     return f"guarded update ({guard}) changed nothing: another writer changed the row first"
 
 
+def _sweep(w: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    session = "no Claude session" if w.get("session_missing") else "a session"
+    return (f"cleanup sweep {w.get('rule')}: age {w.get('age_seconds')} s against a window of "
+            f"{w.get('window_seconds')} s, {session}; fleet guard {w.get('fleet_guard')}")
+
+
 def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     parts = [f"alert start to decision {t.get('alert_start_to_decision_s')} s"]
     if "received_to_decision_ms" in t:
@@ -292,7 +298,7 @@ def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
 
 _SENTENCES: tuple[tuple[str, Callable[[Mapping[str, Any], Mapping[str, Any]], str]], ...] = (
     ("alert", _alert), ("delivery", _delivery), ("row", _row), ("slot", _slot), ("silences", _silences),
-    ("inflight", _inflight),
+    ("inflight", _inflight), ("sweep", _sweep),
     ("agent", _agent), ("retained_result", _retained), ("terminate", _terminate), ("last_error", _last_error),
     ("update", _update), ("timings", _timings))
 

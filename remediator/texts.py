@@ -62,3 +62,14 @@ def stale_activity_text(seconds: float) -> str:
 SKIPPED_FINALIZED_TEXT = "Finalized by cleanup: skipped execution"
 # Capacity maintenance: a queued row older than 24 hours.
 BACKLOG_EXPIRED_TEXT = "Backlog expired: queued longer than 24 hours"
+
+
+# Trinity's cleanup sweeps write these texts alone: they never ask the agent for /last-error.
+def stale_text(window_seconds: int) -> str:
+    """Trinity's stale sweep (Phase 1): the window is the agent's timeout + 300 s, or 7,200 s."""
+    return f"Marked as failed by cleanup: exceeded {window_seconds}s stale timeout"
+
+
+def no_session_text(min_age_seconds: int) -> str:
+    """Trinity's no-session sweep (Phase 1b), with its 60 s."""
+    return f"Silent launch failure: no Claude session created within {min_age_seconds} seconds"

@@ -57,8 +57,10 @@ from exec_watchdog.simulated_platform.process_registry import (
     TerminateFailed,
 )
 
-FaultMode = Literal["none", "hang", "garbage", "down"]
-FAULT_MODES: tuple[FaultMode, ...] = ("none", "hang", "garbage", "down")
+# "gone": the agent's container was removed for good: its processes are killed, its registry is
+# lost, and every request is answered as for an agent that does not exist (404 Not Found).
+FaultMode = Literal["none", "hang", "garbage", "down", "gone"]
+FAULT_MODES: tuple[FaultMode, ...] = ("none", "hang", "garbage", "down", "gone")
 AGENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _TOKEN_HEADER = TOKEN_HEADER.lower().encode()
 T = TypeVar("T")
@@ -96,6 +98,8 @@ class SimulatedAgent:
             raise ValueError(f"fault mode must be one of {', '.join(FAULT_MODES)}, got {mode!r}")
         if self.fault == "hang" and mode != "hang":
             self.release_hung()
+        if mode == "gone":
+            self.registry.wipe()
         self.fault = mode
 
     def release_hung(self) -> None:
@@ -317,6 +321,8 @@ class _AgentsASGI:
         if not route.startswith("/sim/") and agent.fault != "none":
             if agent.fault == "garbage":
                 return await _send(send, 200, _GARBAGE)
+            if agent.fault == "gone":
+                return await _send(send, 404, b'{"detail":"Not Found"}')
             if agent.fault == "hang" and not await agent.hang(receive):
                 return None  # the client went away: nothing to answer
             return await _send(send, 503, b"Service Unavailable", b"text/plain")

@@ -21,7 +21,15 @@ Execution faults (per execution):
                       parked longer than its lease): an expired slot whose run the agent still
                       lists, so only the slot is removed; the run then reports normally
 Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
-``stop_agent``/``resume_agent`` (unreachable: never orphans).
+    no_session        a silent launch failure: the row and the slot are taken but the backend
+                      never dispatches it and never writes a session (``claude_session_id``
+                      stays NULL); every other run gets ``dispatched`` (``dispatched_async`` for
+                      an asynchronous dispatch), as Trinity's backend writes when it dispatches
+Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans),
+``stop_agent``/``resume_agent`` (unreachable: never orphans), ``remove_agent`` (gone for good:
+its processes die unreported and it never answers again; its runs end through Trinity's stale
+and no-session sweeps), and ``partition``/``heal`` (the whole fleet stops answering the watchdog
+while the platform keeps running its work: nothing may be failed).
 
 Rows Trinity's cleanup service ends (issue 22): ``add_skipped`` (a skipped row never given a
 ``completed_at``), ``add_stale_queued`` (a queued row that has waited too long),
@@ -71,10 +79,11 @@ from exec_watchdog.simulated_platform.dispatches import GRACE_SECONDS, Dispatche
 from exec_watchdog.simulated_platform.process_registry import RunResult
 
 Fault = Literal["none", "lose_report", "retained_success", "hang", "late_report", "inflight", "leak_slot",
-                "expire_slot"]
+                "expire_slot", "no_session"]
 FAULTS: tuple[Fault, ...] = ("none", "lose_report", "retained_success", "hang", "late_report", "inflight",
-                             "leak_slot", "expire_slot")
+                             "leak_slot", "expire_slot", "no_session")
 EXPIRED_BY_SECONDS = 1.0  # an expire_slot run's slot is this far past its TTL when taken
+DISPATCHED, DISPATCHED_ASYNC = "dispatched", "dispatched_async"  # what Trinity's backend writes on dispatch
 HANG_SECONDS = 24 * 3600  # "forever", for a simulation
 RESTAMP_AFTER_SECONDS = 5.0  # Trinity's DISPATCH_RESTAMP_THRESHOLD_SECONDS
 log = structlog.get_logger("exec_watchdog.simulate")
@@ -95,13 +104,15 @@ class Scheduler:
                  timeout_seconds: int = 3600, late_report_seconds: float = 3.0,
                  on_event: Callable[[str, Started, str], None] | None = None,
                  inflight: InflightStore | None = None, hold_seconds: float = 30.0,
-                 marker_tick: float = REFRESH_SECONDS, marker_grace: float = GRACE_SECONDS) -> None:
+                 marker_tick: float = REFRESH_SECONDS, marker_grace: float = GRACE_SECONDS,
+                 agent_timeout_seconds: int = 3600) -> None:
         if hold_seconds < 0:
             raise ValueError(f"hold_seconds must be >= 0, got {hold_seconds!r}")
         self.engine = engine
         self.slots = slots
         self.agents = agents
         self.timeout_seconds = timeout_seconds
+        self.agent_timeout_seconds = agent_timeout_seconds  # agent_ownership's: Trinity's stale sweep counts from it
         self.late_report_seconds = late_report_seconds
         self.hold_seconds = hold_seconds
         self.on_event = on_event or (lambda kind, started, detail: None)
@@ -112,6 +123,7 @@ class Scheduler:
         self.owed_releases: set[tuple[str, str]] = set()
         # Rows and activities added for the cleanup paths, by kind (skipped, queued, activities).
         self.injected: dict[str, list[str]] = {"skipped": [], "queued": [], "activities": []}
+        self.partitioned: set[str] = set()  # agents the watchdog cannot reach during a partition
         self.dispatches = Dispatches(inflight, tick=marker_tick, grace=marker_grace) if inflight else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._activities = "agent_activities" in sa.inspect(engine).get_table_names()
@@ -125,7 +137,8 @@ class Scheduler:
             for name in self.agents.agents:
                 if name not in known:
                     conn.execute(sa.insert(agent_ownership).values(
-                        agent_name=name, execution_timeout_seconds=3600, max_parallel_tasks=10_000))
+                        agent_name=name, execution_timeout_seconds=self.agent_timeout_seconds,
+                        max_parallel_tasks=10_000))
                     conn.execute(sa.insert(agent_schedules).values(
                         id=f"sim-{name}", agent_name=name, name=f"simulated work on {name}",
                         timeout_seconds=self.timeout_seconds))
@@ -144,6 +157,10 @@ class Scheduler:
         if self.dispatches:
             self.dispatches.register(execution_id, agent)
         self.counts[f"started_{fault}"] += 1
+        if fault == "no_session":  # the launch failed silently: nothing is dispatched, nothing reported
+            self._end_dispatch(execution_id)
+            self.on_event("started", started, "never dispatched, no session")
+            return started
         if fault == "inflight":
             self.held.add(execution_id)
             self.on_event("started", started, f"held {self.hold_seconds:g}s in the backend, then {seconds:g}s")
@@ -213,7 +230,7 @@ class Scheduler:
             conn.execute(sa.insert(schedule_executions).values(
                 id=s.execution_id, schedule_id=s.schedule_id or f"sim-{s.agent}", agent_name=s.agent, status="running",
                 started_at=format_utc(s.started_at), message=f"simulated {s.fault} run", triggered_by="schedule",
-                queued_at=format_utc(s.started_at)))
+                queued_at=format_utc(s.started_at), claude_session_id=_session_marker(s.fault)))
             if self._activities:  # Trinity's track_activity at dispatch
                 self._open_activity(conn, s.agent, s.execution_id, s.started_at)
         acquired = s.started_at
@@ -362,6 +379,28 @@ class Scheduler:
     def resume_agent(self, agent: str) -> None:
         self.agents.agents[agent].set_fault("none")
 
+    def remove_agent(self, agent: str) -> None:
+        """The agent's container is gone for good: its runs die unreported, it never answers again."""
+        registry = self.agents.registry(agent)
+        for execution_id in [e.execution_id for e in registry.running()] + registry.pending_ids():
+            self._end_dispatch(execution_id)
+        self.agents.agents[agent].set_fault("gone")  # kills its processes and forgets them
+        self.counts["agents_removed"] += 1
+        log.info("agent_removed", agent=agent)
+
+    def partition(self) -> None:
+        """The watchdog loses the whole fleet (every agent answers it 503) while the work goes on."""
+        for name, agent in self.agents.agents.items():
+            if agent.fault == "none":
+                agent.set_fault("down")
+                self.partitioned.add(name)
+        self.counts["partitions"] += 1
+
+    def heal(self) -> None:
+        for name in sorted(self.partitioned):
+            self.agents.agents[name].set_fault("none")
+        self.partitioned.clear()
+
     async def drain(self) -> None:
         """Wait for held dispatches and late reports in flight."""
         while self._tasks:
@@ -371,3 +410,10 @@ class Scheduler:
         """Stop writing in-flight markers (those written lapse on their own)."""
         if self.dispatches:
             await self.dispatches.aclose()
+
+
+def _session_marker(fault: Fault) -> str | None:
+    """What Trinity's backend writes into claude_session_id when it dispatches (nothing when it never does)."""
+    if fault == "no_session":
+        return None
+    return DISPATCHED_ASYNC if fault == "lose_report" else DISPATCHED

@@ -28,6 +28,11 @@ class Workload:
     agent_restart_every: float = 0.0  # seconds; 0 = never
     agent_outage_every: float = 0.0
     agent_outage_seconds: float = 10.0
+    # Seconds after the start at which one agent is removed for good (0: never); a launch on it
+    # then fails silently (a no_session run), so both of Trinity's sweeps have a run to end.
+    agent_removal_at: float = 0.0
+    partition_every: float = 0.0  # cut the watchdog off the whole fleet every N seconds (0: never)
+    partition_seconds: float = 20.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -41,6 +46,8 @@ class Workload:
         low, high = self.run_seconds
         if not 0 <= low <= high:
             raise ValueError("run seconds must be 0 <= low <= high")
+        if min(self.agent_removal_at, self.partition_every) < 0 or self.partition_seconds <= 0:
+            raise ValueError("agent removal and partition times must not be negative")
 
 
 def parse_mix(text: str) -> dict[Fault, float]:
@@ -74,23 +81,42 @@ async def run_workload(scheduler: Scheduler, workload: Workload) -> None:
     start = time.monotonic()
     next_restart = start + workload.agent_restart_every if workload.agent_restart_every else float("inf")
     next_outage = start + workload.agent_outage_every if workload.agent_outage_every else float("inf")
+    removal = start + workload.agent_removal_at if workload.agent_removal_at else float("inf")
+    next_partition = start + workload.partition_every if workload.partition_every else float("inf")
+    healing = float("inf")
     outages: list[tuple[float, str]] = []
     n = 0
     while (now := time.monotonic()) - start < workload.duration_seconds:
         if now >= next_restart:
             scheduler.restart_agent(rng.choice(agents))
             next_restart = now + workload.agent_restart_every
-        if now >= next_outage:
-            victim = rng.choice(agents)
+        if now >= next_outage and healing == float("inf"):
+            victim = rng.choice([a for a in agents if a not in {o[1] for o in outages}] or agents)
             scheduler.stop_agent(victim)
             outages.append((now + workload.agent_outage_seconds, victim))
             next_outage = now + workload.agent_outage_every
         for until, agent in [o for o in outages if o[0] <= now]:
             scheduler.resume_agent(agent)
             outages.remove((until, agent))
+        if now >= removal and len(agents) > 1:
+            # The busiest agent: its running work dies with it, so the stale sweep has runs to end.
+            candidates = [a for a in agents if a not in {o[1] for o in outages}] or agents
+            gone = max(candidates, key=lambda a: len(scheduler.agents.registry(a).running()))
+            scheduler.remove_agent(gone)
+            agents.remove(gone)  # no more work for it, no outage or restart either
+            await scheduler.start(gone, 0, "no_session")  # its launch fails silently
+            removal = float("inf")
+        if now >= next_partition:
+            scheduler.partition()
+            healing, next_partition = now + workload.partition_seconds, now + workload.partition_every
+        if now >= healing:
+            scheduler.heal()
+            healing = float("inf")
         await scheduler.start(rng.choice(agents), rng.uniform(*workload.run_seconds),
                               pick_fault(rng, workload.mix))
         n += 1
         await asyncio.sleep(max(0.0, start + n / workload.rate_per_second - time.monotonic()))
     for _, agent in outages:
         scheduler.resume_agent(agent)
+    if healing != float("inf"):
+        scheduler.heal()

@@ -16,7 +16,9 @@ def alert(execution_id: str, agent: str, remediation: str = "fail_orphan", *, st
             "terminate_overdue": "ExecWatchdogExecutionOverdue",
             "reclaim_expired_slot": "ExecWatchdogSlotExpired",
             "reclaim_slot_unreachable": "ExecWatchdogSlotExpiredAgentUnreachable",
-            "release_leaked_slot": "ExecWatchdogSlotLeaked"}.get(remediation, "Other")
+            "release_leaked_slot": "ExecWatchdogSlotLeaked",
+            "fail_stale": "ExecWatchdogExecutionStale",
+            "fail_no_session": "ExecWatchdogExecutionNoSession"}.get(remediation, "Other")
     started = (starts_at or utcnow() - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return {
         "status": status,

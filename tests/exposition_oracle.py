@@ -85,6 +85,13 @@ class ExecWatchdogCollector(Collector):
         for act in snapshot.stale_activities:
             f.activities.add_metric([act.activity_id, act.activity_type, act.agent], act.age_seconds)
 
+        for c in snapshot.cleanup:
+            labels = [c.agent, c.execution_id, c.schedule_id]
+            if c.stale_overrun_seconds is not None:
+                f.stale_overrun.add_metric([*labels, c.stale_window or ""], c.stale_overrun_seconds)
+            if c.sessionless_runtime_seconds is not None:
+                f.sessionless.add_metric(labels, c.sessionless_runtime_seconds)
+
         for a in snapshot.agents:
             f.up.add_metric([a.name], 1.0 if a.up else 0.0)
             if a.registry is not None:
@@ -123,6 +130,8 @@ class _SnapshotFamilies(NamedTuple):
     queued: GaugeMetricFamily
     activities: GaugeMetricFamily
     unknown_since: GaugeMetricFamily
+    stale_overrun: GaugeMetricFamily
+    sessionless: GaugeMetricFamily
     up: GaugeMetricFamily
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
@@ -149,6 +158,8 @@ class _SnapshotFamilies(NamedTuple):
             queued=gauge(names.QUEUED_AGE),
             activities=gauge(names.ACTIVITY_STARTED_AGE),
             unknown_since=gauge(names.EXECUTION_UNKNOWN_SINCE),
+            stale_overrun=gauge(names.EXECUTION_STALE_OVERRUN),
+            sessionless=gauge(names.EXECUTION_SESSIONLESS_RUNTIME),
             up=gauge(names.AGENT_UP),
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),

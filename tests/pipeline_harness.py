@@ -154,6 +154,15 @@ class Pipeline:
     def resume_agent(self, agent: str) -> None:
         self.loop.do(lambda: self.platform.scheduler.resume_agent(agent))
 
+    def remove_agent(self, agent: str) -> None:
+        self.loop.do(lambda: self.platform.scheduler.remove_agent(agent))
+
+    def partition(self) -> None:
+        self.loop.do(self.platform.scheduler.partition)
+
+    def heal(self) -> None:
+        self.loop.do(self.platform.scheduler.heal)
+
     def pid(self, execution_id: str, agent: str) -> int | None:
         status = self.loop.do(lambda: self.platform.server.registry(agent).status(execution_id))
         return status.pid if status is not None else None
@@ -240,7 +249,8 @@ class Pipeline:
 @contextlib.contextmanager
 def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None = None, agents: int = 8,
                      alertmanagers: int = 1, remediators: int = 1, completed_window: float = 4.0,
-                     timeout_seconds: int = 300, remediator_flags: tuple[str, ...] = (),
+                     timeout_seconds: int = 300, agent_timeout_seconds: int = 3600,
+                     remediator_flags: tuple[str, ...] = (),
                      exporter_flags: tuple[str, ...] = (), remediation_group_interval: str | None = None,
                      exporter_shards: int = 1, prometheus_replicas: int = 1) -> Iterator[Pipeline]:
     """Start everything, wait until alerts can flow end to end, and always stop everything."""
@@ -252,6 +262,7 @@ def running_pipeline(workdir: Path, database_url: str, *, redis_url: str | None 
     try:
         options = PlatformOptions(database_url=database_url, agents=agents, redis_url=redis_url,
                                   timeout_seconds=timeout_seconds, completed_window=completed_window,
+                                  agent_timeout_seconds=agent_timeout_seconds,
                                   late_report_seconds=completed_window / 2)
         platform = loop.call(lambda: Platform.start(options))
         stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret, redis_url=redis_url,

@@ -604,6 +604,30 @@ async def test_down_answers_503_until_the_fault_is_lifted(server: AgentServer) -
         assert (await client.get("/api/executions/running")).status_code == 200
 
 
+async def test_a_gone_agent_kills_its_processes_and_answers_like_an_agent_that_does_not_exist(
+        server: AgentServer) -> None:
+    async with agent_client(server, "alpha") as client:
+        await start(client, "e-gone", seconds=60)
+        status = server.registry("alpha").status("e-gone")
+        assert status is not None and status.pid is not None
+        pid = status.pid
+        await client.post("/sim/fault", json={"mode": "gone"})
+        for path in ("/api/executions/running", "/health", "/api/executions/e-gone/status"):
+            response = await client.get(path)
+            assert (response.status_code, response.json()) == (404, {"detail": "Not Found"}), path
+    assert server.registry("alpha").running() == []
+    await asyncio.sleep(0.2)
+    assert not _alive(pid), "its process was killed with it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def test_an_unknown_fault_mode_is_refused(server: AgentServer) -> None:
     async with agent_client(server, "alpha") as client:
         response = await client.post("/sim/fault", json={"mode": "explode"})

@@ -131,6 +131,8 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     assert labels[contract.SKIPPED_UNFINALIZED] == {"severity": "warning", "remediation": "finalize_skipped"}
     assert labels[contract.BACKLOG_EXPIRED] == {"severity": "warning", "remediation": "expire_backlog"}
     assert labels[contract.ACTIVITY_STALE] == {"severity": "warning", "remediation": "fail_stale_activity"}
+    assert labels[contract.STALE] == {"severity": "critical", "remediation": "fail_stale"}
+    assert labels[contract.NO_SESSION] == {"severity": "critical", "remediation": "fail_no_session"}
     assert [name for name, labels in labels.items() if "remediation" in labels] == list(contract.REMEDIATION_ALERTS)
 
 
@@ -182,6 +184,7 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
     assert {exporter_metrics.EXECUTION_RUNTIME, exporter_metrics.EXECUTION_AGENT_KNOWN,
             exporter_metrics.EXECUTION_TIMEOUT, exporter_metrics.AGENT_UP, exporter_metrics.DATABASE_UP,
             exporter_metrics.EXECUTION_RECENTLY_COMPLETED, exporter_metrics.EXECUTION_DISPATCH_INFLIGHT,
+            exporter_metrics.EXECUTION_STALE_OVERRUN, exporter_metrics.EXECUTION_SESSIONLESS_RUNTIME,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
             exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
@@ -212,7 +215,7 @@ def test_amtool_accepts_the_alertmanager_config(profile: str, receivers: dict[st
                                                **receivers))
     result = run(require_tool("amtool"), "check-config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 receivers" in result.stdout and "3 inhibit rules" in result.stdout
+    assert "3 receivers" in result.stdout and "4 inhibit rules" in result.stdout
 
 
 # Where each alert must go; labels come from the rendered rules, so a rule losing its
@@ -236,6 +239,9 @@ ROUTES = {
     contract.SKIPPED_UNFINALIZED: REMEDIATOR_RECEIVER,  # the row alone decides: no agent is asked
     contract.BACKLOG_EXPIRED: REMEDIATOR_RECEIVER,
     contract.ACTIVITY_STALE: REMEDIATOR_RECEIVER,
+    contract.STALE: REMEDIATOR_RECEIVER,
+    contract.NO_SESSION: REMEDIATOR_RECEIVER,
+    contract.FLEET_UNREACHABLE: OPERATOR_RECEIVER,  # pages a person; it only holds remediation
 }
 
 

@@ -326,3 +326,39 @@ def test_an_unreachable_agent_does_not_hold_its_unreachable_slot_reclaim_or_a_le
     now = states(alertmanager)
     assert now[(contract.SLOT_EXPIRED_AGENT_UNREACHABLE, "agent-a", "slot-1")]["state"] == "active"
     assert now[(contract.SLOT_LEAKED, "agent-a", "slot-2")]["state"] == "active"
+
+
+def _states_by_alert(url: str) -> dict[tuple[str, str], str]:
+    """(alertname, execution_id) -> state, for every alert Alertmanager holds (fleet-wide ones too)."""
+    return {(a["labels"]["alertname"], a["labels"].get("execution_id", "")): a["status"]["state"]
+            for a in httpx.get(f"{url}/api/v2/alerts").json()}
+
+
+def test_an_unreachable_agent_leaves_its_stale_and_no_session_alerts_to_the_remediator(
+        alertmanager: str, webhook: Webhook) -> None:
+    """The per-agent inhibition holds what needs the agent, never the sweeps that end a down agent's runs."""
+    post(alertmanager, alert(contract.AGENT_UNREACHABLE, "agent-a"), alert(contract.ORPHANED, "agent-a", "probe"))
+    _until(lambda: _states_by_alert(alertmanager).get((contract.ORPHANED, "probe")) == "suppressed",
+           "the unreachable agent never inhibited its orphan alert")
+    post(alertmanager, alert(contract.STALE, "agent-a", "exec-1"), alert(contract.NO_SESSION, "agent-a", "exec-2"))
+    webhook.wait_for(lambda bodies: {("agent-a", "exec-1"), ("agent-a", "exec-2")} <= notified(bodies))
+    assert _states_by_alert(alertmanager)[(contract.ORPHANED, "probe")] == "suppressed"
+
+
+def test_the_fleet_guard_holds_every_remediation_that_acts_on_unreachable_agents_and_nothing_else(
+        alertmanager: str, webhook: Webhook, flush_log: FlushLog) -> None:
+    fleet = {"labels": {"alertname": contract.FLEET_UNREACHABLE, **RULE_LABELS[contract.FLEET_UNREACHABLE]},
+             "annotations": {"summary": "test"}}
+    post(alertmanager, fleet, alert(contract.STALE, "agent-z", "probe"))
+    _until(lambda: _states_by_alert(alertmanager).get((contract.STALE, "probe")) == "suppressed",
+           "the fleet guard never inhibited a stale alert")
+    post(alertmanager, alert(contract.STALE, "agent-a", "exec-1"), alert(contract.NO_SESSION, "agent-b", "exec-2"),
+         alert(contract.ORPHANED, "agent-c", "exec-3"))
+    webhook.wait_for(lambda bodies: ("agent-c", "exec-3") in notified(bodies))
+    now = _states_by_alert(alertmanager)
+    assert now[(contract.STALE, "exec-1")] == now[(contract.NO_SESSION, "exec-2")] == "suppressed"
+    assert now[(contract.FLEET_UNREACHABLE, "")] == "active"  # it pages a person
+    flush_log.wait_flushed([{"agent": a, "execution_id": e} for a, e in (("agent-a", "exec-1"), ("agent-b", "exec-2"))],
+                           2)
+    # The probe may have left before the inhibitor knew of the fleet alert; nothing posted after it has.
+    assert notified(webhook.bodies()) - {("agent-z", "probe")} == {("agent-c", "exec-3")}

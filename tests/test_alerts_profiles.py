@@ -39,6 +39,9 @@ def test_production_keeps_trinitys_numbers() -> None:
     assert production.orphan_min_age_seconds >= 60  # Trinity never calls a run younger than 60 s orphaned
     assert production.overdue_default_timeout_seconds == 3600
     assert production.stuck_threshold_seconds == 30 * 60
+    # Trinity's cleanup sweeps: SLOT_TTL_BUFFER, EXECUTION_STALE_TIMEOUT_MINUTES, NO_SESSION_TIMEOUT_SECONDS.
+    assert (production.stale_grace_seconds, production.stale_unowned_seconds) == (300, 7200)
+    assert production.no_session_min_age_seconds == 60
     # Above the HA peer timeout (15 s), or a pair sends a stale "firing" after "resolved".
     assert production.seconds("group_interval") >= 20
 
@@ -90,6 +93,8 @@ def _broken_profiles(tmp_path: Path, edit: str, replacement: str) -> Path:
     ("  production: 10s\n", "  production: 20s\n", "scrape_timeout must not exceed scrape_interval"),
     ("  fast: 5s\n", "  fast: 1s\n", "remediator_failing_window must span at least two scrapes"),
     ("scrape_interval:\n", "scrape_interval: [\n", "cannot read the tunables"),
+    ("  fast: 4s\n", "  fast: 2s\n", "stale_for must be longer than fleet_unreachable_for plus one evaluation"),
+    ("  fast: 50\n", "  fast: 101\n", "fleet_unreachable_percent is a share of the fleet: at most 100"),
 ])
 def test_a_broken_profiles_file_is_a_clear_error(tmp_path: Path, edit: str, replacement: str, message: str) -> None:
     with pytest.raises(ProfileError, match=message):

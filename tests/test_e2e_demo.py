@@ -149,6 +149,22 @@ def test_demo_shows_a_recovery_from_each_cleanup_path(demos: list[Demo]) -> None
     assert demo.finish(60) == 0, demo.stderr()
 
 
+def test_demo_shows_an_agent_gone_for_good_ended_by_trinitys_stale_and_no_session_sweeps(demos: list[Demo]) -> None:
+    """An agent removed for good: its silent launch failure and its stale runs are failed with
+    Trinity's texts within the demo's first three minutes."""
+    demo = Demo("--duration", "90", "--rate", "1", "--faults", "late_report=0.1", "--agent-timeout", "6",
+                "--run-seconds", "20,30", "--timeout", "60", "--remove-agent-at", "8", *QUICK)
+    demos.append(demo)
+    demo.wait_for_line("#token=", 60)
+    demo.wait_for_line("removed for good", 40)
+    line = demo.wait_for_line("silent launch failure failed", 60)
+    assert "Silent launch failure: no Claude session created within 5 seconds" in line
+    line = demo.wait_for_line("stale run failed", 60)
+    assert "Marked as failed by cleanup: exceeded 9s stale timeout" in line
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.finish(30) == 0, demo.stderr()
+
+
 def test_ctrl_c_stops_everything(demos: list[Demo]) -> None:
     """SIGINT (Ctrl-C) during the run stops every child and exits 0."""
     demo = Demo(*QUICK)

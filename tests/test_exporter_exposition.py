@@ -13,6 +13,7 @@ from exec_watchdog.exporter.snapshot import (
     POLL_ERROR_REASONS,
     ActivityFacts,
     AgentFacts,
+    CleanupFacts,
     CleanupRowFacts,
     ExecutionFacts,
     RegistryCounts,
@@ -41,14 +42,18 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     slots = tuple(SlotFacts(draw(labels), draw(labels), draw(st.floats()), draw(st.floats(0, 10**9)),
                             draw(st.booleans()))
                   for _ in range(draw(st.integers(0, 3))))
-    cleanup = tuple(CleanupRowFacts(draw(labels), draw(labels), draw(labels),
-                                    draw(st.sampled_from(["skipped", "queued"])), draw(st.floats()))
-                    for _ in range(draw(st.integers(0, 3))))
+    cleanup_rows = tuple(CleanupRowFacts(draw(labels), draw(labels), draw(labels),
+                                         draw(st.sampled_from(["skipped", "queued"])), draw(st.floats()))
+                         for _ in range(draw(st.integers(0, 3))))
     stale = tuple(ActivityFacts(draw(labels), draw(labels), draw(labels), draw(st.floats()))
                   for _ in range(draw(st.integers(0, 3))))
+    cleanup = tuple(
+        CleanupFacts(draw(labels), draw(labels), draw(labels), draw(st.sampled_from(["agent", "unowned"])),
+                     draw(st.none() | st.floats()), draw(st.none() | st.floats()))
+        for _ in range(draw(st.integers(0, 3))))
     return Snapshot(draw(st.booleans()), draw(st.floats(0, 100)), draw(labels), executions, agents,
                     draw(st.none() | st.integers(0, 10**6)), errors, slots, draw(st.none() | st.booleans()),
-                    cleanup, stale)
+                    cleanup_rows, stale, cleanup)
 
 
 @settings(max_examples=400, deadline=None)

@@ -484,7 +484,8 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
                   "ExecWatchdogExecutionCompletedUnreported", "ExecWatchdogSlotExpired",
                   "ExecWatchdogSlotExpiredAgentUnreachable", "ExecWatchdogSlotLeaked",
                   "ExecWatchdogSkippedExecutionUnfinalized", "ExecWatchdogQueuedExecutionExpired",
-                  "ExecWatchdogActivityStale"}
+                  "ExecWatchdogActivityStale", "ExecWatchdogExecutionStale",
+                  "ExecWatchdogExecutionNoSession"}
     assert remediated | {"ExecWatchdogExecutionStuck"} <= alert_names
     matched = {name for name in alert_names if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == remediated
@@ -494,7 +495,7 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() ->
 
     matched = {name for name in contract.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == {contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED, *contract.SLOT_ALERTS,
-                       *contract.CLEANUP_ALERTS}
+                       *contract.CLEANUP_ALERTS, contract.STALE, contract.NO_SESSION}
 
 
 def test_job_names_appear_only_in_up_selectors(board: dict[str, Any]) -> None:

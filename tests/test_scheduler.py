@@ -436,3 +436,36 @@ async def test_the_cleanup_faults_write_the_rows_trinitys_cleanup_ends(
     assert rows[queued].status == "queued" and 89 <= rows[queued].age_seconds <= 120
     [stale] = [a for a in _activities(engine) if a.id == activity]
     assert (stale.activity_state, stale.related_execution_id) == ("started", None)
+
+
+def _session(engine: sa.Engine, execution_id: str) -> str | None:
+    with engine.connect() as c:
+        value = c.execute(sa.select(schedule_executions.c.claude_session_id)
+                          .where(schedule_executions.c.id == execution_id)).scalar_one()
+    return None if value is None else str(value)
+
+
+async def test_runs_carry_the_dispatch_marker_trinitys_backend_writes_and_a_silent_launch_failure_none(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    scheduler, server, engine = world
+    sync = await scheduler.start("a1", 30)
+    asynchronous = await scheduler.start("a1", 30, "lose_report")
+    silent = await scheduler.start("a1", 30, "no_session")
+    assert (_session(engine, sync.execution_id), _session(engine, asynchronous.execution_id),
+            _session(engine, silent.execution_id)) == ("dispatched", "dispatched_async", None)
+    running = {e.execution_id for e in server.registry("a1").running()}
+    assert silent.execution_id not in running and sync.execution_id in running, "a silent launch never starts"
+    assert _status(engine, silent.execution_id) == "running" and silent.execution_id in scheduler.slots.held("a1")
+
+
+async def test_a_removed_agent_loses_its_runs_for_good_and_a_partition_cuts_off_every_other_agent(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    scheduler, server, engine = world
+    run = await scheduler.start("a1", 30)
+    scheduler.remove_agent("a1")
+    assert server.registry("a1").running() == [] and server.agents["a1"].fault == "gone"
+    assert _status(engine, run.execution_id) == "running", "nothing reports it: it is the watchdog's to end"
+    scheduler.partition()
+    assert {name: a.fault for name, a in server.agents.items()} == {"a1": "gone", "a2": "down"}
+    scheduler.heal()
+    assert {name: a.fault for name, a in server.agents.items()} == {"a1": "gone", "a2": "none"}, "gone stays gone"

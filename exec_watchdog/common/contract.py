@@ -38,10 +38,15 @@ SKIPPED_UNFINALIZED = "ExecWatchdogSkippedExecutionUnfinalized"
 BACKLOG_EXPIRED = "ExecWatchdogQueuedExecutionExpired"
 ACTIVITY_STALE = "ExecWatchdogActivityStale"
 CLEANUP_ALERTS = (SKIPPED_UNFINALIZED, BACKLOG_EXPIRED, ACTIVITY_STALE)
+# Trinity's cleanup sweeps (Phase 1 stale, Phase 1b no session) and the fleet guard above them.
+STALE = "ExecWatchdogExecutionStale"
+NO_SESSION = "ExecWatchdogExecutionNoSession"
+FLEET_UNREACHABLE = "ExecWatchdogFleetUnreachable"
+SWEEP_ALERTS = (STALE, NO_SESSION, FLEET_UNREACHABLE)
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS, *CLEANUP_ALERTS)
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS, *CLEANUP_ALERTS, *SWEEP_ALERTS)
 # The alerts that carry a remediation.
-REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS, *CLEANUP_ALERTS)
+REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS, *CLEANUP_ALERTS, STALE, NO_SESSION)
 
 # What an alert rule asks the remediator to do.
 REMEDIATION_LABEL = "remediation"
@@ -62,7 +67,15 @@ ROW_ACTIONS = (FINALIZE_SKIPPED, EXPIRE_BACKLOG)
 # Trinity's 120-minute activity backstop: an activity still `started` is failed. Its alert names the
 # activity (label activity_id), not an execution.
 FAIL_STALE_ACTIVITY = "fail_stale_activity"
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *SLOT_ACTIONS, *ROW_ACTIONS, FAIL_STALE_ACTIVITY)
+# Trinity's cleanup sweeps (remediator/stale.py).
+FAIL_STALE = "fail_stale"  # past its agent's stale window, not listed by the agent: Trinity's Phase 1 text
+FAIL_NO_SESSION = "fail_no_session"  # no Claude session 60 s after start, agent not answering: Trinity's Phase 1b
+# Remediations that may act while the agent does not answer: the per-agent unreachable inhibition
+# leaves them alone, and the fleet guard (FLEET_UNREACHABLE) holds every one of them.
+SWEEP_ACTIONS = (FAIL_STALE, FAIL_NO_SESSION)
+UNREACHABLE_REMEDIATIONS = (*SWEEP_ACTIONS, *UNREACHABLE_ACTIONS)
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *SLOT_ACTIONS, *ROW_ACTIONS, FAIL_STALE_ACTIVITY, FAIL_STALE,
+           FAIL_NO_SESSION)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
@@ -97,6 +110,9 @@ class ExporterMetric:
     SKIPPED_UNFINALIZED_AGE = f"{PREFIX}_execution_skipped_unfinalized_seconds"
     QUEUED_AGE = f"{PREFIX}_execution_queued_seconds"
     ACTIVITY_STARTED_AGE = f"{PREFIX}_activity_started_seconds"
+
+    EXECUTION_STALE_OVERRUN = f"{PREFIX}_execution_stale_overrun_seconds"
+    EXECUTION_SESSIONLESS_RUNTIME = f"{PREFIX}_execution_sessionless_runtime_seconds"
 
     AGENT_UP = f"{PREFIX}_agent_up"
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"

@@ -59,6 +59,8 @@ TIMEOUT = f"{exporter_metrics.EXECUTION_TIMEOUT}{{{AGENT}}}"
 KNOWN = f"{exporter_metrics.EXECUTION_AGENT_KNOWN}{{{AGENT}}}"
 COMPLETED = f"{exporter_metrics.EXECUTION_RECENTLY_COMPLETED}{{{AGENT}}}"
 INFLIGHT = f"{exporter_metrics.EXECUTION_DISPATCH_INFLIGHT}{{{AGENT}}}"
+STALE_OVERRUN = f"{exporter_metrics.EXECUTION_STALE_OVERRUN}{{{AGENT}}}"
+SESSIONLESS = f"{exporter_metrics.EXECUTION_SESSIONLESS_RUNTIME}{{{AGENT}}}"
 ALERTS = f'ALERTS{{alertname=~"{REMEDIATION_ALERTS}", {AGENT}}}'
 FIRING = f'ALERTS{{alertname=~"{REMEDIATION_ALERTS}", alertstate="firing", {AGENT}}}'
 REMEDIATIONS = remediator_metrics.REMEDIATIONS
@@ -191,6 +193,17 @@ def executions() -> Panels:
             "short",
             [Query(f"count by (agent) ({COMPLETED} == 1)", "{{agent}} finished, unreported"),
              Query(f"count by (agent) ({INFLIGHT} == 1)", "{{agent}} held in the backend")],
+            width=24,
+        ),
+        time_series(
+            "Past their agent's timeout, or without a session",
+            "Per agent: runs past their agent's own timeout (or of an agent unknown or soft-deleted), "
+            "which Trinity's stale sweep fails once past the grace if the agent does not list them, and "
+            "runs without a Claude session (silent launch failures). Both are held while the fleet "
+            "guard fires.",
+            "short",
+            [Query(f"count by (agent, window) ({STALE_OVERRUN})", "{{agent}} past timeout ({{window}})"),
+             Query(f"count by (agent) ({SESSIONLESS})", "{{agent}} without a session")],
             width=24,
         ),
     ]
