@@ -1,6 +1,6 @@
 """promtool cases for Trinity's cleanup sweeps (stale, no session) and the fleet guard
-(alerts/rules.py sweep_rules), registered with alerts/rule_tests.py: each edge silent one evaluation before it and firing at it. Texts are
-written out, as in rule_tests.py.
+(alerts/rules.py sweep_rules), registered with alerts/rule_tests.py: each edge silent one
+evaluation before it and firing at it. Texts are written out, as in rule_tests.py.
 """
 
 from __future__ import annotations
