@@ -40,6 +40,7 @@ from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
 from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
+from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import action_claims, audit, claim, texts
@@ -64,7 +65,10 @@ class Settings:
     agent_concurrency: int = 50
     agent_calls_per_agent: int = 4  # so one slow agent cannot take every call slot
     agent_wait_seconds: float = 10.0  # longest wait for a turn to call an agent
-    action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
+    # The action claim's lease, renewed right before the terminate is sent: it must outlast the agent
+    # call (--agent-terminate-timeout, 15 s) so a lapsed lease means no terminate is still on its way.
+    action_claim_ttl_seconds: float = 20.0
+    commit_readback_seconds: float = 10.0  # after a lost COMMIT reply: how long to try reading back what happened
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
 
@@ -79,6 +83,8 @@ class Verdict:
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
+    held: bool = False  # holds the action claim (remediator/action_claims.py) until the delivery ends
+    killed: bool = False  # this attempt's own terminate was confirmed: its kill is ours even if the exit report wins
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -86,6 +92,14 @@ class Verdict:
     @property
     def undecided(self) -> bool:
         return self.outcome == UNDECIDED
+
+
+class LostCommit(Exception):
+    """The connection failed during COMMIT: the transaction may or may not have happened."""
+
+    def __init__(self, winners: list[audit.Recovery], error: sa.exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.winners, self.error = winners, error
 
 
 @dataclass(slots=True)
@@ -119,6 +133,10 @@ class Remediator:
         self.agent_gate = AgentGate(settings.agent_concurrency, settings.agent_calls_per_agent,
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
+        self.holder = f"{settings.replica}:{uuid.uuid4().hex[:12]}"  # one per process (action_claims.py)
+        self._terminating: set[str] = set()  # executions whose action claim a delivery here holds
+        self._owed: dict[str, bool] = {}  # claims whose release the database refused: id -> ended for good
+        self._settling: set[str] = set()  # owed claims being released right now
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
@@ -127,6 +145,7 @@ class Remediator:
             result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
             actionable = [v for v in result.verdicts if self._screen(v)]
             if actionable:
+                await self.settle_owed_claims()
                 try:
                     result.unfinished = not await self._act(actionable)
                 except sa.exc.DBAPIError as exc:
@@ -135,6 +154,7 @@ class Remediator:
                             v.decide("retry", f"database unavailable: {type(exc).__name__}")
                 finally:
                     self._refund(actionable)
+                    await self._settle_claims([v for v in actionable if v.held])
             try:
                 await self._record(result.verdicts)
             except sa.exc.SQLAlchemyError as exc:  # the actions stand; the audit row is owed: retry
@@ -253,39 +273,59 @@ class Remediator:
             v.reserved = True
 
     async def _terminate(self, v: Verdict, now: datetime) -> None:
-        assert v.execution is not None
-        holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
-        refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
-        if refused is not None:
-            return v.decide("lost_race", refused)
-        answer, took = await timed(self._terminate_on_agent(v.alert.agent, v.alert.execution_id))
+        execution_id = v.alert.execution_id
+        if execution_id in self._settling:
+            return v.decide("retry", "this replica is releasing the action claim an outage left behind")
+        if execution_id in self._terminating:
+            return v.decide("lost_race", "another delivery on this replica is already terminating it")
+        self._terminating.add(execution_id)
+        v.held = True  # in this process from here on; in the database once take() answers
+        try:
+            held, refused = await anyio.to_thread.run_sync(self._claim_action, execution_id)
+            if held is None:
+                v.held = refused == "another writer changed the row first"  # ours, to drop
+                if not v.held:
+                    self._terminating.discard(execution_id)
+                return v.decide("lost_race", refused)
+            answer, took = await timed(self._terminate_on_agent(v.alert.agent, execution_id))
+        except sa.exc.DBAPIError as exc:  # this alert's retry; the claim (if taken) is released later
+            return v.decide("retry", f"database unavailable: {type(exc).__name__}")
+        if answer is None:
+            return v.decide("lost_race", "the claim's lease lapsed before the terminate was sent; "
+                                         "another replica took it over")
         v.evidence.terminate_answer(answer, took)
-        self._judge_terminate(v, answer, now)
-        if not v.error:  # no kill happened: the next attempt need not wait for the claim to expire
-            await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
+        self._judge_terminate(v, answer, now, held.predecessor_sent)
         return None
 
-    def _claim_action(self, execution_id: str, holder: str) -> str | None:
-        """Claim the execution before acting outside the database; None when held, else why not."""
-        if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
-            return "another replica or delivery is already terminating it"
+    def _claim_action(self, execution_id: str) -> tuple[action_claims.Held | None, str]:
+        """Claim the execution before acting outside the database: the claim, or why not."""
+        held = action_claims.take(self.engine, execution_id, self.holder, self.settings.action_claim_ttl_seconds)
+        if held is None:
+            return None, "another replica or delivery is already terminating it"
         with self.engine.connect() as conn:
             row = db.get_executions(conn, [execution_id]).get(execution_id)
         if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
-            action_claims.release(self.engine, execution_id, holder)
-            return "another writer changed the row first"
-        return None
+            return None, "another writer changed the row first"
+        return held, ""
 
-    async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
+    async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome] | None:
+        """Renew the claim's lease, then terminate; None when the claim is no longer ours."""
         try:
             async with self.agent_gate.turn(agent):
+                if not await anyio.to_thread.run_sync(action_claims.confirm, self.engine, execution_id, self.holder,
+                                                      self.settings.action_claim_ttl_seconds):
+                    return None
                 return await self.agents.terminate(agent, execution_id)
         except AgentBusy as exc:
             return AgentResult("timeout", detail=str(exc))
 
-    def _judge_terminate(self, v: Verdict, answer: AgentResult[TerminateOutcome], now: datetime) -> None:
+    def _judge_terminate(self, v: Verdict, answer: AgentResult[TerminateOutcome], now: datetime,
+                         predecessor_sent: bool = False) -> None:
         assert v.execution is not None
-        if answer.kind == "not_found":
+        gone = answer.kind == "not_found" or (answer.answered and answer.unwrap().status == "already_finished")
+        if gone and predecessor_sent:  # an earlier attempt's terminate, whose delivery then failed
+            v.error = texts.overdue_text(v.execution.runtime_seconds(now), v.execution.timeout_seconds)
+        elif answer.kind == "not_found":
             v.decide("skipped", "agent does not know it: left for the orphan path")
         elif not answer.answered:
             v.decide("retry", f"terminate not confirmed ({answer.kind}): {answer.detail}")
@@ -294,6 +334,38 @@ class Remediator:
         else:
             runtime = v.execution.runtime_seconds(now)
             v.error = texts.overdue_text(runtime, v.execution.timeout_seconds)
+            v.killed = True
+
+    async def _settle_claims(self, verdicts: list[Verdict]) -> None:
+        """End of a delivery: drop the claims of alerts that ended for good, release the others'
+        (retried: anyone may take over at once); what the database refuses now is owed."""
+        for v in verdicts:
+            execution_id, final = v.alert.execution_id, v.outcome not in ("retry", "breaker_open", UNDECIDED)
+            try:
+                await anyio.to_thread.run_sync(self._settle_claim, execution_id, final)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("action_claim_release_owed", execution_id=execution_id, error_type=type(exc).__name__)
+                self._owed[execution_id] = final
+            finally:
+                self._terminating.discard(execution_id)
+
+    def _settle_claim(self, execution_id: str, final: bool) -> None:
+        (action_claims.drop if final else action_claims.release)(self.engine, execution_id, self.holder)
+
+    async def settle_owed_claims(self) -> None:
+        """Release the claims an outage kept us from releasing (each delivery and sweep tries)."""
+        owed = {i: final for i, final in self._owed.items() if i not in self._terminating | self._settling}
+        if not owed:
+            return
+        self._settling |= owed.keys()  # a delivery arriving meanwhile is answered retry
+        try:
+            for execution_id, final in owed.items():
+                await anyio.to_thread.run_sync(self._settle_claim, execution_id, final)
+                del self._owed[execution_id]
+        except sa.exc.SQLAlchemyError as exc:
+            log.info("action_claim_release_still_owed", count=len(self._owed), error_type=type(exc).__name__)
+        finally:
+            self._settling -= owed.keys()
 
     def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """All together in one transaction; if the database refuses that, each alert on its own, so
@@ -318,9 +390,26 @@ class Remediator:
         return winners
 
     def _transition_together(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
-        """One transaction: each guarded update, and the outbox row of each one we won."""
+        """One transaction: each guarded update, and the outbox row of each one we won.
+
+        A failure before COMMIT rolled everything back and is raised. A failure of the COMMIT itself
+        (the connection lost while it was under way) leaves it unknown whether it happened: the
+        outcome is read back (:meth:`_after_lost_commit`) and recorded as it is.
+        """
+        try:
+            winners = self._transition_once(verdicts)
+        except LostCommit as lost:
+            winners = self._after_lost_commit(verdicts, lost)
+        for r in winners:
+            self.metrics.time_to_recovery.labels(r.action).observe(
+                max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
+            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
+        return winners
+
+    def _transition_once(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         winners = []
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
+            transaction = conn.begin()  # an error before the commit: closing the connection rolls back
             now = db.database_now(conn)
             for v in verdicts:
                 assert v.execution is not None
@@ -332,8 +421,11 @@ class Remediator:
                                               status=v.claim.status, guard="Trinity's claim guard")
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
-                killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
-                if won or killed:  # a kill whose exit report won the update is still ours
+                # A kill of ours whose exit report won the update is still ours, unless another
+                # attempt already recovered this run (it took our lapsed claim over).
+                killed = v.killed and not won and not audit.recovered_since(conn, v.execution.id,
+                                                                           v.execution.started_at)
+                if won or killed:
                     recovery = audit.Recovery(
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
                         action=CLAIM_RESULT if v.claim is not None else v.alert.remediation, reason=v.error,
@@ -347,11 +439,50 @@ class Remediator:
                     v.decide("lost_race", "another writer changed the row first")
             # Same transaction as the updates: a won transition always has its outbox row.
             audit.open_recoveries(conn, winners, self.settings.replica, self.settings.claim_ttl_seconds)
-        for r in winners:
-            self.metrics.time_to_recovery.labels(r.action).observe(
-                max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
-            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
+            try:
+                transaction.commit()
+            except sa.exc.DBAPIError as exc:
+                raise LostCommit(winners, exc) from exc
         return winners
+
+    def _after_lost_commit(self, verdicts: list[Verdict], lost: LostCommit) -> list[audit.Recovery]:
+        """Read back whether a commit whose reply was lost happened, retrying while the database is
+        away (up to ``commit_readback_seconds``). Our outbox rows were in the same transaction, so
+        they say it: all there, it committed (recorded as recovered, finished on the spot); none
+        there, it rolled back (the original error is raised: the alerts are retried); no answer in
+        time, the outcome stays unknown (retry; a committed outbox row is finished by the sweep)."""
+        if not lost.winners:  # it changed nothing either way: every decision stands
+            return []
+        deadline = time.monotonic() + self.settings.commit_readback_seconds
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    committed = audit.committed_recoveries(conn, lost.winners)
+                    table = schedule_executions
+                    rows = {r.id: r for r in conn.execute(
+                        sa.select(table.c.id, table.c.status, table.c.error, table.c.completed_at)
+                        .where(table.c.id.in_([r.execution_id for r in lost.winners])))}
+                break
+            except sa.exc.DBAPIError as exc:
+                if time.monotonic() >= deadline:
+                    log.error("commit_outcome_unknown", error_type=type(exc).__name__,
+                              executions=[r.execution_id for r in lost.winners][:20])
+                    for v in verdicts:
+                        if v.outcome == "recovered":
+                            v.decide("retry", "commit outcome unknown: the connection was lost during COMMIT "
+                                              "and the database did not answer the read-back")
+                    return []
+                time.sleep(0.5)
+        if not committed:
+            raise lost.error
+        log.warning("commit_reply_lost", committed=len(committed), error_type=type(lost.error).__name__)
+        for v in verdicts:
+            row = rows.get(v.alert.execution_id)
+            if v.outcome == "recovered" and row is not None:
+                v.decide("recovered", f"{v.reason}; the commit's reply was lost, read back: status={row.status!r}, "
+                                      f"completed_at={row.completed_at!r}, error written: "
+                                      f"{'yes' if row.error == v.error else 'no'}, outbox row present")
+        return lost.winners
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
 
@@ -389,6 +520,7 @@ class Remediator:
 
     async def finish_unfinished(self) -> int:
         """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
+        await self.settle_owed_claims()
         claimed = await anyio.to_thread.run_sync(
             lambda: audit.claim_unfinished(self.engine, self.settings.replica, utcnow(),
                                            self.settings.claim_ttl_seconds))
