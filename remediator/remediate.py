@@ -54,6 +54,7 @@ from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
 
 log = structlog.get_logger("exec_watchdog.remediator")
+CHANGED_FIRST = "another writer changed the row first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +284,10 @@ class Remediator:
         try:
             held, refused = await anyio.to_thread.run_sync(self._claim_action, execution_id)
             if held is None:
-                v.held = refused == "another writer changed the row first"  # ours, to drop
-                if not v.held:
+                v.held = refused == CHANGED_FIRST  # ours, to drop
+                if not v.held:  # held elsewhere: retried until its holder finishes or its lease lapses
                     self._terminating.discard(execution_id)
-                return v.decide("lost_race", refused)
+                return v.decide("lost_race" if v.held else "retry", refused)
             answer, took = await timed(self._terminate_on_agent(v.alert.agent, execution_id))
         except sa.exc.DBAPIError as exc:  # this alert's retry; the claim (if taken) is released later
             return v.decide("retry", f"database unavailable: {type(exc).__name__}")
@@ -301,11 +302,11 @@ class Remediator:
         """Claim the execution before acting outside the database: the claim, or why not."""
         held = action_claims.take(self.engine, execution_id, self.holder, self.settings.action_claim_ttl_seconds)
         if held is None:
-            return None, "another replica or delivery is already terminating it"
+            return None, "another replica holds the action claim: retried until it finishes or its lease lapses"
         with self.engine.connect() as conn:
             row = db.get_executions(conn, [execution_id]).get(execution_id)
         if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
-            return None, "another writer changed the row first"
+            return None, CHANGED_FIRST
         return held, ""
 
     async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome] | None:

@@ -8,7 +8,6 @@ import contextlib
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import threading
@@ -256,8 +255,9 @@ class TcpRelay:
 
 
 def _hard_close(sock: socket.socket) -> None:
-    """Close with a reset, as a vanished path does: the peer's next read fails at once."""
+    """Cut the connection: the peer's next read fails at once. ``shutdown`` first, as a thread may be
+    blocked reading this socket (a bare close would leave the connection open until it returns)."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
