@@ -23,10 +23,13 @@ send SIGINT. Whoever holds the claim terminates; the others stand back. The rule
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+import anyio.to_thread
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
 from exec_watchdog.platform_access.database import database_now
@@ -43,6 +46,7 @@ action_claims = sa.Table(
 )
 
 EXPIRED = "0000"  # sorts before every real timestamp
+log = structlog.get_logger("exec_watchdog.remediator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +99,65 @@ def drop(engine: sa.Engine, execution_id: str, holder: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.delete(action_claims).where(action_claims.c.execution_id == execution_id,
                                                     action_claims.c.holder == holder))
+
+
+class Keeper:
+    """One remediator process's side of the claims: its holder id, the executions its deliveries
+    hold right now (two deliveries here never act on one execution at once), and the releases the
+    database refused (each later delivery and sweep tries them again)."""
+
+    def __init__(self, engine: sa.Engine, replica: str, ttl_seconds: float) -> None:
+        self.engine, self.ttl_seconds = engine, ttl_seconds
+        self.holder = f"{replica}:{uuid.uuid4().hex[:12]}"
+        self._held: set[str] = set()
+        self._owed: dict[str, bool] = {}  # execution id -> its delivery ended for good (drop, not release)
+        self._settling: set[str] = set()  # owed claims being released right now
+
+    def enter(self, execution_id: str) -> str | None:
+        """Mark the execution as this delivery's; None when done, else the outcome to decide."""
+        if execution_id in self._settling:
+            return "retry"
+        if execution_id in self._held:
+            return "lost_race"
+        self._held.add(execution_id)
+        return None
+
+    def leave(self, execution_id: str) -> None:
+        """The delivery will not settle the claim: it never took it in the database."""
+        self._held.discard(execution_id)
+
+    def take(self, execution_id: str) -> Held | None:
+        return take(self.engine, execution_id, self.holder, self.ttl_seconds)
+
+    def confirm(self, execution_id: str) -> bool:
+        return confirm(self.engine, execution_id, self.holder, self.ttl_seconds)
+
+    async def settle(self, execution_id: str, final: bool) -> None:
+        """End of the delivery: drop the claim (ended for good) or release it (retried); what the
+        database refuses now is owed."""
+        try:
+            await anyio.to_thread.run_sync(self._settle, execution_id, final)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("action_claim_release_owed", execution_id=execution_id, error_type=type(exc).__name__)
+            self._owed[execution_id] = final
+        finally:
+            self._held.discard(execution_id)
+
+    async def settle_owed(self) -> None:
+        """Release the claims an outage kept us from releasing; a delivery for one of them arriving
+        meanwhile is answered retry."""
+        owed = {i: final for i, final in self._owed.items() if i not in self._held | self._settling}
+        if not owed:
+            return
+        self._settling |= owed.keys()
+        try:
+            for execution_id, final in owed.items():
+                await anyio.to_thread.run_sync(self._settle, execution_id, final)
+                del self._owed[execution_id]
+        except sa.exc.SQLAlchemyError as exc:
+            log.info("action_claim_release_still_owed", count=len(self._owed), error_type=type(exc).__name__)
+        finally:
+            self._settling -= owed.keys()
+
+    def _settle(self, execution_id: str, final: bool) -> None:
+        (drop if final else release)(self.engine, execution_id, self.holder)

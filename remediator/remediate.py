@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,7 +39,6 @@ from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
 from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
-from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import action_claims, audit, claim, texts
@@ -48,6 +46,7 @@ from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
+from exec_watchdog.remediator.lost_commit import LostCommit, read_back
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
@@ -95,14 +94,6 @@ class Verdict:
         return self.outcome == UNDECIDED
 
 
-class LostCommit(Exception):
-    """The connection failed during COMMIT: the transaction may or may not have happened."""
-
-    def __init__(self, winners: list[audit.Recovery], error: sa.exc.DBAPIError) -> None:
-        super().__init__(str(error))
-        self.winners, self.error = winners, error
-
-
 @dataclass(slots=True)
 class BatchResult:
     verdicts: list[Verdict] = field(default_factory=list)
@@ -134,10 +125,7 @@ class Remediator:
         self.agent_gate = AgentGate(settings.agent_concurrency, settings.agent_calls_per_agent,
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
-        self.holder = f"{settings.replica}:{uuid.uuid4().hex[:12]}"  # one per process (action_claims.py)
-        self._terminating: set[str] = set()  # executions whose action claim a delivery here holds
-        self._owed: dict[str, bool] = {}  # claims whose release the database refused: id -> ended for good
-        self._settling: set[str] = set()  # owed claims being released right now
+        self.claims = action_claims.Keeper(engine, settings.replica, settings.action_claim_ttl_seconds)
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
@@ -146,7 +134,7 @@ class Remediator:
             result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
             actionable = [v for v in result.verdicts if self._screen(v)]
             if actionable:
-                await self.settle_owed_claims()
+                await self.claims.settle_owed()
                 try:
                     result.unfinished = not await self._act(actionable)
                 except sa.exc.DBAPIError as exc:
@@ -155,7 +143,10 @@ class Remediator:
                             v.decide("retry", f"database unavailable: {type(exc).__name__}")
                 finally:
                     self._refund(actionable)
-                    await self._settle_claims([v for v in actionable if v.held])
+                    for v in actionable:
+                        if v.held:
+                            await self.claims.settle(v.alert.execution_id,
+                                                     final=v.outcome not in ("retry", "breaker_open", UNDECIDED))
             try:
                 await self._record(result.verdicts)
             except sa.exc.SQLAlchemyError as exc:  # the actions stand; the audit row is owed: retry
@@ -275,18 +266,18 @@ class Remediator:
 
     async def _terminate(self, v: Verdict, now: datetime) -> None:
         execution_id = v.alert.execution_id
-        if execution_id in self._settling:
+        busy = self.claims.enter(execution_id)
+        if busy == "retry":
             return v.decide("retry", "this replica is releasing the action claim an outage left behind")
-        if execution_id in self._terminating:
+        if busy == "lost_race":
             return v.decide("lost_race", "another delivery on this replica is already terminating it")
-        self._terminating.add(execution_id)
         v.held = True  # in this process from here on; in the database once take() answers
         try:
             held, refused = await anyio.to_thread.run_sync(self._claim_action, execution_id)
             if held is None:
                 v.held = refused == CHANGED_FIRST  # ours, to drop
                 if not v.held:  # held elsewhere: retried until its holder finishes or its lease lapses
-                    self._terminating.discard(execution_id)
+                    self.claims.leave(execution_id)
                 return v.decide("lost_race" if v.held else "retry", refused)
             answer, took = await timed(self._terminate_on_agent(v.alert.agent, execution_id))
         except sa.exc.DBAPIError as exc:  # this alert's retry; the claim (if taken) is released later
@@ -300,7 +291,7 @@ class Remediator:
 
     def _claim_action(self, execution_id: str) -> tuple[action_claims.Held | None, str]:
         """Claim the execution before acting outside the database: the claim, or why not."""
-        held = action_claims.take(self.engine, execution_id, self.holder, self.settings.action_claim_ttl_seconds)
+        held = self.claims.take(execution_id)
         if held is None:
             return None, "another replica holds the action claim: retried until it finishes or its lease lapses"
         with self.engine.connect() as conn:
@@ -313,8 +304,7 @@ class Remediator:
         """Renew the claim's lease, then terminate; None when the claim is no longer ours."""
         try:
             async with self.agent_gate.turn(agent):
-                if not await anyio.to_thread.run_sync(action_claims.confirm, self.engine, execution_id, self.holder,
-                                                      self.settings.action_claim_ttl_seconds):
+                if not await anyio.to_thread.run_sync(self.claims.confirm, execution_id):
                     return None
                 return await self.agents.terminate(agent, execution_id)
         except AgentBusy as exc:
@@ -336,37 +326,6 @@ class Remediator:
             runtime = v.execution.runtime_seconds(now)
             v.error = texts.overdue_text(runtime, v.execution.timeout_seconds)
             v.killed = True
-
-    async def _settle_claims(self, verdicts: list[Verdict]) -> None:
-        """End of a delivery: drop the claims of alerts that ended for good, release the others'
-        (retried: anyone may take over at once); what the database refuses now is owed."""
-        for v in verdicts:
-            execution_id, final = v.alert.execution_id, v.outcome not in ("retry", "breaker_open", UNDECIDED)
-            try:
-                await anyio.to_thread.run_sync(self._settle_claim, execution_id, final)
-            except sa.exc.SQLAlchemyError as exc:
-                log.warning("action_claim_release_owed", execution_id=execution_id, error_type=type(exc).__name__)
-                self._owed[execution_id] = final
-            finally:
-                self._terminating.discard(execution_id)
-
-    def _settle_claim(self, execution_id: str, final: bool) -> None:
-        (action_claims.drop if final else action_claims.release)(self.engine, execution_id, self.holder)
-
-    async def settle_owed_claims(self) -> None:
-        """Release the claims an outage kept us from releasing (each delivery and sweep tries)."""
-        owed = {i: final for i, final in self._owed.items() if i not in self._terminating | self._settling}
-        if not owed:
-            return
-        self._settling |= owed.keys()  # a delivery arriving meanwhile is answered retry
-        try:
-            for execution_id, final in owed.items():
-                await anyio.to_thread.run_sync(self._settle_claim, execution_id, final)
-                del self._owed[execution_id]
-        except sa.exc.SQLAlchemyError as exc:
-            log.info("action_claim_release_still_owed", count=len(self._owed), error_type=type(exc).__name__)
-        finally:
-            self._settling -= owed.keys()
 
     def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """All together in one transaction; if the database refuses that, each alert on its own, so
@@ -447,42 +406,27 @@ class Remediator:
         return winners
 
     def _after_lost_commit(self, verdicts: list[Verdict], lost: LostCommit) -> list[audit.Recovery]:
-        """Read back whether a commit whose reply was lost happened, retrying while the database is
-        away (up to ``commit_readback_seconds``). Our outbox rows were in the same transaction, so
-        they say it: all there, it committed (recorded as recovered, finished on the spot); none
-        there, it rolled back (the original error is raised: the alerts are retried); no answer in
-        time, the outcome stays unknown (retry; a committed outbox row is finished by the sweep)."""
+        """Record what a commit whose reply was lost did (``remediator/lost_commit.py``): committed,
+        the decisions stand and the recoveries are finished on the spot; rolled back, the original
+        error is raised (the alerts are retried); no answer in time, ``retry`` (a committed outbox
+        row is then finished by the sweep)."""
         if not lost.winners:  # it changed nothing either way: every decision stands
             return []
-        deadline = time.monotonic() + self.settings.commit_readback_seconds
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    committed = audit.committed_recoveries(conn, lost.winners)
-                    table = schedule_executions
-                    rows = {r.id: r for r in conn.execute(
-                        sa.select(table.c.id, table.c.status, table.c.error, table.c.completed_at)
-                        .where(table.c.id.in_([r.execution_id for r in lost.winners])))}
-                break
-            except sa.exc.DBAPIError as exc:
-                if time.monotonic() >= deadline:
-                    log.error("commit_outcome_unknown", error_type=type(exc).__name__,
-                              executions=[r.execution_id for r in lost.winners][:20])
-                    for v in verdicts:
-                        if v.outcome == "recovered":
-                            v.decide("retry", "commit outcome unknown: the connection was lost during COMMIT "
-                                              "and the database did not answer the read-back")
-                    return []
-                time.sleep(0.5)
-        if not committed:
+        found = read_back(self.engine, lost.winners, self.settings.commit_readback_seconds)
+        if found is None:
+            log.error("commit_outcome_unknown", executions=[r.execution_id for r in lost.winners][:20])
+            for v in verdicts:
+                if v.outcome == "recovered":
+                    v.decide("retry", "commit outcome unknown: the connection was lost during COMMIT "
+                                      "and the database did not answer the read-back")
+            return []
+        if not found.committed:
             raise lost.error
-        log.warning("commit_reply_lost", committed=len(committed), error_type=type(lost.error).__name__)
+        log.warning("commit_reply_lost", committed=len(lost.winners), error_type=type(lost.error).__name__)
         for v in verdicts:
-            row = rows.get(v.alert.execution_id)
-            if v.outcome == "recovered" and row is not None:
-                v.decide("recovered", f"{v.reason}; the commit's reply was lost, read back: status={row.status!r}, "
-                                      f"completed_at={row.completed_at!r}, error written: "
-                                      f"{'yes' if row.error == v.error else 'no'}, outbox row present")
+            if v.outcome == "recovered":
+                wrote = (v.claim.error or "") if v.claim is not None else v.error
+                v.decide("recovered", f"{v.reason}; {found.describe(v.alert.execution_id, wrote)}")
         return lost.winners
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
@@ -521,7 +465,7 @@ class Remediator:
 
     async def finish_unfinished(self) -> int:
         """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
-        await self.settle_owed_claims()
+        await self.claims.settle_owed()
         claimed = await anyio.to_thread.run_sync(
             lambda: audit.claim_unfinished(self.engine, self.settings.replica, utcnow(),
                                            self.settings.claim_ttl_seconds))
