@@ -190,8 +190,8 @@ async def test_a_claim_left_by_a_replica_that_died_before_its_terminate_blocks_o
         database_url: str, redis_url: str, redis_client: object, agents: AgentServer) -> None:
     """A replica took the claim and died before sending the terminate: deliveries are answered 503
     while its lease runs (Alertmanager retries), then the run is terminated once and recovered."""
-    lease = 3.0
-    async with remediator(database_url, redis_url, agents, replica="r1", action_claim_ttl_seconds=lease,
+    lease = 4.0  # the shortest the app allows with a 2 s terminate deadline (app._with_claim_lease)
+    async with remediator(database_url, redis_url, agents, replica="r1", action_claim_ttl_seconds=1.0,
                           agent_terminate_timeout=2.0) as h:
         with h.engine.begin() as conn:
             insert_agent(conn, "a1", timeout_seconds=60)
