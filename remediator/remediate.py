@@ -85,6 +85,7 @@ class Verdict:
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
     held: bool = False  # holds the action claim (remediator/action_claims.py) until the delivery ends
     killed: bool = False  # this attempt's own terminate was confirmed: its kill is ours even if the exit report wins
+    note: str = ""  # appended to a recovered decision's reason
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -316,6 +317,8 @@ class Remediator:
         gone = answer.kind == "not_found" or (answer.answered and answer.unwrap().status == "already_finished")
         if gone and predecessor_sent:  # an earlier attempt's terminate, whose delivery then failed
             v.error = texts.overdue_text(v.execution.runtime_seconds(now), v.execution.timeout_seconds)
+            v.note = (f"the agent answered {answer.kind if answer.kind == 'not_found' else 'already_finished'}: "
+                      "terminated by an earlier attempt whose delivery failed")
         elif answer.kind == "not_found":
             v.decide("skipped", "agent does not know it: left for the orphan path")
         elif not answer.answered:
@@ -393,8 +396,9 @@ class Remediator:
                         runtime_seconds=v.execution.runtime_seconds(now), alert_started_at=v.alert.starts_at,
                         recovered_at=now)
                     winners.append(recovery)
-                    v.decide("recovered", v.error if won else
-                             f"{v.error}; the platform recorded the exit of our kill first")
+                    v.decide("recovered", (v.error if won else
+                                           f"{v.error}; the platform recorded the exit of our kill first")
+                             + (f"; {v.note}" if v.note else ""))
                 else:
                     v.decide("lost_race", "another writer changed the row first")
             # Same transaction as the updates: a won transition always has its outbox row.

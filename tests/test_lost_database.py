@@ -153,6 +153,10 @@ async def test_a_lost_connection_delays_each_recovery_by_the_outage_only(
               f"median {statistics.median(delays.values()):.1f} s (outage {OUTAGE:g} s)")
         assert max(delays.values()) <= AFTER_FAULT, delays
         assert_each_recovered_once(pair, agents, overdue, orphans)
+        if fault == "after_kill":  # the retry took the claim over and made the transition, no second SIGINT
+            for execution_id in overdue:
+                recovered = [r for o, r in pair.decisions(execution_id) if o == "recovered"]
+                assert "terminated by an earlier attempt whose delivery failed" in recovered[0]
 
 
 async def test_a_transition_whose_commit_reply_is_lost_is_read_back_and_recorded_as_recovered(
