@@ -65,11 +65,13 @@ class Pair:
                 sa.select(audit.decisions.c.outcome, audit.decisions.c.reason)
                 .where(audit.decisions.c.execution_id == execution_id).order_by(audit.decisions.c.id))]
 
-    async def deliver(self, body: dict[str, Any], first: int, deadline: float) -> list[int]:
-        """One Alertmanager of the pair: deliver, retry each 5xx on the other replica."""
-        codes, turn = [], first
+    async def deliver(self, body: dict[str, Any], first: int, deadline: float, then: int | None = None) -> list[int]:
+        """One Alertmanager of the pair: deliver, retry each 5xx on the other replica (or always on
+        replica ``then``)."""
+        codes: list[int] = []
+        turn = first
         while True:
-            response = await self.replicas[turn % 2].post(body)
+            response = await self.replicas[turn % 2 if then is None or not codes else then].post(body)
             codes.append(response.status_code)
             if response.status_code < 500:
                 return codes
@@ -235,3 +237,29 @@ def test_claim_rules_reentry_release_and_an_earlier_terminate(engine: sa.Engine)
     assert action_claims.take(engine, "e1", "r1:a", 60) == action_claims.Held(False)
     assert action_claims.take(engine, "e2", "r1:a", -1) == action_claims.Held(False)  # already lapsed
     assert action_claims.take(engine, "e2", "r2:b", 60) == action_claims.Held(False)
+
+
+async def test_a_retry_on_the_other_replica_takes_over_the_claim_the_first_could_not_release(
+        postgres_url: str, redis_url: str, redis_client: object, agents: AgentServer) -> None:
+    """Replica r1 kills an overdue run, then loses the database before its transition; every retry
+    goes to r2 only. r1 releases its claim as soon as the database answers it again (its sweeper),
+    so r2 makes the transition within a sweep interval of the fault's end, without a second SIGINT."""
+    async with behind_relay(postgres_url, redis_url, agents, sweep_interval_seconds=2.0) as pair:
+        overdue = ids("over", 2)
+        pair.add_runs("a1", overdue, age_seconds=125)
+        for execution_id in overdue:
+            await agents.registry("a1").start(execution_id, 600)
+        body = notification(*(alert(e, "a1", "terminate_overdue") for e in overdue))
+        pair.relay.lose_reply_after(*FAULTS["after_kill"], OUTAGE)
+
+        codes = await pair.deliver(body, 0, time.monotonic() + OUTAGE + 20, then=1)
+        await asyncio.sleep(0.5)
+
+        assert pair.relay.restarted_at is not None and codes[0] == 503 and codes[-1] == 200, codes
+        delays = [pair.announcements.first_seen[e] - pair.relay.restarted_at for e in overdue]
+        print(f"\nretries on the other replica only: recovered {max(delays):.1f} s after the database came back")
+        assert max(delays) <= 2.0 + 2 * RETRY_EVERY + 1, delays
+        for execution_id in overdue:
+            assert [o for o, _ in pair.decisions(execution_id) if o == "recovered"] == ["recovered"]
+            assert pair.count(audit.decisions, execution_id, outcome="recovered", replica="r2") == 1
+        assert_each_recovered_once(pair, agents, overdue, [])
