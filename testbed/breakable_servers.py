@@ -236,7 +236,9 @@ class TcpRelay:
             if lose:
                 self.fired_at = time.monotonic()
                 self.stop()
-                threading.Timer(lose[0], self._restart).start()
+                timer = threading.Timer(lose[0], self._restart)
+                timer.daemon = True
+                timer.start()
                 return None
             try:
                 client.sendall(data)
