@@ -30,8 +30,13 @@ class LostCommit(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReadBack:
-    committed: bool
+    committed_ids: set[str]  # the executions whose outbox row is there
     rows: dict[str, Any]  # execution id -> (id, status, error, completed_at) as the database has it now
+
+    @property
+    def committed(self) -> bool:
+        """For one transaction's recoveries: its outbox rows are all there or none is."""
+        return bool(self.committed_ids)
 
     def describe(self, execution_id: str, error: str) -> str:
         row = self.rows.get(execution_id)
@@ -53,8 +58,7 @@ def read_back(engine: sa.Engine, winners: list[audit.Recovery], within_seconds: 
                 rows = {row.id: row for row in conn.execute(
                     sa.select(table.c.id, table.c.status, table.c.error, table.c.completed_at)
                     .where(table.c.id.in_([r.execution_id for r in winners])))}
-            # One transaction: its outbox rows are all there or none is.
-            return ReadBack(committed=bool(committed), rows=rows)
+            return ReadBack(committed_ids=committed, rows=rows)
         except sa.exc.DBAPIError:
             if time.monotonic() >= deadline:
                 return None

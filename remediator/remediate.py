@@ -17,6 +17,7 @@ outcome, written to the audit trail:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ class Remediator:
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
         self.claims = action_claims.Keeper(engine, settings.replica, settings.action_claim_ttl_seconds)
+        self._unknown_commits: list[tuple[audit.Recovery, Alert]] = []  # lost COMMIT replies not read back yet
+        self._unknown_lock = threading.Lock()  # appended to from a worker thread
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
 
@@ -136,6 +139,7 @@ class Remediator:
             actionable = [v for v in result.verdicts if self._screen(v)]
             if actionable:
                 await self.claims.settle_owed()
+                await self.settle_unknown_commits()
                 try:
                     result.unfinished = not await self._act(actionable)
                 except sa.exc.DBAPIError as exc:
@@ -417,8 +421,11 @@ class Remediator:
         if not lost.winners:  # it changed nothing either way: every decision stands
             return []
         found = read_back(self.engine, lost.winners, self.settings.commit_readback_seconds)
-        if found is None:
+        if found is None:  # read back again by each later delivery and sweep (settle_unknown_commits)
             log.error("commit_outcome_unknown", executions=[r.execution_id for r in lost.winners][:20])
+            alerts = {v.alert.execution_id: v.alert for v in verdicts}
+            with self._unknown_lock:
+                self._unknown_commits.extend((r, alerts[r.execution_id]) for r in lost.winners)
             for v in verdicts:
                 if v.outcome == "recovered":
                     v.decide("retry", "commit outcome unknown: the connection was lost during COMMIT "
@@ -467,9 +474,38 @@ class Remediator:
                                 audit.recoveries.c.claimed_by == self.settings.replica)
                          .values(claim_expires_at="0000"))  # sorts before every real timestamp: expired
 
+    async def settle_unknown_commits(self) -> None:
+        """Read back the commits whose outcome an outage hid: those committed are recorded as
+        ``recovered`` and finished now (this replica holds their outbox claim); the others rolled
+        back and are forgotten (their alerts were answered retry)."""
+        with self._unknown_lock:  # taken out while being read back: one caller settles each
+            pending, self._unknown_commits = self._unknown_commits, []
+        if not pending:
+            return
+        found = await anyio.to_thread.run_sync(read_back, self.engine, [r for r, _ in pending], 0.0)
+        if found is None:
+            with self._unknown_lock:
+                self._unknown_commits[:0] = pending
+            return
+        committed = [(r, a) for r, a in pending if r.execution_id in found.committed_ids]
+        if not committed:
+            return
+        log.warning("commit_reply_lost_read_back_later", committed=len(committed))
+        verdicts = []
+        for recovery, alert in committed:
+            v = Verdict(alert, outcome="recovered")
+            v.reason = f"{recovery.reason}; {found.describe(recovery.execution_id, recovery.reason)} (read back later)"
+            verdicts.append(v)
+        try:
+            await self._record(verdicts)
+            await self.finish([r for r, _ in committed])
+        except Exception as exc:  # the outbox rows stay open: the sweep finishes them
+            log.warning("unknown_commit_settle_failed", error_type=type(exc).__name__)
+
     async def finish_unfinished(self) -> int:
         """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
         await self.claims.settle_owed()
+        await self.settle_unknown_commits()
         claimed = await anyio.to_thread.run_sync(
             lambda: audit.claim_unfinished(self.engine, self.settings.replica, utcnow(),
                                            self.settings.claim_ttl_seconds))

@@ -263,3 +263,35 @@ async def test_a_retry_on_the_other_replica_takes_over_the_claim_the_first_could
             assert [o for o, _ in pair.decisions(execution_id) if o == "recovered"] == ["recovered"]
             assert pair.count(audit.decisions, execution_id, outcome="recovered", replica="r2") == 1
         assert_each_recovered_once(pair, agents, overdue, [])
+
+
+async def test_a_lost_commit_the_database_does_not_answer_for_is_retried_and_finished_once(
+        postgres_url: str, redis_url: str, redis_client: object, agents: AgentServer) -> None:
+    """The commit's reply is lost and the database stays away longer than the read-back window
+    (1 s here): the delivery answers 503 saying the outcome is unknown; once the database is back
+    the replica reads it back, records "recovered" and announces (once, without waiting for the
+    outbox claim to expire), and the retry changes nothing."""
+    async with behind_relay(postgres_url, redis_url, agents, replicas=1, commit_readback_seconds=1.0,
+                            sweep_interval_seconds=1.0) as pair:
+        orphans = ids("orphan", 1)
+        pair.add_runs("a2", orphans, age_seconds=120)
+        body = notification(alert(orphans[0], "a2"))
+        pair.relay.lose_reply_after(b"COMMIT", b"UPDATE schedule_executions", OUTAGE)
+
+        response = await pair.replicas[0].post(body)
+
+        assert response.status_code == 503, response.text
+        assert "commit outcome unknown" in response.json()["alerts"][0]["reason"]
+        while (response := await pair.replicas[0].post(body)).status_code == 503:
+            await asyncio.sleep(RETRY_EVERY)
+        back = time.monotonic()
+        assert response.json()["alerts"][0]["outcome"] == "skipped"  # it had committed
+        outcomes = [o for o, _ in pair.decisions(orphans[0])]
+        # (the 503s could not be written to the audit trail: the database was away)
+        assert outcomes == ["recovered", "skipped"], outcomes
+        assert "(read back later)" in pair.decisions(orphans[0])[0][1]
+        await asyncio.sleep(1.0)  # a late duplicate would show now
+        assert pair.announcements.count(orphans[0]) == 1
+        assert pair.announcements.first_seen[orphans[0]] <= back + 1.0  # not the outbox claim's 30 s later
+        assert pair.count(audit.recoveries, orphans[0]) == 1
+        assert pair.replicas[0].slots.held("a2") == set()
