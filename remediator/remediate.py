@@ -416,8 +416,8 @@ class Remediator:
     def _after_lost_commit(self, verdicts: list[Verdict], lost: LostCommit) -> list[audit.Recovery]:
         """Record what a commit whose reply was lost did (``remediator/lost_commit.py``): committed,
         the decisions stand and the recoveries are finished on the spot; rolled back, the original
-        error is raised (the alerts are retried); no answer in time, ``retry`` (a committed outbox
-        row is then finished by the sweep)."""
+        error is raised (the alerts are retried); no answer in time, ``retry``, and
+        :meth:`settle_unknown_commits` reads it back at the next delivery or sweep."""
         if not lost.winners:  # it changed nothing either way: every decision stands
             return []
         found = read_back(self.engine, lost.winners, self.settings.commit_readback_seconds)
