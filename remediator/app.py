@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -115,7 +116,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         await anyio.to_thread.run_sync(require_store_for, config.redis_url, engine)
         remediator = Remediator(engine, open_slot_store(config.redis_url, engine), agents,
                                 Announcer(hub, announce_redis, config.announce_channel, config.external_url), breaker,
-                                silences, metrics, config.settings,
+                                silences, metrics, _with_claim_lease(config),
                                 inflight=open_inflight_store(config.redis_url, engine))
         # Every secret this process holds; the agent client adds each agent's derived token.
         redaction.PROCESS.add(config.agent_secret, config.credentials.bearer_token,
@@ -154,6 +155,18 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ])
+
+
+def _with_claim_lease(config: Config) -> Settings:
+    """The action claim's lease never shorter than the terminate call it guards, plus a margin:
+    a lapsed lease must mean its holder's terminate is over (remediator/action_claims.py)."""
+    floor = config.agent_terminate_timeout + CLAIM_LEASE_MARGIN_SECONDS
+    settings = config.settings
+    return settings if settings.action_claim_ttl_seconds >= floor else \
+        dataclasses.replace(settings, action_claim_ttl_seconds=floor)
+
+
+CLAIM_LEASE_MARGIN_SECONDS = 2.0
 
 
 async def _sweep(remediator: Remediator, engine: sa.Engine, metrics: RemediatorMetrics, interval: float) -> None:

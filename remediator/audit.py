@@ -109,16 +109,20 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 # Columns added to existing tables since their first version: (table, column, SQL type).
-_ADDED_COLUMNS = ((decisions, "evidence", "TEXT"), (recoveries, "detected_at", "TEXT"))
+_ADDED_COLUMNS = (
+    ("watchdog_decisions", "evidence", "TEXT"),
+    ("watchdog_recoveries", "detected_at", "TEXT"),  # remediator/detection.py
+    ("watchdog_action_claims", "terminate_sent_at", "TEXT"),  # remediator/action_claims.py
+)
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
     """Bring tables an earlier version created up to date. A replica adding the same column at the
     same moment makes this ALTER fail; create_tables' retry then finds the column there."""
     for table, column, sql_type in _ADDED_COLUMNS:
-        if column not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+        if table in audit_metadata.tables and column not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
             with engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} {sql_type}"))
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
 def record(conn: sa.Connection, items: list[Decision], replica: str, now: datetime) -> None:
@@ -143,6 +147,22 @@ def open_recoveries(conn: sa.Connection, items: list[Recovery], replica: str, cl
             "claim_expires_at": format_utc(r.recovered_at + timedelta(seconds=claim_ttl)),
             "detected_at": format_utc(r.detected_at) if r.detected_at else None,
         } for r in items])
+
+
+def recovered_since(conn: sa.Connection, execution_id: str, since: datetime) -> bool:
+    """Whether the execution already has a recovery at or after ``since`` (its run's start)."""
+    return conn.execute(sa.select(recoveries.c.execution_id).where(
+        recoveries.c.execution_id == execution_id, recoveries.c.recovered_at >= format_utc(since)).limit(1)).first() \
+        is not None
+
+
+def committed_recoveries(conn: sa.Connection, items: list[Recovery]) -> set[str]:
+    """Which of these outbox rows exist (read back after a commit whose reply was lost)."""
+    if not items:
+        return set()
+    keys = [sa.and_(recoveries.c.execution_id == r.execution_id,
+                    recoveries.c.recovered_at == format_utc(r.recovered_at)) for r in items]
+    return {row[0] for row in conn.execute(sa.select(recoveries.c.execution_id).where(sa.or_(*keys)))}
 
 
 def claim_unfinished(engine: sa.Engine, replica: str, now: datetime, claim_ttl: float,

@@ -20,6 +20,7 @@ failure texts, recovery rows) goes through the process's redactor (``common/reda
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -59,6 +60,7 @@ from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMon
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
 from exec_watchdog.remediator.fleet import FleetGuard
 from exec_watchdog.remediator.isolation import alone, each, together
+from exec_watchdog.remediator.lost_commit import LostCommit, read_back
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
@@ -67,6 +69,7 @@ from exec_watchdog.remediator.slot_reclaim import SlotCheck
 from exec_watchdog.remediator.stale import SweepCheck, Windows
 
 log = structlog.get_logger("exec_watchdog.remediator")
+CHANGED_FIRST = "another writer changed the row first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,10 @@ class Settings:
     agent_concurrency: int = 50
     agent_calls_per_agent: int = 4  # so one slow agent cannot take every call slot
     agent_wait_seconds: float = 10.0  # longest wait for a turn to call an agent
-    action_claim_ttl_seconds: float = 60.0  # outlasts a terminate (deadline + grace) and the transition
+    # The action claim's lease, renewed right before the terminate is sent: it must outlast the agent
+    # call (--agent-terminate-timeout, 15 s) so a lapsed lease means no terminate is still on its way.
+    action_claim_ttl_seconds: float = 20.0
+    commit_readback_seconds: float = 10.0  # after a lost COMMIT reply: how long to try reading back what happened
     claim_defer_seconds: float = claim.CLAIM_DEFER_SECONDS
     inflight_max_age_seconds: float = inflight_markers.DEFAULT_MAX_AGE_SECONDS
     backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
@@ -103,6 +109,9 @@ class Verdict:
     queued_at: str | None = None  # expire_backlog: the queued_at verified, guarded on by the write
     activity: activities.Activity | None = None  # fail_stale_activity: the activity verified (no execution)
     retained_at: datetime | None = None  # when the agent kept the result a claim takes
+    held: bool = False  # holds the action claim (remediator/action_claims.py) until the delivery ends
+    killed: bool = False  # this attempt's own terminate was confirmed: its kill is ours even if the exit report wins
+    note: str = ""  # appended to a recovered decision's reason
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -148,6 +157,9 @@ class Remediator:
                                     settings.agent_wait_seconds)
         self.progress = ProgressMonitor()
         self._has_close_tables: bool | None = None
+        self.claims = action_claims.Keeper(engine, settings.replica, settings.action_claim_ttl_seconds)
+        self._unknown_commits: list[tuple[audit.Recovery, Alert]] = []  # lost COMMIT replies not read back yet
+        self._unknown_lock = threading.Lock()  # appended to from a worker thread
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
         self.slot_check = SlotCheck(engine, slots, agents, self.agent_gate, inflight)
@@ -159,6 +171,8 @@ class Remediator:
             result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
             actionable = [v for v in result.verdicts if self._screened(v)]
             if actionable:
+                await self.claims.settle_owed()
+                await self.settle_unknown_commits()
                 try:
                     result.unfinished = not await self._act(actionable)
                 except sa.exc.DBAPIError as exc:
@@ -172,6 +186,10 @@ class Remediator:
                             v.decide("retry", f"remediation failed ({type(exc).__name__}): retried")
                 finally:
                     self._refund(actionable)
+                    for v in actionable:
+                        if v.held:
+                            await self.claims.settle(v.alert.execution_id,
+                                                     final=v.outcome not in ("retry", "breaker_open", UNDECIDED))
             try:
                 await self._record(result.verdicts)
             except Exception as exc:  # the actions stand; the audit row is owed: retry
@@ -358,16 +376,28 @@ class Remediator:
             v.reserved = True
 
     async def _terminate(self, v: Verdict, now: datetime) -> None:
-        assert v.execution is not None
-        holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
-        refused = await anyio.to_thread.run_sync(self._claim_action, v.alert.execution_id, holder)
-        if refused is not None:
-            return v.decide("lost_race", refused)
-        answer, took = await timed(self._terminate_on_agent(v.alert.agent, v.alert.execution_id))
+        execution_id = v.alert.execution_id
+        busy = self.claims.enter(execution_id)
+        if busy == "retry":
+            return v.decide("retry", "this replica is releasing the action claim an outage left behind")
+        if busy == "lost_race":
+            return v.decide("lost_race", "another delivery on this replica is already terminating it")
+        v.held = True  # in this process from here on; in the database once take() answers
+        try:
+            held, refused = await anyio.to_thread.run_sync(self._claim_action, execution_id)
+            if held is None:
+                v.held = refused == CHANGED_FIRST  # ours, to drop
+                if not v.held:  # held elsewhere: retried until its holder finishes or its lease lapses
+                    self.claims.leave(execution_id)
+                return v.decide("lost_race" if v.held else "retry", refused)
+            answer, took = await timed(self._terminate_on_agent(v.alert.agent, execution_id))
+        except sa.exc.DBAPIError as exc:  # this alert's retry; the claim (if taken) is released later
+            return v.decide("retry", f"database unavailable: {type(exc).__name__}")
+        if answer is None:
+            return v.decide("lost_race", "the claim's lease lapsed before the terminate was sent; "
+                                         "another replica took it over")
         v.evidence.terminate_answer(answer, took)
-        self._judge_terminate(v, answer, now)
-        if not v.error:  # no kill happened: the next attempt need not wait for the claim to expire
-            await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
+        self._judge_terminate(v, answer, now, held.predecessor_sent)
         return None
 
     async def _claim_release(self, v: Verdict) -> None:
@@ -377,27 +407,36 @@ class Remediator:
         if refused is not None:
             v.decide("lost_race", refused)
 
-    def _claim_action(self, execution_id: str, holder: str) -> str | None:
-        """Claim the execution before acting outside the database; None when held, else why not."""
-        if not action_claims.take(self.engine, execution_id, holder, self.settings.action_claim_ttl_seconds):
-            return "another replica or delivery is already terminating it"
+    def _claim_action(self, execution_id: str) -> tuple[action_claims.Held | None, str]:
+        """Claim the execution before acting outside the database: the claim, or why not."""
+        held = self.claims.take(execution_id)
+        if held is None:
+            return None, "another replica holds the action claim: retried until it finishes or its lease lapses"
         with self.engine.connect() as conn:
             row = db.get_executions(conn, [execution_id]).get(execution_id)
         if not isinstance(row, db.Execution) or row.status != "running":  # finished while we verified
-            action_claims.release(self.engine, execution_id, holder)
-            return "another writer changed the row first"
-        return None
+            return None, CHANGED_FIRST
+        return held, ""
 
-    async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome]:
+    async def _terminate_on_agent(self, agent: str, execution_id: str) -> AgentResult[TerminateOutcome] | None:
+        """Renew the claim's lease, then terminate; None when the claim is no longer ours."""
         try:
             async with self.agent_gate.turn(agent):
+                if not await anyio.to_thread.run_sync(self.claims.confirm, execution_id):
+                    return None
                 return await self.agents.terminate(agent, execution_id)
         except AgentBusy as exc:
             return AgentResult("timeout", detail=str(exc))
 
-    def _judge_terminate(self, v: Verdict, answer: AgentResult[TerminateOutcome], now: datetime) -> None:
+    def _judge_terminate(self, v: Verdict, answer: AgentResult[TerminateOutcome], now: datetime,
+                         predecessor_sent: bool = False) -> None:
         assert v.execution is not None
-        if answer.kind == "not_found":
+        gone = answer.kind == "not_found" or (answer.answered and answer.unwrap().status == "already_finished")
+        if gone and predecessor_sent:  # an earlier attempt's terminate, whose delivery then failed
+            v.error = texts.overdue_text(v.execution.runtime_seconds(now), v.execution.timeout_seconds)
+            v.note = (f"the agent answered {answer.kind if answer.kind == 'not_found' else 'already_finished'}: "
+                      "terminated by an earlier attempt whose delivery failed")
+        elif answer.kind == "not_found":
             v.decide("skipped", "agent does not know it: left for the orphan path")
         elif not answer.answered:
             v.decide("retry", f"terminate not confirmed ({answer.kind}): {answer.detail}")
@@ -406,6 +445,7 @@ class Remediator:
         else:
             runtime = v.execution.runtime_seconds(now)
             v.error = texts.overdue_text(runtime, v.execution.timeout_seconds)
+            v.killed = True
 
     def _transition(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         """All together in one transaction; if the database refuses that, each alert on its own, so
@@ -434,9 +474,29 @@ class Remediator:
         return winners
 
     def _transition_together(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
-        """One transaction: each guarded update, and the outbox row of each one we won."""
-        winners: list[audit.Recovery] = []
-        with self.engine.begin() as conn:
+        """One transaction: each guarded update, and the outbox row of each one we won.
+
+        A failure before COMMIT rolled everything back and is raised. A failure of the COMMIT itself
+        (the connection lost while it was under way) leaves it unknown whether it happened: the
+        outcome is read back (:meth:`_after_lost_commit`) and recorded as it is.
+        """
+        try:
+            winners = self._transition_once(verdicts)
+        except LostCommit as lost:
+            winners = self._after_lost_commit(verdicts, lost)
+        for r in winners:
+            self.metrics.time_to_recovery.labels(r.action).observe(
+                max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
+            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
+            after = detection.detected_after(r.detected_at, r.recovered_at)
+            if after is not None:
+                self.metrics.detected_after.labels(r.action).observe(after)
+        return winners
+
+    def _transition_once(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
+        winners = []
+        with self.engine.connect() as conn:
+            transaction = conn.begin()  # an error before the commit: closing the connection rolls back
             now = db.database_now(conn)
             for v in verdicts:
                 if v.slot_only:  # owned through its action claim: no row changes, the release is the action
@@ -468,8 +528,11 @@ class Remediator:
                 if won and self._closes_supported(conn):  # the run's activity and event: same transaction
                     closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
                     v.evidence.platform_closed(closed.activities, closed.event_id)
-                killed = v.alert.remediation == TERMINATE_OVERDUE and bool(v.error)
-                if won or killed:  # a kill whose exit report won the update is still ours
+                # A kill of ours whose exit report won the update is still ours, unless another
+                # attempt already recovered this run (it took our lapsed claim over).
+                killed = v.killed and not won and not audit.recovered_since(conn, v.execution.id,
+                                                                           v.execution.started_at)
+                if won or killed:
                     recovery = audit.Recovery(
                         execution_id=v.execution.id, agent_name=v.execution.agent_name,
                         action=CLAIM_RESULT if v.claim is not None else v.alert.remediation, reason=v.error,
@@ -479,20 +542,45 @@ class Remediator:
                             v.alert.remediation, annotations=v.alert.annotations, started_at=v.execution.started_at,
                             timeout_seconds=v.execution.timeout_seconds, retained_at=v.retained_at))
                     winners.append(recovery)
-                    v.decide("recovered", v.error if won else
-                             f"{v.error}; the platform recorded the exit of our kill first")
+                    v.decide("recovered", (v.error if won else
+                                           f"{v.error}; the platform recorded the exit of our kill first")
+                             + (f"; {v.note}" if v.note else ""))
                 else:
                     v.decide("lost_race", "another writer changed the row first")
             # Same transaction as the updates: a won transition always has its outbox row.
             audit.open_recoveries(conn, winners, self.settings.replica, self.settings.claim_ttl_seconds)
-        for r in winners:
-            self.metrics.time_to_recovery.labels(r.action).observe(
-                max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
-            self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
-            after = detection.detected_after(r.detected_at, r.recovered_at)
-            if after is not None:
-                self.metrics.detected_after.labels(r.action).observe(after)
+            try:
+                transaction.commit()
+            except sa.exc.DBAPIError as exc:
+                raise LostCommit(winners, exc) from exc
         return winners
+
+    def _after_lost_commit(self, verdicts: list[Verdict], lost: LostCommit) -> list[audit.Recovery]:
+        """Record what a commit whose reply was lost did (``remediator/lost_commit.py``): committed,
+        the decisions stand and the recoveries are finished on the spot; rolled back, the original
+        error is raised (the alerts are retried); no answer in time, ``retry``, and
+        :meth:`settle_unknown_commits` reads it back at the next delivery or sweep."""
+        if not lost.winners:  # it changed nothing either way: every decision stands
+            return []
+        found = read_back(self.engine, lost.winners, self.settings.commit_readback_seconds)
+        if found is None:  # read back again by each later delivery and sweep (settle_unknown_commits)
+            log.error("commit_outcome_unknown", executions=[r.execution_id for r in lost.winners][:20])
+            alerts = {v.alert.execution_id: v.alert for v in verdicts}
+            with self._unknown_lock:
+                self._unknown_commits.extend((r, alerts[r.execution_id]) for r in lost.winners)
+            for v in verdicts:
+                if v.outcome == "recovered":
+                    v.decide("retry", "commit outcome unknown: the connection was lost during COMMIT "
+                                      "and the database did not answer the read-back")
+            return []
+        if not found.committed:
+            raise lost.error
+        log.warning("commit_reply_lost", committed=len(lost.winners), error_type=type(lost.error).__name__)
+        for v in verdicts:
+            if v.outcome == "recovered":
+                wrote = (v.claim.error or "") if v.claim is not None else v.error
+                v.decide("recovered", f"{v.reason}; {found.describe(v.alert.execution_id, wrote)}")
+        return lost.winners
 
     def _slot_release(self, v: Verdict, now: datetime) -> audit.Recovery:
         v.decide("recovered", v.error)
@@ -557,8 +645,38 @@ class Remediator:
                                 audit.recoveries.c.claimed_by == self.settings.replica)
                          .values(claim_expires_at="0000"))  # sorts before every real timestamp: expired
 
+    async def settle_unknown_commits(self) -> None:
+        """Read back the commits whose outcome an outage hid: those committed are recorded as
+        ``recovered`` and finished now (this replica holds their outbox claim); the others rolled
+        back and are forgotten (their alerts were answered retry)."""
+        with self._unknown_lock:  # taken out while being read back: one caller settles each
+            pending, self._unknown_commits = self._unknown_commits, []
+        if not pending:
+            return
+        found = await anyio.to_thread.run_sync(read_back, self.engine, [r for r, _ in pending], 0.0)
+        if found is None:
+            with self._unknown_lock:
+                self._unknown_commits[:0] = pending
+            return
+        committed = [(r, a) for r, a in pending if r.execution_id in found.committed_ids]
+        if not committed:
+            return
+        log.warning("commit_reply_lost_read_back_later", committed=len(committed))
+        verdicts = []
+        for recovery, alert in committed:
+            v = Verdict(alert, outcome="recovered")
+            v.reason = f"{recovery.reason}; {found.describe(recovery.execution_id, recovery.reason)} (read back later)"
+            verdicts.append(v)
+        try:
+            await self._record(verdicts)
+            await self.finish([r for r, _ in committed])
+        except Exception as exc:  # the outbox rows stay open: the sweep finishes them
+            log.warning("unknown_commit_settle_failed", error_type=type(exc).__name__)
+
     async def finish_unfinished(self) -> int:
         """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
+        await self.claims.settle_owed()
+        await self.settle_unknown_commits()
         claimed = await anyio.to_thread.run_sync(
             lambda: audit.claim_unfinished(self.engine, self.settings.replica, utcnow(),
                                            self.settings.claim_ttl_seconds))

@@ -33,6 +33,7 @@ class Announcements:
     def __init__(self, url: str, channel: str = CHANNEL) -> None:
         self.url, self.channel = url, channel
         self.counts: Counter[str] = Counter()
+        self.first_seen: dict[str, float] = {}  # time.monotonic() of each execution's first event
         self.gaps = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,6 +66,7 @@ class Announcements:
                 event = json.loads(message["data"])
                 with self._lock:
                     self.counts[str(event.get("execution_id"))] += 1
+                    self.first_seen.setdefault(str(event.get("execution_id")), time.monotonic())
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -1,12 +1,17 @@
 """Servers we can break: a PostgreSQL that stops and starts again on the same port and data, a
-Redis that pauses and resumes. For the fault tests and the soak."""
+Redis that pauses and resumes, a TCP relay that cuts connections and loses replies. For the fault
+tests and the soak."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from exec_watchdog.testbed.servers import (
@@ -116,3 +121,145 @@ class RedisProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class TcpRelay:
+    """A TCP relay in front of a server (here: PostgreSQL), breakable the way a network is.
+
+    ``stop`` cuts every relayed connection at once and refuses new ones (each is closed as soon as
+    it is accepted), as when the path to a database host goes away; ``start`` relays again.
+    ``lose_reply_after`` arms a one-shot fault for the moment the harm is worst: the next client
+    message containing ``marker``, on a connection whose transaction so far contains ``within``, is
+    delivered to the server, the server's answer is read and dropped, and the relay stops for
+    ``outage`` seconds. With ``marker=b"COMMIT"`` that is a commit that happened but whose reply
+    never came back. Plain threads: callers may block their event loop on the database meanwhile.
+    """
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.target_port = host, target_port
+        self._listener = socket.create_server((host, 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._running = True
+        self._closed = False
+        self._armed: tuple[bytes, bytes, float] | None = None
+        self.fired_at: float | None = None  # time.monotonic() of the lost reply
+        self.restarted_at: float | None = None  # time.monotonic() of the end of that outage
+        threading.Thread(target=self._accept, name="tcp-relay-accept", daemon=True).start()
+
+    def url_for(self, url: str) -> str:
+        """``url`` (a database URL naming the target port) pointed at the relay instead."""
+        return url.replace(f":{self.target_port}/", f":{self.port}/")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+            doomed, self._open = self._open, set()
+        for sock in doomed:
+            _hard_close(sock)
+
+    def start(self) -> None:
+        with self._lock:
+            self._running = True
+
+    def lose_reply_after(self, marker: bytes, within: bytes, outage: float) -> None:
+        with self._lock:
+            self._armed = (marker, within, outage)
+            self.fired_at = self.restarted_at = None
+
+    def close(self) -> None:
+        self._closed = True
+        self.stop()
+        self._listener.close()
+
+    def __enter__(self) -> TcpRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                running = self._running
+            if not running:
+                _hard_close(client)
+                continue
+            try:
+                server = socket.create_connection((self.host, self.target_port), timeout=5)
+            except OSError:
+                _hard_close(client)
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open |= {client, server}
+            lose: list[float] = []  # the outage to start when the server answers, once armed
+            threading.Thread(target=self._pump_up, args=(client, server, lose), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(server, client, lose), daemon=True).start()
+
+    def _pump_up(self, client: socket.socket, server: socket.socket, lose: list[float]) -> None:
+        """Client to server; watches for the armed marker."""
+        transaction = b""
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return self._drop(client, server)
+            transaction = (transaction + data)[-65536:]
+            with self._lock:
+                armed = self._armed
+                if armed is not None and armed[0] in data and armed[1] in transaction:
+                    self._armed = None
+                    lose.append(armed[2])  # before the server can answer: the answer is the one to lose
+            if b"COMMIT" in data or b"ROLLBACK" in data:
+                transaction = b""
+            try:
+                server.sendall(data)
+            except OSError:
+                return self._drop(client, server)
+
+    def _pump_down(self, server: socket.socket, client: socket.socket, lose: list[float]) -> None:
+        while True:
+            try:
+                data = server.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return self._drop(client, server)
+            if lose:
+                self.fired_at = time.monotonic()
+                self.stop()
+                timer = threading.Timer(lose[0], self._restart)
+                timer.daemon = True
+                timer.start()
+                return None
+            try:
+                client.sendall(data)
+            except OSError:
+                return self._drop(client, server)
+
+    def _restart(self) -> None:
+        self.restarted_at = time.monotonic()
+        self.start()
+
+    def _drop(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._open -= set(socks)
+        for sock in socks:
+            _hard_close(sock)
+
+
+def _hard_close(sock: socket.socket) -> None:
+    """Cut the connection: the peer's next read fails at once. ``shutdown`` first, as a thread may be
+    blocked reading this socket (a bare close would leave the connection open until it returns)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
