@@ -30,7 +30,8 @@ import httpx
 # What one object of a parsed answer can cost per structural byte (``[ { , :``) on the wire, beyond
 # the text itself: the worst shapes measured on CPython 3.11 (``[{},{},…]``, wide objects, escaped
 # astral characters) stay under 75; tests/test_answer_limits.py checks the bound holds.
-BYTES_PER_STRUCTURAL = 96
+BYTES_PER_STRUCTURAL = 128
+_FIXED_COST = 64 * 1024  # the parser's own state, whatever the body
 DEFAULT_PARSE_BUDGET_BYTES = 128 * 1024 * 1024  # answers parsed at once, by parse_cost
 _STRUCTURAL = (b"[", b"{", b",", b":")
 
@@ -50,7 +51,7 @@ def parse_cost(body: bytes | bytearray) -> int:
     size = len(body)
     text = size if body.isascii() else 4 * size
     structural = sum(body.count(mark) for mark in _STRUCTURAL) + 1
-    return size + 2 * text + BYTES_PER_STRUCTURAL * structural
+    return _FIXED_COST + size + 2 * text + BYTES_PER_STRUCTURAL * structural
 
 
 class ParseBudget:
@@ -125,7 +126,10 @@ async def read_capped(response: httpx.Response, limit: int) -> bytearray:
     async for chunk in raw_chunks(response):
         if len(body) + len(chunk) > limit:
             raise AnswerTooLarge(f"it is longer than the {_mib(limit)} MiB cap")
-        body += chunk
+        if not body and isinstance(chunk, bytearray):
+            body = chunk  # the poll transport's own buffer, handed over whole: no copy
+        else:
+            body += chunk
     return body
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import httpx
 
@@ -27,7 +27,7 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an agent with tens of thousands of exec
 # answers take hundreds of MB. Must be at least MAX_RESPONSE_BYTES so one maximal answer fits.
 DEFAULT_BODY_BUDGET_BYTES = MAX_RESPONSE_BYTES
 _HEAD_LIMIT = 64 * 1024
-_READ_SIZE = 64 * 1024  # bodies are read in pieces: never the whole body twice (reader buffer + copy)
+_READ_SIZE = 64 * 1024  # bodies are read in pieces into one buffer: never the whole body twice
 _DROPPED_HEADERS = frozenset({b"accept-encoding", b"connection", b"keep-alive"})
 
 Origin = tuple[str, int]
@@ -103,17 +103,20 @@ class _Lease:
 
 
 class _BudgetedBody(httpx.AsyncByteStream):
-    """The body's pieces, each let go once handed over: the reader's copy is the only one."""
+    """The body, handed over once and let go: the reader's buffer is then its only copy."""
 
-    def __init__(self, pieces: deque[bytes], lease: _Lease) -> None:
-        self._pieces, self._lease = pieces, lease
+    def __init__(self, body: bytearray, lease: _Lease) -> None:
+        self._body: bytearray | None = body
+        self._lease = lease
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self._pieces:
-            yield self._pieces.popleft()
+        body, self._body = self._body, None
+        if body:
+            # A bytearray, not a copy as bytes: httpx's readers only join, decode and measure it.
+            yield cast(bytes, body)
 
     async def aclose(self) -> None:
-        self._pieces.clear()
+        self._body = None
         await self._lease.end()
 
 
@@ -131,7 +134,7 @@ class _Connection:
         self.writer.close()
 
     async def exchange(self, head: bytes, request: httpx.Request, no_body: bool, lease: _Lease,
-                       ) -> tuple[int, list[tuple[bytes, bytes]], deque[bytes], bool]:
+                       ) -> tuple[int, list[tuple[bytes, bytes]], bytearray, bool]:
         self.writer.write(head)
         await self.writer.drain()
         try:
@@ -144,12 +147,12 @@ class _Connection:
         while 100 <= status < 200:  # interim responses (a GET gets none in practice): skip them
             status, headers, keep_alive = _parse_head(await self.reader.readuntil(b"\r\n\r\n"), request)
         fields = {name.lower(): value for name, value in headers}
-        pieces: deque[bytes] = deque()
+        body = bytearray()
         if no_body or status in (204, 304):
-            return status, headers, pieces, keep_alive
+            return status, headers, body, keep_alive
         if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-            await self._read_chunked(request, lease, pieces)
-            return status, headers, pieces, keep_alive
+            await self._read_chunked(request, lease, body)
+            return status, headers, body, keep_alive
         length = fields.get(b"content-length")
         if length is not None:
             if not length.strip().isdigit():
@@ -157,8 +160,8 @@ class _Connection:
             size = int(length)
             _check_size(size, request)
             await lease.take(size)
-            await self._read_exactly(size, pieces)
-            return status, headers, pieces, keep_alive
+            await self._read_exactly(size, body)
+            return status, headers, body, keep_alive
         # Delimited by the server closing: the most it may send is taken up front (the one byte
         # more that proves a body too large is not worth a second maximal share of the budget).
         await lease.take(MAX_RESPONSE_BYTES)
@@ -166,18 +169,18 @@ class _Connection:
         while more := await self.reader.read(min(_READ_SIZE, MAX_RESPONSE_BYTES + 1 - total)):
             total += len(more)
             _check_size(total, request)
-            pieces.append(more)
-        return status, headers, pieces, False
+            body += more
+        return status, headers, body, False
 
-    async def _read_exactly(self, size: int, pieces: deque[bytes]) -> None:
+    async def _read_exactly(self, size: int, body: bytearray) -> None:
         while size > 0:
             piece = await self.reader.read(min(size, _READ_SIZE))
             if not piece:
                 raise asyncio.IncompleteReadError(b"", size)
-            pieces.append(piece)
+            body += piece
             size -= len(piece)
 
-    async def _read_chunked(self, request: httpx.Request, lease: _Lease, pieces: deque[bytes]) -> None:
+    async def _read_chunked(self, request: httpx.Request, lease: _Lease, body: bytearray) -> None:
         total = 0
         while True:
             line = await self.reader.readuntil(b"\r\n")
@@ -193,7 +196,7 @@ class _Connection:
             total += size
             _check_size(total, request)
             await lease.take(size)
-            await self._read_exactly(size, pieces)
+            await self._read_exactly(size, body)
             if await self.reader.readexactly(2) != b"\r\n":
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=request)
 
@@ -271,7 +274,7 @@ class PollTransport(httpx.AsyncBaseTransport):
                     self._checkin(origin, connection)
                 else:
                     connection.close()
-                size = sum(map(len, body))
+                size = len(body)
                 if lease.size > size:  # a close-delimited body took the most it could be
                     await lease.budget.give(lease.size - size)
                     lease.size = size
