@@ -9,9 +9,10 @@ Shapes (issues 13 and 25), each measured in a fresh child process (VmHWM from /p
 * ``fleet``: 1,000 agents each answering ``GET /api/executions/running`` with a 5 MiB JSON body
   (bulky metadata), run twice: with the transport's body budget, and with budgets so large they
   never bind (the baseline);
-* ``answers``: few agents with huge answers: 3 x 31 MiB and 12 x 5 MiB, each in two body kinds:
-  ``dense`` (Trinity-shaped executions of ~260 bytes with small metadata: the parse costs several
-  times the body) and ``bulky`` (40 KB of metadata per execution);
+* ``answers``: few agents with huge answers: 3 x 31 MiB and 12 x 5 MiB, each in three body kinds:
+  ``minimal`` (executions of only an id, 42 bytes each: the most objects per byte a valid answer
+  has), ``dense`` (Trinity-shaped executions of ~260 bytes with small metadata) and ``bulky``
+  (40 KB of metadata per execution);
 * ``markers``: 30 in-flight markers of 5 MiB in a real Redis (``execution:inflight:{id}``), read
   for 30 running rows their agents do not know: by the exporter's gather, and by the remediator's
   marker read (``RedisInflight.verdicts`` in a process that has loaded the remediator app, which is
@@ -46,6 +47,10 @@ MARKERS, MARKER_MIB = 30, 5
 def _response(mib: float, kind: str) -> bytes:
     if kind == "empty":
         body = b'{"executions": [], "recently_completed_ids": [], "pending_ids": []}'
+    elif kind == "minimal":
+        count = int(mib * MIB) // 42
+        body = (b'{"executions":[' + b",".join(b'{"execution_id":"%022d"}' % i for i in range(count))
+                + b'],"recently_completed_ids":[],"pending_ids":[]}')
     elif kind == "dense":
         entries, size, index = [], 0, 0
         while size < mib * MIB:
@@ -157,6 +162,7 @@ class _Server:
 
     def __init__(self, tmp: Path, mib: float, kind: str) -> None:
         self._port_file = tmp / f"port-{kind}-{mib:g}"
+        self._port_file.unlink(missing_ok=True)  # a previous server's, for the same answer
         self._proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self._port_file), "--mib", str(mib),
                                        "--kind", kind])
 
@@ -210,7 +216,7 @@ def _answers(tmp: Path, args: argparse.Namespace) -> list[float]:
     peaks = []
     for agents, mib in ((3, 31.0), (12, 5.0)):
         database = _build_database(tmp / f"answers-{agents}.db", agents)
-        for kind in ("dense", "bulky"):
+        for kind in ("minimal", "dense", "bulky"):
             with _Server(tmp, mib, kind) as port:
                 r = _child("--gather", database, str(port), str(DEFAULT_BODY_BUDGET_BYTES),
                            "--poll-concurrency", str(args.poll_concurrency))

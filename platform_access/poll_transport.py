@@ -160,8 +160,7 @@ class _Connection:
             size = int(length)
             _check_size(size, request)
             await lease.take(size)
-            await self._read_exactly(size, body)
-            return status, headers, body, keep_alive
+            return status, headers, await self._read_declared(size), keep_alive
         # Delimited by the server closing: the most it may send is taken up front (the one byte
         # more that proves a body too large is not worth a second maximal share of the budget).
         await lease.take(MAX_RESPONSE_BYTES)
@@ -171,6 +170,20 @@ class _Connection:
             _check_size(total, request)
             body += more
         return status, headers, body, False
+
+    async def _read_declared(self, size: int) -> bytearray:
+        """A body of known length, read into one buffer of exactly that size (growing a buffer
+        piece by piece can hold it twice while the allocator moves it)."""
+        body = bytearray(size)
+        filled = 0
+        with memoryview(body) as view:  # released before the body is handed over
+            while filled < size:
+                piece = await self.reader.read(min(size - filled, _READ_SIZE))
+                if not piece:
+                    raise asyncio.IncompleteReadError(b"", size - filled)
+                view[filled:filled + len(piece)] = piece
+                filled += len(piece)
+        return body
 
     async def _read_exactly(self, size: int, body: bytearray) -> None:
         while size > 0:
