@@ -40,7 +40,7 @@ from exec_watchdog.exporter.snapshot import (
     Snapshot,
 )
 from exec_watchdog.platform_access.activities import Activity, started_activities
-from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
+from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from exec_watchdog.platform_access.cleanup_rows import CleanupRow, pending_cleanup
 from exec_watchdog.platform_access.database import Execution, agents, deleted_agents_running, running_executions
 from exec_watchdog.platform_access.inflight import DEFAULT_MAX_AGE_SECONDS, InflightStore, Verdict, withholds
@@ -67,6 +67,7 @@ _REASON = {
     "bad_response": "bad_response",
     "not_found": "bad_response",
     "server_error": "bad_response",
+    "too_large": "bad_response",  # "agent answer too large": refused before parsing, see answer_limits
 }
 
 
@@ -167,7 +168,10 @@ class Gatherer:
         running_ids = frozenset(e.id for e in watched)
         slots_task = asyncio.ensure_future(asyncio.to_thread(self._read_slots, running_ids,
                                                              read.now.timestamp()))
-        results = await self._poll_all(names, deadline)
+        rows_of: dict[str, set[str]] = {}
+        for e in watched:
+            rows_of.setdefault(e.agent_name, set()).add(e.id)
+        results = await self._poll_all(names, deadline, rows_of)
         try:
             slot_read = await asyncio.wait_for(slots_task, max(0.0, deadline - time.perf_counter()))
         except TimeoutError:
@@ -182,10 +186,9 @@ class Gatherer:
             result = results[name]
             answer = result.value if result.answered else None
             if answer is not None:
-                completed_ids[name] = answer.recently_completed_ids
-                known_ids[name] = answer.running_ids | answer.pending_ids | answer.recently_completed_ids
-                registry: RegistryCounts | None = RegistryCounts(
-                    len(answer.executions), len(answer.pending_ids), len(answer.recently_completed_ids))
+                completed_ids[name] = answer.completed
+                known_ids[name] = answer.known
+                registry: RegistryCounts | None = answer.counts
             else:
                 registry = None
                 self._poll_errors[(name, _REASON[result.kind])] += 1
@@ -311,13 +314,18 @@ class Gatherer:
                 self._valid_names[name] = valid
         return valid
 
-    async def _poll_all(self, names: Iterable[str], deadline: float) -> dict[str, AgentResult[RunningSnapshot]]:
+    async def _poll_all(self, names: Iterable[str], deadline: float,
+                        rows_of: dict[str, set[str]]) -> dict[str, AgentResult[_Answer]]:
         semaphore = asyncio.Semaphore(self._poll_concurrency)
 
-        async def poll(agent: str) -> AgentResult[RunningSnapshot]:
+        async def poll(agent: str) -> AgentResult[_Answer]:
             async with semaphore:
                 try:
-                    return _slim(await asyncio.wait_for(self._client.running(agent), self._agent_timeout))
+                    # asyncio.timeout, not wait_for (a task of its own on 3.11): the answer is cut
+                    # down to _Answer before anything else runs, so one agent's full answer is
+                    # never held while the next one is parsed.
+                    async with asyncio.timeout(self._agent_timeout):
+                        return _slim(await self._client.running(agent), rows_of.get(agent, set()))
                 except TimeoutError:
                     return AgentResult("timeout", detail=f"no answer within {self._agent_timeout}s")
                 except Exception as exc:  # a bug here must cost one agent's data, not the scrape
@@ -333,7 +341,7 @@ class Gatherer:
         _, late = await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.perf_counter()))
         for task in late:
             task.cancel()
-        results: dict[str, AgentResult[RunningSnapshot]] = {}
+        results: dict[str, AgentResult[_Answer]] = {}
         for name, task in tasks.items():
             if task in late:
                 results[name] = AgentResult("timeout", detail="not answered before the scrape deadline")
@@ -373,15 +381,27 @@ def _cleanup_facts(e: Execution, now: datetime) -> CleanupFacts | None:
     return CleanupFacts(e.agent_name, e.id, e.schedule_id, window, overrun, sessionless)
 
 
-def _slim(result: AgentResult[RunningSnapshot]) -> AgentResult[RunningSnapshot]:
-    """Keep only what a scrape publishes (ids): an agent's answer may carry megabytes of metadata,
-    and a thousand answers are held until the scrape ends."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What a scrape keeps of one agent's answer: its list sizes, and which of the agent's own
+    running rows it knows (or lists as recently completed)."""
+
+    counts: RegistryCounts
+    known: frozenset[str]
+    completed: frozenset[str]
+
+
+def _slim(result: AgentResult[RunningSnapshot], rows: set[str]) -> AgentResult[_Answer]:
+    """Keep only what a scrape publishes: an answer may carry megabytes of ids and metadata, and a
+    thousand answers are held until the scrape ends, so only the ids of the agent's running rows
+    stay (bounded by the database, whatever the agent answers)."""
     if not result.answered:
-        return result
+        return AgentResult(result.kind, detail=result.detail)
     answer = result.unwrap()
-    return AgentResult("answered", RunningSnapshot(
-        tuple(RunningEntry(e.execution_id, None, None) for e in answer.executions),
-        answer.recently_completed_ids, answer.pending_ids))
+    counts = RegistryCounts(len(answer.executions), len(answer.pending_ids), len(answer.recently_completed_ids))
+    known = {e.execution_id for e in answer.executions if e.execution_id in rows}
+    known.update(rows & answer.pending_ids, rows & answer.recently_completed_ids)
+    return AgentResult("answered", _Answer(counts, frozenset(known), frozenset(rows & answer.recently_completed_ids)))
 
 
 def _describe(exc: BaseException) -> str:

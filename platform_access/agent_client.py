@@ -2,17 +2,22 @@
 
 "The agent answered and does not know the execution" is the only thing that may ever make an
 execution look orphaned, so every call returns an :class:`AgentResult` whose ``kind`` separates
-answered, unreachable, timed out, unauthorized, not found and garbage.
+answered, unreachable, timed out, unauthorized, not found, garbage and too large.
 
 Every text an agent sends (``/last-error``, a retained result's texts, a 5xx body) enters here, and
 only once: normalised (``common/untrusted.py``: valid Unicode, no control characters but newline and
 tab, bounded) and redacted (``common/redaction.py``: the known secrets, this agent's derived token
 included, and credential shapes; a run's own response and transcript lose the known secrets only).
+
+Every body is read with a cap and parsed within the client's budget
+(:mod:`exec_watchdog.platform_access.answer_limits`): an answer too large to hold is the kind
+``too_large`` ("agent answer too large"), a failure to ask the agent like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -22,8 +27,18 @@ import httpx
 
 from exec_watchdog.common import redaction
 from exec_watchdog.common.untrusted import clean
+from exec_watchdog.platform_access.answer_limits import (
+    AnswerTooLarge,
+    CompressedAnswer,
+    ParseBudget,
+    decode_json,
+    parse_cost,
+    raw_chunks,
+    read_capped,
+)
 from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
 from exec_watchdog.platform_access.names import check_agent_name, check_host, execution_path, path_segment
+from exec_watchdog.platform_access.poll_transport import MAX_RESPONSE_BYTES, ResponseTooLarge
 from exec_watchdog.platform_access.retained import (
     MAX_BODY_BYTES,
     BadRetainedResult,
@@ -36,13 +51,15 @@ from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 
 T = TypeVar("T")
 ResultKind = Literal["answered", "unreachable", "timeout", "unauthorized", "not_found", "bad_response",
-                     "server_error"]
+                     "server_error", "too_large"]
 DEFAULT_URL_TEMPLATE = "http://agent-{agent}:8000"
 MAX_ERROR_BODY_CHARS = 200  # of a 5xx body, in the retry reason
 MAX_LAST_ERROR_TYPE_CHARS = 200
 MAX_LAST_ERROR_CHARS = 2_000  # Trinity caps the whole failure text at 2,000 characters
 _SECRET_SLACK = 4_096  # redacted before the final cut, so a cut can never leave half a secret
 _MARK = "zzagentmarkzz"  # stands in for {agent} while the template is parsed
+MAX_ANSWER_BYTES = MAX_RESPONSE_BYTES  # one JSON answer's body on the wire (before any decoding)
+_ERROR_TEXT_BYTES = 4096  # of a 5xx body: only its first 200 characters are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +141,8 @@ class AgentClient:
 
     def __init__(self, url_template: str, secret: str, *, timeout: float = 5.0,
                  terminate_timeout: float = 15.0, max_connections: int = 200,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 redactor: redaction.Redactor = redaction.PROCESS) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, parse_budget: ParseBudget | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES, redactor: redaction.Redactor = redaction.PROCESS) -> None:
         if not secret:
             raise ValueError("agent secret is empty: set the backend's AGENT_AUTH_SECRET "
                              "(each agent holds only the token derived from it)")
@@ -140,8 +157,11 @@ class AgentClient:
         self._tokens: dict[str, str] = {}
         self._timeout = timeout
         self._terminate_timeout = terminate_timeout
+        self.parse_budget = parse_budget or ParseBudget()
+        self._max_answer_bytes = max_answer_bytes
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False,
+            headers={"Accept-Encoding": "identity"},  # bodies are counted as sent: no decompression
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
@@ -168,51 +188,65 @@ class AgentClient:
         return clean(self._redactor.text(clean(raw, limit + _SECRET_SLACK)), limit)
 
     async def _call(self, method: str, agent: str, path: str, timeout: float | None = None,
-                    any_2xx: bool = False) -> tuple[AgentResult[Any], Any]:
-        """One request; ``any_2xx`` accepts every 2xx, its body read as ``{}`` if it is not a JSON object."""
+                    any_2xx: bool = False, shape: Callable[[dict[str, Any]], Any] | None = None,
+                    ) -> tuple[AgentResult[Any], Any]:
+        """One request; ``any_2xx`` accepts every 2xx, its body read as ``{}`` if it is not a JSON object.
+
+        The body is read up to the client's cap and parsed within its budget; ``shape`` turns the
+        JSON object into what the caller keeps while the budget is still held (so the parsed bulk
+        is gone before the next parse starts); it may raise :class:`BadAgentResponse`.
+        """
         url = self.base_url(agent) + path
         deadline = self._timeout if timeout is None else timeout
+        cost = 0
         try:
-            # httpx's timeouts bound each read; an agent trickling a byte at a time would never
-            # trip them. The whole call, body included, gets one overall deadline.
-            async with asyncio.timeout(deadline):
-                response = await self._http.request(
-                    method, url, headers={TOKEN_HEADER: self._token(agent)}, timeout=deadline)
+            try:
+                # httpx's timeouts bound each read; an agent trickling a byte at a time would never
+                # trip them. The whole call, body and the wait for the parse budget included, gets
+                # one overall deadline.
+                async with asyncio.timeout(deadline), self._http.stream(
+                        method, url, headers={TOKEN_HEADER: self._token(agent)}, timeout=deadline) as response:
+                    status = response.status_code
+                    if status == 401:
+                        return AgentResult("unauthorized", detail=f"{url} refused our token"), None
+                    if status == 404:
+                        return AgentResult("not_found", detail=f"{url}: 404"), None
+                    if status >= 500:
+                        text = self.text(await _error_text(response), MAX_ERROR_BODY_CHARS)
+                        return AgentResult("server_error", detail=f"{url}: {status} {text}"), None
+                    if status != 200 and not (any_2xx and 200 <= status < 300):
+                        return AgentResult("bad_response", detail=f"{url}: unexpected {status}"), None
+                    body = await read_capped(response, self._max_answer_bytes)
+                    needed = parse_cost(body)
+                    await self.parse_budget.reserve(needed)
+                    cost = needed
+            except BaseException:
+                self.parse_budget.release(cost)  # reserved, then the deadline struck while closing
+                raise
+        except (AnswerTooLarge, ResponseTooLarge) as exc:
+            return AgentResult("too_large", detail=f"agent answer too large: {url}: {exc}"), None
+        except CompressedAnswer as exc:
+            return AgentResult("bad_response", detail=f"{url}: {exc}"), None
         except TimeoutError:
             return AgentResult("timeout", detail=f"no complete answer within {deadline:g} s calling {url}"), None
         except httpx.TimeoutException as exc:
             return AgentResult("timeout", detail=f"{type(exc).__name__} calling {url}"), None
         except httpx.HTTPError as exc:
             return AgentResult("unreachable", detail=f"{type(exc).__name__} calling {url}: {exc}"), None
-        if response.status_code == 401:
-            return AgentResult("unauthorized", detail=f"{url} refused our token"), None
-        if response.status_code == 404:
-            return AgentResult("not_found", detail=f"{url}: 404"), None
-        if response.status_code >= 500:
-            body_text = self.text(response.text, MAX_ERROR_BODY_CHARS)
-            return AgentResult("server_error", detail=f"{url}: {response.status_code} {body_text}"), None
-        if response.status_code != 200 and not (any_2xx and 200 <= response.status_code < 300):
-            return AgentResult("bad_response", detail=f"{url}: unexpected {response.status_code}"), None
         try:
-            body = response.json()
-        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
-            if any_2xx:
-                return AgentResult("answered"), {}
-            return AgentResult("bad_response", detail=f"{url}: body is not JSON we can read"), None
-        if any_2xx and not isinstance(body, dict):
-            return AgentResult("answered"), {}
-        if not isinstance(body, dict):
-            return AgentResult("bad_response", detail=f"{url}: body is not a JSON object"), None
-        return AgentResult("answered"), body
+            try:
+                parsed = decode_json(body)
+            except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+                if any_2xx:
+                    return AgentResult("answered"), {}
+                return AgentResult("bad_response", detail=f"{url}: body is not JSON we can read"), None
+            return _shaped(url, parsed, any_2xx, shape)
+        finally:
+            self.parse_budget.release(cost)
 
     async def running(self, agent: str) -> AgentResult[RunningSnapshot]:
-        result, body = await self._call("GET", agent, "/api/executions/running")
-        if body is None:
-            return result
-        try:
-            return AgentResult("answered", _parse_running(body))
-        except BadAgentResponse as exc:
-            return AgentResult("bad_response", detail=f"{agent}: {exc}")
+        result, snapshot = await self._call("GET", agent, "/api/executions/running", shape=_parse_running)
+        return result if snapshot is None else AgentResult("answered", snapshot)
 
     async def status(self, agent: str, execution_id: str) -> AgentResult[ExecutionStatus]:
         result, body = await self._call("GET", agent, execution_path(execution_id, "status"))
@@ -291,6 +325,30 @@ class AgentClient:
         return AgentResult("answered", LastError(
             None if kind is None else self.text(kind, MAX_LAST_ERROR_TYPE_CHARS),
             None if message is None else self.text(message, MAX_LAST_ERROR_CHARS)))
+
+
+async def _error_text(response: httpx.Response) -> str:
+    """The start of an error body, read no further than needed."""
+    head = bytearray()
+    async for chunk in raw_chunks(response):
+        head += chunk
+        if len(head) >= _ERROR_TEXT_BYTES:
+            break
+    return bytes(head[:_ERROR_TEXT_BYTES]).decode("utf-8", "replace")[:200]
+
+
+def _shaped(url: str, body: object, any_2xx: bool, shape: Callable[[dict[str, Any]], Any] | None,
+            ) -> tuple[AgentResult[Any], Any]:
+    if any_2xx and not isinstance(body, dict):
+        return AgentResult("answered"), {}
+    if not isinstance(body, dict):
+        return AgentResult("bad_response", detail=f"{url}: body is not a JSON object"), None
+    if shape is None:
+        return AgentResult("answered"), body
+    try:
+        return AgentResult("answered"), shape(body)
+    except BadAgentResponse as exc:
+        return AgentResult("bad_response", detail=f"{url}: {exc}"), None
 
 
 def _is_int(value: object) -> bool:

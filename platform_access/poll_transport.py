@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import httpx
 
@@ -26,9 +27,14 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an agent with tens of thousands of exec
 # answers take hundreds of MB. Must be at least MAX_RESPONSE_BYTES so one maximal answer fits.
 DEFAULT_BODY_BUDGET_BYTES = MAX_RESPONSE_BYTES
 _HEAD_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024  # bodies are read in pieces into one buffer: never the whole body twice
 _DROPPED_HEADERS = frozenset({b"accept-encoding", b"connection", b"keep-alive"})
 
 Origin = tuple[str, int]
+
+
+class ResponseTooLarge(httpx.RemoteProtocolError):
+    """A body longer than ``MAX_RESPONSE_BYTES``: refused as soon as its length is known."""
 
 
 class _StaleConnection(Exception):
@@ -97,14 +103,20 @@ class _Lease:
 
 
 class _BudgetedBody(httpx.AsyncByteStream):
-    def __init__(self, body: bytes, lease: _Lease) -> None:
-        self._body, self._lease = body, lease
+    """The body, handed over once and let go: the reader's buffer is then its only copy."""
+
+    def __init__(self, body: bytearray, lease: _Lease) -> None:
+        self._body: bytearray | None = body
+        self._lease = lease
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self._body
+        body, self._body = self._body, None
+        if body:
+            # A bytearray, not a copy as bytes: httpx's readers only join, decode and measure it.
+            yield cast(bytes, body)
 
     async def aclose(self) -> None:
-        self._body = b""
+        self._body = None
         await self._lease.end()
 
 
@@ -122,7 +134,7 @@ class _Connection:
         self.writer.close()
 
     async def exchange(self, head: bytes, request: httpx.Request, no_body: bool, lease: _Lease,
-                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+                       ) -> tuple[int, list[tuple[bytes, bytes]], bytearray, bool]:
         self.writer.write(head)
         await self.writer.drain()
         try:
@@ -135,10 +147,12 @@ class _Connection:
         while 100 <= status < 200:  # interim responses (a GET gets none in practice): skip them
             status, headers, keep_alive = _parse_head(await self.reader.readuntil(b"\r\n\r\n"), request)
         fields = {name.lower(): value for name, value in headers}
+        body = bytearray()
         if no_body or status in (204, 304):
-            return status, headers, b"", keep_alive
+            return status, headers, body, keep_alive
         if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-            return status, headers, await self._read_chunked(request, lease), keep_alive
+            await self._read_chunked(request, lease, body)
+            return status, headers, body, keep_alive
         length = fields.get(b"content-length")
         if length is not None:
             if not length.strip().isdigit():
@@ -146,22 +160,40 @@ class _Connection:
             size = int(length)
             _check_size(size, request)
             await lease.take(size)
-            return status, headers, await self.reader.readexactly(size), keep_alive
+            return status, headers, await self._read_declared(size), keep_alive
         # Delimited by the server closing: the most it may send is taken up front (the one byte
         # more that proves a body too large is not worth a second maximal share of the budget).
         await lease.take(MAX_RESPONSE_BYTES)
-        body = await self.reader.read(MAX_RESPONSE_BYTES + 1)
-        while body and not self.reader.at_eof():
-            more = await self.reader.read(MAX_RESPONSE_BYTES + 1 - len(body))
-            if not more:
-                break
+        total = 0
+        while more := await self.reader.read(min(_READ_SIZE, MAX_RESPONSE_BYTES + 1 - total)):
+            total += len(more)
+            _check_size(total, request)
             body += more
-            _check_size(len(body), request)
-        _check_size(len(body), request)
         return status, headers, body, False
 
-    async def _read_chunked(self, request: httpx.Request, lease: _Lease) -> bytes:
-        parts: list[bytes] = []
+    async def _read_declared(self, size: int) -> bytearray:
+        """A body of known length, read into one buffer of exactly that size (growing a buffer
+        piece by piece can hold it twice while the allocator moves it)."""
+        body = bytearray(size)
+        filled = 0
+        with memoryview(body) as view:  # released before the body is handed over
+            while filled < size:
+                piece = await self.reader.read(min(size - filled, _READ_SIZE))
+                if not piece:
+                    raise asyncio.IncompleteReadError(b"", size - filled)
+                view[filled:filled + len(piece)] = piece
+                filled += len(piece)
+        return body
+
+    async def _read_exactly(self, size: int, body: bytearray) -> None:
+        while size > 0:
+            piece = await self.reader.read(min(size, _READ_SIZE))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", size)
+            body += piece
+            size -= len(piece)
+
+    async def _read_chunked(self, request: httpx.Request, lease: _Lease, body: bytearray) -> None:
         total = 0
         while True:
             line = await self.reader.readuntil(b"\r\n")
@@ -173,18 +205,18 @@ class _Connection:
             if size == 0:
                 while await self.reader.readuntil(b"\r\n") != b"\r\n":
                     pass  # trailers: not needed
-                return b"".join(parts)
+                return
             total += size
             _check_size(total, request)
             await lease.take(size)
-            parts.append(await self.reader.readexactly(size))
+            await self._read_exactly(size, body)
             if await self.reader.readexactly(2) != b"\r\n":
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=request)
 
 
 def _check_size(size: int, request: httpx.Request) -> None:
     if size > MAX_RESPONSE_BYTES:
-        raise httpx.RemoteProtocolError(f"response larger than {MAX_RESPONSE_BYTES} bytes", request=request)
+        raise ResponseTooLarge(f"response larger than {MAX_RESPONSE_BYTES} bytes", request=request)
 
 
 def _parse_head(raw: bytes, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bool]:
@@ -255,9 +287,10 @@ class PollTransport(httpx.AsyncBaseTransport):
                     self._checkin(origin, connection)
                 else:
                     connection.close()
-                if lease.size > len(body):  # a close-delimited body took the most it could be
-                    await lease.budget.give(lease.size - len(body))
-                    lease.size = len(body)
+                size = len(body)
+                if lease.size > size:  # a close-delimited body took the most it could be
+                    await lease.budget.give(lease.size - size)
+                    lease.size = size
                 return httpx.Response(status, headers=headers, stream=_BudgetedBody(body, lease), request=request,
                                       extensions={"http_version": b"HTTP/1.1"})
         raise AssertionError("unreachable")  # pragma: no cover

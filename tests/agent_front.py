@@ -2,7 +2,9 @@
 
 Requests to ``/agents/{name}/...`` are forwarded to the simulated agent server (real processes
 behind it) unless ``name`` is set to misbehave: ``trickle`` (a real slow socket: the head, then one
-body byte every 2 s), ``error`` (500 at once) or ``deep`` (JSON nested 100,000 deep); ``answers``
+body byte every 2 s), ``error`` (500 at once), ``deep`` (JSON nested 100,000 deep), ``oversized`` (a
+``Content-Length`` of 33 MiB), ``oversized_chunked`` (chunked, 40 MiB without a declared length) or
+``costly`` (a valid ``/running`` answer of ~20 MiB whose parse would take far more); ``answers``
 scripts one route of one agent (e.g. a ``/last-error`` body no real agent server would send). It counts
 every terminate per execution id and can run a hook right after a forwarded terminate (the
 platform's own exit report racing our update).
@@ -20,7 +22,11 @@ import httpx
 
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 
-Behaviour = Literal["trickle", "error", "deep"]
+Behaviour = Literal["trickle", "error", "deep", "oversized", "oversized_chunked", "costly"]
+_MIB = 1024 * 1024
+_COSTLY_ENTRY = (b'{"execution_id":"costly-000000000000000","pid":4242,"started_at":"2026-11-27T12:00:00.123456",'
+                 b'"metadata":{"schedule_id":"nightly","triggered_by":"schedule","message_preview":"'
+                 + b"m" * 100 + b'"}}')
 
 
 class AgentFront:
@@ -83,6 +89,21 @@ class AgentFront:
         for (agent, suffix), (status, body) in self.answers.items():
             if agent == name and path.endswith(suffix):
                 return _respond(writer, status, body)
+        if behaviour == "oversized":
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {33 * _MIB}\r\n"
+                         "\r\n".encode() + b" " * _MIB)
+            return await writer.drain()
+        if behaviour == "oversized_chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            piece = f"{_MIB:x}\r\n".encode() + b" " * _MIB + b"\r\n"
+            for _ in range(40):
+                writer.write(piece)
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return await writer.drain()
+        if behaviour == "costly":
+            count = 20 * _MIB // len(_COSTLY_ENTRY)
+            return _respond(writer, 200, b'{"executions":[' + b",".join([_COSTLY_ENTRY] * count) + b"]}")
         token = {k: v for k, v in headers.items() if k.lower() == "x-trinity-agent-token"}
         response = await self._http.request(method, self.backend.agent_url(name) + path, headers=token)
         if path.endswith("/terminate") and self.after_terminate is not None:

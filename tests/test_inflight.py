@@ -85,6 +85,51 @@ def test_a_marker_written_by_trinity_itself_reads_alive(redis_client: redis.Redi
     assert RedisInflight(redis_client).verdicts(["x1"]) == {"x1": Verdict.ALIVE}
 
 
+@pytest.mark.parametrize("kind", ["hash", "list", "set", "zset", "stream"])
+def test_a_key_of_another_type_at_a_markers_name_is_unknown_never_absent(redis_client: redis.Redis,
+                                                                          kind: str) -> None:
+    """Someone holds that name: the run is held like an unreadable marker, never failed as if no key existed."""
+    key = "execution:inflight:odd"
+    if kind == "hash":
+        redis_client.hset(key, "agent", "a1")
+    elif kind == "list":
+        redis_client.rpush(key, "a1")
+    elif kind == "set":
+        redis_client.sadd(key, "a1")
+    elif kind == "zset":
+        redis_client.zadd(key, {"a1": 1.0})
+    else:
+        redis_client.xadd(key, {"agent": "a1"})
+    assert redis_client.type(key) == kind.encode()
+    assert RedisInflight(redis_client).verdicts(["odd", "none"]) == {"odd": Verdict.UNKNOWN, "none": Verdict.ABSENT}
+
+
+def _bytes_sent_by_redis(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_net_output_bytes"])
+
+
+def test_huge_markers_read_alive_without_their_values_crossing_the_wire(redis_client: redis.Redis) -> None:
+    """30 markers of 5 MiB each: alive, and Redis sends a few KiB for them, not their 150 MiB."""
+    blob = b"x" * (5 * 1024 * 1024)
+    ids = [f"big-{n}" for n in range(30)]
+    for execution_id in ids:
+        redis_client.set(f"execution:inflight:{execution_id}", blob, ex=60)
+    before = _bytes_sent_by_redis(redis_client)
+    verdicts = RedisInflight(redis_client).verdicts([*ids, "small-absent"])
+    sent = _bytes_sent_by_redis(redis_client) - before
+    assert verdicts == {**dict.fromkeys(ids, Verdict.ALIVE), "small-absent": Verdict.ABSENT}
+    assert sent < 64 * 1024, f"Redis sent {sent} bytes to learn 31 verdicts"
+
+
+def test_markers_are_asked_by_type_never_by_value(redis_client: redis.Redis) -> None:
+    """Each marker key is asked its TYPE once; no GET, MGET or GETRANGE reads any value."""
+    redis_client.config_resetstat()
+    RedisInflight(redis_client).verdicts([f"id-{n}" for n in range(1_200)])
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_type"]["calls"] == 1_200
+    assert not {"cmdstat_mget", "cmdstat_get", "cmdstat_getrange"} & set(stats)
+
+
 def test_an_unreachable_redis_gives_unknown_for_every_id() -> None:
     store = RedisInflight.from_url(f"redis://127.0.0.1:{servers.free_port()}/0", timeout=0.5)
     assert store.verdicts(["a", "b"]) == {"a": Verdict.UNKNOWN, "b": Verdict.UNKNOWN}

@@ -165,6 +165,21 @@ async def test_an_agent_answering_absurdly_nested_json_costs_only_its_own_alerts
         assert h.row("e-deep").status == "running"
 
 
+@pytest.mark.parametrize("behaviour", ["oversized", "costly"])
+async def test_an_agent_answer_too_large_is_a_retry_never_an_orphan(
+        sqlite_url: str, redis_url: str, redis_client: redis.Redis, front: AgentFront, behaviour: Any) -> None:
+    """An answer refused for its size says nothing about the run: retried, while its neighbour is recovered."""
+    front.behaviours["big"] = behaviour
+    async with remediator(sqlite_url, redis_url, _via(front)) as h:
+        h.add_execution("e-big", "big", age_seconds=120)
+        h.add_execution("e-ok", "a1", age_seconds=120)
+        response = await h.post(notification(alert("e-big", "big"), alert("e-ok", "a1")))
+        assert _outcomes(response) == {"e-big": "retry", "e-ok": "recovered"}
+        reasons = {a["execution_id"]: a.get("reason", "") for a in response.json()["alerts"]}
+        assert "agent answer too large" in reasons["e-big"]
+        assert h.row("e-big").status == "running"
+
+
 async def test_a_dropped_audit_table_is_a_retry_not_a_crash(
         database_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
     """SQLite reports a missing table as OperationalError, PostgreSQL as ProgrammingError: both 503."""
