@@ -23,6 +23,7 @@ from exec_watchdog.alerts.profiles import PROFILES, ProfileError, load_profile
 from exec_watchdog.common.flags import add_flag
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
+from exec_watchdog.platform_access.database import require_existing
 from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
 from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         profile = load_profile(args.profile)
+        require_existing(args.database_url)  # read-only: never create the file it reads
         engine = open_engine(args.database_url, timeout=60.0)
         with engine.connect() as conn:
             advices = collect(conn, window=timedelta(seconds=profile.seconds("advice_window")),

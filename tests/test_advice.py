@@ -278,3 +278,11 @@ def test_advise_refuses_bad_input_with_a_clear_message(argv: list[str], message:
     result = _advise(*argv)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{dir}/missing.db", "sqlite:///file:{dir}/missing.db?mode=ro&uri=true"])
+def test_advise_on_a_missing_sqlite_file_says_it_does_not_exist_and_creates_nothing(tmp_path: Path, url: str) -> None:
+    result = _advise("--database-url", url.format(dir=tmp_path))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "no such table" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
