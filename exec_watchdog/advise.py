@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"exec-watchdog advise: {_first_line(exc)}", file=sys.stderr)
         return 2
     if args.sql:
-        print(sql_statements(advices), end="")
+        print(sql_statements(advices, sa.make_url(args.database_url).get_backend_name()), end="")
     elif args.format == "json":
         print(json.dumps([_as_dict(a) for a in advices], indent=2))
     else:
@@ -149,7 +149,16 @@ def _fmt(value: float | None) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def _quote(text: str) -> str:
+def _quote(text: str, dialect: str) -> str:
+    """A string literal for ``dialect``.
+
+    PostgreSQL: an escape string (``E'...'``, quotes and backslashes doubled), which reads the
+    same whether ``standard_conforming_strings`` is on or off; in a plain literal a backslash
+    escapes the closing quote when it is off (legacy servers), and the id's text would run as SQL.
+    SQLite has no escape strings and no backslash escapes: quotes doubled.
+    """
+    if dialect == "postgresql":
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -158,9 +167,12 @@ def _comment(text: str) -> str:
     return "-- " + text.replace("\r", " ").replace("\n", " ") + "\n"
 
 
-def sql_statements(advices: list[advice.Advice]) -> str:
-    """UPDATE statements for every advised timeout that differs from the current one."""
+def sql_statements(advices: list[advice.Advice], dialect: str = "sqlite") -> str:
+    """UPDATE statements for every advised timeout that differs from the current one, for ``dialect``
+    (``sqlite`` or ``postgresql``, the database the advice was read from)."""
     out = ["-- exec-watchdog advise: review before running; nothing here has been executed.\n"]
+    if dialect == "postgresql":  # belt and braces: the E'' literals below are safe either way
+        out.append("SET standard_conforming_strings = on;\n")
     for a in advices:
         if a.advised is None or a.advised == a.current_timeout:
             continue
@@ -172,5 +184,5 @@ def sql_statements(advices: list[advice.Advice]) -> str:
             continue
         # Printed for review, never executed; values are quoted as SQL string literals.
         out.append(note + f"UPDATE agent_schedules SET timeout_seconds = {a.advised} "  # noqa: S608
-                          f"WHERE id = {_quote(a.schedule_id)} AND agent_name = {_quote(a.agent)};\n")
+                          f"WHERE id = {_quote(a.schedule_id, dialect)} AND agent_name = {_quote(a.agent, dialect)};\n")
     return "".join(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -27,7 +28,7 @@ from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
 from exec_watchdog.simulated_platform.schedules import PRODUCTION, SimSchedule, history_rows
 from tests.test_alerts import require_tool, run
 
@@ -286,3 +287,41 @@ def test_advise_on_a_missing_sqlite_file_says_it_does_not_exist_and_creates_noth
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "no such table" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _psql_url(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_printed_sql_for_postgresql_updates_only_the_schedule_whatever_standard_conforming_strings(
+        postgres_url: str, conforming: str) -> None:
+    """`advise --sql` on PostgreSQL, run with psql on a server with standard_conforming_strings on or off
+    (legacy): a hostile schedule id with a backslash before its quote stays data."""
+    hostile = "x\\'; DELETE FROM schedule_executions; UPDATE agent_schedules SET timeout_seconds = 1; --\\"
+    engine = create_engine(postgres_url)
+    create_platform_tables(engine)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(agent_ownership).values(agent_name="a1", execution_timeout_seconds=3600))
+        conn.execute(sa.insert(agent_schedules).values(id=hostile, agent_name="a1", name="h", timeout_seconds=600))
+        conn.execute(sa.insert(agent_schedules).values(id="other", agent_name="a1", name="o", timeout_seconds=600))
+        conn.execute(sa.insert(schedule_executions), [
+            {"id": f"run-{i}", "schedule_id": hostile, "agent_name": "a1", "status": "success", "message": "m",
+             "triggered_by": "schedule", "started_at": format_utc(now - timedelta(seconds=60 + i)),
+             "completed_at": format_utc(now - timedelta(seconds=50 + i)), "duration_ms": 10_000}
+            for i in range(6)])
+    sql = _advise("--database-url", postgres_url, "--profile", "fast", "--sql")
+    assert sql.returncode == 0, sql.stderr
+    assert "UPDATE agent_schedules SET timeout_seconds = 60 WHERE id = E'" in sql.stdout
+    result = subprocess.run(
+        [require_tool("psql"), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-d", _psql_url(postgres_url)],
+        input=sql.stdout, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PGOPTIONS": f"-c standard_conforming_strings={conforming}"})
+    assert result.returncode == 0, result.stderr
+    with engine.connect() as conn:
+        timeouts = dict(conn.execute(sa.select(agent_schedules.c.id, agent_schedules.c.timeout_seconds)).all())
+        runs = conn.execute(sa.select(sa.func.count()).select_from(schedule_executions)).scalar_one()
+    assert timeouts == {hostile: 60, "other": 600}
+    assert runs == 6
+    engine.dispose()
