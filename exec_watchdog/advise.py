@@ -24,7 +24,7 @@ from exec_watchdog.common.flags import add_flag
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 from exec_watchdog.platform_access.database import require_existing
-from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
+from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, deleted_agents, schedule_timeouts
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
 from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
 
@@ -50,7 +50,8 @@ def register(commands: Any) -> None:
 
 def collect(conn: sa.Connection, *, window: timedelta, min_runs: int, now: datetime,
             agent: str | None = None, schedule: str | None = None) -> list[advice.Advice]:
-    """The advice for every schedule with runs in the window or a configured timeout, sorted."""
+    """The advice for every schedule with runs in the window or a configured timeout, sorted (soft-deleted
+    agents' schedules left out)."""
     since = now - window
     histograms: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(DURATION_BUCKETS))
     for run in completed_runs(conn, completed_since=format_utc(since)):
@@ -64,8 +65,9 @@ def collect(conn: sa.Connection, *, window: timedelta, min_runs: int, now: datet
         counts = histograms[(run.agent, run.schedule_id)]
         counts[_bucket(run.duration_seconds)] += 1
     timeouts = schedule_timeouts(conn)
+    deleted = deleted_agents(conn)  # soft-deleted agents are not the watchdog's business
     # Manual runs use the agent's timeout: listed only for agents that have some.
-    keys = set(histograms) | {k for k in timeouts if k[1] != MANUAL_SCHEDULE}
+    keys = {k for k in histograms if k[0] not in deleted} | {k for k in timeouts if k[1] != MANUAL_SCHEDULE}
     out = []
     for key in sorted(keys):
         if (agent is not None and key[0] != agent) or (schedule is not None and key[1] != schedule):

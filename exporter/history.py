@@ -55,6 +55,7 @@ from exec_watchdog.platform_access.run_history import (
     WATCHDOG_ACTIONS,
     SkippedRow,
     completed_runs,
+    deleted_agents,
     schedule_timeouts,
 )
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
@@ -134,6 +135,7 @@ class RunHistory:
             changed: set[tuple[str, str, str]] = set()
             with self._engine.connect() as conn:
                 timeouts = schedule_timeouts(conn)
+                hidden = deleted_agents(conn)  # still counted, not published while deleted
                 if self._owns is not None:
                     timeouts = {key: value for key, value in timeouts.items() if self._owns(key[0])}
                 for run in completed_runs(conn, completed_since=since):
@@ -159,7 +161,7 @@ class RunHistory:
                 totals.ended_text[key[:2]] = _ended_text(key[:2], totals.ended)
             self.reads += 1
             seconds = time.perf_counter() - started
-            self._rendered = _render_families(totals, timeouts, read_seconds=seconds)
+            self._rendered = _render_families(totals, timeouts, read_seconds=seconds, hidden=hidden)
 
     # -- scraping --------------------------------------------------------------------------------
 
@@ -218,15 +220,16 @@ def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> 
 
 
 def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
-                     read_seconds: float | None) -> bytes:
+                     read_seconds: float | None, hidden: frozenset[str] | set[str] = frozenset()) -> bytes:
     """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order (but a
-    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest)."""
+    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest).
+    Schedules of ``hidden`` agents (soft-deleted) are left out."""
     parts = [_header(names.SCHEDULE_RUN_DURATION).encode()]
     if totals is not None:
-        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))
+        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text) if key[0] not in hidden)
     parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG).encode())
     if totals is not None:
-        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text))
+        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text) if key[0] not in hidden)
     lines = [_header(names.SCHEDULE_TIMEOUT)]
     lines.extend(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
                  f"{_number(seconds)}\n" for (agent, schedule), seconds in sorted(timeouts.items()))

@@ -115,19 +115,31 @@ def schedule_timeouts(conn: sa.Connection) -> dict[tuple[str, str], int]:
     """The effective timeout of every schedule, and of every agent's manual runs (``__manual__``).
 
     Trinity's rule, as the overdue check applies it: COALESCE(schedule, agent, 3600), then a 0
-    means 900 s. Keyed by (agent, schedule_id).
+    means 900 s. Keyed by (agent, schedule_id). Soft-deleted agents' schedules are left out.
     """
     out: dict[tuple[str, str], int] = {}
     rows = conn.execute(
         sa.select(agent_schedules.c.id, agent_schedules.c.agent_name, agent_schedules.c.timeout_seconds,
                   agent_ownership.c.execution_timeout_seconds)
         .select_from(agent_schedules.outerjoin(
-            agent_ownership, agent_ownership.c.agent_name == agent_schedules.c.agent_name)))
+            agent_ownership, agent_ownership.c.agent_name == agent_schedules.c.agent_name))
+        .where(agent_ownership.c.deleted_at.is_(None)))  # soft-deleted agents: not the watchdog's business
     for schedule_id, agent, schedule_timeout, agent_timeout in rows:
         if isinstance(agent, str) and agent:
             out[(agent, str(schedule_id))] = database.effective_timeout(schedule_timeout, agent_timeout)
-    agents = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds))
+    agents = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds)
+                          .where(agent_ownership.c.deleted_at.is_(None)))
     for agent, agent_timeout in agents:
         if isinstance(agent, str) and agent:
             out[(agent, MANUAL_SCHEDULE)] = database.effective_timeout(None, agent_timeout)
     return out
+
+
+def deleted_agents(conn: sa.Connection) -> set[str]:
+    """Soft-deleted agents (``agent_ownership.deleted_at`` set): their runs are not the watchdog's business.
+
+    Their completed runs stay in the table (and in the exporter's totals, so an agent restored from
+    deletion shows its whole history again); readers leave them out of what they publish and advise.
+    """
+    rows = conn.execute(sa.select(agent_ownership.c.agent_name).where(agent_ownership.c.deleted_at.is_not(None)))
+    return {agent for (agent,) in rows if isinstance(agent, str)}

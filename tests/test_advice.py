@@ -325,3 +325,22 @@ def test_printed_sql_for_postgresql_updates_only_the_schedule_whatever_standard_
     assert timeouts == {hostile: 60, "other": 600}
     assert runs == 6
     engine.dispose()
+
+
+def test_advise_leaves_out_the_schedules_of_a_soft_deleted_agent(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    now = utcnow()
+    with engine.begin() as conn:
+        for agent, deleted in (("a1", None), ("gone", format_utc(now))):
+            conn.execute(sa.insert(agent_ownership).values(agent_name=agent, execution_timeout_seconds=3600,
+                                                           deleted_at=deleted))
+            conn.execute(sa.insert(agent_schedules).values(id="s-" + agent, agent_name=agent, name="s",
+                                                           timeout_seconds=600))
+            conn.execute(sa.insert(schedule_executions), [
+                {"id": f"{agent}-{i}", "schedule_id": "s-" + agent, "agent_name": agent, "status": "success",
+                 "message": "m", "triggered_by": "schedule", "started_at": format_utc(now - timedelta(seconds=90)),
+                 "completed_at": format_utc(now - timedelta(seconds=60)), "duration_ms": 30_000}
+                for i in range(3)])
+    with engine.connect() as conn:
+        advices = collect(conn, window=HOUR, min_runs=1, now=now)
+    assert [(a.agent, a.schedule_id, a.runs) for a in advices] == [("a1", "s-a1", 3)]

@@ -18,7 +18,7 @@ from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE, WATCHDOG_ACTIONS
-from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, schedule_executions
+from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, agent_ownership, schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from tests.exposition_oracle import FixedCollector, HistoryValues, history_families
@@ -128,6 +128,40 @@ def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: 
         "orphan_recovered": 1, "auto_terminated": 1, "result_recovered": 1}
     # Every schedule with runs has all three actions, zeros included.
     assert _value(history, ended, agent="a1", schedule_id="s2", action="auto_terminated") == 0
+
+
+def test_a_soft_deleted_agents_schedule_timeouts_histograms_and_counters_are_not_published(engine: sa.Engine) -> None:
+    """Deleting an agent (agent_ownership.deleted_at) takes its history series away at the next read;
+    restoring it brings back its whole history, still counted."""
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        for agent in ("a1", "gone"):
+            insert_agent(conn, agent)
+            insert_schedule(conn, "s1-" + agent, agent, 600)
+            _complete(conn, "ok-" + agent, agent=agent, schedule="s1-" + agent)
+            _complete(conn, "ended-" + agent, agent=agent, schedule="s1-" + agent, status="failed", duration=False,
+                      error="Execution auto-terminated after 12 minutes by watchdog (exceeded timeout of 600s)")
+    history = RunHistory(engine, clock=lambda: NOW)
+    history.read()
+
+    def agents_published() -> set[str]:
+        return {dict(labels)["agent"] for (_name, labels) in _samples(history) if "agent" in dict(labels)}
+
+    assert agents_published() == {"a1", "gone"}
+    with engine.begin() as conn:
+        conn.execute(sa.update(agent_ownership).where(agent_ownership.c.agent_name == "gone")
+                     .values(deleted_at=format_utc(NOW)))
+    history.read()
+    assert agents_published() == {"a1"}
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="a1", schedule_id="s1-a1") == 600
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="gone", schedule_id="s1-gone") is None
+    with engine.begin() as conn:
+        conn.execute(sa.update(agent_ownership).where(agent_ownership.c.agent_name == "gone").values(deleted_at=None))
+    history.read()
+    assert _value(history, f"{names.SCHEDULE_RUN_DURATION}_count", agent="gone", schedule_id="s1-gone",
+                  status="success") == 1
+    assert _value(history, names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, agent="gone", schedule_id="s1-gone",
+                  action="auto_terminated") == 1
 
 
 def test_unusable_rows_are_skipped_and_counted_once(engine: sa.Engine) -> None:
