@@ -24,9 +24,15 @@ from exec_watchdog.common.flags import add_flag
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
 from exec_watchdog.platform_access.database import require_existing
-from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, deleted_agents, schedule_timeouts
+from exec_watchdog.platform_access.run_history import (
+    CompletedRun,
+    completed_runs,
+    completed_time,
+    deleted_agents,
+    schedule_timeouts,
+)
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
-from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
+from exec_watchdog.platform_access.timestamps import utcnow
 
 
 def register(commands: Any) -> None:
@@ -54,13 +60,11 @@ def collect(conn: sa.Connection, *, window: timedelta, min_runs: int, now: datet
     agents' schedules left out)."""
     since = now - window
     histograms: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(DURATION_BUCKETS))
-    for run in completed_runs(conn, completed_since=format_utc(since)):
+    for run in completed_runs(conn, completed_since=since):  # a superset: times compared here
         if not isinstance(run, CompletedRun) or run.status != "success":
             continue
-        try:
-            if not since < parse_utc(run.completed_at) <= now:  # the rules' window: (now - window, now]
-                continue
-        except BadTimestamp:
+        at = completed_time(run)
+        if at is None or not since < at <= now:  # the rules' window: (now - window, now]
             continue
         counts = histograms[(run.agent, run.schedule_id)]
         counts[_bucket(run.duration_seconds)] += 1

@@ -55,10 +55,11 @@ from exec_watchdog.platform_access.run_history import (
     WATCHDOG_ACTIONS,
     SkippedRow,
     completed_runs,
+    completed_time,
     deleted_agents,
     schedule_timeouts,
 )
-from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.platform_access.timestamps import utcnow
 
 log = structlog.get_logger("exporter")
 
@@ -91,8 +92,8 @@ class _Totals:
     durations: dict[tuple[str, str, str], _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
     ended: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     skipped: int = 0
-    since: str | None = None  # the next read takes rows with completed_at >= this (None: all rows)
-    recent: set[str] = field(default_factory=set)  # ids already counted with completed_at >= since
+    since: datetime | None = None  # the next read takes rows completed at or after this (None: all rows)
+    recent: set[str] = field(default_factory=set)  # ids already counted that the next read returns again
     # The exposition of each histogram and of each schedule's counters, re-rendered only when they
     # change: at ~130,000 series rendering everything on every read would cost more than the read.
     histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
@@ -124,13 +125,18 @@ class RunHistory:
 
         The watermark is the exporter's clock at the start of the previous read, minus the
         overlap: a row committed after that read began was stamped (by the writer's clock) no
-        earlier than that, as long as commit lag plus clock skew stay below the overlap.
+        earlier than that, as long as commit lag plus clock skew stay below the overlap. Times are
+        compared as times, whatever form ``completed_at`` is written in (``T`` or space, ``Z``,
+        naive or an offset): the query asks for a superset, and rows before the watermark are
+        left to the read that counted them.
         """
         with self._lock:
             started = time.perf_counter()
             totals = self._totals
             since = totals.since
-            next_since = format_utc(self._clock() - self._overlap)
+            next_since = self._clock() - self._overlap
+            # Below this text no accepted form is at or after next_since: the first read need not parse it.
+            parse_floor = (next_since - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
             recent: set[str] = set()
             changed: set[tuple[str, str, str]] = set()
             with self._engine.connect() as conn:
@@ -139,11 +145,17 @@ class RunHistory:
                 if self._owns is not None:
                     timeouts = {key: value for key, value in timeouts.items() if self._owns(key[0])}
                 for run in completed_runs(conn, completed_since=since):
+                    parse = since is not None or run.completed_at >= parse_floor
+                    at = completed_time(run) if parse else None
+                    if since is not None and at is not None and at < since:
+                        continue  # before the watermark: the read that saw it counted it
+                    # Will the next read's query return it again? Then remember it was counted.
+                    again = parse and (at is None or at >= next_since)
                     if run.id in totals.recent:
-                        if run.completed_at >= next_since:
+                        if again:
                             recent.add(run.id)
                         continue
-                    if run.completed_at >= next_since:
+                    if again:
                         recent.add(run.id)
                     if isinstance(run, SkippedRow):
                         totals.skipped += 1

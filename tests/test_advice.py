@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +344,19 @@ def test_advise_leaves_out_the_schedules_of_a_soft_deleted_agent(engine: sa.Engi
     with engine.connect() as conn:
         advices = collect(conn, window=HOUR, min_runs=1, now=now)
     assert [(a.agent, a.schedule_id, a.runs) for a in advices] == [("a1", "s-a1", 3)]
+
+
+def test_advise_counts_space_separated_completion_times_at_the_window_edge(engine: sa.Engine) -> None:
+    """Runs written `2026-12-01 09:01:00` (space, naive) just inside the window count; just outside do not."""
+    create_platform_tables(engine)
+    now = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+    inside = ["2026-12-01 09:00:01", "2026-12-01 09:30:00", "2026-12-01T09:00:01Z", "2026-12-01T04:30:00-05:00"]
+    outside = ["2026-12-01 08:59:59", "2026-12-01 09:00:00", "2026-12-01T08:59:00Z", "2026-12-01 10:00:01"]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schedule_executions), [
+            {"id": f"r{i}", "schedule_id": "s1", "agent_name": "a1", "status": "success", "message": "m",
+             "triggered_by": "schedule", "started_at": "2026-12-01T00:00:00Z", "completed_at": at,
+             "duration_ms": 30_000} for i, at in enumerate(inside + outside)])
+    with engine.connect() as conn:
+        advices = collect(conn, window=HOUR, min_runs=1, now=now)
+    assert [(a.schedule_id, a.runs) for a in advices] == [("s1", len(inside))]

@@ -4,7 +4,7 @@ SQLite and a real PostgreSQL, and the series they publish."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,46 @@ def test_incremental_reads_add_new_and_late_committed_rows_once(engine: sa.Engin
     restarted = RunHistory(engine, clock=lambda: clock[0])
     restarted.read()
     assert _count(restarted) == 5
+
+
+BASE = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+
+
+def _complete_as(conn: sa.Connection, run_id: str, completed_at: str) -> None:
+    """A successful 30 s run whose completed_at is written exactly as given."""
+    conn.execute(sa.insert(schedule_executions).values(
+        id=run_id, schedule_id="s1", agent_name="a1", status="success", message="m", triggered_by="schedule",
+        started_at="2026-12-01T00:00:00Z", completed_at=completed_at, duration_ms=30_000))
+
+
+def test_incremental_reads_compare_completion_times_as_times_whatever_their_form(engine: sa.Engine) -> None:
+    """`2026-12-01 10:00:30` (space, as SQLite's datetime() writes), offsets and `T...Z` rows completed after
+    the watermark are each counted once; a space-form row inside the overlap is not counted twice."""
+    create_platform_tables(engine)
+    clock = [BASE]
+    history = RunHistory(engine, overlap_seconds=300, clock=lambda: clock[0])
+    with engine.begin() as conn:
+        _complete_as(conn, "early-space", "2026-12-01 09:58:00")  # inside the next read's overlap
+        _complete_as(conn, "old-space", "2026-12-01 09:00:00")
+    history.read()
+    assert _count(history) == 2
+    clock[0] = BASE + timedelta(seconds=60)
+    with engine.begin() as conn:
+        for n in range(5):
+            _complete_as(conn, f"space-{n}", f"2026-12-01 10:00:{10 + n:02d}")
+            _complete_as(conn, f"t-{n}", f"2026-12-01T10:00:{20 + n:02d}.000000Z")
+        _complete_as(conn, "west", "2026-12-01T05:00:40-05:00")  # 10:00:40 UTC, its text reads earlier
+        _complete_as(conn, "east", "2026-12-01T12:00:41+02:00")
+        _complete_as(conn, "late-space", "2026-12-01 09:57:30")  # stamped before, committed after the read
+    history.read()
+    assert _count(history) == 2 + 13
+    clock[0] = BASE + timedelta(seconds=120)
+    history.read()
+    history.read()
+    assert _count(history) == 15
+    restarted = RunHistory(engine, clock=lambda: clock[0])
+    restarted.read()
+    assert _count(restarted) == 15
 
 
 def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: sa.Engine) -> None:
