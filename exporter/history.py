@@ -48,6 +48,7 @@ import structlog
 from prometheus_client.utils import floatToGoString
 
 from exec_watchdog.common.contract import ExporterMetric as names
+from exec_watchdog.exporter.aging import Aging
 from exec_watchdog.exporter.families import escape_label_value as _escape
 from exec_watchdog.exporter.families import header as _header
 from exec_watchdog.platform_access.run_history import (
@@ -71,6 +72,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     1800, 2100, 2400, 2700, 3000, 3600, 4500, 5400, 7200, 10800, 14400, 21600, 43200, 86400, float("inf"),
 )
 OVERLAP_SECONDS = 300.0  # how far back each read looks for rows committed late
+ADVICE_WINDOW_SECONDS = 7 * 86_400.0  # the production profile's advice_window (alerts/profiles.yml)
 
 _Schedule = tuple[str, str]  # (agent, schedule_id)
 
@@ -81,7 +83,7 @@ class _Histogram:
     total: float = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.buckets[_bucket(seconds)] += 1
         self.total += seconds
 
 
@@ -98,24 +100,33 @@ class _Totals:
     # change: at ~130,000 series rendering everything on every read would cost more than the read.
     histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     ended_text: dict[_Schedule, bytes] = field(default_factory=dict)
+    # Counted runs that completed before the advice window, and those still inside it (by time):
+    # (agent, schedule_id, bucket index) for successful runs, (agent, schedule_id, action) for ended ones.
+    before: dict[tuple[str, str, int | str], int] = field(default_factory=lambda: defaultdict(int))
+    inside: Aging[tuple[str, str, int | str]] = field(default_factory=Aging)
+    before_text: dict[_Schedule, tuple[bytes, bytes]] = field(default_factory=dict)  # (successful, ended)
 
 
 class RunHistory:
     """The incremental reader and the exposition of what it has read."""
 
     def __init__(self, engine: sa.Engine, *, overlap_seconds: float = OVERLAP_SECONDS,
+                 window_seconds: float = ADVICE_WINDOW_SECONDS,
                  clock: Callable[[], datetime] = utcnow, owns: Callable[[str], bool] | None = None) -> None:
         if overlap_seconds < 0:
             raise ValueError("the history overlap must not be negative")
+        if not window_seconds > 0:
+            raise ValueError("the advice window must be positive")
         self._engine = engine
         self._overlap = timedelta(seconds=overlap_seconds)
+        self._window = timedelta(seconds=window_seconds)
         self._clock = clock
         self._owns = owns  # a shard publishes only its own agents' history: every series once in all
         self._totals = _Totals()
         self._lock = threading.Lock()  # one read at a time, even if called from two threads
         self._reading: asyncio.Future[None] | None = None
         self._failing = False
-        self._rendered = _render_families(None, {}, read_seconds=None)
+        self._rendered = _render_families(None, {}, read_seconds=None, window=window_seconds)
         self.reads = 0
 
     # -- reading ---------------------------------------------------------------------------------
@@ -134,11 +145,17 @@ class RunHistory:
             started = time.perf_counter()
             totals = self._totals
             since = totals.since
-            next_since = self._clock() - self._overlap
-            # Below this text no accepted form is at or after next_since: the first read need not parse it.
-            parse_floor = (next_since - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+            now = self._clock()
+            next_since = now - self._overlap
+            window_start = now - self._window
+            cutoff = window_start.timestamp()  # a run completed at or before this is before the window
+            # Below this text no accepted form is at or after next_since or inside the window: the first
+            # read need not parse it.
+            parse_floor = (min(next_since, window_start) - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
             recent: set[str] = set()
             changed: set[tuple[str, str, str]] = set()
+            inside: list[tuple[float, tuple[str, str, int | str]]] = []
+            before_changed: set[_Schedule] = set()
             with self._engine.connect() as conn:
                 timeouts = schedule_timeouts(conn)
                 hidden = deleted_agents(conn)  # still counted, not published while deleted
@@ -167,13 +184,31 @@ class RunHistory:
                     changed.add(key)
                     if run.watchdog_action is not None:
                         totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
+                    # The advice window: a run with no readable time counts as before it (never advised on).
+                    slots: list[int | str] = [_bucket(run.duration_seconds)] if run.status == "success" else []
+                    if run.watchdog_action is not None:
+                        slots.append(run.watchdog_action)
+                    when = at.timestamp() if at is not None else None
+                    for slot in slots:
+                        if when is None or when <= cutoff:
+                            totals.before[(run.agent, run.schedule_id, slot)] += 1
+                        else:
+                            inside.append((when, (run.agent, run.schedule_id, slot)))
+            totals.inside.add(inside)
+            for agent, schedule_id, slot in totals.inside.expire(cutoff):
+                totals.before[(agent, schedule_id, slot)] += 1
+                before_changed.add((agent, schedule_id))
             totals.since, totals.recent = next_since, recent
             for key in changed:
                 totals.histogram_text[key] = _histogram_text(key, totals.durations[key])
                 totals.ended_text[key[:2]] = _ended_text(key[:2], totals.ended)
+                before_changed.add(key[:2])
+            for schedule in before_changed:
+                totals.before_text[schedule] = _before_text(schedule, totals)
             self.reads += 1
             seconds = time.perf_counter() - started
-            self._rendered = _render_families(totals, timeouts, read_seconds=seconds, hidden=hidden)
+            self._rendered = _render_families(totals, timeouts, read_seconds=seconds, hidden=hidden,
+                                              window=self._window.total_seconds())
 
     # -- scraping --------------------------------------------------------------------------------
 
@@ -222,6 +257,30 @@ def _histogram_text(key: tuple[str, str, str], histogram: _Histogram) -> bytes:
     return "".join(lines).encode()
 
 
+def _bucket(seconds: float) -> int:
+    return bisect.bisect_left(DURATION_BUCKETS, seconds)
+
+
+def _before_text(schedule: _Schedule, totals: _Totals) -> tuple[bytes, bytes]:
+    """Both before-window families' lines of one schedule: every bucket if it has successful runs, every
+    action (zeros included, as the counters they are subtracted from)."""
+    agent, schedule_id = schedule
+    before = totals.before
+    labels = f'agent="{_escape(agent)}",'
+    tail = f'schedule_id="{_escape(schedule_id)}"'
+    lines: list[str] = []
+    if (agent, schedule_id, "success") in totals.durations:
+        name = names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
+        cumulative = 0
+        for index, le in enumerate(_LE):
+            cumulative += before.get((agent, schedule_id, index), 0)
+            lines.append(f'{name}{{{labels}le="{le}",{tail}}} {_number(cumulative)}\n')
+    name = names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW
+    ended = "".join(f'{name}{{action="{action}",{labels}{tail}}} '
+                    f"{_number(before.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS)
+    return "".join(lines).encode(), ended.encode()
+
+
 def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> bytes:
     # Every action for every schedule with runs, zeros included, so the first one shows in increase().
     agent, schedule_id = schedule
@@ -231,8 +290,8 @@ def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> 
         f"{_number(ended.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS).encode()
 
 
-def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
-                     read_seconds: float | None, hidden: frozenset[str] | set[str] = frozenset()) -> bytes:
+def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *, read_seconds: float | None,
+                     window: float, hidden: frozenset[str] | set[str] = frozenset()) -> bytes:
     """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order (but a
     bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest).
     Schedules of ``hidden`` agents (soft-deleted) are left out."""
@@ -254,6 +313,13 @@ def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
     if read_seconds is not None:
         lines.append(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
     parts.append("".join(lines).encode())
+    befores = [] if totals is None else [totals.before_text[key] for key in sorted(totals.before_text)
+                                         if key[0] not in hidden]
+    before_names = (names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW, names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW)
+    for index, name in enumerate(before_names):
+        parts.append(_header(name).encode())
+        parts.extend(texts[index] for texts in befores)
+    parts.append(f"{_header(names.HISTORY_WINDOW)}{names.HISTORY_WINDOW} {_number(window)}\n".encode())
     return b"".join(parts)
 
 

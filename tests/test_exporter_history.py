@@ -148,6 +148,47 @@ def test_incremental_reads_compare_completion_times_as_times_whatever_their_form
     assert _count(restarted) == 15
 
 
+def test_runs_completed_before_the_advice_window_are_counted_apart_and_join_them_as_the_window_moves(
+        engine: sa.Engine) -> None:
+    """The before-window counters hold the counted runs completed at or before now - window, from the first
+    read (a fresh exporter over old history) and as runs age out; a restart derives the same."""
+    create_platform_tables(engine)
+    window = 3600.0
+    with engine.begin() as conn:
+        _complete(conn, "old", seconds=20, completed=NOW - timedelta(hours=5))
+        _complete(conn, "old-space", seconds=100, completed=NOW)  # rewritten below in space form
+        conn.execute(sa.update(schedule_executions).where(schedule_executions.c.id == "old-space")
+                     .values(completed_at=(NOW - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")))
+        _complete(conn, "edge", seconds=20, completed=NOW - timedelta(seconds=3599))
+        _complete(conn, "new", seconds=20, completed=NOW - timedelta(seconds=60))
+        _complete(conn, "killed", status="failed", duration=False, completed=NOW - timedelta(seconds=1800),
+                  error="Execution auto-terminated after 12 minutes by watchdog (exceeded timeout of 600s)")
+    clock = [NOW]
+    history = RunHistory(engine, window_seconds=window, clock=lambda: clock[0])
+    before = names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
+    ended_before = names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW
+
+    def before_le(le: str) -> float | None:
+        return _value(history, before, agent="a1", schedule_id="s1", le=le)
+
+    history.read()
+    assert _count(history) == 4
+    assert (before_le("30.0"), before_le("+Inf")) == (1, 2)  # old (20 s) and old-space (100 s)
+    assert _value(history, ended_before, agent="a1", schedule_id="s1", action="auto_terminated") == 0
+    assert _value(history, names.HISTORY_WINDOW) == window
+    clock[0] = NOW + timedelta(seconds=1)  # edge is now exactly window old: before it
+    history.read()
+    assert (before_le("30.0"), before_le("+Inf")) == (2, 3)
+    clock[0] = NOW + timedelta(seconds=1801)
+    history.read()
+    assert _value(history, ended_before, agent="a1", schedule_id="s1", action="auto_terminated") == 1
+    assert before_le("+Inf") == 3
+    restarted = RunHistory(engine, window_seconds=window, clock=lambda: clock[0])
+    restarted.read()
+    assert {k: v for k, v in _samples(restarted).items() if k[0] in (before, ended_before)} == {
+        k: v for k, v in _samples(history).items() if k[0] in (before, ended_before)}
+
+
 def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: sa.Engine) -> None:
     create_platform_tables(engine)
     with engine.begin() as conn:
