@@ -92,7 +92,8 @@ async def open_scraping(settings: ExporterSettings) -> AsyncIterator[Scraping]:
         scrape_timeout=settings.scrape_timeout, inflight=inflight,
         inflight_max_age_seconds=settings.inflight_max_age_seconds, shard=settings.shard)
     try:
-        yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None))
+        yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None,
+                                               window_seconds=settings.advice_window_seconds))
     finally:
         await client.aclose()
         if redis_client is not None:

@@ -34,6 +34,7 @@ class ExporterSettings:
     scrape_timeout: float = 8.0
     inflight_max_age_seconds: float = 10_920.0
     shard: Shard | None = None  # None: this exporter watches the whole fleet
+    advice_window_seconds: float = 7 * 86_400.0  # the rule profile's advice_window (before-window counters)
 
 
 def _positive_seconds(flag: str, value: object) -> float:
@@ -108,7 +109,20 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         scrape_timeout=scrape_timeout,
         inflight_max_age_seconds=_positive_seconds("--inflight-max-age", args.inflight_max_age),
         shard=_shard(getattr(args, "shard", None)),
+        advice_window_seconds=_advice_window(getattr(args, "advice_window", "7d")),
     )
+
+
+def _advice_window(value: str) -> float:
+    from exec_watchdog.alerts.profiles import duration_seconds
+
+    try:
+        seconds = duration_seconds(value)
+    except ValueError as exc:
+        raise ConfigError(f"--advice-window: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"--advice-window must be positive, got {value!r}")
+    return seconds
 
 
 def _shard(value: str | None) -> Shard | None:

@@ -54,7 +54,8 @@ def _series_key(family_sample: Any) -> str | None:
     if name.startswith(names.SCHEDULE_RUN_DURATION) and labels.get("status") != "success":
         return None
     if not (name.startswith(names.SCHEDULE_RUN_DURATION) or name in (
-            names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, names.SCHEDULE_TIMEOUT)) or name.endswith("_sum"):
+            names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, names.SCHEDULE_TIMEOUT, names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW,
+            names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW)) or name.endswith("_sum"):
         return None
     labels = {**labels, "job": "exec-watchdog-exporter", "instance": "exporter:9463"}
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
@@ -360,3 +361,31 @@ def test_advise_counts_space_separated_completion_times_at_the_window_edge(engin
     with engine.connect() as conn:
         advices = collect(conn, window=HOUR, min_runs=1, now=now)
     assert [(a.schedule_id, a.runs) for a in advices] == [("s1", len(inside))]
+
+
+def test_rules_over_a_fresh_exporters_first_scrape_give_the_clis_advice(month: Month, tmp_path: Path) -> None:
+    """Right after installation (one scrape of a month of history, no Prometheus history at all) the
+    recording rules count only the window's runs, as `exec-watchdog advise` does."""
+    profile = load_profile("production")
+    window = timedelta(seconds=profile.seconds("advice_window"))
+    fresh = RunHistory(month.engine, clock=lambda: month.end)
+    fresh.read()
+    with month.engine.connect() as conn:
+        advices = collect(conn, window=window, min_runs=profile.advice_min_runs, now=month.end)
+    assert any(a.runs < sum(1 for r in month.rows if r["schedule_id"] == a.schedule_id and r["status"] == "success")
+               for a in advices)  # the month holds runs older than the window
+    expr_tests: list[dict[str, Any]] = []
+    for a in advices:
+        labels = f'agent="{a.agent}",schedule_id="{a.schedule_id}"'
+        expr_tests.append({"expr": f"{timeout_rules.RUNS}{{{labels}}}", "eval_time": "0s",
+                           "exp_samples": [{"labels": f"{timeout_rules.RUNS}{{{labels}}}", "value": a.runs}]})
+        advised = [] if a.advised is None else [{"labels": f"{timeout_rules.ADVISED}{{{labels}}}",
+                                                 "value": a.advised}]
+        expr_tests.append({"expr": f"{timeout_rules.ADVISED}{{{labels}}}", "eval_time": "0s", "exp_samples": advised})
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules.rule_groups(profile), sort_keys=False))
+    series = [{"series": key, "values": f"{value:g}"} for key, value in _samples(fresh.exposition()).items()]
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "name": "a fresh exporter", "interval": "15s", "input_series": series, "promql_expr_test": expr_tests}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False, width=1 << 20))
+    result = run(require_tool("promtool"), "test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

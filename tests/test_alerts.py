@@ -173,7 +173,8 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             exporter_metrics.EXECUTION_RECENTLY_COMPLETED, exporter_metrics.EXECUTION_DISPATCH_INFLIGHT,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
-            exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED} == used
+            exporter_metrics.SCHEDULE_TIMEOUT, exporter_metrics.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW,
+            exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, *timeout_rules.RECORDED} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
