@@ -82,9 +82,12 @@ class _Histogram:
     buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # not cumulative
     total: float = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[_bucket(seconds)] += 1
+    def observe(self, seconds: float) -> int:
+        """Count one run; its bucket's index."""
+        index = _bucket(seconds)
+        self.buckets[index] += 1
         self.total += seconds
+        return index
 
 
 @dataclass(slots=True)
@@ -180,12 +183,12 @@ class RunHistory:
                     if self._owns is not None and not self._owns(run.agent):
                         continue
                     key = (run.agent, run.schedule_id, run.status)
-                    totals.durations[key].observe(run.duration_seconds)
+                    bucket = totals.durations[key].observe(run.duration_seconds)
                     changed.add(key)
                     if run.watchdog_action is not None:
                         totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
                     # The advice window: a run with no readable time counts as before it (never advised on).
-                    slots: list[int | str] = [_bucket(run.duration_seconds)] if run.status == "success" else []
+                    slots: list[int | str] = [bucket] if run.status == "success" else []
                     if run.watchdog_action is not None:
                         slots.append(run.watchdog_action)
                     when = at.timestamp() if at is not None else None
@@ -194,6 +197,9 @@ class RunHistory:
                             totals.before[(run.agent, run.schedule_id, slot)] += 1
                         else:
                             inside.append((when, (run.agent, run.schedule_id, slot)))
+                    if len(inside) >= 20_000:  # the first read: hand over in batches, never a week of tuples
+                        totals.inside.add(inside)
+                        inside = []
             totals.inside.add(inside)
             for agent, schedule_id, slot in totals.inside.expire(cutoff):
                 totals.before[(agent, schedule_id, slot)] += 1
