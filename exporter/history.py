@@ -75,12 +75,14 @@ OVERLAP_SECONDS = 300.0  # how far back each read looks for rows committed late
 ADVICE_WINDOW_SECONDS = 7 * 86_400.0  # the production profile's advice_window (alerts/profiles.yml)
 
 _Schedule = tuple[str, str]  # (agent, schedule_id)
+_Inside = tuple[tuple[str, str, str], int] | tuple[str, str, str]  # see _Totals.inside
 
 
 @dataclass(slots=True)
 class _Histogram:
     buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # not cumulative
     total: float = 0.0
+    before: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # completed before the window
 
     def observe(self, seconds: float) -> int:
         """Count one run; its bucket's index."""
@@ -103,10 +105,11 @@ class _Totals:
     # change: at ~130,000 series rendering everything on every read would cost more than the read.
     histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     ended_text: dict[_Schedule, bytes] = field(default_factory=dict)
-    # Counted runs that completed before the advice window, and those still inside it (by time):
-    # (agent, schedule_id, bucket index) for successful runs, (agent, schedule_id, action) for ended ones.
-    before: dict[tuple[str, str, int | str], int] = field(default_factory=lambda: defaultdict(int))
-    inside: Aging[tuple[str, str, int | str]] = field(default_factory=Aging)
+    # Counted runs that completed before the advice window (successful ones in their histogram's
+    # `before`), and those still inside it, by time: (histogram key, bucket index) for a successful run,
+    # (agent, schedule_id, action) for one the watchdog ended.
+    ended_before: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    inside: Aging[_Inside] = field(default_factory=Aging)
     before_text: dict[_Schedule, tuple[bytes, bytes]] = field(default_factory=dict)  # (successful, ended)
 
 
@@ -157,7 +160,7 @@ class RunHistory:
             parse_floor = (min(next_since, window_start) - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
             recent: set[str] = set()
             changed: set[tuple[str, str, str]] = set()
-            inside: list[tuple[float, tuple[str, str, int | str]]] = []
+            inside: list[tuple[float, _Inside]] = []
             before_changed: set[_Schedule] = set()
             with self._engine.connect() as conn:
                 timeouts = schedule_timeouts(conn)
@@ -183,27 +186,35 @@ class RunHistory:
                     if self._owns is not None and not self._owns(run.agent):
                         continue
                     key = (run.agent, run.schedule_id, run.status)
-                    bucket = totals.durations[key].observe(run.duration_seconds)
+                    histogram = totals.durations[key]
+                    bucket = histogram.observe(run.duration_seconds)
                     changed.add(key)
-                    if run.watchdog_action is not None:
-                        totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
                     # The advice window: a run with no readable time counts as before it (never advised on).
-                    slots: list[int | str] = [bucket] if run.status == "success" else []
-                    if run.watchdog_action is not None:
-                        slots.append(run.watchdog_action)
                     when = at.timestamp() if at is not None else None
-                    for slot in slots:
-                        if when is None or when <= cutoff:
-                            totals.before[(run.agent, run.schedule_id, slot)] += 1
+                    inside_at = when if when is not None and when > cutoff else None
+                    if run.status == "success":
+                        if inside_at is None:
+                            histogram.before[bucket] += 1
                         else:
-                            inside.append((when, (run.agent, run.schedule_id, slot)))
+                            inside.append((inside_at, (key, bucket)))
+                    if run.watchdog_action is not None:
+                        ended = (run.agent, run.schedule_id, run.watchdog_action)
+                        totals.ended[ended] += 1
+                        if inside_at is None:
+                            totals.ended_before[ended] += 1
+                        else:
+                            inside.append((inside_at, ended))
                     if len(inside) >= 20_000:  # the first read: hand over in batches, never a week of tuples
                         totals.inside.add(inside)
                         inside = []
             totals.inside.add(inside)
-            for agent, schedule_id, slot in totals.inside.expire(cutoff):
-                totals.before[(agent, schedule_id, slot)] += 1
-                before_changed.add((agent, schedule_id))
+            for entry in totals.inside.expire(cutoff):
+                if len(entry) == 2:  # (histogram key, bucket)
+                    totals.durations[entry[0]].before[entry[1]] += 1
+                    before_changed.add(entry[0][:2])
+                else:
+                    totals.ended_before[entry] += 1
+                    before_changed.add(entry[:2])
             totals.since, totals.recent = next_since, recent
             for key in changed:
                 totals.histogram_text[key] = _histogram_text(key, totals.durations[key])
@@ -271,19 +282,20 @@ def _before_text(schedule: _Schedule, totals: _Totals) -> tuple[bytes, bytes]:
     """Both before-window families' lines of one schedule: every bucket if it has successful runs, every
     action (zeros included, as the counters they are subtracted from)."""
     agent, schedule_id = schedule
-    before = totals.before
     labels = f'agent="{_escape(agent)}",'
     tail = f'schedule_id="{_escape(schedule_id)}"'
     lines: list[str] = []
-    if (agent, schedule_id, "success") in totals.durations:
+    histogram = totals.durations.get((agent, schedule_id, "success"))
+    if histogram is not None:
         name = names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
         cumulative = 0
-        for index, le in enumerate(_LE):
-            cumulative += before.get((agent, schedule_id, index), 0)
+        for count, le in zip(histogram.before, _LE, strict=True):
+            cumulative += count
             lines.append(f'{name}{{{labels}le="{le}",{tail}}} {_number(cumulative)}\n')
     name = names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW
     ended = "".join(f'{name}{{action="{action}",{labels}{tail}}} '
-                    f"{_number(before.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS)
+                    f"{_number(totals.ended_before.get((agent, schedule_id, action), 0))}\n"
+                    for action in WATCHDOG_ACTIONS)
     return "".join(lines).encode(), ended.encode()
 
 
