@@ -27,6 +27,10 @@ HEARTBEAT_RECEIVER = "heartbeat"
 # One silence with this matcher pauses every remediation (alerts/runbook.md says how).
 PAUSE_REMEDIATION_MATCHER = f'{REMEDIATION_LABEL}=~".+"'
 
+# Remediations that do not need the agent to answer (an unreachable agent is their premise, or
+# they touch no agent): an unreachable agent does not hold them.
+NEEDS_AGENT_MATCHER = (f'{REMEDIATION_LABEL}!~"'
+                       f'{"|".join((*contract.UNREACHABLE_ACTIONS, contract.RELEASE_LEAKED_SLOT))}"')
 REMEDIATION_GROUP_BY = ["alertname", "agent", "execution_id"]
 OPERATOR_GROUP_BY = ["alertname", "agent"]
 
@@ -108,7 +112,7 @@ def alertmanager_config(profile: Profile, webhook_url: str | Sequence[str], cred
             # Nothing about an agent's executions can be verified while it does not answer.
             {
                 "source_matchers": [f'alertname="{contract.AGENT_UNREACHABLE}"'],
-                "target_matchers": [PAUSE_REMEDIATION_MATCHER],
+                "target_matchers": [PAUSE_REMEDIATION_MATCHER, NEEDS_AGENT_MATCHER],
                 "equal": ["agent"],
             },
             # A stuck warning adds nothing once the watchdog is recovering that execution.

@@ -61,6 +61,10 @@ class Profile:
     advice_window: str = _tunable("duration")
     advice_min_runs: int = _tunable("count")
     timeout_advice_for: str = _tunable("duration")
+    slot_expired_for: str = _tunable("duration")
+    slot_unreachable_for: str = _tunable("duration")
+    slot_leak_min_age_seconds: int = _tunable("seconds")
+    slot_leaked_for: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""

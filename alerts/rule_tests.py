@@ -672,8 +672,8 @@ def heartbeat(p: Profile) -> dict[str, Any]:
     }
 
 
-# The timeout-advice cases live beside their rules; importing them registers them here.
-from exec_watchdog.alerts import timeout_rule_tests  # noqa: E402, F401
+# The timeout-advice and slot cases live beside their rules; importing them registers them here.
+from exec_watchdog.alerts import slot_rule_tests, timeout_rule_tests  # noqa: E402, F401
 
 
 def promtool_groups(profile: Profile) -> list[dict[str, Any]]:

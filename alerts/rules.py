@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exec_watchdog.alerts import timeout_rules
+from exec_watchdog.alerts import slot_rules, timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, REMEDIATION_LABEL, TERMINATE_OVERDUE
@@ -199,5 +199,6 @@ def rule_groups(profile: Profile) -> dict[str, Any]:
             {"name": "exec-watchdog.executions", "interval": interval, "rules": execution_rules(profile)},
             {"name": "exec-watchdog.pipeline", "interval": interval, "rules": pipeline_rules(profile)},
             timeout_rules.timeout_group(profile, _alert),
+            slot_rules.slot_group(profile, _alert),
         ]
     }

@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,7 +100,7 @@ def agents_child(script: str, mode: str, plan: dict[str, list[str]], workdir: Pa
 # -- the platform database ------------------------------------------------------------------------
 
 def build_database(url: str, agents: int, executions: int, lost: float,
-                   redis_url: str | None) -> dict[str, list[str]]:
+                   redis_url: str | None, slots_held: int = 3000) -> dict[str, list[str]]:
     """Fill the platform tables; return what each agent really runs."""
     import sqlalchemy as sa
 
@@ -123,8 +123,9 @@ def build_database(url: str, agents: int, executions: int, lost: float,
         rows.append({"id": execution_id, "schedule_id": f"sched-{n % 100:03d}" if n % 3 else "__manual__",
                      "agent_name": agent, "status": "running", "message": "benchmark", "triggered_by": "schedule",
                      "started_at": format_utc(now - timedelta(seconds=age))})
-        slots.append({"agent_name": agent, "execution_id": execution_id, "started_at": time.time() - age,
-                      "message_preview": "benchmark", "slot_number": 1, "timeout_seconds": 3600})
+        if n < slots_held:  # the issue's bound: 3,000 slots, ages up to 2 h, so some are past their TTL
+            slots.append({"agent_name": agent, "execution_id": execution_id, "started_at": time.time() - age,
+                          "message_preview": "benchmark", "slot_number": 1, "timeout_seconds": 3600})
         if rng.random() >= lost:
             plan[agent].append(execution_id)
     with engine.begin() as c:
@@ -140,7 +141,8 @@ def build_database(url: str, agents: int, executions: int, lost: float,
     if redis_url is not None:
         store = RedisSlots.from_url(redis_url)
         for slot in slots:
-            store.acquire(str(slot["agent_name"]), str(slot["execution_id"]), now, "benchmark", 3600)
+            store.acquire(str(slot["agent_name"]), str(slot["execution_id"]),
+                          datetime.fromtimestamp(float(str(slot["started_at"])), UTC), "benchmark", 3600)
     engine.dispose()
     return plan
 
@@ -285,6 +287,7 @@ def main() -> int:
     parser.add_argument("--serve-agents", metavar="PLAN", help=argparse.SUPPRESS)
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--executions", type=int, default=10_000)
+    parser.add_argument("--slots", type=int, default=3000, help="capacity slots held (the first N running rows)")
     parser.add_argument("--lost", type=float, default=0.05, help="fraction of running rows their agent lost")
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
@@ -307,7 +310,7 @@ def main() -> int:
         redis_url = stack.enter_context(redis_server()) if args.redis else None
 
         started = time.perf_counter()
-        plan = build_database(database_url, args.agents, args.executions, args.lost, redis_url)
+        plan = build_database(database_url, args.agents, args.executions, args.lost, redis_url, args.slots)
         print(f"database: {args.executions} running rows, {args.agents} agents ({args.database}, slots in "
               f"{'Redis' if redis_url else 'SQL'}) in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()

@@ -97,6 +97,8 @@ MIX: tuple[tuple[Fault, float, float, float], ...] = (
     ("retained_success", 0.10, 0.5, 8.0),
     ("hang", 0.10, 0.0, 0.0),
     ("inflight", 0.08, 0.5, 8.0),
+    # A finished run whose slot is never released; released by the leak path (Trinity's start-up sweep).
+    ("leak_slot", 0.04, 0.5, 8.0),
 )
 MARKER_TICK, MARKER_GRACE = 1.0, 0.5  # Trinity's 15 s and 5 s, scaled to the fast profile's 3 s minimum age
 

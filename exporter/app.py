@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from exec_watchdog.common import redaction
 from exec_watchdog.common.serving import lifespan, opened
 from exec_watchdog.exporter.exposition import CONTENT_TYPE, render_snapshot
 from exec_watchdog.exporter.gather import Gatherer, poll_client
@@ -76,6 +77,9 @@ class Scraping:
 
 @contextlib.asynccontextmanager
 async def open_scraping(settings: ExporterSettings) -> AsyncIterator[Scraping]:
+    # Every secret this process holds, so no log line shows one (common/redaction.py).
+    redaction.PROCESS.add(settings.agent_secret, *redaction.secrets_of_url(settings.database_url),
+                          *redaction.secrets_of_url(settings.redis_url))
     engine = open_engine(settings.database_url, settings.database_timeout)
     client = poll_client(settings.agent_url_template, settings.agent_secret, timeout=settings.agent_timeout,
                          concurrency=settings.poll_concurrency)

@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter import families
 from exec_watchdog.exporter.families import escape_label_value as _escape
-from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, Snapshot
+from exec_watchdog.exporter.snapshot import AgentFacts, ExecutionFacts, SlotFacts, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,6 +36,7 @@ class _Labelled(NamedTuple):
     snapshot: Snapshot
     executions: list[tuple[str, ExecutionFacts]]  # ('{agent="a1",execution_id="e",schedule_id="s"} ', e)
     agents: list[tuple[str, AgentFacts]]  # ('agent="a1"', a)
+    slots: list[tuple[str, SlotFacts]]  # ('{agent="a1",execution_id="e"} ', s)
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> _Labelled:
@@ -45,7 +46,9 @@ class _Labelled(NamedTuple):
             for e in snapshot.executions
         ]
         agents = [(f'agent="{_escape(a.name)}"', a) for a in snapshot.agents]
-        return cls(snapshot, executions, agents)
+        slots = [(f'{{agent="{_escape(s.agent)}",execution_id="{_escape(s.execution_id)}"}} ', s)
+                 for s in snapshot.slots]
+        return cls(snapshot, executions, agents, slots)
 
 
 # (family name, labelled snapshot) -> the family's sample lines, each ending in a newline.
@@ -100,6 +103,23 @@ def _slots_limit(name: str, s: _Labelled) -> list[str]:
     return [f"{name}{{{label}}} {_number(a.slots_limit)}\n" for label, a in s.agents]
 
 
+def _slot_age(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{labels}{_number(slot.age_seconds)}\n" for labels, slot in s.slots]
+
+
+def _slot_ttl(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{labels}{_number(slot.ttl_seconds)}\n" for labels, slot in s.slots]
+
+
+def _slot_leaked(name: str, s: _Labelled) -> list[str]:
+    return [f"{name}{labels}{'1.0' if slot.leaked else '0.0'}\n" for labels, slot in s.slots]
+
+
+def _slots_paused(name: str, s: _Labelled) -> list[str]:
+    paused = s.snapshot.slots_paused
+    return [] if paused is None else [f"{name} {'1.0' if paused else '0.0'}\n"]
+
+
 def _scrape_duration(name: str, s: _Labelled) -> list[str]:
     return [f"{name} {_number(s.snapshot.duration_seconds)}\n"]
 
@@ -132,6 +152,10 @@ _SAMPLE_LINES: Mapping[str, _SampleLines] = {
     names.AGENT_REGISTRY_EXECUTIONS: _registry,
     names.AGENT_SLOTS_USED: _slots_used,
     names.AGENT_SLOTS_LIMIT: _slots_limit,
+    names.SLOT_AGE: _slot_age,
+    names.SLOT_TTL: _slot_ttl,
+    names.SLOT_LEAKED: _slot_leaked,
+    names.SLOTS_PAUSED: _slots_paused,
     names.SCRAPE_DURATION: _scrape_duration,
     names.DATABASE_UP: _database_up,
     names.INVALID_ROWS: _invalid_rows,

@@ -16,6 +16,7 @@ Kind = Literal["gauge", "counter", "histogram"]
 
 EXECUTION_LABELS = ("agent", "execution_id", "schedule_id")
 SCHEDULE_LABELS = ("agent", "schedule_id")
+SLOT_LABELS = ("agent", "execution_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,18 @@ SNAPSHOT: tuple[Family, ...] = (
     Family(names.AGENT_SLOTS_USED, "gauge", "Capacity slots held on the agent.", ("agent",)),
     Family(names.AGENT_SLOTS_LIMIT, "gauge",
            "Capacity slot limit of the agent (agent_ownership.max_parallel_tasks, default 3).", ("agent",)),
+    Family(names.SLOT_AGE, "gauge",
+           "Seconds since the capacity slot was acquired (now - its sorted-set score); only slots past 80 % of their "
+           "TTL or leaked.", SLOT_LABELS),
+    Family(names.SLOT_TTL, "gauge",
+           "Lifetime of the capacity slot: its hash's timeout_seconds + 300, else the agent's timeout + 300, else "
+           "1200; only slots past 80 % of it or leaked.", SLOT_LABELS),
+    Family(names.SLOT_LEAKED, "gauge",
+           "1 if the slot's execution row is missing or success/failed/cancelled/skipped, else 0; only slots past "
+           "80 % of their TTL or leaked.", SLOT_LABELS),
+    Family(names.SLOTS_PAUSED, "gauge",
+           "1 while Redis key governor:pause exists (Trinity's re-delivery governor pauses slot cleanup), else 0; "
+           "absent when the slot store was not read."),
     Family(names.SCRAPE_DURATION, "gauge",
            "Wall time of this scrape's gathering: database read, agent polls and slot read."),
     Family(names.DATABASE_UP, "gauge", "1 if the running-executions query succeeded in this scrape, else 0."),

@@ -28,6 +28,7 @@ import structlog
 
 from exec_watchdog.common.version import __version__
 from exec_watchdog.exporter.sharding import Shard
+from exec_watchdog.exporter.slot_facts import SlotRead, read_slots
 from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningEntry, RunningSnapshot
 from exec_watchdog.platform_access.database import Execution, agents, running_executions
@@ -135,13 +136,16 @@ class Gatherer:
         names = sorted({e.agent_name for e in watched} | {a for a in read.limits if self._is_valid_agent(a)})
         self._log_change("invalid_rows", invalid, "running rows that cannot be published", count=invalid)
 
-        slots_task = asyncio.ensure_future(asyncio.to_thread(self._read_slots))
+        running_ids = frozenset(e.id for e in watched)
+        slots_task = asyncio.ensure_future(asyncio.to_thread(self._read_slots, running_ids,
+                                                             read.now.timestamp()))
         results = await self._poll_all(names, deadline)
         try:
-            slots_used = await asyncio.wait_for(slots_task, max(0.0, deadline - time.perf_counter()))
+            slot_read = await asyncio.wait_for(slots_task, max(0.0, deadline - time.perf_counter()))
         except TimeoutError:
-            slots_used = None
+            slot_read = None
             self._log_change("slots", "timeout", "capacity slots not read before the scrape deadline")
+        slots_used = None if slot_read is None else slot_read.used
 
         agent_facts = []
         known_ids: dict[str, frozenset[str]] = {}
@@ -188,6 +192,8 @@ class Gatherer:
             database_up=True, duration_seconds=duration, version=self._version,
             executions=executions, agents=tuple(agent_facts), invalid_rows=invalid,
             poll_errors=dict(self._poll_errors),
+            slots=() if slot_read is None else slot_read.facts,
+            slots_paused=None if slot_read is None else slot_read.paused,
         )
 
     def _read_database(self) -> _DatabaseRead:
@@ -215,11 +221,12 @@ class Gatherer:
                          "than the in-flight bound count as in flight" if unreadable else "in-flight markers readable")
         return found
 
-    def _read_slots(self) -> dict[str, int] | None:
+    def _read_slots(self, running_ids: frozenset[str], now: float) -> SlotRead | None:
         if self._slots is None:
             return None
+        owns = None if self._shard is None else self._shard.owns
         try:
-            return self._slots.used_by_agent()
+            return read_slots(self._slots, self._engine, running_ids, now, owns)
         except (redis.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
             self._log_change("slots", "down", "capacity slots unreadable", error=_describe(exc))
             return None

@@ -57,6 +57,17 @@ class AgentFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotFacts:
+    """One capacity slot that can fire (exporter/slot_facts.py): past a share of its TTL, or leaked."""
+
+    agent: str
+    execution_id: str
+    age_seconds: float  # now - the sorted set's score
+    ttl_seconds: float  # Trinity's lifetime: hash timeout + 300, else agent timeout + 300, else 1200
+    leaked: bool  # its row is missing or success/failed/cancelled/skipped
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one scrape publishes.
 
@@ -75,3 +86,7 @@ class Snapshot:
     # Cumulative since the exporter started: (agent, reason) -> count. Every polled agent has all
     # reasons (zeros included) so that the first error shows up in rate() and increase().
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Slots that can fire, and whether Trinity's governor pauses the slot phase; None (and no
+    # slots) when the slot store was not read.
+    slots: tuple[SlotFacts, ...] = ()
+    slots_paused: bool | None = None

@@ -28,9 +28,12 @@ from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.simulated_platform.scheduler import Started
 
 FAULT_WORDS = {"lose_report": "its report will be lost", "hang": "will hang past its timeout",
-               "late_report": "its report will arrive late", "none": "normal"}
+               "late_report": "its report will arrive late", "none": "normal",
+               "leak_slot": "its slot will never be released (a leak)",
+               "expire_slot": "its slot is taken already past its TTL"}
 ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue terminated",
-                "result_recovered": "retained result claimed"}
+                "result_recovered": "retained result claimed", "slot_reclaimed": "expired slot reclaimed, run failed",
+                "slot_released": "leaked slot released, no row changed"}
 
 
 class Account:
@@ -58,6 +61,8 @@ class Account:
             self.line("lost", f"{s.agent}  {s.execution_id}  process ended, completion report lost")
         elif kind == "completed" and s.fault == "late_report":
             self.line("late", f"{s.agent}  {s.execution_id}  late report arrived: success, never failed")
+        elif kind == "slot_leaked":
+            self.line("leaked", f"{s.agent}  {s.execution_id}  reported, its capacity slot left held")
         elif kind == "report_too_late":
             self.counts["report_too_late"] += 1
             self.line("too late", f"{s.agent}  {s.execution_id}  report arrived after the watchdog "

@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     add_flag(parser, "--agents", type=int, default=5, help="number of simulated agents")
     add_flag(parser, "--rate", type=float, default=1.0, help="executions started per second")
-    add_flag(parser, "--faults", default="lose_report=0.15,hang=0.05,late_report=0.1",
+    add_flag(parser, "--faults", default="lose_report=0.15,hang=0.05,late_report=0.1,leak_slot=0.04,expire_slot=0.03",
              help="share of executions with each fault: lose_report (orphan), hang (overdue), late_report "
-                  "(must never be failed)")
+                  "(must never be failed), leak_slot (slot left held), expire_slot (slot past its TTL)")
     add_flag(parser, "--run-seconds", default="2,6", help="min,max seconds a normal execution runs")
     add_flag(parser, "--timeout", type=int, default=15, help="timeout_seconds of the simulated schedules")
     add_flag(parser, "--completed-window", type=float, default=5.0,

@@ -85,7 +85,7 @@ class FaultClock(Scheduler):
         super().__init__(engine, slots, agents, on_event=self._event, **options)
 
     def _event(self, kind: str, started: Started, detail: str) -> None:
-        if kind in ("report_lost", "start_failed"):
+        if kind in ("report_lost", "start_failed", "slot_leaked", "slot_expired"):
             self.fault_at.setdefault(started.execution_id, utcnow())
         if kind in ("report_lost", "start_failed", "completed", "report_too_late", "hang_ended"):
             self.finished.add(started.execution_id)

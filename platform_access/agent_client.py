@@ -3,18 +3,25 @@
 "The agent answered and does not know the execution" is the only thing that may ever make an
 execution look orphaned, so every call returns an :class:`AgentResult` whose ``kind`` separates
 answered, unreachable, timed out, unauthorized, not found and garbage.
+
+Every text an agent sends (``/last-error``, a retained result's texts, a 5xx body) enters here, and
+only once: normalised (``common/untrusted.py``: valid Unicode, no control characters but newline and
+tab, bounded) and redacted (``common/redaction.py``: the known secrets, this agent's derived token
+included, and credential shapes; a run's own response and transcript lose the known secrets only).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
+from exec_watchdog.common import redaction
+from exec_watchdog.common.untrusted import clean
 from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
 from exec_watchdog.platform_access.names import check_agent_name, check_host, execution_path, path_segment
 from exec_watchdog.platform_access.retained import (
@@ -31,6 +38,10 @@ T = TypeVar("T")
 ResultKind = Literal["answered", "unreachable", "timeout", "unauthorized", "not_found", "bad_response",
                      "server_error"]
 DEFAULT_URL_TEMPLATE = "http://agent-{agent}:8000"
+MAX_ERROR_BODY_CHARS = 200  # of a 5xx body, in the retry reason
+MAX_LAST_ERROR_TYPE_CHARS = 200
+MAX_LAST_ERROR_CHARS = 2_000  # Trinity caps the whole failure text at 2,000 characters
+_SECRET_SLACK = 4_096  # redacted before the final cut, so a cut can never leave half a secret
 _MARK = "zzagentmarkzz"  # stands in for {agent} while the template is parsed
 
 
@@ -113,7 +124,8 @@ class AgentClient:
 
     def __init__(self, url_template: str, secret: str, *, timeout: float = 5.0,
                  terminate_timeout: float = 15.0, max_connections: int = 200,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 redactor: redaction.Redactor = redaction.PROCESS) -> None:
         if not secret:
             raise ValueError("agent secret is empty: set the backend's AGENT_AUTH_SECRET "
                              "(each agent holds only the token derived from it)")
@@ -123,6 +135,8 @@ class AgentClient:
         marked = urlsplit(self.url_template.replace("{agent}", _MARK)).hostname or ""
         self._host_template = marked.replace(_MARK, "{agent}")
         self._secret = secret
+        self._redactor = redactor
+        redactor.add(secret)
         self._tokens: dict[str, str] = {}
         self._timeout = timeout
         self._terminate_timeout = terminate_timeout
@@ -146,7 +160,12 @@ class AgentClient:
         token = self._tokens.get(agent)
         if token is None:
             token = self._tokens[agent] = agent_token(self._secret, agent)
+            self._redactor.add(token)  # before the agent is ever called: its texts may carry it
         return token
+
+    def text(self, raw: str, limit: int) -> str:
+        """An agent's text as it may be stored and sent: normalised, redacted, at most ``limit`` long."""
+        return clean(self._redactor.text(clean(raw, limit + _SECRET_SLACK)), limit)
 
     async def _call(self, method: str, agent: str, path: str, timeout: float | None = None,
                     any_2xx: bool = False) -> tuple[AgentResult[Any], Any]:
@@ -170,7 +189,8 @@ class AgentClient:
         if response.status_code == 404:
             return AgentResult("not_found", detail=f"{url}: 404"), None
         if response.status_code >= 500:
-            return AgentResult("server_error", detail=f"{url}: {response.status_code} {response.text[:200]}"), None
+            body_text = self.text(response.text, MAX_ERROR_BODY_CHARS)
+            return AgentResult("server_error", detail=f"{url}: {response.status_code} {body_text}"), None
         if response.status_code != 200 and not (any_2xx and 200 <= response.status_code < 300):
             return AgentResult("bad_response", detail=f"{url}: unexpected {response.status_code}"), None
         try:
@@ -245,9 +265,21 @@ class AgentClient:
                                 else "bad_response")
             return AgentResult(kind, detail=f"{url}: {status}")
         try:
-            return AgentResult("answered", parse_retained(bytes(body)))
+            return AgentResult("answered", self._redacted(parse_retained(bytes(body))))
         except BadRetainedResult as exc:
             return AgentResult("bad_response", detail=f"{url}: {exc}")
+
+    def _redacted(self, result: RetainedResult) -> RetainedResult:
+        """The envelope's texts (already normalised by ``parse_retained``) without secrets."""
+        def short(value: str | None) -> str | None:
+            return None if value is None else self._redactor.text(value)
+
+        def output(value: str | None) -> str | None:
+            return None if value is None else self._redactor.known(value)
+
+        return replace(result, error=short(result.error), error_code=short(result.error_code),
+                       terminal_reason=short(result.terminal_reason), session_id=short(result.session_id),
+                       response=output(result.response), execution_log=output(result.execution_log))
 
     async def last_error(self, agent: str, execution_id: str) -> AgentResult[LastError]:
         result, body = await self._call("GET", agent, execution_path(execution_id, "last-error"))
@@ -256,7 +288,9 @@ class AgentClient:
         kind, message = body.get("error_type"), body.get("error_message")
         if not all(v is None or isinstance(v, str) for v in (kind, message)):
             return AgentResult("bad_response", detail=f"{agent}: malformed last-error")
-        return AgentResult("answered", LastError(kind, message))
+        return AgentResult("answered", LastError(
+            None if kind is None else self.text(kind, MAX_LAST_ERROR_TYPE_CHARS),
+            None if message is None else self.text(message, MAX_LAST_ERROR_CHARS)))
 
 
 def _is_int(value: object) -> bool:

@@ -17,8 +17,12 @@ import redis
 import sqlalchemy as sa
 
 from exec_watchdog.common.flags import ConfigError
-
-SLOT_TTL_MARGIN_SECONDS = 300  # the slot hash outlives the execution's timeout by this much
+from exec_watchdog.platform_access.slot_expiry import (
+    GOVERNOR_PAUSE_KEY,
+    SLOT_TTL_MARGIN_SECONDS,
+    SlotEntry,
+    is_placeholder,
+)
 
 slot_metadata = sa.MetaData()
 agent_slots = sa.Table(
@@ -59,6 +63,15 @@ class SlotStore(Protocol):
 
     def used_by_agent(self) -> dict[str, int]:
         """Slots in use, per agent that has any."""
+
+    def entries(self) -> list[SlotEntry]:
+        """Every slot but the ``drain-…`` placeholders, with its score and hash timeout."""
+
+    def entry(self, agent: str, execution_id: str) -> SlotEntry | None:
+        """This one slot as held now; None when it is not held."""
+
+    def paused(self) -> bool:
+        """True while Trinity's re-delivery governor pauses the slot phase (``governor:pause``)."""
 
 
 def _members_key(agent: str) -> str:
@@ -115,6 +128,44 @@ class RedisSlots:
                 used[name.removeprefix("agent:slots:")] = count
         return used
 
+    def entries(self) -> list[SlotEntry]:
+        agents = [_text(k).removeprefix("agent:slots:") for k in self._redis.scan_iter(match="agent:slots:*",
+                                                                                       count=1000)]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for agent in agents:
+                pipe.zrange(_members_key(agent), 0, -1, withscores=True)
+            members = pipe.execute()
+        held = [(agent, _text(m), float(score)) for agent, found in zip(agents, members, strict=True)
+                for m, score in found if not is_placeholder(_text(m))]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for agent, execution_id, _ in held:
+                pipe.hget(_slot_key(agent, execution_id), "timeout_seconds")
+            timeouts = pipe.execute()
+        return [SlotEntry(agent, execution_id, score, _timeout(raw))
+                for (agent, execution_id, score), raw in zip(held, timeouts, strict=True)]
+
+    def entry(self, agent: str, execution_id: str) -> SlotEntry | None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(_members_key(agent), execution_id)
+            pipe.hget(_slot_key(agent, execution_id), "timeout_seconds")
+            score, raw = pipe.execute()
+        return None if score is None else SlotEntry(agent, execution_id, float(score), _timeout(raw))
+
+    def paused(self) -> bool:
+        return bool(self._redis.exists(GOVERNOR_PAUSE_KEY))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _timeout(raw: object) -> int | None:
+    """The hash's ``timeout_seconds``; None when the hash is gone or holds no whole number."""
+    try:
+        return int(_text(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
 
 class SqlSlots:
     """The embedded default: slots as rows of ``agent_slots`` in the platform database."""
@@ -154,6 +205,22 @@ class SqlSlots:
             rows = conn.execute(sa.select(agent_slots.c.agent_name, sa.func.count())
                                 .group_by(agent_slots.c.agent_name))
             return {name: int(n) for name, n in rows}
+
+    def entries(self) -> list[SlotEntry]:
+        t = agent_slots.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(t.agent_name, t.execution_id, t.started_at, t.timeout_seconds))
+            return [SlotEntry(a, e, float(s), int(timeout)) for a, e, s, timeout in rows if not is_placeholder(e)]
+
+    def entry(self, agent: str, execution_id: str) -> SlotEntry | None:
+        t = agent_slots.c
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(t.started_at, t.timeout_seconds)
+                               .where(t.agent_name == agent, t.execution_id == execution_id)).first()
+        return None if row is None else SlotEntry(agent, execution_id, float(row[0]), int(row[1]))
+
+    def paused(self) -> bool:
+        return False  # the embedded default has no re-delivery governor
 
 
 class EmbeddedTablesMissing(ConfigError):

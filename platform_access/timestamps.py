@@ -33,7 +33,9 @@ def format_utc(moment: datetime) -> str:
     """Format as Trinity writes it: ``2026-11-27T18:27:49.055123Z``."""
     if moment.tzinfo is None:
         raise ValueError("refusing to format a naive datetime: pass an aware UTC one")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    # The year by hand: strftime writes year 999 as "999", which fromisoformat cannot read back.
+    return f"{utc.year:04d}" + utc.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def utcnow() -> datetime:

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import redis
 
+from exec_watchdog.common.redaction import redacted_url
 
-def redacted_url(url: str) -> str:
-    """``scheme://user:***@host/...`` for any URL with a password; the URL unchanged otherwise."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable URL>"  # cannot tell where a password would be in it
-    if password is None:
-        # Not parsed as a URL with credentials (e.g. "redis//:pw@host"): mask what looks like one.
-        head, at, tail = url.rpartition("@")
-        return f"{head.rpartition(':')[0]}:***@{tail}" if at and ":" in head else url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+__all__ = ["check_redis_url", "redacted_url"]
 
 
 def check_redis_url(url: str, flag: str) -> str:

@@ -17,12 +17,23 @@ import structlog
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from exec_watchdog.common.contract import CLAIM_RESULT, FAIL_ORPHAN, TERMINATE_OVERDUE
+from exec_watchdog.common.contract import (
+    CLAIM_RESULT,
+    FAIL_ORPHAN,
+    RECLAIM_EXPIRED_SLOT,
+    RECLAIM_SLOT_UNREACHABLE,
+    RELEASE_LEAKED_SLOT,
+    TERMINATE_OVERDUE,
+)
+from exec_watchdog.common.redaction import redact
 from exec_watchdog.platform_access.timestamps import format_utc
 from exec_watchdog.remediator.audit import Recovery
 
 EVENT_ACTIONS = {FAIL_ORPHAN: "orphan_recovered", TERMINATE_OVERDUE: "auto_terminated",
-                 CLAIM_RESULT: "result_recovered"}
+                 CLAIM_RESULT: "result_recovered",
+                 # Capacity slots: a run failed because its slot expired, or only a slot released.
+                 RECLAIM_EXPIRED_SLOT: "slot_reclaimed", RECLAIM_SLOT_UNREACHABLE: "slot_reclaimed",
+                 RELEASE_LEAKED_SLOT: "slot_released"}
 log = structlog.get_logger("exec_watchdog.remediator")
 
 
@@ -37,8 +48,8 @@ def recovery_event(recovery: Recovery, external_url: str = "") -> dict[str, Any]
         "type": "watchdog_recovery",
         "agent_name": recovery.agent_name,
         "execution_id": recovery.execution_id,
-        "action": EVENT_ACTIONS[recovery.action],
-        "reason": recovery.reason,
+        "action": EVENT_ACTIONS.get(recovery.action, recovery.action[:64]),  # a hand-edited row is still announced
+        "reason": redact(recovery.reason),
         "timestamp": format_utc(recovery.recovered_at),
     }
     link = story_url(external_url, recovery.execution_id)

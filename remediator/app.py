@@ -29,6 +29,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from exec_watchdog.common import redaction
+from exec_watchdog.common.redaction import redact
 from exec_watchdog.common.serving import lifespan, opened
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.agent_client import AgentClient
@@ -109,8 +111,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
                                 Announcer(hub, announce_redis, config.announce_channel, config.external_url), breaker,
                                 silences, metrics, config.settings,
                                 inflight=open_inflight_store(config.redis_url, engine))
-        secrets = (config.agent_secret, config.credentials.bearer_token, config.credentials.basic_password)
-        recorder = Recorder(Redactor(secrets), DeliveryCounter(), config.record_evidence)
+        # Every secret this process holds; the agent client adds each agent's derived token.
+        redaction.PROCESS.add(config.agent_secret, config.credentials.bearer_token,
+                              config.credentials.basic_password,
+                              *(secret for url in (config.database_url, config.redis_url, config.announce_redis_url)
+                                for secret in redaction.secrets_of_url(url)))
+        recorder = Recorder(Redactor(base=redaction.PROCESS), DeliveryCounter(), config.record_evidence)
         sweeper = asyncio.create_task(_sweep(remediator, engine, metrics, config.sweep_interval_seconds))
         log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
                  authenticated=config.credentials.configured, silence_check=bool(silences))
@@ -221,7 +227,7 @@ async def _webhook(request: Request, state: State) -> Response:
         except sa.exc.SQLAlchemyError as exc:
             return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
     summary = [{"fingerprint": v.alert.fingerprint, "execution_id": v.alert.execution_id[:200],
-                "outcome": v.outcome, "reason": v.reason} for v in result.verdicts[:100]]
+                "outcome": v.outcome, "reason": redact(v.reason)} for v in result.verdicts[:100]]
     if result.retry:
         return JSONResponse({"status": "retry", "alerts": summary}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ok", "alerts": summary})
@@ -255,9 +261,19 @@ async def audit_api(request: Request) -> Response:
 
     try:
         rows = await anyio.to_thread.run_sync(query)
-    except sa.exc.OperationalError:
-        return _problem(503, "database unavailable", **{"Retry-After": "5"})
-    return JSONResponse({"decisions": rows})
+    except sa.exc.SQLAlchemyError as exc:
+        return await _database_problem(state, exc)
+    return JSONResponse({"decisions": [{**r, "reason": redact(r["reason"])} for r in rows]})
+
+
+async def _database_problem(state: State, exc: sa.exc.SQLAlchemyError) -> Response:
+    """503 with what is wrong, never a traceback: the audit tables missing, or the database."""
+    missing = await anyio.to_thread.run_sync(audit.missing_tables, state.engine)
+    if missing:
+        log.error("audit_tables_missing", tables=missing)
+        return _problem(503, f"the remediator's tables are missing ({', '.join(missing)}): restart the remediator "
+                             "to create them", **{"Retry-After": "30"})
+    return _problem(503, f"database unavailable: {type(exc).__name__}", **{"Retry-After": "5"})
 
 
 async def execution_story(request: Request) -> Response:
@@ -277,8 +293,8 @@ async def execution_story(request: Request) -> Response:
 
     try:
         found = await anyio.to_thread.run_sync(query)
-    except sa.exc.OperationalError:
-        return _problem(503, "database unavailable", **{"Retry-After": "5"})
+    except sa.exc.SQLAlchemyError as exc:
+        return await _database_problem(state, exc)
     if found is None:
         return _problem(404, f"nothing is known about execution {execution_id!r}")
     return JSONResponse(found)
@@ -345,9 +361,10 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     state = _state(request)
 
-    def ping() -> None:
+    def ping() -> list[str]:
         with state.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+        return audit.missing_tables(state.engine)
 
     progress = state.remediator.progress
     if progress.oldest_seconds() > state.config.stalled_after_seconds:
@@ -355,9 +372,11 @@ async def readyz(request: Request) -> Response:
                              "oldest_seconds": round(progress.oldest_seconds(), 1)}, status_code=503)
     try:
         with anyio.fail_after(3.0):
-            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
+            missing = await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
     except TimeoutError:
         return JSONResponse({"status": "unready", "database": "no answer within 3 s"}, status_code=503)
     except sa.exc.SQLAlchemyError as exc:
         return JSONResponse({"status": "unready", "database": type(exc).__name__}, status_code=503)
+    if missing:  # every delivery would fail to record its decisions
+        return JSONResponse({"status": "unready", "database": "ok", "missing_tables": missing}, status_code=503)
     return JSONResponse({"status": "ready", "database": "ok"})

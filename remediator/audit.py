@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
-from exec_watchdog.platform_access.timestamps import format_utc, parse_utc
+from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc
 
 log = structlog.get_logger("exec_watchdog.remediator")
 audit_metadata = sa.MetaData()
@@ -158,21 +158,36 @@ def claim_unfinished(engine: sa.Engine, replica: str, now: datetime, claim_ttl: 
                 claimed.append(execution_id)
         query = sa.select(recoveries).where(recoveries.c.execution_id.in_(claimed))
         rows = conn.execute(query).all() if claimed else []
-    readable = []
-    for row in rows:
-        try:
-            readable.append(_recovery(row))
-        except (ValueError, TypeError) as exc:  # BadTimestamp is a ValueError
-            # Reported and skipped: one bad row must not stop every other owed release.
-            log.warning("unreadable_recovery", execution_id=str(row.execution_id)[:200], error=str(exc)[:300])
-    return readable
+    return [_recovery(row) for row in rows]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _recovery(row: Any) -> Recovery:
+    """The outbox row as a recovery to finish. A field that cannot be read (a hostile alert's start,
+    a hand-edited row) is replaced, never a reason to leave the recovery unfinished: the alert's
+    start by the recovery's time, the recovery's time by the epoch (stable, so a retried
+    announcement is still recognised as the same one)."""
+    problems = []
+
+    def stamp(value: object, fallback: datetime | None, name: str) -> datetime:
+        try:
+            return parse_utc(value)
+        except BadTimestamp:
+            problems.append(f"{name} {str(value)[:40]!r}")
+            return fallback or _EPOCH
+
+    recovered_at = stamp(row.recovered_at, None, "recovered_at")
+    alert_started_at = stamp(row.alert_started_at, recovered_at, "alert_started_at")
+    runtime = row.runtime_seconds if isinstance(row.runtime_seconds, int | float) else 0.0
+    if problems:
+        log.warning("unreadable_recovery_fields", execution_id=str(row.execution_id)[:200],
+                    replaced=", ".join(problems))
     return Recovery(
-        execution_id=row.execution_id, agent_name=row.agent_name, action=row.action, reason=row.reason,
-        fingerprint=row.fingerprint, runtime_seconds=row.runtime_seconds,
-        alert_started_at=parse_utc(row.alert_started_at), recovered_at=parse_utc(row.recovered_at),
+        execution_id=str(row.execution_id), agent_name=str(row.agent_name), action=str(row.action),
+        reason=str(row.reason), fingerprint=str(row.fingerprint), runtime_seconds=float(runtime),
+        alert_started_at=alert_started_at, recovered_at=recovered_at,
     )
 
 
@@ -184,6 +199,15 @@ def mark_finished(conn: sa.Connection, execution_ids: list[str], now: datetime, 
                      .where(recoveries.c.execution_id.in_(execution_ids), recoveries.c.claimed_by == replica,
                             recoveries.c.announced_at.is_(None))
                      .values(slot_released_at=stamp, announced_at=stamp))
+
+
+def missing_tables(engine: sa.Engine) -> list[str]:
+    """The remediator's tables the database lacks (dropped or never created); [] if it cannot tell."""
+    try:
+        present = set(sa.inspect(engine).get_table_names())
+    except sa.exc.SQLAlchemyError:
+        return []
+    return [t.name for t in audit_metadata.sorted_tables if t.name not in present]
 
 
 def count_unfinished(conn: sa.Connection) -> int:

@@ -13,6 +13,15 @@ recently completed, it asks the agent for the run's retained result (``GET
   recently-completed run waits;
 - anything else (unreachable, 5xx, bad JSON, a body over 20 MB, a response over 4 M characters):
   retry later, never fail.
+
+A retained result is the agent's claim, not a fact, and is checked before it is claimed:
+
+- an envelope naming an execution id other than the one asked for (Trinity's names none) is
+  refused: retry later, the row is left as it is;
+- a status other than ``success``, ``failed`` or ``cancelled`` (``running``, ``pending``, …) is not a
+  terminal result: retry later, never claimed as a failure;
+- a cost that is negative, NaN or infinite is not written (``cost`` stays NULL; the evidence keeps
+  what the agent sent).
 """
 
 from __future__ import annotations
@@ -24,11 +33,10 @@ from typing import Literal
 from exec_watchdog.platform_access.agent_client import AgentResult
 from exec_watchdog.platform_access.database import Claim
 from exec_watchdog.platform_access.retained import RetainedResult
-from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
+from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE
 from exec_watchdog.remediator.texts import MAX_ERROR_CHARS
 
 CLAIM_DEFER_SECONDS = 180.0
-_STATUS = {"success": "success", "cancelled": "cancelled"}  # anything else is a failure
 
 Step = Literal["claim", "fail", "fail_no_record", "wait", "retry"]
 
@@ -40,10 +48,17 @@ class ClaimDecision:
     result: RetainedResult | None = None
 
 
-def decide(answer: AgentResult[object], *, recently_completed: bool, now: datetime,
+def decide(answer: AgentResult[object], *, execution_id: str, recently_completed: bool, now: datetime,
            defer_seconds: float = CLAIM_DEFER_SECONDS) -> ClaimDecision:
-    """What to do with a run, given the agent's answer to ``/result``."""
+    """What to do with run ``execution_id``, given the agent's answer to its ``/result``."""
     if answer.kind == "answered" and isinstance(answer.value, RetainedResult):
+        named = answer.value.execution_id
+        if named is not None and named != execution_id:
+            return ClaimDecision("retry", f"retained result names execution {named!r}, not the one asked for: "
+                                          "refused, asked again later")
+        if answer.value.status not in FINAL_STATUSES:
+            return ClaimDecision("retry", f"retained result says status={answer.value.status!r}: not a terminal "
+                                          "result, asked again later")
         age = (now - answer.value.retained_at).total_seconds()
         if age < defer_seconds:
             return ClaimDecision("retry", f"retained result is {max(age, 0):.0f} s old: claimed once it is "
@@ -61,7 +76,9 @@ def decide(answer: AgentResult[object], *, recently_completed: bool, now: dateti
 
 def claim_of(result: RetainedResult) -> Claim:
     """The columns a claimed result writes: Trinity's status mapping, the notice on a success."""
-    status = _STATUS.get(result.status, "failed")
+    if result.status not in FINAL_STATUSES:
+        raise ValueError(f"not a terminal result: status={result.status!r}")  # decide() never claims it
+    status = result.status
     response = result.response
     if status == "success":
         response = f"{RECOVERED_NOTICE}\n{response or ''}"

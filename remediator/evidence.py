@@ -26,6 +26,7 @@ from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import Any, TypeVar
 
+from exec_watchdog.common import redaction
 from exec_watchdog.platform_access.agent_client import AgentResult, LastError, RunningSnapshot, TerminateOutcome
 from exec_watchdog.platform_access.database import BadRow, Execution
 from exec_watchdog.platform_access.timestamps import format_utc
@@ -40,13 +41,11 @@ MAX_LABEL_NAME = 64
 MAX_LABEL_VALUE = 256
 MAX_LISTED = 20  # silence ids, unanswered Alertmanagers
 MAX_BYTES = 16_384
-REDACTED = "[redacted]"
+REDACTED = redaction.REDACTED
 IDENTIFYING_LABELS = ("alertname", "agent", "execution_id", "remediation", "schedule_id", "severity")
 GUARD = "id = :id AND status = 'running' AND lease_expires_at IS NULL"
 
 _SECRET_NAME = re.compile(r"(?i)secret|token|passw|authoriz|api[_-]?key|credential|cookie")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:secret|token|passw|key|auth|credential)[^=&#\s]*=)[^&#\s]*")
 
 T = TypeVar("T")
 
@@ -72,11 +71,12 @@ def _secret_label(name: str) -> bool:
 
 
 class Redactor:
-    """Takes secrets out of text before it is stored, and caps its length."""
+    """Takes secrets out of text before it is stored (``common/redaction.py`` has the rules), caps
+    its length, and remembers the short texts a batch repeats."""
 
-    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        # Very short values would redact ordinary words; real secrets are longer.
-        self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True))
+    def __init__(self, secrets: Iterable[str | None] = (), base: redaction.Redactor | None = None) -> None:
+        self._base = base if base is not None else redaction.Redactor()
+        self._base.add(*secrets)
         self._done: dict[str, str] = {}
 
     def text(self, value: object, limit: int = MAX_TEXT) -> str:
@@ -91,13 +91,7 @@ class Redactor:
         return done if len(done) <= limit else done[:limit - 1] + "…"
 
     def _redacted(self, text: str, limit: int) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        if "@" in text:
-            text = _URL_USERINFO.sub(r"\1" + REDACTED + "@", text)
-        if "=" in text:
-            text = _SECRET_QUERY.sub(r"\1" + REDACTED, text)
+        text = self._base.text(text)
         return text if len(text) <= limit else text[:limit - 1] + "…"
 
     def labels(self, labels: Mapping[str, str], names: Iterable[str] | None = None) -> dict[str, str]:
@@ -244,9 +238,13 @@ class Evidence:
         self._took("in-flight markers: read", seconds)  # Redis, or the embedded table
 
     def retained_result(self, verdict: str, *, http_status: int | None = None, status: str | None = None,
-                        retained_at: str | None = None, detail: str = "", seconds: float | None = None) -> None:
-        """The agent's retained result (``GET /api/executions/{id}/result``) and what it decided."""
+                        retained_at: str | None = None, detail: str = "", seconds: float | None = None,
+                        cost_refused: str | None = None) -> None:
+        """The agent's retained result (``GET /api/executions/{id}/result``) and what it decided; a
+        cost the claim did not write (negative, NaN, infinite) as the agent sent it."""
         facts: dict[str, Any] = {"asked": "GET /api/executions/{id}/result", "verdict": verdict}
+        if cost_refused is not None:
+            facts["cost_refused"] = self._redact.text(cost_refused, 100)
         for key, value in (("http_status", http_status), ("status", status), ("retained_at", retained_at)):
             if value is not None:
                 facts[key] = value if isinstance(value, int) else self._redact.text(value, 100)
@@ -256,6 +254,17 @@ class Evidence:
             facts["response_ms"] = _ms(seconds)
         self._facts["retained_result"] = facts
         self._took("agent: GET result", seconds)
+
+    def slot_read(self, held: bool, *, paused: bool, acquired_at: float | None = None, age_seconds: float | None = None,
+                  ttl_seconds: float | None = None, hash_timeout_seconds: int | None = None,
+                  seconds: float | None = None) -> None:
+        """The capacity slot as re-read before acting: held, its score and TTL, and governor:pause."""
+        facts: dict[str, Any] = {"held": held, "governor_paused": paused}
+        if held:
+            facts.update(acquired_at=acquired_at, age_seconds=None if age_seconds is None else round(age_seconds, 3),
+                         ttl_seconds=ttl_seconds, hash_timeout_seconds=hash_timeout_seconds)
+        self._facts["slot"] = facts
+        self._took("slots: read the slot", seconds)
 
     def silence_check(self, check: SilenceCheck, seconds: float | None = None) -> None:
         """The silence re-check: who answered, who did not, and the active silences matching the alert."""

@@ -20,18 +20,20 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
+import structlog
 
 from exec_watchdog.common.contract import CLAIM_RESULT, Outcome
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import claim, texts
+from exec_watchdog.remediator import claim, isolation, texts
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
 from exec_watchdog.remediator.evidence import Evidence, timed
 from exec_watchdog.remediator.payload import Alert
 
 T = TypeVar("T")
+log = structlog.get_logger("exec_watchdog.remediator")
 
 LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
 
@@ -71,7 +73,12 @@ class OrphanCheck:
             by_agent.setdefault(v.alert.agent, []).append(v)
 
         async def ask(agent: str) -> tuple[str, tuple[AgentResult[RunningSnapshot], float]]:
-            return agent, await timed(self._call(agent, self.agents.running(agent)))
+            try:
+                return agent, await timed(self._call(agent, self.agents.running(agent)))
+            except Exception as exc:  # this agent's alerts retry; the other agents' go on
+                log.error("agent_call_failed", agent=agent[:200], error_type=type(exc).__name__, exc_info=exc)
+                return agent, (AgentResult("bad_response", detail=f"asking the agent failed: {type(exc).__name__}"),
+                               0.0)
 
         candidates: list[tuple[Subject, RunningSnapshot]] = []
         for agent, (answer, took) in await asyncio.gather(*(ask(a) for a in by_agent)):
@@ -89,9 +96,13 @@ class OrphanCheck:
                     candidates.append((v, snapshot))
         await self._check_inflight([v for v, _ in candidates], now)
         candidates = [(v, snapshot) for v, snapshot in candidates if v.undecided]
-        answers = await asyncio.gather(*(timed(self._retained(v)) for v, _ in candidates))
-        for (v, snapshot), (retained, took) in zip(candidates, answers, strict=True):
-            self._apply(v, snapshot, retained, took)
+        snapshots = {id(v): snapshot for v, snapshot in candidates}
+
+        async def retained(v: Subject) -> None:
+            answer, took = await timed(self._retained(v))
+            self._apply(v, snapshots[id(v)], answer, took)
+
+        await isolation.each([v for v, _ in candidates], retained, "asking the agent's retained result")
 
     async def _check_inflight(self, verdicts: list[Subject], now: datetime) -> None:
         """A run a backend dispatcher still holds is never an orphan (one read for the whole batch)."""
@@ -126,12 +137,13 @@ class OrphanCheck:
 
     def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object], took: float) -> None:
         recently_completed = v.alert.execution_id in snapshot.recently_completed_ids
-        decision = claim.decide(answer, recently_completed=recently_completed, now=utcnow(),
-                                defer_seconds=self.claim_defer_seconds)
+        decision = claim.decide(answer, execution_id=v.alert.execution_id, recently_completed=recently_completed,
+                                now=utcnow(), defer_seconds=self.claim_defer_seconds)
         result = decision.result
         v.evidence.retained_result(decision.step, status=result.status if result else None,
                                    retained_at=result.retained_at.isoformat() if result else None,
-                                   detail=decision.reason or answer.detail, seconds=took)
+                                   detail=decision.reason or answer.detail, seconds=took,
+                                   cost_refused=result.cost_refused if result else None)
         if decision.step == "claim":
             assert decision.result is not None
             v.claim = claim.claim_of(decision.result)

@@ -12,15 +12,18 @@ outcome, written to the audit trail:
 - ``breaker_open``   the breaker stopped remediation (answered 503: Alertmanager retries later)
 - ``retry``          a transient failure (agent, Alertmanager or database); answered 503
 - ``ignored``        not ours to act on (resolved, unknown remediation label, unsafe identifiers)
+
+One alert's failure, whatever the exception, is that alert's ``retry`` (``remediator/isolation.py``):
+the other alerts of the notification are still acted on. Every text stored or sent (reasons,
+failure texts, recovery rows) goes through the process's redactor (``common/redaction.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import anyio.to_thread
@@ -31,10 +34,13 @@ from exec_watchdog.common.contract import (
     ACTIONS,
     CLAIM_RESULT,
     FAIL_ORPHAN,
+    RELEASE_LEAKED_SLOT,
+    SLOT_ACTIONS,
     TERMINATE_OVERDUE,
     UNDECIDED,
     Outcome,
 )
+from exec_watchdog.common.redaction import redact
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access import inflight as inflight_markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, TerminateOutcome
@@ -47,10 +53,12 @@ from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
+from exec_watchdog.remediator.isolation import alone, each, together
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.orphans import OrphanCheck
 from exec_watchdog.remediator.payload import Alert
 from exec_watchdog.remediator.silences import SilenceChecker, SilenceCheckFailed, covering
+from exec_watchdog.remediator.slot_reclaim import SlotCheck
 
 log = structlog.get_logger("exec_watchdog.remediator")
 
@@ -79,6 +87,10 @@ class Verdict:
     error: str = ""  # the failure text written to the row, or the claim's announcement reason
     claim: db.Claim | None = None  # set when a retained result is claimed instead of failing the run
     reserved: bool = False  # took breaker budget; given back unless it ends recovered
+    slot_only: bool = False  # a slot remediation that releases the slot and changes no row
+    slot_leak: bool = False  # slot_only for a missing or finished row: a recovery, announced
+    terminate_first: bool = False  # a slot reclaim: terminate on the agent (best effort) before failing
+    slot_age_seconds: float = 0.0  # a slot remediation: how long the slot was held
 
     def decide(self, outcome: Outcome, reason: str) -> None:
         self.outcome, self.reason = outcome, reason
@@ -121,11 +133,12 @@ class Remediator:
         self.progress = ProgressMonitor()
         self.orphans = OrphanCheck(agents, self.agent_gate, inflight, settings.min_orphan_age_seconds,
                                    settings.claim_defer_seconds, settings.inflight_max_age_seconds)
+        self.slot_check = SlotCheck(engine, slots, agents, self.agent_gate, inflight)
 
     async def handle(self, alerts: Iterable[Alert], delivery: Delivery | None = None) -> BatchResult:
         with self.progress.delivery():
             result = BatchResult([Verdict(a, evidence_for(a, delivery)) for a in alerts])
-            actionable = [v for v in result.verdicts if self._screen(v)]
+            actionable = [v for v in result.verdicts if self._screened(v)]
             if actionable:
                 try:
                     result.unfinished = not await self._act(actionable)
@@ -133,11 +146,16 @@ class Remediator:
                     for v in actionable:
                         if v.undecided:
                             v.decide("retry", f"database unavailable: {type(exc).__name__}")
+                except Exception as exc:  # a step for the whole batch (the row read): everyone's retry
+                    log.error("batch_step_failed", error_type=type(exc).__name__, exc_info=exc)
+                    for v in actionable:
+                        if v.undecided:
+                            v.decide("retry", f"remediation failed ({type(exc).__name__}): retried")
                 finally:
                     self._refund(actionable)
             try:
                 await self._record(result.verdicts)
-            except sa.exc.SQLAlchemyError as exc:  # the actions stand; the audit row is owed: retry
+            except Exception as exc:  # the actions stand; the audit row is owed: retry
                 log.error("audit_write_failed", error_type=type(exc).__name__, error=str(exc)[:300])
                 result.unfinished = True
             return result
@@ -149,6 +167,11 @@ class Remediator:
                 self.breaker.settle(v.alert.execution_id, changed=v.outcome == "recovered")
 
     # -- screening: what is ours to act on --------------------------------------------------------
+
+    def _screened(self, v: Verdict) -> bool:
+        with alone(v, "screening the alert"):
+            return self._screen(v)
+        return False
 
     def _screen(self, v: Verdict) -> bool:
         alert = v.alert
@@ -173,21 +196,35 @@ class Remediator:
         (rows, now), took = await timed(anyio.to_thread.run_sync(self._load, ids))
         seen: set[str] = set()
         for v in verdicts:
-            v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
-            self._verify_row(v, rows.get(v.alert.execution_id), now)
+            with alone(v, "reading the row"):
+                v.evidence.row_read(rows.get(v.alert.execution_id), now, took)
+                if v.alert.remediation not in SLOT_ACTIONS:  # a slot's row may be missing or finished: slot_reclaim.py
+                    self._verify_row(v, rows.get(v.alert.execution_id), now)
             if v.undecided and v.alert.execution_id in seen:
                 v.decide("skipped", "duplicate of another alert in this notification")
             seen.add(v.alert.execution_id)
         await self._check_silences([v for v in verdicts if v.undecided])
         orphans = [v for v in verdicts if v.undecided and v.alert.remediation in (FAIL_ORPHAN, CLAIM_RESULT)]
         await self.orphans.verify(orphans, now)
+        slot_verdicts = [v for v in verdicts if v.undecided and v.alert.remediation in SLOT_ACTIONS]
+        with together(slot_verdicts, "verifying the slot"):
+            await self.slot_check.verify(slot_verdicts, rows, now.timestamp())
         for v in verdicts:
             if v.undecided:
                 self._gate(v)
         overdue = [v for v in verdicts if v.undecided and v.alert.remediation == TERMINATE_OVERDUE]
-        await asyncio.gather(*(self._terminate(v, now) for v in overdue))
-        await asyncio.gather(*(self.orphans.prefix_last_error(v) for v in verdicts
-                               if v.undecided and v.claim is None))
+        await each(overdue, lambda v: self._terminate(v, now), "terminating on the agent")
+        for v in verdicts:
+            if v.undecided and v.slot_only and not v.slot_leak:
+                with alone(v, "removing the slot"):
+                    await anyio.to_thread.run_sync(self.slot_check.remove_quietly, v)
+        await each([v for v in verdicts if v.undecided and v.slot_only], self._claim_release,
+                   "claiming the slot release")
+        await each([v for v in verdicts if v.undecided and v.terminate_first], self.slot_check.terminate,
+                   "terminating the slot's run on the agent")
+        # Trinity's slot texts are written as they are, without the agent's last error.
+        await each([v for v in verdicts if v.undecided and v.claim is None and v.alert.remediation not in SLOT_ACTIONS],
+                   self.orphans.prefix_last_error, "asking the agent's last error")
         ready = [v for v in verdicts if v.undecided]
         if ready:
             winners = await anyio.to_thread.run_sync(self._transition, ready)
@@ -237,10 +274,11 @@ class Remediator:
                 v.decide("retry", f"cannot check silences: {exc}")
             return
         for v in verdicts:
-            v.evidence.silence_check(check, took)
-            imposed = covering(check.silences, v.alert.labels)
-            if imposed is not None:
-                v.decide(*imposed)
+            with alone(v, "matching silences"):
+                v.evidence.silence_check(check, took)
+                imposed = covering(check.silences, v.alert.labels)
+                if imposed is not None:
+                    v.decide(*imposed)
 
     def _gate(self, v: Verdict) -> None:
         if self.settings.dry_run:
@@ -264,6 +302,13 @@ class Remediator:
         if not v.error:  # no kill happened: the next attempt need not wait for the claim to expire
             await anyio.to_thread.run_sync(action_claims.release, self.engine, v.alert.execution_id, holder)
         return None
+
+    async def _claim_release(self, v: Verdict) -> None:
+        holder = f"{self.settings.replica}:{uuid.uuid4().hex[:12]}"
+        refused = await anyio.to_thread.run_sync(self.slot_check.claim_release, v, holder,
+                                                 self.settings.action_claim_ttl_seconds)
+        if refused is not None:
+            v.decide("lost_race", refused)
 
     def _claim_action(self, execution_id: str, holder: str) -> str | None:
         """Claim the execution before acting outside the database; None when held, else why not."""
@@ -301,7 +346,7 @@ class Remediator:
         if len(verdicts) > 1:
             try:
                 return self._transition_together(verdicts)
-            except sa.exc.DBAPIError as exc:
+            except Exception as exc:  # any type: a driver's encoding error is one row's, not the batch's
                 log.warning("transition_batch_failed", error_type=type(exc).__name__, alerts=len(verdicts))
                 for v in verdicts:  # rolled back: whatever the batch decided did not happen
                     v.outcome, v.reason = UNDECIDED, ""
@@ -309,9 +354,13 @@ class Remediator:
         for index, v in enumerate(verdicts):
             try:
                 winners += self._transition_together([v])
-            except sa.exc.DBAPIError as exc:
+            except Exception as exc:
+                if not isinstance(exc, sa.exc.DBAPIError):
+                    log.error("transition_failed", execution_id=v.alert.execution_id[:200],
+                              error_type=type(exc).__name__, exc_info=exc)
+                v.outcome, v.reason = UNDECIDED, ""
                 v.decide("retry", f"database refused the transition: {type(exc).__name__}")
-                if exc.connection_invalidated:  # the database is gone, not this row: stop trying
+                if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:  # the database is gone
                     for rest in verdicts[index + 1:]:
                         rest.decide("retry", f"database unavailable: {type(exc).__name__}")
                     break
@@ -323,7 +372,13 @@ class Remediator:
         with self.engine.begin() as conn:
             now = db.database_now(conn)
             for v in verdicts:
+                if v.slot_only:  # owned through its action claim: no row changes, the release is the action
+                    winners.append(self._slot_release(v, now))
+                    continue
                 assert v.execution is not None
+                v.error = redact(v.error)  # agent text came in redacted; our own texts go out the same way
+                if v.claim is not None and v.claim.error:
+                    v.claim = replace(v.claim, error=redact(v.claim.error))
                 started = time.perf_counter()
                 won = (db.claim_execution(conn, v.execution, v.claim, now) if v.claim is not None
                        else db.fail_execution(conn, v.execution, v.error, now))
@@ -352,6 +407,13 @@ class Remediator:
                 max(0.0, (r.recovered_at - r.alert_started_at).total_seconds()))
             self.metrics.recent_recoveries.add(r)  # Grafana's annotation, linking to the story
         return winners
+
+    def _slot_release(self, v: Verdict, now: datetime) -> audit.Recovery:
+        v.decide("recovered", v.error)
+        return audit.Recovery(
+            execution_id=v.alert.execution_id, agent_name=v.alert.agent, action=RELEASE_LEAKED_SLOT, reason=v.error,
+            fingerprint=v.alert.fingerprint, runtime_seconds=v.slot_age_seconds,
+            alert_started_at=v.alert.starts_at, recovered_at=now)
 
     # -- finishing: slot release and announcement, exactly once -----------------------------------
 
@@ -404,7 +466,7 @@ class Remediator:
             self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
             items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
-                                        a.execution_id[:200], v.outcome, v.reason[:1000],
+                                        a.execution_id[:200], v.outcome, redact(v.reason)[:1000],
                                         v.evidence.finish(self.settings.replica, now)))
             if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,

@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from exec_watchdog.common.contract import RELEASE_LEAKED_SLOT
+from exec_watchdog.common.redaction import redact
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.remediator import audit
@@ -52,10 +54,11 @@ def load(conn: sa.Connection, execution_id: str, external_url: str = "") -> dict
         "execution": None if row is None else {
             "agent": row.agent_name, "schedule_id": row.schedule_id, "status": row.status,
             # str(): a database with real timestamp columns hands back datetimes
-            "started_at": str(row.started_at), "completed_at": _optional_text(row.completed_at), "error": row.error,
+            "started_at": str(row.started_at), "completed_at": _optional_text(row.completed_at),
+            "error": None if row.error is None else redact(str(row.error)),  # whoever wrote it
             "leased": row.lease_expires_at is not None},
         "recovery": None if recovery is None else {
-            "action": recovery.action, "reason": recovery.reason, "recovered_at": recovery.recovered_at,
+            "action": recovery.action, "reason": redact(recovery.reason), "recovered_at": recovery.recovered_at,
             "alert_started_at": recovery.alert_started_at, "runtime_seconds": recovery.runtime_seconds,
             "slot_released_at": recovery.slot_released_at, "announced_at": recovery.announced_at,
             "claimed_by": recovery.claimed_by},
@@ -88,7 +91,7 @@ def _decision(row: Any) -> dict[str, Any]:
             evidence = {"unreadable": row.evidence[:200]}
     return {"id": row.id, "decided_at": row.decided_at, "replica": row.replica, "alertname": row.alertname,
             "alert_status": row.alert_status, "fingerprint": row.fingerprint, "remediation": row.remediation,
-            "agent": row.agent_name, "outcome": row.outcome, "reason": row.reason, "evidence": evidence}
+            "agent": row.agent_name, "outcome": row.outcome, "reason": redact(row.reason), "evidence": evidence}
 
 
 def _platform_events(row: Any, recovery: Any) -> list[dict[str, Any]]:
@@ -168,6 +171,17 @@ def _row(r: Mapping[str, Any], e: Mapping[str, Any]) -> str:
             f"from the {r.get('timeout_source')}{lease}")
 
 
+def _slot(s: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    paused = "; governor:pause exists (slot cleanup paused)" if s.get("governor_paused") else ""
+    if not s.get("held"):
+        return f"capacity slot: not held{paused}"
+    timeout = s.get("hash_timeout_seconds")
+    source = (f"hash timeout {timeout} s + 300" if timeout is not None
+              else "no hash: the agent's timeout + 300, else 1200")
+    return (f"capacity slot: acquired at {s.get('acquired_at')} (epoch s), {s.get('age_seconds')} s ago; TTL "
+            f"{s.get('ttl_seconds')} s ({source}){paused}")
+
+
 def _silences(s: Mapping[str, Any], e: Mapping[str, Any]) -> str:
     if not s.get("answered_by"):
         return f"silence re-check failed: {s.get('error')}"
@@ -236,14 +250,17 @@ def _timings(t: Mapping[str, Any], e: Mapping[str, Any]) -> str:
 
 
 _SENTENCES: tuple[tuple[str, Callable[[Mapping[str, Any], Mapping[str, Any]], str]], ...] = (
-    ("alert", _alert), ("delivery", _delivery), ("row", _row), ("silences", _silences), ("inflight", _inflight),
+    ("alert", _alert), ("delivery", _delivery), ("row", _row), ("slot", _slot), ("silences", _silences),
+    ("inflight", _inflight),
     ("agent", _agent), ("retained_result", _retained), ("terminate", _terminate), ("last_error", _last_error),
     ("update", _update), ("timings", _timings))
 
 
 def _recovery_events(recovery: Any, external_url: str) -> list[dict[str, Any]]:
-    events = [_event("recovered", recovery.recovered_at, f"marked failed by the guarded update "
-                     f"({recovery.action}): {recovery.reason}", action=recovery.action)]
+    what = ("slot released, no row changed" if recovery.action == RELEASE_LEAKED_SLOT
+            else "marked failed by the guarded update")
+    events = [_event("recovered", recovery.recovered_at, f"{what} ({recovery.action}): {redact(recovery.reason)}",
+                     action=recovery.action)]
     if recovery.slot_released_at:
         events.append(_event("slot_released", recovery.slot_released_at, "capacity slot released"))
     if recovery.announced_at:

@@ -5,6 +5,7 @@ Kept together so the wording operators grep for matches Trinity's own, in one pl
 
 from __future__ import annotations
 
+from exec_watchdog.common.contract import RECLAIM_EXPIRED_SLOT, RECLAIM_SLOT_UNREACHABLE
 from exec_watchdog.platform_access.agent_client import LastError
 
 MAX_ERROR_CHARS = 2_000  # Trinity's MAX_ERROR_MESSAGE_LENGTH: the whole text, prefix included
@@ -31,3 +32,25 @@ def with_last_error(text: str, last_error: LastError | None) -> str:
     if last_error is not None and last_error.error_message:
         text = f"[{last_error.error_type or 'error'}] {last_error.error_message}. Cleanup: {text}"
     return text[:MAX_ERROR_CHARS]
+
+
+# --- Capacity slots (remediator/slot_reclaim.py): Trinity's Phase 3 texts, exactly -----------------
+
+def slot_expired_text(agent: str) -> str:
+    """A slot past its TTL, the run unknown to its agent and to every dispatcher: terminated and failed."""
+    return f"lease_expired: Stale execution — slot TTL expired for agent '{agent}', cleaned by cleanup service"
+
+
+def slot_unreachable_text(agent: str) -> str:
+    """A slot past its TTL whose agent stays unreachable (Trinity #497)."""
+    return (f"lease_expired: Stale execution — agent '{agent}' unresponsive during cleanup re-verify, "
+            "slot TTL expired (#497)")
+
+
+SLOT_RECLAIM_ACTIVITY_TEXT = "lease_expired: slot lease expired (no result callback)"
+# The error a run's paired activity is closed with, by the remediation that failed the run. A
+# ``release_leaked_slot`` recovery changes no row and closes no activity.
+ACTIVITY_CLOSE_TEXTS: dict[str, str] = {
+    RECLAIM_EXPIRED_SLOT: SLOT_RECLAIM_ACTIVITY_TEXT,
+    RECLAIM_SLOT_UNREACHABLE: SLOT_RECLAIM_ACTIVITY_TEXT,
+}

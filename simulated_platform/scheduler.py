@@ -15,6 +15,11 @@ Execution faults (per execution):
     inflight          the backend holds the dispatch ``hold_seconds`` before the agent gets it:
                       the row says running, the agent knows nothing, only the in-flight marker
                       says it is alive; then it runs and is reported normally: never an orphan
+    leak_slot         completes and is reported normally, but the writer never releases its
+                      capacity slot: a leaked slot (row finished, slot held) to release
+    expire_slot       its slot's score is already past the slot TTL when it is taken (a dispatch
+                      parked longer than its lease): an expired slot whose run the agent still
+                      lists, so only the slot is removed; the run then reports normally
 Agent faults (whole agent): ``restart_agent`` (registry wiped, every report lost: orphans) and
 ``stop_agent``/``resume_agent`` (unreachable: never orphans).
 
@@ -31,7 +36,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -41,14 +46,18 @@ import structlog
 
 from exec_watchdog.platform_access.inflight import REFRESH_SECONDS, InflightStore
 from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
+from exec_watchdog.platform_access.slot_expiry import SLOT_TTL_MARGIN_SECONDS
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.dispatches import GRACE_SECONDS, Dispatches
 from exec_watchdog.simulated_platform.process_registry import RunResult
 
-Fault = Literal["none", "lose_report", "retained_success", "hang", "late_report", "inflight"]
-FAULTS: tuple[Fault, ...] = ("none", "lose_report", "retained_success", "hang", "late_report", "inflight")
+Fault = Literal["none", "lose_report", "retained_success", "hang", "late_report", "inflight", "leak_slot",
+                "expire_slot"]
+FAULTS: tuple[Fault, ...] = ("none", "lose_report", "retained_success", "hang", "late_report", "inflight",
+                             "leak_slot", "expire_slot")
+EXPIRED_BY_SECONDS = 1.0  # an expire_slot run's slot is this far past its TTL when taken
 HANG_SECONDS = 24 * 3600  # "forever", for a simulation
 RESTAMP_AFTER_SECONDS = 5.0  # Trinity's DISPATCH_RESTAMP_THRESHOLD_SECONDS
 log = structlog.get_logger("exec_watchdog.simulate")
@@ -122,6 +131,8 @@ class Scheduler:
             return started
         await self._dispatch(started, seconds)
         self.on_event("started", started, f"{seconds:g}s" if fault != "hang" else "hangs")
+        if fault == "expire_slot":
+            self.on_event("slot_expired", started, "slot taken already past its TTL")
         return started
 
     async def _dispatch(self, started: Started, seconds: float) -> None:
@@ -183,7 +194,10 @@ class Scheduler:
                 id=s.execution_id, schedule_id=s.schedule_id or f"sim-{s.agent}", agent_name=s.agent, status="running",
                 started_at=format_utc(s.started_at), message=f"simulated {s.fault} run", triggered_by="schedule",
                 queued_at=format_utc(s.started_at)))
-        self.slots.acquire(s.agent, s.execution_id, s.started_at, f"simulated {s.fault} run", s.timeout_seconds)
+        acquired = s.started_at
+        if s.fault == "expire_slot":
+            acquired -= timedelta(seconds=s.timeout_seconds + SLOT_TTL_MARGIN_SECONDS + EXPIRED_BY_SECONDS)
+        self.slots.acquire(s.agent, s.execution_id, acquired, f"simulated {s.fault} run", s.timeout_seconds)
 
     def _completion_hook(self, agent: str) -> Callable[[str, int], None]:
         def completed(execution_id: str, returncode: int) -> None:
@@ -225,6 +239,9 @@ class Scheduler:
             return
         self.counts["reported" if won else "report_too_late"] += 1
         self.on_event("completed" if won else "report_too_late", started, f"returncode {returncode}")
+        if started.fault == "leak_slot":
+            self.counts["slots_leaked"] += 1
+            self.on_event("slot_leaked", started, "row finished, its slot never released")
 
     def _write_final(self, s: Started, returncode: int) -> bool:
         now = utcnow()
@@ -235,7 +252,8 @@ class Scheduler:
                 .values(status="success" if returncode == 0 else "failed", completed_at=format_utc(now),
                         duration_ms=int((now - s.started_at).total_seconds() * 1000),
                         error=None if returncode == 0 else f"exit code {returncode}"))
-        self._release(s.agent, s.execution_id)
+        if s.fault != "leak_slot":  # a leak: the writer finishes the row and forgets the slot
+            self._release(s.agent, s.execution_id)
         return result.rowcount == 1
 
     def _release(self, agent: str, execution_id: str) -> None:

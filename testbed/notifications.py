@@ -13,7 +13,10 @@ def alert(execution_id: str, agent: str, remediation: str = "fail_orphan", *, st
           fingerprint: str | None = None, starts_at: datetime | None = None, **labels: str) -> dict[str, Any]:
     """One alert as Alertmanager sends it (shape copied from the captured real payloads)."""
     name = {"fail_orphan": "ExecWatchdogExecutionOrphaned",
-            "terminate_overdue": "ExecWatchdogExecutionOverdue"}.get(remediation, "Other")
+            "terminate_overdue": "ExecWatchdogExecutionOverdue",
+            "reclaim_expired_slot": "ExecWatchdogSlotExpired",
+            "reclaim_slot_unreachable": "ExecWatchdogSlotExpiredAgentUnreachable",
+            "release_leaked_slot": "ExecWatchdogSlotLeaked"}.get(remediation, "Other")
     started = (starts_at or utcnow() - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return {
         "status": status,

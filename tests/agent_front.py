@@ -2,7 +2,8 @@
 
 Requests to ``/agents/{name}/...`` are forwarded to the simulated agent server (real processes
 behind it) unless ``name`` is set to misbehave: ``trickle`` (a real slow socket: the head, then one
-body byte every 2 s), ``error`` (500 at once) or ``deep`` (JSON nested 100,000 deep). It counts
+body byte every 2 s), ``error`` (500 at once) or ``deep`` (JSON nested 100,000 deep); ``answers``
+scripts one route of one agent (e.g. a ``/last-error`` body no real agent server would send). It counts
 every terminate per execution id and can run a hook right after a forwarded terminate (the
 platform's own exit report racing our update).
 """
@@ -27,6 +28,8 @@ class AgentFront:
         self.backend = backend
         self.behaviours: dict[str, Behaviour] = {}
         self.terminates: Counter[str] = Counter()
+        # (agent, path suffix) -> (status, body): that route of that agent answers this, the rest is forwarded
+        self.answers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.after_terminate: Callable[[str], None] | None = None
         self.url_template = ""
         self._http = httpx.AsyncClient(timeout=30)
@@ -77,6 +80,9 @@ class AgentFront:
             return _respond(writer, 500, b'{"detail":"boom"}')
         if behaviour == "deep":
             return _respond(writer, 200, b'{"executions":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        for (agent, suffix), (status, body) in self.answers.items():
+            if agent == name and path.endswith(suffix):
+                return _respond(writer, status, body)
         token = {k: v for k, v in headers.items() if k.lower() == "x-trinity-agent-token"}
         response = await self._http.request(method, self.backend.agent_url(name) + path, headers=token)
         if path.endswith("/terminate") and self.after_terminate is not None:

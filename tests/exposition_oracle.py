@@ -87,6 +87,13 @@ class ExecWatchdogCollector(Collector):
                 f.slots_used.add_metric([a.name], a.slots_used)
             f.slots_limit.add_metric([a.name], a.slots_limit)
 
+        for slot in snapshot.slots:
+            f.slot_age.add_metric([slot.agent, slot.execution_id], slot.age_seconds)
+            f.slot_ttl.add_metric([slot.agent, slot.execution_id], slot.ttl_seconds)
+            f.slot_leaked.add_metric([slot.agent, slot.execution_id], 1.0 if slot.leaked else 0.0)
+        if snapshot.slots_paused is not None:
+            f.slots_paused.add_metric([], 1.0 if snapshot.slots_paused else 0.0)
+
         f.duration.add_metric([], snapshot.duration_seconds)
         f.database_up.add_metric([], 1.0 if snapshot.database_up else 0.0)
         if snapshot.invalid_rows is not None:
@@ -108,6 +115,10 @@ class _SnapshotFamilies(NamedTuple):
     registry: GaugeMetricFamily
     slots_used: GaugeMetricFamily
     slots_limit: GaugeMetricFamily
+    slot_age: GaugeMetricFamily
+    slot_ttl: GaugeMetricFamily
+    slot_leaked: GaugeMetricFamily
+    slots_paused: GaugeMetricFamily
     duration: GaugeMetricFamily
     database_up: GaugeMetricFamily
     invalid_rows: GaugeMetricFamily
@@ -126,6 +137,10 @@ class _SnapshotFamilies(NamedTuple):
             registry=gauge(names.AGENT_REGISTRY_EXECUTIONS),
             slots_used=gauge(names.AGENT_SLOTS_USED),
             slots_limit=gauge(names.AGENT_SLOTS_LIMIT),
+            slot_age=gauge(names.SLOT_AGE),
+            slot_ttl=gauge(names.SLOT_TTL),
+            slot_leaked=gauge(names.SLOT_LEAKED),
+            slots_paused=gauge(names.SLOTS_PAUSED),
             duration=gauge(names.SCRAPE_DURATION),
             database_up=gauge(names.DATABASE_UP),
             invalid_rows=gauge(names.INVALID_ROWS),

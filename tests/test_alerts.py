@@ -110,7 +110,8 @@ def test_every_alert_has_severity_for_summary_description_and_a_runbook_anchor(p
         assert url.endswith("alerts/runbook.md") and anchor == name.lower(), name
         assert anchor in anchors, f"alerts/runbook.md has no section for {name}"
         if rule["labels"].get("remediation") or name == contract.STUCK:
-            for label in ("agent", "execution_id", "schedule_id"):
+            slot = name in contract.SLOT_ALERTS  # slots have no schedule
+            for label in ("agent", "execution_id") if slot else ("agent", "execution_id", "schedule_id"):
                 assert f"$labels.{label}" in rule["annotations"]["description"], name
 
 
@@ -119,8 +120,12 @@ def test_remediation_alerts_carry_the_contract_labels() -> None:
     assert labels[contract.ORPHANED] == {"severity": "critical", "remediation": "fail_orphan"}
     assert labels[contract.OVERDUE] == {"severity": "critical", "remediation": "terminate_overdue"}
     assert labels[contract.COMPLETED_UNREPORTED] == {"severity": "critical", "remediation": "claim_result"}
+    assert labels[contract.SLOT_EXPIRED] == {"severity": "critical", "remediation": "reclaim_expired_slot"}
+    assert labels[contract.SLOT_EXPIRED_AGENT_UNREACHABLE] == {"severity": "critical",
+                                                               "remediation": "reclaim_slot_unreachable"}
+    assert labels[contract.SLOT_LEAKED] == {"severity": "warning", "remediation": "release_leaked_slot"}
     assert [name for name, labels in labels.items() if "remediation" in labels] == [
-        contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED]
+        contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED, *contract.SLOT_ALERTS]
 
 
 def _github_anchor(heading: str) -> str:
@@ -174,7 +179,8 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
             exporter_metrics.SCHEDULE_TIMEOUT, exporter_metrics.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW,
-            exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, *timeout_rules.RECORDED} == used
+            exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
+            exporter_metrics.SLOT_TTL, exporter_metrics.SLOT_LEAKED, exporter_metrics.SLOTS_PAUSED} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -217,6 +223,9 @@ ROUTES = {
     contract.HEARTBEAT: HEARTBEAT_RECEIVER,
     contract.TIMEOUT_TOO_TIGHT: OPERATOR_RECEIVER,  # warnings about configuration: never remediated
     contract.TIMEOUT_TOO_LOOSE: OPERATOR_RECEIVER,
+    contract.SLOT_EXPIRED: REMEDIATOR_RECEIVER,
+    contract.SLOT_EXPIRED_AGENT_UNREACHABLE: REMEDIATOR_RECEIVER,
+    contract.SLOT_LEAKED: REMEDIATOR_RECEIVER,
 }
 
 

@@ -296,3 +296,18 @@ def test_the_runbooks_one_silence_pauses_every_remediation_and_nothing_else(
     subprocess.run([amtool, f"--alertmanager.url={alertmanager}", "silence", "expire", silence_id],
                    capture_output=True, timeout=30, check=True)
     webhook.wait_for(lambda bodies: notified(bodies) == {("agent-a", "exec-1"), ("agent-b", "exec-2")})
+
+
+def test_an_unreachable_agent_does_not_hold_its_unreachable_slot_reclaim_or_a_leak_release(
+        alertmanager: str, webhook: Webhook) -> None:
+    """The #497 reclaim's premise is an unreachable agent, and a leak release asks no agent: neither is inhibited."""
+    post(alertmanager, alert(contract.AGENT_UNREACHABLE, "agent-a"))
+    post(alertmanager, alert(contract.SLOT_EXPIRED, "agent-a", "probe"))
+    _until(lambda: states(alertmanager)[(contract.SLOT_EXPIRED, "agent-a", "probe")]["state"] == "suppressed",
+           "the unreachable agent never inhibited its plain slot-expiry alert")
+    post(alertmanager, alert(contract.SLOT_EXPIRED_AGENT_UNREACHABLE, "agent-a", "slot-1"),
+         alert(contract.SLOT_LEAKED, "agent-a", "slot-2"))
+    webhook.wait_for(lambda bodies: {("agent-a", "slot-1"), ("agent-a", "slot-2")} <= notified(bodies))
+    now = states(alertmanager)
+    assert now[(contract.SLOT_EXPIRED_AGENT_UNREACHABLE, "agent-a", "slot-1")]["state"] == "active"
+    assert now[(contract.SLOT_LEAKED, "agent-a", "slot-2")]["state"] == "active"

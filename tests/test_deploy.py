@@ -833,6 +833,19 @@ def test_the_image_copies_every_package_the_project_installs(instructions: list[
     assert packages | {"pyproject.toml", "README.md"} <= copied
 
 
+def test_the_image_installs_from_the_lock_with_the_makefiles_uv(instructions: list[Any]) -> None:
+    """The build stage copies uv.lock and installs with `uv sync --locked` (a stale lock fails the build),
+    using the uv version the Makefile pins, so the image runs the versions the tests ran."""
+    build = _stages(instructions)[0]
+    assert "uv.lock" in {source for i in build if i.cmd == "COPY" for source in i.value[:-1]}
+    runs = " ".join(" ".join(i.value) for i in build if i.cmd == "RUN")
+    assert "uv sync --locked" in runs and "pip install ." not in runs
+    arguments = dict(i.value[0].split("=", 1) for i in instructions if i.cmd == "ARG" and "=" in i.value[0])
+    makefile = re.search(r"^UV_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert makefile is not None, "the Makefile pins no UV_VERSION"
+    assert arguments.get("UV_VERSION") == makefile.group(1)
+
+
 @pytest.mark.parametrize(("environ", "urls"), [
     ({"EXEC_WATCHDOG_LISTEN": "0.0.0.0:9464"}, ["http://127.0.0.1:9464/healthz"]),
     ({"EXEC_WATCHDOG_LISTEN": "[::]:9463"}, ["http://[::1]:9463/healthz"]),

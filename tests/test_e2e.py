@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from exec_watchdog.alerts.profiles import duration_seconds
 from exec_watchdog.grafana.queries import labelled_queries
 from exec_watchdog.platform_access.run_history import RECOVERED_NOTICE
 from exec_watchdog.platform_access.timestamps import parse_utc
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.timeout(600)
 
 LOST, RESTARTED, OVERDUE, LATE, UNREACHABLE, SILENCED, RESOLVED, LONG, DASHBOARD, RETAINED, HELD = (
     f"agent-{i:03d}" for i in range(1, 12))
+LEAKY, EXPIRY, GONE = (f"agent-{i:03d}" for i in range(12, 15))  # the slot paths
 SLACK = 4.0  # a loaded 2-core machine: scheduling, SQLite and HTTP on top of the pipeline's floor
 # Trinity's text, after the agent's last error when it still has one ("[type] message. Cleanup: ").
 OVERDUE_RE = re.compile(r"(?:\[[^\]]*\] .*\. Cleanup: )?"
@@ -42,7 +45,7 @@ OVERDUE_RE = re.compile(r"(?:\[[^\]]*\] .*\. Cleanup: )?"
 def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
     workdir = tmp_path_factory.mktemp("e2e")
     with running_pipeline(workdir / "stack", f"sqlite:///{workdir / 'trinity.db'}", redis_url=redis_url,
-                          agents=11) as p:
+                          agents=14) as p:
         yield p
 
 
@@ -211,6 +214,53 @@ def test_unreachable_agent_is_left_alone_and_recovered_only_if_still_unknown(pip
     assert kept.execution_id in p.held(UNREACHABLE)
 
 
+def test_a_leaked_slot_is_released_once_and_its_row_left_alone(pipeline: Pipeline) -> None:
+    """A run reported normally whose writer never released its slot: after the 15 s grace the slot
+    (exactly that member and its hash) is released and announced once; the row stays a success."""
+    p = pipeline
+    started = p.start(LEAKY, 0.5, "leak_slot")
+    eventually(lambda: p.status(started.execution_id) == "success", 20, "the leaky run is reported")
+    assert started.execution_id in p.held(LEAKY)
+    eventually(lambda: started.execution_id not in p.held(LEAKY), 15 + p.timing.detection("fail_orphan") + SLACK + 5,
+               "the leaked slot is released")
+    assert p.status(started.execution_id) == "success"
+    assert_recovered_once(p, started.execution_id, LEAKY, "slot_released",
+                          "leaked slot: the execution row is 'success'; exactly that slot released")
+
+
+def test_an_expired_slot_of_a_run_its_agent_still_runs_loses_only_its_slot(pipeline: Pipeline) -> None:
+    """A slot taken already past its TTL while the agent runs the execution: the slot is removed, the
+    run keeps running and reports its own success (Trinity's "the agent lists it: leave it")."""
+    p = pipeline
+    started = p.start(EXPIRY, 8, "expire_slot")
+    eventually(lambda: started.execution_id not in p.held(EXPIRY), 20, "the expired slot is removed")
+    assert p.status(started.execution_id) == "running"
+    eventually(lambda: p.status(started.execution_id) == "success", 30, "the run reports its own success")
+    [decision] = [d for d in p.decisions(started.execution_id) if d["outcome"] == "recovered"]
+    assert "still lists the run" in decision["reason"]
+
+
+def test_a_run_whose_agent_stays_unreachable_past_its_slot_ttl_is_failed_with_trinitys_497_text(
+        pipeline: Pipeline) -> None:
+    """Only once the agent has not answered for slot_unreachable_for (Trinity: one unanswered call)."""
+    p = pipeline
+    started = p.start(GONE, 600)
+    p.stop_agent(GONE)
+    eventually(lambda: p.alerts("ExecWatchdogAgentUnreachable", agent=GONE), 20, "the agent is seen unreachable")
+    # Its slot ages past its TTL while the agent is away (the score is the acquire time).
+    aged = started.started_at - timedelta(seconds=started.timeout_seconds + 400)
+    p.platform.slots.acquire(GONE, started.execution_id, aged, "aged", started.timeout_seconds)
+    unreachable_for = duration_seconds(str(p.stack.settings["slot_unreachable_for"]))
+    try:
+        row = eventually(lambda: p.failed(started.execution_id), unreachable_for + 10 + SLACK, "the run is failed")
+    finally:
+        p.resume_agent(GONE)
+    assert row.error == texts.slot_unreachable_text(GONE)
+    eventually(lambda: started.execution_id not in p.held(GONE), 5, "its slot is released")
+    assert [d["remediation"] for d in p.decisions(started.execution_id) if d["outcome"] == "recovered"] == [
+        "reclaim_slot_unreachable"]
+
+
 def test_silence_pauses_remediation_until_it_is_removed(pipeline: Pipeline) -> None:
     """With remediation=~".+" silenced the orphan alert fires but nothing is done; removing the
     silence lets the remediation happen."""
@@ -258,7 +308,8 @@ def test_resolved_notification_is_recorded_and_changes_nothing(pipeline: Pipelin
 
 
 # Runs only some runs are ever in: finished but unreported, held in the backend.
-RARE_STATES = ("exec_watchdog_execution_recently_completed", "exec_watchdog_execution_dispatch_inflight")
+RARE_STATES = ("exec_watchdog_execution_recently_completed", "exec_watchdog_execution_dispatch_inflight",
+               "exec_watchdog_slot_")  # slots are published only when expiring or leaked
 
 
 def sparse(expr: str) -> bool:

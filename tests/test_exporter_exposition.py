@@ -9,7 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exec_watchdog.exporter.app import render
 from exec_watchdog.exporter.exposition import render_snapshot
-from exec_watchdog.exporter.snapshot import POLL_ERROR_REASONS, AgentFacts, ExecutionFacts, RegistryCounts, Snapshot
+from exec_watchdog.exporter.snapshot import (
+    POLL_ERROR_REASONS,
+    AgentFacts,
+    ExecutionFacts,
+    RegistryCounts,
+    SlotFacts,
+    Snapshot,
+)
 from tests.exposition_oracle import ExecWatchdogCollector
 
 labels = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
@@ -29,8 +36,11 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                    draw(st.none() | st.integers(0, 10**6)), draw(st.integers(1, 1000)))
         for _ in range(draw(st.integers(0, 3))))
     errors = draw(st.dictionaries(st.tuples(labels, labels), st.integers(0, 10**9), max_size=3))
+    slots = tuple(SlotFacts(draw(labels), draw(labels), draw(st.floats()), draw(st.floats(0, 10**9)),
+                            draw(st.booleans()))
+                  for _ in range(draw(st.integers(0, 3))))
     return Snapshot(draw(st.booleans()), draw(st.floats(0, 100)), draw(labels), executions, agents,
-                    draw(st.none() | st.integers(0, 10**6)), errors)
+                    draw(st.none() | st.integers(0, 10**6)), errors, slots, draw(st.none() | st.booleans()))
 
 
 @settings(max_examples=400, deadline=None)

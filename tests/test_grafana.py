@@ -481,7 +481,8 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
     contract = CONTRACTS.read_text(encoding="utf-8")
     alert_names = set(re.findall(r"`(ExecWatchdog\w+)`", contract))
     remediated = {"ExecWatchdogExecutionOrphaned", "ExecWatchdogExecutionOverdue",
-                  "ExecWatchdogExecutionCompletedUnreported"}
+                  "ExecWatchdogExecutionCompletedUnreported", "ExecWatchdogSlotExpired",
+                  "ExecWatchdogSlotExpiredAgentUnreachable", "ExecWatchdogSlotLeaked"}
     assert remediated | {"ExecWatchdogExecutionStuck"} <= alert_names
     matched = {name for name in alert_names if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
     assert matched == remediated
@@ -490,7 +491,7 @@ def test_remediation_alert_regex_matches_exactly_the_remediated_alerts_of_the_co
 def test_remediation_alert_regex_matches_exactly_the_remediated_alert_rules() -> None:
 
     matched = {name for name in contract.ALERTS if re.fullmatch(dashboard.REMEDIATION_ALERTS, name)}
-    assert matched == {contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED}
+    assert matched == {contract.ORPHANED, contract.OVERDUE, contract.COMPLETED_UNREPORTED, *contract.SLOT_ALERTS}
 
 
 def test_job_names_appear_only_in_up_selectors(board: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 The repository keeps one folder per part (exporter/, remediator/, ...); pyproject.toml's package-dir
 table installs them as ``exec_watchdog.<part>`` so nothing generic lands in site-packages. The wheel
-is built for real (``pip wheel``) and run from its unpacked files, isolated from this checkout.
+is built for real (by the PEP 517 backend pyproject.toml names, as any front end would call it: the
+locked environment has no pip) and run from its unpacked files, isolated from this checkout.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import configparser
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -23,8 +25,9 @@ TEST_ONLY = ("grafana_foundation_sdk", "pytest", "hypothesis", "playwright")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=240)
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["build-backend"]
+    subprocess.run([sys.executable, "-c", f"import {backend} as b; b.build_wheel({str(out)!r})"],
+                   check=True, capture_output=True, timeout=240, cwd=ROOT)
     [built] = out.glob("exec_watchdog-*.whl")
     unpacked = out / "unpacked"
     with zipfile.ZipFile(built) as archive:

@@ -247,10 +247,14 @@ async def test_a_kill_whose_exit_report_wins_the_update_is_the_watchdogs(
 
 # -- the sweeper ------------------------------------------------------------------------------------
 
-async def test_the_sweeper_skips_an_unreadable_outbox_row_and_finishes_the_rest(
+async def test_the_sweeper_finishes_an_outbox_row_with_an_unreadable_field_beside_the_rest(
         sqlite_url: str, redis_url: str, redis_client: redis.Redis, agents: AgentServer) -> None:
+    """An unreadable alert start is replaced by the recovery's time: the recovery is still announced
+    and finished, not claimed and logged again every sweep."""
     async with remediator(sqlite_url, redis_url, agents, sweep_interval_seconds=3600) as h:
         h.add_execution("e-good", "a1", age_seconds=120)
+        h.slots.acquire("a1", "e-bad", utcnow(), "msg", 3600)
+        events = subscriber(redis_url)
         now = utcnow()
         row = {"agent_name": "a1", "action": "fail_orphan", "reason": "r", "fingerprint": "f", "runtime_seconds": 1.0,
                "recovered_at": format_utc(now), "claimed_by": "gone", "claim_expires_at": "0000"}
@@ -258,15 +262,16 @@ async def test_the_sweeper_skips_an_unreadable_outbox_row_and_finishes_the_rest(
             conn.execute(sa.insert(audit.recoveries), [
                 {**row, "execution_id": "e-bad", "alert_started_at": "not a time"},
                 {**row, "execution_id": "e-good", "alert_started_at": format_utc(now)}])
-        await opened(h.app, State).remediator.finish_unfinished()  # raised on the unreadable row before
+        await opened(h.app, State).remediator.finish_unfinished()
 
         def still_open() -> list[str]:
             with h.engine.connect() as conn:
                 return [r[0] for r in conn.execute(sa.select(audit.recoveries.c.execution_id)
                                                    .where(audit.recoveries.c.announced_at.is_(None)))]
 
-        await _eventually(lambda: still_open() == ["e-bad"], 10, "the readable recovery is finished")
+        await _eventually(lambda: still_open() == [], 10, "both recoveries are finished")
         assert h.slots.held("a1") == set()
+        assert sorted(e["execution_id"] for e in received(events, wait=1.0)) == ["e-bad", "e-good"]
 
 
 # -- the HTTP face ----------------------------------------------------------------------------------

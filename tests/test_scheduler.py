@@ -84,6 +84,26 @@ async def test_lost_report_leaves_an_orphan(world: tuple[Scheduler, AgentServer,
     assert scheduler.counts["reports_lost"] == 1
 
 
+async def test_a_leak_slot_run_is_reported_and_its_slot_stays_held(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    scheduler, _, engine = world
+    run = await scheduler.start("a1", 0.1, "leak_slot")
+    await _until(lambda: _status(engine, run.execution_id) == "success")
+    await _until(lambda: scheduler.counts["slots_leaked"] == 1)
+    assert scheduler.slots.held("a1") == {run.execution_id}
+
+
+async def test_an_expire_slot_run_takes_a_slot_already_past_its_ttl_and_runs_normally(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    scheduler, server, engine = world
+    run = await scheduler.start("a1", 1.0, "expire_slot")
+    [entry] = scheduler.slots.entries()
+    assert time.time() - entry.acquired_at > run.timeout_seconds + 300  # past the slot TTL from the start
+    assert run.execution_id in {r.execution_id for r in server.registry("a1").running()}
+    await _until(lambda: _status(engine, run.execution_id) == "success")
+    assert scheduler.slots.held("a1") == set()
+
+
 async def test_hung_run_keeps_running_with_the_schedule_timeout(
         world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
     scheduler, server, engine = world

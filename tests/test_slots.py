@@ -53,3 +53,26 @@ def test_redis_layout_matches_trinity(redis_client: redis.Redis) -> None:
     assert not redis_client.exists("agent:slot:a1:e1")
     assert redis_client.exists("agent:slot:a1:e2")
     assert redis_client.zrange("agent:slots:a1", 0, -1) == [b"e2"]
+
+
+def test_entries_list_every_slot_but_drain_placeholders_with_score_and_hash_timeout(store: SlotStore) -> None:
+    started = utcnow()
+    store.acquire("a1", "e1", started, "msg", 600)
+    store.acquire("a1", "drain-x", started, "placeholder", 600)
+    store.acquire("a2", "e2", started, "msg", 1200)
+    entries = sorted(store.entries(), key=lambda e: e.execution_id)
+    assert [(e.agent, e.execution_id, e.timeout_seconds) for e in entries] == [("a1", "e1", 600), ("a2", "e2", 1200)]
+    assert abs(entries[0].acquired_at - started.timestamp()) < 0.01
+    assert store.entry("a1", "e1") == entries[0]
+    assert store.entry("a1", "e2") is None
+    assert store.paused() is False
+
+
+def test_a_slot_whose_hash_expired_has_no_timeout_and_governor_pause_is_seen(redis_client: redis.Redis) -> None:
+    slots = RedisSlots(redis_client)
+    slots.acquire("a1", "e1", utcnow(), "msg", 600)
+    redis_client.delete("agent:slot:a1:e1")
+    [entry] = slots.entries()
+    assert entry.timeout_seconds is None and slots.entry("a1", "e1") == entry
+    redis_client.set("governor:pause", "1")
+    assert slots.paused() is True

@@ -28,16 +28,28 @@ HEARTBEAT = "ExecWatchdogHeartbeat"
 TIMEOUT_TOO_TIGHT = "ExecWatchdogTimeoutTooTight"
 TIMEOUT_TOO_LOOSE = "ExecWatchdogTimeoutTooLoose"
 TIMEOUT_ALERTS = (TIMEOUT_TOO_TIGHT, TIMEOUT_TOO_LOOSE)
+# Capacity slots (Trinity's Phase 3, its slot TTL and its start-up leak sweep: alerts/slot_rules.py).
+SLOT_EXPIRED = "ExecWatchdogSlotExpired"
+SLOT_EXPIRED_AGENT_UNREACHABLE = "ExecWatchdogSlotExpiredAgentUnreachable"
+SLOT_LEAKED = "ExecWatchdogSlotLeaked"
+SLOT_ALERTS = (SLOT_EXPIRED, SLOT_EXPIRED_AGENT_UNREACHABLE, SLOT_LEAKED)
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS)
-REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED)  # the alerts that carry a remediation
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS)
+REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS)  # the alerts that carry a remediation
 
 # What an alert rule asks the remediator to do.
 REMEDIATION_LABEL = "remediation"
 FAIL_ORPHAN = "fail_orphan"  # the agent no longer knows the run: mark it failed, release the slot
 TERMINATE_OVERDUE = "terminate_overdue"  # past its timeout: terminate on the agent, then mark failed
 CLAIM_RESULT = "claim_result"  # recently completed on the agent, still running in the database: claim the result
-ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT)
+# Capacity slots (remediator/slot_reclaim.py). The unreachable branch has its own value so that an
+# inhibition of "remediations that depend on an agent being unreachable" can name it.
+RECLAIM_EXPIRED_SLOT = "reclaim_expired_slot"  # slot past its TTL: agent asked, terminate best-effort, fail, release
+RECLAIM_SLOT_UNREACHABLE = "reclaim_slot_unreachable"  # slot past its TTL, agent unreachable throughout: fail (#497)
+RELEASE_LEAKED_SLOT = "release_leaked_slot"  # slot of a missing or finished row: release it, touch no row
+SLOT_ACTIONS = (RECLAIM_EXPIRED_SLOT, RECLAIM_SLOT_UNREACHABLE, RELEASE_LEAKED_SLOT)
+UNREACHABLE_ACTIONS = (RECLAIM_SLOT_UNREACHABLE,)  # act only because an agent stays unreachable
+ACTIONS = (FAIL_ORPHAN, TERMINATE_OVERDUE, CLAIM_RESULT, *SLOT_ACTIONS)
 
 # What the remediator decided for one alert: the webhook's answer, the audit row, the metric label.
 Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored", "retry", "lost_race",
@@ -60,6 +72,12 @@ class ExporterMetric:
     AGENT_REGISTRY_EXECUTIONS = f"{PREFIX}_agent_registry_executions"
     AGENT_SLOTS_USED = f"{PREFIX}_agent_slots_used"
     AGENT_SLOTS_LIMIT = f"{PREFIX}_agent_slots_limit"
+
+    # Capacity slots that can fire (exporter/slot_facts.py): past a share of their TTL, or leaked.
+    SLOT_AGE = f"{PREFIX}_slot_age_seconds"
+    SLOT_TTL = f"{PREFIX}_slot_ttl_seconds"
+    SLOT_LEAKED = f"{PREFIX}_slot_leaked"
+    SLOTS_PAUSED = f"{PREFIX}_slots_paused"
 
     SCRAPE_DURATION = f"{PREFIX}_exporter_scrape_duration_seconds"
     DATABASE_UP = f"{PREFIX}_exporter_database_up"

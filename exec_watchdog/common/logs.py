@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-# Credentials that libraries put in log messages: uvicorn logs WebSocket paths with their query
-# (?access_token=...) at info; the websockets library dumps handshake headers at debug.
-_SECRETS = (
-    re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
-    re.compile(r"((?:authorization|x-trinity-agent-token)\s*[:=]\s*).*", re.IGNORECASE),
-)
+from exec_watchdog.common.redaction import redact
+
+_OURS = frozenset({"level", "timestamp", "logger"})  # written by the processors: nothing to redact
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Blank credentials out of any message, ours or a library's."""
-    event = event_dict.get("event")
-    if isinstance(event, str):
-        for pattern in _SECRETS:
-            event = pattern.sub(r"\1[REDACTED]", event)
-        event_dict["event"] = event
+    """Blank credentials out of every text of a line, ours or a library's (uvicorn logs WebSocket
+    paths with their ``?access_token=``; the websockets library dumps handshake headers at debug;
+    an agent's error text may carry its environment): ``common/redaction.py`` has the rules."""
+    for key, value in event_dict.items():
+        if key in _OURS:
+            continue
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+        elif isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+            event_dict[key] = [redact(v) if isinstance(v, str) else v for v in value]
     return event_dict
 
 
@@ -41,19 +41,18 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+    structlog.configure(  # redacted last: a traceback quotes what the exception said
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[*shared, redact_secrets], processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
         ])
     )

@@ -270,6 +270,19 @@ def agents() -> Panels:
             [model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})],
         ),
         time_series(
+            "Capacity slots near or past their TTL, leaked, and governor pause",
+            "Share of its TTL (hash timeout + 300 s) each published slot has lived: above 1 it is expired "
+            "and reclaimed. Leaked: slots whose execution is missing or finished. Paused: 1 while Trinity's "
+            "governor:pause stops slot cleanup. Healthy young slots are not published.",
+            "short",
+            [
+                Query(f"max by (agent, execution_id) ({exporter_metrics.SLOT_AGE}{{{AGENT}}} / "
+                      f"{exporter_metrics.SLOT_TTL}{{{AGENT}}})", "{{agent}} {{execution_id}} TTL share"),
+                Query(f"sum by (agent) ({exporter_metrics.SLOT_LEAKED}{{{AGENT}}})", "{{agent}} leaked"),
+                Query(f"max ({exporter_metrics.SLOTS_PAUSED})", "paused"),
+            ],
+        ),
+        time_series(
             "Agent registries by state",
             "Executions each agent's own process registry reports: running, pending (accepted, not "
             "yet spawned) and recently completed (the last 300 s).",
