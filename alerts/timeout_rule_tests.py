@@ -31,19 +31,39 @@ def cumulative(durations: Sequence[float]) -> list[int]:
     return [sum(1 for d in durations if d <= bound) for bound in DURATION_BUCKETS]
 
 
+def sample_count(values: str) -> int:
+    """How many samples a promtool values text expands to ("1x3" is four, "0 5" two)."""
+    count = 0
+    for token in values.split():
+        _start, times, repeat = token.partition("x")
+        count += int(repeat) + 1 if times else 1
+    return count
+
+
 def histogram_series(p: Profile, durations: Sequence[float], values: str | None = None,
-                     status: str = "success") -> list[dict[str, str]]:
+                     status: str = "success", before: Sequence[float] = (),
+                     before_values: str | None = None) -> list[dict[str, str]]:
     """One series per bucket plus _count, constant at ``durations``' counts (or following ``values``,
-    a promtool expression where ``{n}`` stands for the bucket's count)."""
+    a promtool expression where ``{n}`` stands for the bucket's count); for successful runs also the
+    exporter's before-window counters, constant at ``before``'s counts (none by default) or following
+    ``before_values``."""
     labels = {**_schedule(p), "status": status}
     out = []
     for le, count in zip(_LE, cumulative(durations), strict=True):
         text = values.format(n=count) if values else f"{count}x1"
         out.append(series(f"{exporter.SCHEDULE_RUN_DURATION}_bucket", {**labels, "le": le}, text))
     total = len(durations)
-    out.append(series(f"{exporter.SCHEDULE_RUN_DURATION}_count", labels,
-                      values.format(n=total) if values else f"{total}x1"))
+    count_text = values.format(n=total) if values else f"{total}x1"
+    out.append(series(f"{exporter.SCHEDULE_RUN_DURATION}_count", labels, count_text))
+    if status == "success":
+        out += before_series(p, before, before_values or f"{{n}}x{sample_count(count_text) - 1}")
     return out
+
+
+def before_series(p: Profile, durations: Sequence[float], values: str) -> list[dict[str, str]]:
+    """The exporter's counts of successful runs completed before the window, one series per bucket."""
+    return [series(exporter.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW, {**_schedule(p), "le": le}, values.format(n=count))
+            for le, count in zip(_LE, cumulative(durations), strict=True)]
 
 
 def _steady(n: int) -> str:
@@ -94,6 +114,7 @@ def advice_min_runs(p: Profile) -> dict[str, Any]:
                     for le, text in values.items()]
     input_series.append(series(f"{exporter.SCHEDULE_RUN_DURATION}_count", labels,
                                " ".join(str(i) for i in range(need + 3))))
+    input_series += before_series(p, [], f"0x{need + 2}")
     sample = {"agent": AGENT, "schedule_id": SCHEDULE}
     return {
         "input_series": input_series, "alert_rule_test": [],
@@ -107,7 +128,7 @@ def advice_min_runs(p: Profile) -> dict[str, Any]:
 
 # Evaluated at every step across the whole window: fine for minutes, hours of promtool time for a
 # 7-day window at 15 s. tests/test_advice.py checks the production window on a month of history.
-@case("Timeout advice: runs older than advice_window no longer count",
+@case("Timeout advice: runs older than advice_window no longer count (the exporter counts them before the window)",
       applies=lambda p: p.seconds("advice_window") <= 2000 * p.seconds("evaluation_interval"))
 def advice_window(p: Profile) -> dict[str, Any]:
     t = Timeline(p)
@@ -115,9 +136,11 @@ def advice_window(p: Profile) -> dict[str, Any]:
     # All runs complete by 1 step; nothing after. At 1 step + window they have left the window.
     leaves = t.step + window
     n = t.steps(leaves)
+    m = leaves // t.step  # the first sample at which the exporter counts them before the window
     sample = {"agent": AGENT, "schedule_id": SCHEDULE}
     return {
-        "input_series": histogram_series(p, SLOW, "0 {n}x" + str(n)),
+        "input_series": histogram_series(p, SLOW, "0 {n}x" + str(n), before=SLOW,
+                                         before_values=f"0x{m - 1} {{n}}x{n + 1 - m}"),
         "alert_rule_test": [],
         "promql_expr_test": [
             {"expr": timeout_rules.RUNS, "eval_time": f"{leaves - t.step}s",
@@ -152,8 +175,11 @@ def _tight_alert(p: Profile, terminated: int, p99: float, timeout: int, advised:
     }
 
 
-def _ended(p: Profile, action: str, values: str) -> dict[str, str]:
-    return series(exporter.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, {**_schedule(p), "action": action}, values)
+def _ended(p: Profile, action: str, values: str) -> list[dict[str, str]]:
+    """The counter of runs the watchdog ended, and its before-window twin (none before the window)."""
+    labels = {**_schedule(p), "action": action}
+    return [series(exporter.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, labels, values),
+            series(exporter.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, labels, f"0x{sample_count(values) - 1}")]
 
 
 @case("ExecWatchdogTimeoutTooTight fires timeout_advice_for after a run is auto-terminated while good runs "
@@ -169,8 +195,8 @@ def too_tight(p: Profile) -> dict[str, Any]:
         "input_series": [
             *histogram_series(p, SLOW, _steady(n)),
             series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"{timeout}x{n}"),
-            _ended(p, "auto_terminated", f"0x3 2x{n}"),
-            _ended(p, "orphan_recovered", f"5x{n}"),
+            *_ended(p, "auto_terminated", f"0x3 2x{n}"),
+            *_ended(p, "orphan_recovered", f"5x{n}"),
         ],
         "alert_rule_test": boundary(contract.TIMEOUT_TOO_TIGHT, fires, t.step,
                                     _tight_alert(p, 2, quantiles[0.99], timeout, advised)),
@@ -188,7 +214,7 @@ def too_tight_not_close(p: Profile) -> dict[str, Any]:
         "input_series": [
             *histogram_series(p, SLOW, _steady(n)),
             series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"{timeout}x{n}"),
-            _ended(p, "auto_terminated", f"0 3x{n}"),
+            *_ended(p, "auto_terminated", f"0 3x{n}"),
         ],
         "alert_rule_test": [{"eval_time": f"{late}s", "alertname": contract.TIMEOUT_TOO_TIGHT, "exp_alerts": []}],
     }
@@ -220,4 +246,48 @@ def too_loose(p: Profile) -> dict[str, Any]:
             series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"{loose - 1}x1 {loose}x{n}"),
         ],
         "alert_rule_test": boundary(contract.TIMEOUT_TOO_LOOSE, fires, t.step, alert),
+    }
+
+
+# Runs of a schedule whose runs now take about a minute: advice_min_runs of them in the window.
+def _recent(p: Profile) -> list[float]:
+    return [50.0 + i for i in range(p.advice_min_runs)]
+
+
+@case("Timeout advice from the first scrape: runs the exporter counts before the window never count, "
+      "though Prometheus holds no history yet")
+def advice_day_one(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    recent = _recent(p)
+    quantiles, advised = reference(recent)
+    sample = {"agent": AGENT, "schedule_id": SCHEDULE}
+    return {
+        "input_series": histogram_series(p, SLOW + recent, _steady(t.steps(2 * t.step)), before=SLOW),
+        "alert_rule_test": [],
+        "promql_expr_test": [
+            {"expr": timeout_rules.RUNS, "eval_time": "0s", "exp_samples": [{"labels": _labels(
+                timeout_rules.RUNS, sample), "value": len(recent)}]},
+            {"expr": timeout_rules.ADVISED, "eval_time": "0s", "exp_samples": [{"labels": _labels(
+                timeout_rules.ADVISED, sample), "value": advised}]},
+            {"expr": f'{timeout_rules.QUANTILE}{{quantile="0.99"}}', "eval_time": "0s", "exp_samples": [{
+                "labels": _labels(timeout_rules.QUANTILE, {**sample, "quantile": "0.99"}), "value": quantiles[0.99]}]},
+        ],
+    }
+
+
+@case("Timeout advice from the first scrape: a schedule whose runs all completed before the window gets none")
+def advice_day_one_only_old_runs(p: Profile) -> dict[str, Any]:
+    t = Timeline(p)
+    late = t.fires(0, "timeout_advice_for") + 2 * t.step
+    n = t.steps(late)
+    sample = {"agent": AGENT, "schedule_id": SCHEDULE}
+    return {
+        "input_series": [*histogram_series(p, SLOW, _steady(n), before=SLOW),
+                         series(exporter.SCHEDULE_TIMEOUT, _schedule(p), f"86400x{n}")],
+        "alert_rule_test": [{"eval_time": f"{late}s", "alertname": contract.TIMEOUT_TOO_LOOSE, "exp_alerts": []}],
+        "promql_expr_test": [
+            {"expr": timeout_rules.RUNS, "eval_time": "0s", "exp_samples": [{"labels": _labels(
+                timeout_rules.RUNS, sample), "value": 0}]},
+            {"expr": timeout_rules.ADVISED, "eval_time": f"{late}s", "exp_samples": []},
+        ],
     }

@@ -10,12 +10,15 @@ profile's ``advice_window``:
 * ``exec_watchdog_schedule:timeout_seconds:advised``: the formula of ``alerts/advice.py``, only
   with at least ``advice_min_runs`` successful runs in the window.
 
-The window is the difference of two instants (``now`` minus ``offset window``), not
-``increase()``: a 7-day ``increase()`` would read every sample of seven days for ~30 bucket
-series per schedule at every evaluation. The difference is exact because the exporter derives
-these counters from the table, so they continue across exporter restarts; where Prometheus has
-less history than the window, the whole counter counts. ``max by`` collapses exporter replicas,
-which publish identical counters.
+The window is bounded by the exporter, not by Prometheus' history: beside each counter it
+publishes the same count for the runs completed before ``now - --advice-window`` (derived from
+the table, like the counter), and the rules subtract one from the other. So from the first scrape
+after installation the rules judge exactly the runs ``exec-watchdog advise`` judges, old history
+never counts, and no rule reads seven days of samples (an ``increase()`` or ``offset`` would, and
+would count the whole history while Prometheus holds less than the window). The exporter's
+``--advice-window`` must equal the profile's ``advice_window``
+(``exec_watchdog_exporter_history_window_seconds`` shows it). ``max by`` collapses exporter
+replicas, which publish identical counters.
 
 The alerts carry no ``remediation`` label: Alertmanager routes them to people, never to the
 remediator (alerts/alertmanager.py).
@@ -49,9 +52,9 @@ def quantile_label(q: float) -> str:
     return f"{q:g}"
 
 
-def _window(selector: str, window: str) -> str:
-    """What ``selector`` (a counter) gained over the window; all of it where there is less history."""
-    return f"({selector} - ({selector} offset {window} or {selector} * 0))"
+def _window(counter: str, before_window: str, by: str) -> str:
+    """Runs in the window: the counter minus its runs completed before the window, per ``by``."""
+    return f"(max by ({by}) ({counter}) - max by ({by}) ({before_window}))"
 
 
 def _lookup(metric: str, selector: str = "") -> str:
@@ -62,21 +65,20 @@ def _lookup(metric: str, selector: str = "") -> str:
 
 
 def recording_rules(p: Profile) -> list[dict[str, object]]:
-    window = p.advice_window
     duration = exporter.SCHEDULE_RUN_DURATION
-    buckets = _window(f'{duration}_bucket{{status="success"}}', window)
-    runs = _window(f'{duration}_count{{status="success"}}', window)
-    rules: list[dict[str, object]] = [{"record": RUNS, "expr": f"max by ({SCHEDULE}) {runs}\n"}]
+    before = exporter.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
+    buckets = _window(f'{duration}_bucket{{status="success"}}', before, f"{SCHEDULE}, le")
+    runs = _window(f'{duration}_count{{status="success"}}', f'{before}{{le="+Inf"}}', SCHEDULE)
+    rules: list[dict[str, object]] = [{"record": RUNS, "expr": f"{runs}\n"}]
     for q in advice.QUANTILES:
         rules.append({
             "record": QUANTILE,
-            "expr": f"histogram_quantile({q:g}, max by ({SCHEDULE}, le) {buckets})\n",
+            "expr": f"histogram_quantile({q:g}, {buckets})\n",
             "labels": {"quantile": quantile_label(q)},
         })
-    rules.append({
-        "record": ENDED,
-        "expr": f"max by ({SCHEDULE}, action) {_window(exporter.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, window)}\n",
-    })
+    ended = _window(exporter.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, exporter.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW,
+                    f"{SCHEDULE}, action")
+    rules.append({"record": ENDED, "expr": f"{ended}\n"})
     p99 = f'{QUANTILE}{{quantile="{quantile_label(advice.ADVICE_QUANTILE)}"}}'
     rules.append({
         "record": ADVISED,

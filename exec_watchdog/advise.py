@@ -23,9 +23,16 @@ from exec_watchdog.alerts.profiles import PROFILES, ProfileError, load_profile
 from exec_watchdog.common.flags import add_flag
 from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.platform_access import DEFAULT_DATABASE_URL
-from exec_watchdog.platform_access.run_history import CompletedRun, completed_runs, schedule_timeouts
+from exec_watchdog.platform_access.database import require_existing
+from exec_watchdog.platform_access.run_history import (
+    CompletedRun,
+    completed_runs,
+    completed_time,
+    deleted_agents,
+    schedule_timeouts,
+)
 from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE
-from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc, utcnow
+from exec_watchdog.platform_access.timestamps import utcnow
 
 
 def register(commands: Any) -> None:
@@ -49,22 +56,22 @@ def register(commands: Any) -> None:
 
 def collect(conn: sa.Connection, *, window: timedelta, min_runs: int, now: datetime,
             agent: str | None = None, schedule: str | None = None) -> list[advice.Advice]:
-    """The advice for every schedule with runs in the window or a configured timeout, sorted."""
+    """The advice for every schedule with runs in the window or a configured timeout, sorted (soft-deleted
+    agents' schedules left out)."""
     since = now - window
     histograms: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(DURATION_BUCKETS))
-    for run in completed_runs(conn, completed_since=format_utc(since)):
+    for run in completed_runs(conn, completed_since=since):  # a superset: times compared here
         if not isinstance(run, CompletedRun) or run.status != "success":
             continue
-        try:
-            if not since < parse_utc(run.completed_at) <= now:  # the rules' window: (now - window, now]
-                continue
-        except BadTimestamp:
+        at = completed_time(run)
+        if at is None or not since < at <= now:  # the rules' window: (now - window, now]
             continue
         counts = histograms[(run.agent, run.schedule_id)]
         counts[_bucket(run.duration_seconds)] += 1
     timeouts = schedule_timeouts(conn)
+    deleted = deleted_agents(conn)  # soft-deleted agents are not the watchdog's business
     # Manual runs use the agent's timeout: listed only for agents that have some.
-    keys = set(histograms) | {k for k in timeouts if k[1] != MANUAL_SCHEDULE}
+    keys = {k for k in histograms if k[0] not in deleted} | {k for k in timeouts if k[1] != MANUAL_SCHEDULE}
     out = []
     for key in sorted(keys):
         if (agent is not None and key[0] != agent) or (schedule is not None and key[1] != schedule):
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         profile = load_profile(args.profile)
+        require_existing(args.database_url)  # read-only: never create the file it reads
         engine = open_engine(args.database_url, timeout=60.0)
         with engine.connect() as conn:
             advices = collect(conn, window=timedelta(seconds=profile.seconds("advice_window")),
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"exec-watchdog advise: {_first_line(exc)}", file=sys.stderr)
         return 2
     if args.sql:
-        print(sql_statements(advices), end="")
+        print(sql_statements(advices, sa.make_url(args.database_url).get_backend_name()), end="")
     elif args.format == "json":
         print(json.dumps([_as_dict(a) for a in advices], indent=2))
     else:
@@ -147,7 +155,16 @@ def _fmt(value: float | None) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def _quote(text: str) -> str:
+def _quote(text: str, dialect: str) -> str:
+    """A string literal for ``dialect``.
+
+    PostgreSQL: an escape string (``E'...'``, quotes and backslashes doubled), which reads the
+    same whether ``standard_conforming_strings`` is on or off; in a plain literal a backslash
+    escapes the closing quote when it is off (legacy servers), and the id's text would run as SQL.
+    SQLite has no escape strings and no backslash escapes: quotes doubled.
+    """
+    if dialect == "postgresql":
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -156,9 +173,12 @@ def _comment(text: str) -> str:
     return "-- " + text.replace("\r", " ").replace("\n", " ") + "\n"
 
 
-def sql_statements(advices: list[advice.Advice]) -> str:
-    """UPDATE statements for every advised timeout that differs from the current one."""
+def sql_statements(advices: list[advice.Advice], dialect: str = "sqlite") -> str:
+    """UPDATE statements for every advised timeout that differs from the current one, for ``dialect``
+    (``sqlite`` or ``postgresql``, the database the advice was read from)."""
     out = ["-- exec-watchdog advise: review before running; nothing here has been executed.\n"]
+    if dialect == "postgresql":  # belt and braces: the E'' literals below are safe either way
+        out.append("SET standard_conforming_strings = on;\n")
     for a in advices:
         if a.advised is None or a.advised == a.current_timeout:
             continue
@@ -170,5 +190,5 @@ def sql_statements(advices: list[advice.Advice]) -> str:
             continue
         # Printed for review, never executed; values are quoted as SQL string literals.
         out.append(note + f"UPDATE agent_schedules SET timeout_seconds = {a.advised} "  # noqa: S608
-                          f"WHERE id = {_quote(a.schedule_id)} AND agent_name = {_quote(a.agent)};\n")
+                          f"WHERE id = {_quote(a.schedule_id, dialect)} AND agent_name = {_quote(a.agent, dialect)};\n")
     return "".join(out)

@@ -98,7 +98,8 @@ async def open_scraping(settings: ExporterSettings) -> AsyncIterator[Scraping]:
         queued_publish_after_seconds=settings.queued_publish_after_seconds,
         activity_publish_after_seconds=settings.activity_publish_after_seconds)
     try:
-        yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None))
+        yield Scraping(gatherer, RunHistory(engine, owns=settings.shard.owns if settings.shard else None,
+                                               window_seconds=settings.advice_window_seconds))
     finally:
         await client.aclose()
         if redis_client is not None:

@@ -44,6 +44,9 @@ def register(commands: Any) -> None:
     add_flag(parser, "--database-timeout", default="5", help="seconds the database read may take")
     add_flag(parser, "--scrape-timeout", default="8",
              help="seconds one whole scrape may take; keep it below Prometheus' scrape_timeout")
+    add_flag(parser, "--advice-window", default="7d",
+             help="the rule profile's advice_window (Prometheus duration): runs completed before now minus this are "
+                  "also counted apart, so the timeout advice rules judge only the window from the first scrape")
     add_flag(parser, "--shard", help="K/N: watch only shard K (0..N-1) of N, by a stable hash of the agent name; "
                                      "K may be a StatefulSet pod name ending in its ordinal (POD_NAME/4)")
     parser.set_defaults(run=run)

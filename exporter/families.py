@@ -124,6 +124,16 @@ HISTORY: tuple[Family, ...] = (
     Family(names.HISTORY_SKIPPED_ROWS, "gauge",
            "Completed rows left out of the run history: no agent name or unreadable timestamps."),
     Family(names.HISTORY_READ_DURATION, "gauge", "Wall time of the last finished run-history read."),
+    Family(names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW, "counter",
+           "Successful runs counted in the duration histogram that completed before the advice window "
+           "(now - --advice-window), by bucket: the histogram minus these is the window.",
+           ("agent", "le", "schedule_id")),
+    Family(names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, "counter",
+           "Runs counted as ended by the watchdog that completed before the advice window, by action.",
+           ("action", *SCHEDULE_LABELS)),
+    Family(names.HISTORY_WINDOW, "gauge",
+           "The advice window the before-window counters use (--advice-window); keep it equal to the rule "
+           "profile's advice_window."),
 )
 
 BY_NAME: dict[str, Family] = {family.name: family for family in SNAPSHOT + HISTORY}

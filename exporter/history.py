@@ -48,6 +48,7 @@ import structlog
 from prometheus_client.utils import floatToGoString
 
 from exec_watchdog.common.contract import ExporterMetric as names
+from exec_watchdog.exporter.aging import Aging
 from exec_watchdog.exporter.families import escape_label_value as _escape
 from exec_watchdog.exporter.families import header as _header
 from exec_watchdog.platform_access.run_history import (
@@ -55,9 +56,11 @@ from exec_watchdog.platform_access.run_history import (
     WATCHDOG_ACTIONS,
     SkippedRow,
     completed_runs,
+    completed_time,
+    deleted_agents,
     schedule_timeouts,
 )
-from exec_watchdog.platform_access.timestamps import format_utc, utcnow
+from exec_watchdog.platform_access.timestamps import utcnow
 
 log = structlog.get_logger("exporter")
 
@@ -69,18 +72,24 @@ DURATION_BUCKETS: tuple[float, ...] = (
     1800, 2100, 2400, 2700, 3000, 3600, 4500, 5400, 7200, 10800, 14400, 21600, 43200, 86400, float("inf"),
 )
 OVERLAP_SECONDS = 300.0  # how far back each read looks for rows committed late
+ADVICE_WINDOW_SECONDS = 7 * 86_400.0  # the production profile's advice_window (alerts/profiles.yml)
 
 _Schedule = tuple[str, str]  # (agent, schedule_id)
+_Inside = tuple[tuple[str, str, str], int] | tuple[str, str, str]  # see _Totals.inside
 
 
 @dataclass(slots=True)
 class _Histogram:
     buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # not cumulative
     total: float = 0.0
+    before: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # completed before the window
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    def observe(self, seconds: float) -> int:
+        """Count one run; its bucket's index."""
+        index = _bucket(seconds)
+        self.buckets[index] += 1
         self.total += seconds
+        return index
 
 
 @dataclass(slots=True)
@@ -90,30 +99,40 @@ class _Totals:
     durations: dict[tuple[str, str, str], _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
     ended: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     skipped: int = 0
-    since: str | None = None  # the next read takes rows with completed_at >= this (None: all rows)
-    recent: set[str] = field(default_factory=set)  # ids already counted with completed_at >= since
+    since: datetime | None = None  # the next read takes rows completed at or after this (None: all rows)
+    recent: set[str] = field(default_factory=set)  # ids already counted that the next read returns again
     # The exposition of each histogram and of each schedule's counters, re-rendered only when they
     # change: at ~130,000 series rendering everything on every read would cost more than the read.
     histogram_text: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     ended_text: dict[_Schedule, bytes] = field(default_factory=dict)
+    # Counted runs that completed before the advice window (successful ones in their histogram's
+    # `before`), and those still inside it, by time: (histogram key, bucket index) for a successful run,
+    # (agent, schedule_id, action) for one the watchdog ended.
+    ended_before: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    inside: Aging[_Inside] = field(default_factory=Aging)
+    before_text: dict[_Schedule, tuple[bytes, bytes]] = field(default_factory=dict)  # (successful, ended)
 
 
 class RunHistory:
     """The incremental reader and the exposition of what it has read."""
 
     def __init__(self, engine: sa.Engine, *, overlap_seconds: float = OVERLAP_SECONDS,
+                 window_seconds: float = ADVICE_WINDOW_SECONDS,
                  clock: Callable[[], datetime] = utcnow, owns: Callable[[str], bool] | None = None) -> None:
         if overlap_seconds < 0:
             raise ValueError("the history overlap must not be negative")
+        if not window_seconds > 0:
+            raise ValueError("the advice window must be positive")
         self._engine = engine
         self._overlap = timedelta(seconds=overlap_seconds)
+        self._window = timedelta(seconds=window_seconds)
         self._clock = clock
         self._owns = owns  # a shard publishes only its own agents' history: every series once in all
         self._totals = _Totals()
         self._lock = threading.Lock()  # one read at a time, even if called from two threads
         self._reading: asyncio.Future[None] | None = None
         self._failing = False
-        self._rendered = _render_families(None, {}, read_seconds=None)
+        self._rendered = _render_families(None, {}, read_seconds=None, window=window_seconds)
         self.reads = 0
 
     # -- reading ---------------------------------------------------------------------------------
@@ -123,25 +142,43 @@ class RunHistory:
 
         The watermark is the exporter's clock at the start of the previous read, minus the
         overlap: a row committed after that read began was stamped (by the writer's clock) no
-        earlier than that, as long as commit lag plus clock skew stay below the overlap.
+        earlier than that, as long as commit lag plus clock skew stay below the overlap. Times are
+        compared as times, whatever form ``completed_at`` is written in (``T`` or space, ``Z``,
+        naive or an offset): the query asks for a superset, and rows before the watermark are
+        left to the read that counted them.
         """
         with self._lock:
             started = time.perf_counter()
             totals = self._totals
             since = totals.since
-            next_since = format_utc(self._clock() - self._overlap)
+            now = self._clock()
+            next_since = now - self._overlap
+            window_start = now - self._window
+            cutoff = window_start.timestamp()  # a run completed at or before this is before the window
+            # Below this text no accepted form is at or after next_since or inside the window: the first
+            # read need not parse it.
+            parse_floor = (min(next_since, window_start) - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
             recent: set[str] = set()
             changed: set[tuple[str, str, str]] = set()
+            inside: list[tuple[float, _Inside]] = []
+            before_changed: set[_Schedule] = set()
             with self._engine.connect() as conn:
                 timeouts = schedule_timeouts(conn)
+                hidden = deleted_agents(conn)  # still counted, not published while deleted
                 if self._owns is not None:
                     timeouts = {key: value for key, value in timeouts.items() if self._owns(key[0])}
                 for run in completed_runs(conn, completed_since=since):
+                    parse = since is not None or run.completed_at >= parse_floor
+                    at = completed_time(run) if parse else None
+                    if since is not None and at is not None and at < since:
+                        continue  # before the watermark: the read that saw it counted it
+                    # Will the next read's query return it again? Then remember it was counted.
+                    again = parse and (at is None or at >= next_since)
                     if run.id in totals.recent:
-                        if run.completed_at >= next_since:
+                        if again:
                             recent.add(run.id)
                         continue
-                    if run.completed_at >= next_since:
+                    if again:
                         recent.add(run.id)
                     if isinstance(run, SkippedRow):
                         totals.skipped += 1
@@ -149,17 +186,46 @@ class RunHistory:
                     if self._owns is not None and not self._owns(run.agent):
                         continue
                     key = (run.agent, run.schedule_id, run.status)
-                    totals.durations[key].observe(run.duration_seconds)
+                    histogram = totals.durations[key]
+                    bucket = histogram.observe(run.duration_seconds)
                     changed.add(key)
+                    # The advice window: a run with no readable time counts as before it (never advised on).
+                    when = at.timestamp() if at is not None else None
+                    inside_at = when if when is not None and when > cutoff else None
+                    if run.status == "success":
+                        if inside_at is None:
+                            histogram.before[bucket] += 1
+                        else:
+                            inside.append((inside_at, (key, bucket)))
                     if run.watchdog_action is not None:
-                        totals.ended[(run.agent, run.schedule_id, run.watchdog_action)] += 1
+                        ended = (run.agent, run.schedule_id, run.watchdog_action)
+                        totals.ended[ended] += 1
+                        if inside_at is None:
+                            totals.ended_before[ended] += 1
+                        else:
+                            inside.append((inside_at, ended))
+                    if len(inside) >= 20_000:  # the first read: hand over in batches, never a week of tuples
+                        totals.inside.add(inside)
+                        inside = []
+            totals.inside.add(inside)
+            for entry in totals.inside.expire(cutoff):
+                if len(entry) == 2:  # (histogram key, bucket)
+                    totals.durations[entry[0]].before[entry[1]] += 1
+                    before_changed.add(entry[0][:2])
+                else:
+                    totals.ended_before[entry] += 1
+                    before_changed.add(entry[:2])
             totals.since, totals.recent = next_since, recent
             for key in changed:
                 totals.histogram_text[key] = _histogram_text(key, totals.durations[key])
                 totals.ended_text[key[:2]] = _ended_text(key[:2], totals.ended)
+                before_changed.add(key[:2])
+            for schedule in before_changed:
+                totals.before_text[schedule] = _before_text(schedule, totals)
             self.reads += 1
             seconds = time.perf_counter() - started
-            self._rendered = _render_families(totals, timeouts, read_seconds=seconds)
+            self._rendered = _render_families(totals, timeouts, read_seconds=seconds, hidden=hidden,
+                                              window=self._window.total_seconds())
 
     # -- scraping --------------------------------------------------------------------------------
 
@@ -208,6 +274,31 @@ def _histogram_text(key: tuple[str, str, str], histogram: _Histogram) -> bytes:
     return "".join(lines).encode()
 
 
+def _bucket(seconds: float) -> int:
+    return bisect.bisect_left(DURATION_BUCKETS, seconds)
+
+
+def _before_text(schedule: _Schedule, totals: _Totals) -> tuple[bytes, bytes]:
+    """Both before-window families' lines of one schedule: every bucket if it has successful runs, every
+    action (zeros included, as the counters they are subtracted from)."""
+    agent, schedule_id = schedule
+    labels = f'agent="{_escape(agent)}",'
+    tail = f'schedule_id="{_escape(schedule_id)}"'
+    lines: list[str] = []
+    histogram = totals.durations.get((agent, schedule_id, "success"))
+    if histogram is not None:
+        name = names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
+        cumulative = 0
+        for count, le in zip(histogram.before, _LE, strict=True):
+            cumulative += count
+            lines.append(f'{name}{{{labels}le="{le}",{tail}}} {_number(cumulative)}\n')
+    name = names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW
+    ended = "".join(f'{name}{{action="{action}",{labels}{tail}}} '
+                    f"{_number(totals.ended_before.get((agent, schedule_id, action), 0))}\n"
+                    for action in WATCHDOG_ACTIONS)
+    return "".join(lines).encode(), ended.encode()
+
+
 def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> bytes:
     # Every action for every schedule with runs, zeros included, so the first one shows in increase().
     agent, schedule_id = schedule
@@ -217,16 +308,17 @@ def _ended_text(schedule: _Schedule, ended: dict[tuple[str, str, str], int]) -> 
         f"{_number(ended.get((agent, schedule_id, action), 0))}\n" for action in WATCHDOG_ACTIONS).encode()
 
 
-def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
-                     read_seconds: float | None) -> bytes:
+def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *, read_seconds: float | None,
+                     window: float, hidden: frozenset[str] | set[str] = frozenset()) -> bytes:
     """Text format 0.0.4, as client_python writes histograms, counters and gauges, in label order (but a
-    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest)."""
+    bucket's ``le`` last, as Prometheus' Go client writes it; tests/test_exporter_history.py checks the rest).
+    Schedules of ``hidden`` agents (soft-deleted) are left out."""
     parts = [_header(names.SCHEDULE_RUN_DURATION).encode()]
     if totals is not None:
-        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text))
+        parts.extend(totals.histogram_text[key] for key in sorted(totals.histogram_text) if key[0] not in hidden)
     parts.append(_header(names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG).encode())
     if totals is not None:
-        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text))
+        parts.extend(totals.ended_text[key] for key in sorted(totals.ended_text) if key[0] not in hidden)
     lines = [_header(names.SCHEDULE_TIMEOUT)]
     lines.extend(f'{names.SCHEDULE_TIMEOUT}{{agent="{_escape(agent)}",schedule_id="{_escape(schedule)}"}} '
                  f"{_number(seconds)}\n" for (agent, schedule), seconds in sorted(timeouts.items()))
@@ -239,6 +331,13 @@ def _render_families(totals: _Totals | None, timeouts: dict[_Schedule, int], *,
     if read_seconds is not None:
         lines.append(f"{names.HISTORY_READ_DURATION} {_number(read_seconds)}\n")
     parts.append("".join(lines).encode())
+    befores = [] if totals is None else [totals.before_text[key] for key in sorted(totals.before_text)
+                                         if key[0] not in hidden]
+    before_names = (names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW, names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW)
+    for index, name in enumerate(before_names):
+        parts.append(_header(name).encode())
+        parts.extend(texts[index] for texts in befores)
+    parts.append(f"{_header(names.HISTORY_WINDOW)}{names.HISTORY_WINDOW} {_number(window)}\n".encode())
     return b"".join(parts)
 
 

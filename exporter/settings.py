@@ -36,6 +36,7 @@ class ExporterSettings:
     queued_publish_after_seconds: float = 43_200.0  # queued rows get a series once they waited this long
     activity_publish_after_seconds: float = 3_600.0  # started activities get a series once this old
     shard: Shard | None = None  # None: this exporter watches the whole fleet
+    advice_window_seconds: float = 7 * 86_400.0  # the rule profile's advice_window (before-window counters)
 
 
 def _positive_seconds(flag: str, value: object) -> float:
@@ -112,7 +113,20 @@ def settings_from_args(args: argparse.Namespace) -> ExporterSettings:
         queued_publish_after_seconds=_positive_seconds("--queued-publish-after", args.queued_publish_after),
         activity_publish_after_seconds=_positive_seconds("--activity-publish-after", args.activity_publish_after),
         shard=_shard(getattr(args, "shard", None)),
+        advice_window_seconds=_advice_window(getattr(args, "advice_window", "7d")),
     )
+
+
+def _advice_window(value: str) -> float:
+    from exec_watchdog.alerts.profiles import duration_seconds
+
+    try:
+        seconds = duration_seconds(value)
+    except ValueError as exc:
+        raise ConfigError(f"--advice-window: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"--advice-window must be positive, got {value!r}")
+    return seconds
 
 
 def _shard(value: str | None) -> Shard | None:

@@ -137,7 +137,7 @@ class Stack:
         argv = self._python("exporter", "--listen", f"127.0.0.1:{self._exporter_ports[index]}", "--database-url",
                             o.database_url, "--agent-url-template", o.agent_url_template, "--agent-secret-file",
                             str(secret_file), "--scrape-timeout", f"{scrape_timeout:g}", "--agent-timeout",
-                            f"{agent_timeout:g}")
+                            f"{agent_timeout:g}", "--advice-window", str(self.settings["advice_window"]))
         if o.redis_url:
             argv += ["--redis-url", o.redis_url]
         # Queued rows are published from half the backlog age on (only rows that can fire).

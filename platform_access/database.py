@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -375,3 +376,34 @@ def agents(conn: sa.Connection) -> list[Agent]:
             ok = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
             out.append(Agent(name, limit if ok else DEFAULT_MAX_PARALLEL_TASKS))
     return out
+
+
+# -- read-only commands: never create the database they read --------------------------------------
+
+class MissingDatabase(ValueError):
+    """A read-only command was pointed at a SQLite file that does not exist (opening would create it)."""
+
+
+def require_existing(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist: SQLite would create an empty one on connect.
+
+    For read-only commands (``advise``, ``explain``): they must change nothing, and "no such table"
+    on a file just created hides the real mistake (a wrong path). In-memory databases and other
+    backends pass; an unparseable URL is left to :func:`create_engine` to report.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return
+    if parsed.get_backend_name() != "sqlite":
+        return
+    path = parsed.database or ""
+    if path.startswith("file:") and str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        if "memory" in str(parsed.query.get("mode", "")):
+            return
+        path = path.removeprefix("file:").removeprefix("//")
+    if not path or path == ":memory:":
+        return
+    if not Path(path).is_file():
+        raise MissingDatabase(f"the SQLite database file {path!r} does not exist (nothing was created): "
+                              "check the path in --database-url")

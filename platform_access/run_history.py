@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,7 +65,7 @@ class CompletedRun:
     schedule_id: str
     status: str
     duration_seconds: float
-    completed_at: str  # as stored: the incremental read's watermark is compared as text
+    completed_at: str  # as stored; compare times with completed_time(), never this text
     watchdog_action: str | None
 
 
@@ -76,17 +77,18 @@ class SkippedRow:
     completed_at: str
 
 
-def completed_runs(conn: sa.Connection, *, completed_since: str | None = None,
+def completed_runs(conn: sa.Connection, *, completed_since: datetime | None = None,
                    batch: int = 20_000) -> Iterator[CompletedRun | SkippedRow]:
-    """Every completed run, or those with ``completed_at >= completed_since`` (compared as stored text).
+    """Every completed run, or at least those completed at or after ``completed_since``.
 
-    Rows that cannot be used come as :class:`SkippedRow`, so callers can count them. Rows are
-    streamed in batches (a server-side cursor on PostgreSQL), so a table of
-    millions never sits in memory and no single fetch runs into the statement timeout.
+    With ``completed_since`` the query returns a superset (see :func:`completed_at_or_after`): callers
+    compare :func:`completed_time` with it. Rows that cannot be used come as :class:`SkippedRow`, so
+    callers can count them. Rows are streamed in batches (a server-side cursor on PostgreSQL), so a
+    table of millions never sits in memory and no single fetch runs into the statement timeout.
     """
     query = _SELECT_COMPLETED
     if completed_since is not None:
-        query = query.where(_t.completed_at >= completed_since)
+        query = query.where(completed_at_or_after(completed_since))
     for row in conn.execution_options(yield_per=batch).execute(query):
         if row.status in FINAL_STATUSES:
             yield _completed_run(row)
@@ -115,19 +117,68 @@ def schedule_timeouts(conn: sa.Connection) -> dict[tuple[str, str], int]:
     """The effective timeout of every schedule, and of every agent's manual runs (``__manual__``).
 
     Trinity's rule, as the overdue check applies it: COALESCE(schedule, agent, 3600), then a 0
-    means 900 s. Keyed by (agent, schedule_id).
+    means 900 s. Keyed by (agent, schedule_id). Soft-deleted agents' schedules are left out.
     """
     out: dict[tuple[str, str], int] = {}
     rows = conn.execute(
         sa.select(agent_schedules.c.id, agent_schedules.c.agent_name, agent_schedules.c.timeout_seconds,
                   agent_ownership.c.execution_timeout_seconds)
         .select_from(agent_schedules.outerjoin(
-            agent_ownership, agent_ownership.c.agent_name == agent_schedules.c.agent_name)))
+            agent_ownership, agent_ownership.c.agent_name == agent_schedules.c.agent_name))
+        .where(agent_ownership.c.deleted_at.is_(None)))  # soft-deleted agents: not the watchdog's business
     for schedule_id, agent, schedule_timeout, agent_timeout in rows:
         if isinstance(agent, str) and agent:
             out[(agent, str(schedule_id))] = database.effective_timeout(schedule_timeout, agent_timeout)
-    agents = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds))
+    agents = conn.execute(sa.select(agent_ownership.c.agent_name, agent_ownership.c.execution_timeout_seconds)
+                          .where(agent_ownership.c.deleted_at.is_(None)))
     for agent, agent_timeout in agents:
         if isinstance(agent, str) and agent:
             out[(agent, MANUAL_SCHEDULE)] = database.effective_timeout(None, agent_timeout)
     return out
+
+
+def deleted_agents(conn: sa.Connection) -> set[str]:
+    """Soft-deleted agents (``agent_ownership.deleted_at`` set): their runs are not the watchdog's business.
+
+    Their completed runs stay in the table (and in the exporter's totals, so an agent restored from
+    deletion shows its whole history again); readers leave them out of what they publish and advise.
+    """
+    rows = conn.execute(sa.select(agent_ownership.c.agent_name).where(agent_ownership.c.deleted_at.is_not(None)))
+    return {agent for (agent,) in rows if isinstance(agent, str)}
+
+
+# -- comparing completion times --------------------------------------------------------------------
+# `completed_at` is TEXT, written as `2026-12-01T10:00:00.123456Z` by Trinity and by us, but the
+# parser (and older rows, and SQLite's datetime()) also know `2026-12-01 10:00:00`, naive or with
+# an offset. As text, ' ' sorts before 'T': a plain `completed_at >= watermark` skips every
+# space-separated row of the watermark's day. So the SQL asks for a superset that no accepted form
+# can escape, with range conditions an index on completed_at can serve, and readers compare the
+# parsed times in Python.
+_NEGATIVE_OFFSETS = ("%-__:__", "%-____")  # a local time written behind UTC: its text reads earlier
+
+
+def completed_at_or_after(moment: datetime) -> sa.ColumnElement[bool]:
+    """Rows whose ``completed_at`` may be at or after ``moment``: every such row, and a few more.
+
+    * ``T`` form at or after the moment's second (``...T10:00:00.5Z`` >= ``...T10:00:00``);
+    * space form on the moment's day from its second on (later days sort after ``<day>T`` anyway);
+    * a negative offset (``-05:00``): its wall-clock text reads up to a day earlier than UTC.
+    """
+    if moment.tzinfo is None:
+        raise ValueError("refusing a naive datetime: pass an aware UTC one")
+    at = moment.astimezone(UTC)
+    column = _t.completed_at
+    day_before = (at - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    return sa.or_(
+        column >= at.strftime("%Y-%m-%dT%H:%M:%S"),
+        sa.and_(column >= at.strftime("%Y-%m-%d %H:%M:%S"), column < at.strftime("%Y-%m-%dT")),
+        sa.and_(column >= day_before, sa.or_(*(column.like(p) for p in _NEGATIVE_OFFSETS))),
+    )
+
+
+def completed_time(run: CompletedRun | SkippedRow) -> datetime | None:
+    """When the run completed (aware UTC), or None when its ``completed_at`` cannot be read."""
+    try:
+        return parse_utc(run.completed_at)
+    except BadTimestamp:
+        return None

@@ -359,7 +359,9 @@ async def events(ws: WebSocket) -> None:
         state.hub.remove(ws)
 
 
-# The page loads nothing from elsewhere and may not be framed (clickjacking its breaker button).
+# The page loads nothing from elsewhere and may not be framed (clickjacking its breaker button); its
+# script and styles are files of their own (GET /static/console.js, console.css), so no inline script
+# or style runs (script-src and style-src 'self').
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",

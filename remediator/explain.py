@@ -58,9 +58,10 @@ def fetch_from_remediator(url: str, token: str | None, execution_id: str) -> dic
 def read_from_database(url: str, execution_id: str, external_url: str) -> dict[str, Any] | None:
     import sqlalchemy as sa
 
-    from exec_watchdog.platform_access.database import create_engine
+    from exec_watchdog.platform_access.database import create_engine, require_existing
     from exec_watchdog.remediator import story
 
+    require_existing(url)  # read-only: never create the file it reads (MissingDatabase is a ValueError)
     engine = create_engine(url)
     try:
         with engine.connect() as conn:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.families import BY_NAME, Family
+from exec_watchdog.exporter.history import DURATION_BUCKETS
 from exec_watchdog.exporter.snapshot import Snapshot
 from exec_watchdog.platform_access.run_history import WATCHDOG_ACTIONS
 
@@ -185,6 +186,9 @@ class HistoryValues(NamedTuple):
     timeouts: Mapping[tuple[str, str], int]  # (agent, schedule_id) -> seconds
     skipped: int | None  # None until the first read has finished
     read_seconds: float | None
+    # (agent, schedule_id, bucket index or action) -> counted runs that completed before the advice window
+    before: Mapping[tuple[str, str, int | str], int] = {}
+    window_seconds: float = 7 * 86_400.0
 
 
 def history_families(values: HistoryValues) -> list[Metric]:
@@ -212,7 +216,20 @@ def history_families(values: HistoryValues) -> list[Metric]:
     read = gauge(names.HISTORY_READ_DURATION)
     if values.read_seconds is not None:
         read.add_metric([], values.read_seconds)
-    return [duration, ended, timeout, ready, skipped, read]
+    before_runs = counter(names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW)
+    before_ended = counter(names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW)
+    for agent, schedule in sorted({key[:2] for key in values.durations}):
+        if (agent, schedule, "success") in values.durations:
+            cumulative = 0
+            for index, bound in enumerate(DURATION_BUCKETS):
+                cumulative += values.before.get((agent, schedule, index), 0)
+                le = "+Inf" if bound == float("inf") else str(float(bound))
+                before_runs.add_metric([agent, le, schedule], cumulative)
+        for action in WATCHDOG_ACTIONS:
+            before_ended.add_metric([action, agent, schedule], values.before.get((agent, schedule, action), 0))
+    window = gauge(names.HISTORY_WINDOW)
+    window.add_metric([], values.window_seconds)
+    return [duration, ended, timeout, ready, skipped, read, before_runs, before_ended, window]
 
 
 class FixedCollector(Collector):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.schema import agent_ownership, agent_schedules, schedule_executions
-from exec_watchdog.platform_access.timestamps import parse_utc, utcnow
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc, utcnow
 from exec_watchdog.simulated_platform.schedules import PRODUCTION, SimSchedule, history_rows
 from tests.test_alerts import require_tool, run
 
@@ -53,7 +54,8 @@ def _series_key(family_sample: Any) -> str | None:
     if name.startswith(names.SCHEDULE_RUN_DURATION) and labels.get("status") != "success":
         return None
     if not (name.startswith(names.SCHEDULE_RUN_DURATION) or name in (
-            names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, names.SCHEDULE_TIMEOUT)) or name.endswith("_sum"):
+            names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, names.SCHEDULE_TIMEOUT, names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW,
+            names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW)) or name.endswith("_sum"):
         return None
     labels = {**labels, "job": "exec-watchdog-exporter", "instance": "exporter:9463"}
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
@@ -278,3 +280,112 @@ def test_advise_refuses_bad_input_with_a_clear_message(argv: list[str], message:
     result = _advise(*argv)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{dir}/missing.db", "sqlite:///file:{dir}/missing.db?mode=ro&uri=true"])
+def test_advise_on_a_missing_sqlite_file_says_it_does_not_exist_and_creates_nothing(tmp_path: Path, url: str) -> None:
+    result = _advise("--database-url", url.format(dir=tmp_path))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "no such table" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _psql_url(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_printed_sql_for_postgresql_updates_only_the_schedule_whatever_standard_conforming_strings(
+        postgres_url: str, conforming: str) -> None:
+    """`advise --sql` on PostgreSQL, run with psql on a server with standard_conforming_strings on or off
+    (legacy): a hostile schedule id with a backslash before its quote stays data."""
+    hostile = "x\\'; DELETE FROM schedule_executions; UPDATE agent_schedules SET timeout_seconds = 1; --\\"
+    engine = create_engine(postgres_url)
+    create_platform_tables(engine)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(agent_ownership).values(agent_name="a1", execution_timeout_seconds=3600))
+        conn.execute(sa.insert(agent_schedules).values(id=hostile, agent_name="a1", name="h", timeout_seconds=600))
+        conn.execute(sa.insert(agent_schedules).values(id="other", agent_name="a1", name="o", timeout_seconds=600))
+        conn.execute(sa.insert(schedule_executions), [
+            {"id": f"run-{i}", "schedule_id": hostile, "agent_name": "a1", "status": "success", "message": "m",
+             "triggered_by": "schedule", "started_at": format_utc(now - timedelta(seconds=60 + i)),
+             "completed_at": format_utc(now - timedelta(seconds=50 + i)), "duration_ms": 10_000}
+            for i in range(6)])
+    sql = _advise("--database-url", postgres_url, "--profile", "fast", "--sql")
+    assert sql.returncode == 0, sql.stderr
+    assert "UPDATE agent_schedules SET timeout_seconds = 60 WHERE id = E'" in sql.stdout
+    result = subprocess.run(
+        [require_tool("psql"), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-d", _psql_url(postgres_url)],
+        input=sql.stdout, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PGOPTIONS": f"-c standard_conforming_strings={conforming}"})
+    assert result.returncode == 0, result.stderr
+    with engine.connect() as conn:
+        timeouts = dict(conn.execute(sa.select(agent_schedules.c.id, agent_schedules.c.timeout_seconds)).all())
+        runs = conn.execute(sa.select(sa.func.count()).select_from(schedule_executions)).scalar_one()
+    assert timeouts == {hostile: 60, "other": 600}
+    assert runs == 6
+    engine.dispose()
+
+
+def test_advise_leaves_out_the_schedules_of_a_soft_deleted_agent(engine: sa.Engine) -> None:
+    create_platform_tables(engine)
+    now = utcnow()
+    with engine.begin() as conn:
+        for agent, deleted in (("a1", None), ("gone", format_utc(now))):
+            conn.execute(sa.insert(agent_ownership).values(agent_name=agent, execution_timeout_seconds=3600,
+                                                           deleted_at=deleted))
+            conn.execute(sa.insert(agent_schedules).values(id="s-" + agent, agent_name=agent, name="s",
+                                                           timeout_seconds=600))
+            conn.execute(sa.insert(schedule_executions), [
+                {"id": f"{agent}-{i}", "schedule_id": "s-" + agent, "agent_name": agent, "status": "success",
+                 "message": "m", "triggered_by": "schedule", "started_at": format_utc(now - timedelta(seconds=90)),
+                 "completed_at": format_utc(now - timedelta(seconds=60)), "duration_ms": 30_000}
+                for i in range(3)])
+    with engine.connect() as conn:
+        advices = collect(conn, window=HOUR, min_runs=1, now=now)
+    assert [(a.agent, a.schedule_id, a.runs) for a in advices] == [("a1", "s-a1", 3)]
+
+
+def test_advise_counts_space_separated_completion_times_at_the_window_edge(engine: sa.Engine) -> None:
+    """Runs written `2026-12-01 09:01:00` (space, naive) just inside the window count; just outside do not."""
+    create_platform_tables(engine)
+    now = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+    inside = ["2026-12-01 09:00:01", "2026-12-01 09:30:00", "2026-12-01T09:00:01Z", "2026-12-01T04:30:00-05:00"]
+    outside = ["2026-12-01 08:59:59", "2026-12-01 09:00:00", "2026-12-01T08:59:00Z", "2026-12-01 10:00:01"]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schedule_executions), [
+            {"id": f"r{i}", "schedule_id": "s1", "agent_name": "a1", "status": "success", "message": "m",
+             "triggered_by": "schedule", "started_at": "2026-12-01T00:00:00Z", "completed_at": at,
+             "duration_ms": 30_000} for i, at in enumerate(inside + outside)])
+    with engine.connect() as conn:
+        advices = collect(conn, window=HOUR, min_runs=1, now=now)
+    assert [(a.schedule_id, a.runs) for a in advices] == [("s1", len(inside))]
+
+
+def test_rules_over_a_fresh_exporters_first_scrape_give_the_clis_advice(month: Month, tmp_path: Path) -> None:
+    """Right after installation (one scrape of a month of history, no Prometheus history at all) the
+    recording rules count only the window's runs, as `exec-watchdog advise` does."""
+    profile = load_profile("production")
+    window = timedelta(seconds=profile.seconds("advice_window"))
+    fresh = RunHistory(month.engine, clock=lambda: month.end)
+    fresh.read()
+    with month.engine.connect() as conn:
+        advices = collect(conn, window=window, min_runs=profile.advice_min_runs, now=month.end)
+    assert any(a.runs < sum(1 for r in month.rows if r["schedule_id"] == a.schedule_id and r["status"] == "success")
+               for a in advices)  # the month holds runs older than the window
+    expr_tests: list[dict[str, Any]] = []
+    for a in advices:
+        labels = f'agent="{a.agent}",schedule_id="{a.schedule_id}"'
+        expr_tests.append({"expr": f"{timeout_rules.RUNS}{{{labels}}}", "eval_time": "0s",
+                           "exp_samples": [{"labels": f"{timeout_rules.RUNS}{{{labels}}}", "value": a.runs}]})
+        advised = [] if a.advised is None else [{"labels": f"{timeout_rules.ADVISED}{{{labels}}}",
+                                                 "value": a.advised}]
+        expr_tests.append({"expr": f"{timeout_rules.ADVISED}{{{labels}}}", "eval_time": "0s", "exp_samples": advised})
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules.rule_groups(profile), sort_keys=False))
+    series = [{"series": key, "values": f"{value:g}"} for key, value in _samples(fresh.exposition()).items()]
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "name": "a fresh exporter", "interval": "15s", "input_series": series, "promql_expr_test": expr_tests}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False, width=1 << 20))
+    result = run(require_tool("promtool"), "test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

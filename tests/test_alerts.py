@@ -187,7 +187,8 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             exporter_metrics.EXECUTION_STALE_OVERRUN, exporter_metrics.EXECUTION_SESSIONLESS_RUNTIME,
             remediator_metrics.REQUESTS, remediator_metrics.REMEDIATIONS, remediator_metrics.BREAKER_OPEN,
             "up", f"{duration}_bucket", f"{duration}_count", exporter_metrics.SCHEDULE_RUNS_ENDED_BY_WATCHDOG,
-            exporter_metrics.SCHEDULE_TIMEOUT, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
+            exporter_metrics.SCHEDULE_TIMEOUT, exporter_metrics.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW,
+            exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
             exporter_metrics.SLOT_TTL, exporter_metrics.SLOT_LEAKED, exporter_metrics.SLOTS_PAUSED,
             exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE,
             exporter_metrics.ACTIVITY_STARTED_AGE} == used

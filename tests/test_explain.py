@@ -86,6 +86,14 @@ def test_explain_without_a_source_or_with_an_unsafe_id_exits_2(
     assert "not safe" in capsys.readouterr().err
 
 
+def test_explain_from_a_missing_sqlite_file_says_so_exits_2_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.db"
+    assert explain("e1", "--database-url", f"sqlite:///{missing}") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
 def test_explain_against_an_unreachable_remediator_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     from exec_watchdog.testbed.servers import free_port
 

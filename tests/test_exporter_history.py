@@ -4,7 +4,7 @@ SQLite and a real PostgreSQL, and the series they publish."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from exec_watchdog.common.contract import ExporterMetric as names
 from exec_watchdog.exporter.history import DURATION_BUCKETS, RunHistory
 from exec_watchdog.platform_access.database import create_engine, create_platform_tables
 from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE, WATCHDOG_ACTIONS
-from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, schedule_executions
+from exec_watchdog.platform_access.schema import MANUAL_SCHEDULE, agent_ownership, schedule_executions
 from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from tests.exposition_oracle import FixedCollector, HistoryValues, history_families
@@ -108,6 +108,87 @@ def test_incremental_reads_add_new_and_late_committed_rows_once(engine: sa.Engin
     assert _count(restarted) == 5
 
 
+BASE = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+
+
+def _complete_as(conn: sa.Connection, run_id: str, completed_at: str) -> None:
+    """A successful 30 s run whose completed_at is written exactly as given."""
+    conn.execute(sa.insert(schedule_executions).values(
+        id=run_id, schedule_id="s1", agent_name="a1", status="success", message="m", triggered_by="schedule",
+        started_at="2026-12-01T00:00:00Z", completed_at=completed_at, duration_ms=30_000))
+
+
+def test_incremental_reads_compare_completion_times_as_times_whatever_their_form(engine: sa.Engine) -> None:
+    """`2026-12-01 10:00:30` (space, as SQLite's datetime() writes), offsets and `T...Z` rows completed after
+    the watermark are each counted once; a space-form row inside the overlap is not counted twice."""
+    create_platform_tables(engine)
+    clock = [BASE]
+    history = RunHistory(engine, overlap_seconds=300, clock=lambda: clock[0])
+    with engine.begin() as conn:
+        _complete_as(conn, "early-space", "2026-12-01 09:58:00")  # inside the next read's overlap
+        _complete_as(conn, "old-space", "2026-12-01 09:00:00")
+    history.read()
+    assert _count(history) == 2
+    clock[0] = BASE + timedelta(seconds=60)
+    with engine.begin() as conn:
+        for n in range(5):
+            _complete_as(conn, f"space-{n}", f"2026-12-01 10:00:{10 + n:02d}")
+            _complete_as(conn, f"t-{n}", f"2026-12-01T10:00:{20 + n:02d}.000000Z")
+        _complete_as(conn, "west", "2026-12-01T05:00:40-05:00")  # 10:00:40 UTC, its text reads earlier
+        _complete_as(conn, "east", "2026-12-01T12:00:41+02:00")
+        _complete_as(conn, "late-space", "2026-12-01 09:57:30")  # stamped before, committed after the read
+    history.read()
+    assert _count(history) == 2 + 13
+    clock[0] = BASE + timedelta(seconds=120)
+    history.read()
+    history.read()
+    assert _count(history) == 15
+    restarted = RunHistory(engine, clock=lambda: clock[0])
+    restarted.read()
+    assert _count(restarted) == 15
+
+
+def test_runs_completed_before_the_advice_window_are_counted_apart_and_join_them_as_the_window_moves(
+        engine: sa.Engine) -> None:
+    """The before-window counters hold the counted runs completed at or before now - window, from the first
+    read (a fresh exporter over old history) and as runs age out; a restart derives the same."""
+    create_platform_tables(engine)
+    window = 3600.0
+    with engine.begin() as conn:
+        _complete(conn, "old", seconds=20, completed=NOW - timedelta(hours=5))
+        _complete(conn, "old-space", seconds=100, completed=NOW)  # rewritten below in space form
+        conn.execute(sa.update(schedule_executions).where(schedule_executions.c.id == "old-space")
+                     .values(completed_at=(NOW - timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S")))
+        _complete(conn, "edge", seconds=20, completed=NOW - timedelta(seconds=3599))
+        _complete(conn, "new", seconds=20, completed=NOW - timedelta(seconds=60))
+        _complete(conn, "killed", status="failed", duration=False, completed=NOW - timedelta(seconds=1800),
+                  error="Execution auto-terminated after 12 minutes by watchdog (exceeded timeout of 600s)")
+    clock = [NOW]
+    history = RunHistory(engine, window_seconds=window, clock=lambda: clock[0])
+    before = names.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW
+    ended_before = names.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW
+
+    def before_le(le: str) -> float | None:
+        return _value(history, before, agent="a1", schedule_id="s1", le=le)
+
+    history.read()
+    assert _count(history) == 4
+    assert (before_le("30.0"), before_le("+Inf")) == (1, 2)  # old (20 s) and old-space (100 s)
+    assert _value(history, ended_before, agent="a1", schedule_id="s1", action="auto_terminated") == 0
+    assert _value(history, names.HISTORY_WINDOW) == window
+    clock[0] = NOW + timedelta(seconds=1)  # edge is now exactly window old: before it
+    history.read()
+    assert (before_le("30.0"), before_le("+Inf")) == (2, 3)
+    clock[0] = NOW + timedelta(seconds=1801)
+    history.read()
+    assert _value(history, ended_before, agent="a1", schedule_id="s1", action="auto_terminated") == 1
+    assert before_le("+Inf") == 3
+    restarted = RunHistory(engine, window_seconds=window, clock=lambda: clock[0])
+    restarted.read()
+    assert {k: v for k, v in _samples(restarted).items() if k[0] in (before, ended_before)} == {
+        k: v for k, v in _samples(history).items() if k[0] in (before, ended_before)}
+
+
 def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: sa.Engine) -> None:
     create_platform_tables(engine)
     with engine.begin() as conn:
@@ -128,6 +209,40 @@ def test_runs_the_watchdog_ended_are_counted_by_action_from_their_texts(engine: 
         "orphan_recovered": 1, "auto_terminated": 1, "result_recovered": 1}
     # Every schedule with runs has all three actions, zeros included.
     assert _value(history, ended, agent="a1", schedule_id="s2", action="auto_terminated") == 0
+
+
+def test_a_soft_deleted_agents_schedule_timeouts_histograms_and_counters_are_not_published(engine: sa.Engine) -> None:
+    """Deleting an agent (agent_ownership.deleted_at) takes its history series away at the next read;
+    restoring it brings back its whole history, still counted."""
+    create_platform_tables(engine)
+    with engine.begin() as conn:
+        for agent in ("a1", "gone"):
+            insert_agent(conn, agent)
+            insert_schedule(conn, "s1-" + agent, agent, 600)
+            _complete(conn, "ok-" + agent, agent=agent, schedule="s1-" + agent)
+            _complete(conn, "ended-" + agent, agent=agent, schedule="s1-" + agent, status="failed", duration=False,
+                      error="Execution auto-terminated after 12 minutes by watchdog (exceeded timeout of 600s)")
+    history = RunHistory(engine, clock=lambda: NOW)
+    history.read()
+
+    def agents_published() -> set[str]:
+        return {dict(labels)["agent"] for (_name, labels) in _samples(history) if "agent" in dict(labels)}
+
+    assert agents_published() == {"a1", "gone"}
+    with engine.begin() as conn:
+        conn.execute(sa.update(agent_ownership).where(agent_ownership.c.agent_name == "gone")
+                     .values(deleted_at=format_utc(NOW)))
+    history.read()
+    assert agents_published() == {"a1"}
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="a1", schedule_id="s1-a1") == 600
+    assert _value(history, names.SCHEDULE_TIMEOUT, agent="gone", schedule_id="s1-gone") is None
+    with engine.begin() as conn:
+        conn.execute(sa.update(agent_ownership).where(agent_ownership.c.agent_name == "gone").values(deleted_at=None))
+    history.read()
+    assert _value(history, f"{names.SCHEDULE_RUN_DURATION}_count", agent="gone", schedule_id="s1-gone",
+                  status="success") == 1
+    assert _value(history, names.SCHEDULE_RUNS_ENDED_BY_WATCHDOG, agent="gone", schedule_id="s1-gone",
+                  action="auto_terminated") == 1
 
 
 def test_unusable_rows_are_skipped_and_counted_once(engine: sa.Engine) -> None:

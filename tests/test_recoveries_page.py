@@ -242,6 +242,34 @@ def test_event_that_arrives_before_its_audit_row_still_shows_the_recovery(local:
     assert len(tab.navigations) == 1, tab.navigations
 
 
+def _directives(csp: str) -> dict[str, list[str]]:
+    parts = (d.split() for d in csp.split(";") if d.strip())
+    return {d[0]: d[1:] for d in parts}
+
+
+def test_page_csp_forbids_inline_script_and_the_page_runs_its_script_from_its_own_file(
+        local: LocalRemediator, tab: Tab) -> None:
+    """script-src is 'self' only: the page's script is served at /static/console.js, the page goes live with
+    it, and a script written inline into the page does not run."""
+    response = tab.page.goto(f"{local.url}/#token={TOKEN}")
+    assert response is not None
+    script_src = _directives(response.headers["content-security-policy"])["script-src"]
+    assert script_src == ["'self'"]
+    tab.wait_live()
+    script = tab.page.request.get(f"{local.url}/static/console.js")
+    assert script.status == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.headers["x-content-type-options"] == "nosniff"
+    assert "new WebSocket(" in script.text()
+    ran = tab.page.evaluate("""() => {
+      const s = document.createElement("script");
+      s.textContent = "window.inlineRan = true";
+      document.head.appendChild(s);
+      return window.inlineRan === true;
+    }""")
+    assert ran is False
+
+
 def test_page_with_a_wrong_token_says_so_and_does_not_go_live(local: LocalRemediator, tab: Tab) -> None:
     tab.page.goto(f"{local.url}/#token=not-the-token")
 

@@ -138,6 +138,11 @@ class ExporterMetric:
     HISTORY_READY = f"{PREFIX}_exporter_history_ready"
     HISTORY_SKIPPED_ROWS = f"{PREFIX}_exporter_history_skipped_rows"
     HISTORY_READ_DURATION = f"{PREFIX}_exporter_history_read_duration_seconds"
+    # What of the above completed before the advice window (exporter/history.py --advice-window): the rules
+    # subtract it, so the window is bounded from the first scrape, whatever history Prometheus holds.
+    SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW = f"{PREFIX}_schedule_successful_runs_before_window_total"
+    SCHEDULE_RUNS_ENDED_BEFORE_WINDOW = f"{PREFIX}_schedule_runs_ended_by_watchdog_before_window_total"
+    HISTORY_WINDOW = f"{PREFIX}_exporter_history_window_seconds"
 
 
 class RemediatorMetric:

@@ -114,5 +114,26 @@ def timeouts() -> list[Builder[model.Panel]]:
             Query(f"max({exporter_metrics.HISTORY_SKIPPED_ROWS}) or vector(0)"),
             steps=((None, "green"), (1, "orange")),
         ),
+        single_stat(
+            "Advice window (exporter)",
+            "The exporter's --advice-window: runs completed before now minus this are counted apart and never "
+            "advised on. Keep it equal to the rule profile's advice_window.",
+            "s",
+            Query(f"max({exporter_metrics.HISTORY_WINDOW})"),
+        ),
+        single_stat(
+            "Successful runs before the window",
+            "Successful runs the exporter counted that completed before the advice window (left out of the advice).",
+            "short",
+            Query(f'sum(max by ({SCHEDULE}) ({exporter_metrics.SCHEDULE_SUCCESSFUL_RUNS_BEFORE_WINDOW}'
+                  f'{{le="+Inf", {AGENT}}})) or vector(0)'),
+        ),
+        single_stat(
+            "Runs ended by the watchdog before the window",
+            "Runs the watchdog ended that completed before the advice window (left out of TooTight).",
+            "short",
+            Query(f"sum(max by ({SCHEDULE}, action) ({exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW}"
+                  f"{{{AGENT}}})) or vector(0)"),
+        ),
     ]
 
