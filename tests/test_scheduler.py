@@ -137,7 +137,9 @@ async def test_workload_mixes_faults_at_the_requested_rate(world: tuple[Schedule
     await run_workload(scheduler, Workload(rate_per_second=20, duration_seconds=1, run_seconds=(0.1, 0.2),
                                            mix={"lose_report": 0.5}, seed=1))
     started = sum(v for k, v in scheduler.counts.items() if k.startswith("started_"))
-    assert 15 <= started <= 22
+    # The rate is a ceiling: each start spawns a real process and writes its row, slot and activity,
+    # so a busy 2-core machine starts fewer within the second, never more.
+    assert 10 <= started <= 22
     assert scheduler.counts["started_lose_report"] > 0 and scheduler.counts["started_none"] > 0
 
 
