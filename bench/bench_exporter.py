@@ -428,6 +428,13 @@ def check(body: str, executions: int, agents: int) -> None:
     lost = sum(1 for line in known if line.endswith(" 0.0"))
     print(f"scrape content: {runtime} executions, {len(known)} with presence ({lost} unknown to their agent), "
           f"{up}/{agents} agents up, {len(body) / 1e6:.1f} MB of text")
+    sizes: dict[str, int] = {}
+    for line in body.splitlines():
+        if not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            sizes[name] = sizes.get(name, 0) + len(line) + 1
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:6]
+    print("  largest families: " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in largest))
     if runtime != executions or up != agents or len(known) != executions:
         raise SystemExit("incomplete scrape: the figures below would not be for the full load")
     activities = sum(1 for line in body.splitlines() if line.startswith("exec_watchdog_activity_started_seconds{"))
