@@ -388,6 +388,10 @@ class Scheduler:
         self.counts["agents_removed"] += 1
         log.info("agent_removed", agent=agent)
 
+    def removed(self, agent: str) -> bool:
+        """Whether the agent was removed for good (``remove_agent``): work is no longer sent to it."""
+        return self.agents.agents[agent].fault == "gone"
+
     def partition(self) -> None:
         """The watchdog loses the whole fleet (every agent answers it 503) while the work goes on."""
         for name, agent in self.agents.agents.items():

@@ -141,6 +141,8 @@ async def run_schedules(scheduler: Scheduler, placed: Sequence[tuple[SimSchedule
     deadline = time.monotonic() + duration_seconds
     while time.monotonic() < deadline:
         for schedule, agent in placed:
+            if scheduler.removed(agent):  # its container is gone: nothing is dispatched to it any more
+                continue
             seconds, overruns = schedule.runs(rng)
             await scheduler.start(agent, 0.0 if overruns else seconds, "hang" if overruns else "none",
                                   schedule_id=schedule.schedule_id(agent), timeout_seconds=schedule.timeout_seconds)

@@ -471,3 +471,18 @@ async def test_a_removed_agent_loses_its_runs_for_good_and_a_partition_cuts_off_
     assert {name: a.fault for name, a in server.agents.items()} == {"a1": "gone", "a2": "down"}
     scheduler.heal()
     assert {name: a.fault for name, a in server.agents.items()} == {"a1": "gone", "a2": "none"}, "gone stays gone"
+
+
+async def test_schedules_send_no_more_runs_to_an_agent_removed_for_good(
+        world: tuple[Scheduler, AgentServer, sa.Engine]) -> None:
+    """A removed agent's schedules stop firing, so no run the watchdog must fail is started on it; the
+    other agents' schedules go on."""
+    from exec_watchdog.simulated_platform.schedules import SimSchedule, run_schedules
+
+    scheduler, _, engine = world
+    schedule = SimSchedule("nightly", timeout_seconds=60, every_seconds=1.0, draw=lambda rng: 0.1)
+    scheduler.remove_agent("a1")
+    await run_schedules(scheduler, [(schedule, "a1"), (schedule, "a2")], 0.5, every_seconds=0.1, seed=1)
+    with engine.connect() as c:
+        agents = {row.agent_name for row in c.execute(sa.select(schedule_executions.c.agent_name))}
+    assert agents == {"a2"}
