@@ -52,9 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              help="restart a random agent every N seconds, forgetting its runs (0: never)")
     add_flag(parser, "--outage-every", type=float, default=60.0,
              help="take a random agent offline for 10 s every N seconds (0: never)")
-    add_flag(parser, "--agent-timeout", type=int, default=10,
+    add_flag(parser, "--agent-timeout", type=int, default=30,
              help="the agents' own timeout (agent_ownership.execution_timeout_seconds), which Trinity's stale sweep "
-                  "counts from (Trinity: 3600)")
+                  "counts from (Trinity: 3600); keep it above --timeout and an outage's 10 s, as a platform's is "
+                  "above its schedules' timeouts, so only runs of a removed agent go stale")
     add_flag(parser, "--remove-agent-at", type=float, default=40.0,
              help="remove one agent for good after N seconds: its runs end through the stale and no-session "
                   "sweeps (0: never)")
