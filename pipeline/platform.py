@@ -101,16 +101,20 @@ class FaultClock(Scheduler):
             self.fault_at[started.execution_id] = started.started_at + timedelta(seconds=started.timeout_seconds)
         self.on_execution(kind, started, detail)
 
-    def restart_agent(self, agent: str) -> None:
+    def _forget_unfinished(self, agent: str) -> int:
+        """The agent's runs die unreported: each is lost from this moment (a hung run is now an orphan).
+        A dispatch still held in the backend is not on the agent yet, so it is not touched."""
         now = utcnow()
         forgotten = 0
         for execution_id, s in self.started.items():
             if s.agent == agent and execution_id not in self.finished and execution_id not in self.held:
-                # Killed unreported; a hung run is now an orphan from this moment on. A dispatch still
-                # held in the backend is not on the agent yet: the restart does not touch it.
                 self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
                 self.finished.add(execution_id)
                 forgotten += 1
+        return forgotten
+
+    def restart_agent(self, agent: str) -> None:
+        forgotten = self._forget_unfinished(agent)
         super().restart_agent(agent)
         self.on_agent("restarted", agent, forgotten)
 
@@ -123,13 +127,7 @@ class FaultClock(Scheduler):
         self.on_agent("up", agent, 0)
 
     def remove_agent(self, agent: str) -> None:
-        now = utcnow()
-        forgotten = 0
-        for execution_id, s in self.started.items():
-            if s.agent == agent and execution_id not in self.finished and execution_id not in self.held:
-                self.fault_at[execution_id] = min(self.fault_at.get(execution_id, now), now)
-                self.finished.add(execution_id)
-                forgotten += 1
+        forgotten = self._forget_unfinished(agent)
         super().remove_agent(agent)
         self.on_agent("gone", agent, forgotten)
 
