@@ -120,13 +120,12 @@ class RedisSlots:
         return {m.decode() if isinstance(m, bytes) else str(m) for m in self._redis.zrange(_members_key(agent), 0, -1)}
 
     def used_by_agent(self) -> dict[str, int]:
-        used: dict[str, int] = {}
-        for key in self._redis.scan_iter(match="agent:slots:*", count=1000):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            count = int(self._redis.zcard(name))
-            if count:
-                used[name.removeprefix("agent:slots:")] = count
-        return used
+        keys = [_text(k) for k in self._redis.scan_iter(match="agent:slots:*", count=1000)]
+        with self._redis.pipeline(transaction=False) as pipe:  # one round trip, not one per agent
+            for key in keys:
+                pipe.zcard(key)
+            counts = pipe.execute()
+        return {key.removeprefix("agent:slots:"): int(n) for key, n in zip(keys, counts, strict=True) if n}
 
     def entries(self) -> list[SlotEntry]:
         agents = [_text(k).removeprefix("agent:slots:") for k in self._redis.scan_iter(match="agent:slots:*",

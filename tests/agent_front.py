@@ -4,7 +4,8 @@ Requests to ``/agents/{name}/...`` are forwarded to the simulated agent server (
 behind it) unless ``name`` is set to misbehave: ``trickle`` (a real slow socket: the head, then one
 body byte every 2 s), ``error`` (500 at once), ``deep`` (JSON nested 100,000 deep), ``oversized`` (a
 ``Content-Length`` of 33 MiB), ``oversized_chunked`` (chunked, 40 MiB without a declared length) or
-``costly`` (a valid ``/running`` answer of ~20 MiB whose parse would take far more); ``answers``
+``costly`` (a valid ``/running`` answer of ~20 MiB whose parse would take far more) or ``cookie``
+(forwarded, with a ``Set-Cookie`` added; every ``Cookie`` header received is kept); ``answers``
 scripts one route of one agent (e.g. a ``/last-error`` body no real agent server would send). It counts
 every terminate per execution id and can run a hook right after a forwarded terminate (the
 platform's own exit report racing our update).
@@ -22,7 +23,7 @@ import httpx
 
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 
-Behaviour = Literal["trickle", "error", "deep", "oversized", "oversized_chunked", "costly"]
+Behaviour = Literal["trickle", "error", "deep", "oversized", "oversized_chunked", "costly", "cookie"]
 _MIB = 1024 * 1024
 _COSTLY_ENTRY = (b'{"execution_id":"costly-000000000000000","pid":4242,"started_at":"2026-11-27T12:00:00.123456",'
                  b'"metadata":{"schedule_id":"nightly","triggered_by":"schedule","message_preview":"'
@@ -34,6 +35,7 @@ class AgentFront:
         self.backend = backend
         self.behaviours: dict[str, Behaviour] = {}
         self.terminates: Counter[str] = Counter()
+        self.cookies_received: list[str] = []
         # (agent, path suffix) -> (status, body): that route of that agent answers this, the rest is forwarded
         self.answers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.after_terminate: Callable[[str], None] | None = None
@@ -73,6 +75,7 @@ class AgentFront:
 
     async def _answer(self, writer: asyncio.StreamWriter, method: str, name: str, path: str,
                       headers: dict[str, str]) -> None:
+        self.cookies_received += [v for k, v in headers.items() if k.lower() == "cookie"]
         if path.endswith("/terminate"):
             self.terminates[path.split("/")[-2]] += 1
         behaviour = self.behaviours.get(name)
@@ -108,12 +111,13 @@ class AgentFront:
         response = await self._http.request(method, self.backend.agent_url(name) + path, headers=token)
         if path.endswith("/terminate") and self.after_terminate is not None:
             self.after_terminate(path.split("/")[-2])
-        return _respond(writer, response.status_code, response.content)
+        extra = "Set-Cookie: planted=1; Path=/\r\n" if behaviour == "cookie" else ""
+        return _respond(writer, response.status_code, response.content, extra)
 
 
-def _respond(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
+def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, extra_headers: str = "") -> None:
     writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                 "Connection: close\r\n\r\n".encode() + body)
+                 f"{extra_headers}Connection: close\r\n\r\n".encode() + body)
 
 
 @contextlib.asynccontextmanager

@@ -140,3 +140,21 @@ async def test_hostile_execution_ids_are_refused(client: AgentClient) -> None:
     for bad in ("../../etc", "a/b", "a?b", "a b", ""):
         with pytest.raises(InvalidIdentifier):
             await client.status("a1", bad)
+
+
+@pytest.mark.parametrize("lean_transport", [False, True], ids=["httpx-transport", "poll-transport"])
+async def test_a_cookie_an_agent_sets_is_never_sent_back(agents: AgentServer, lean_transport: bool) -> None:
+    """One client talks to every agent: a cookie one agent plants must not reach it or another agent."""
+    from exec_watchdog.platform_access.poll_transport import PollTransport
+    from tests.agent_front import agent_front
+
+    async with agent_front(agents) as front:
+        front.behaviours["a1"] = "cookie"
+        client = AgentClient(front.url_template, SECRET, timeout=2.0,
+                             transport=PollTransport(max_connections=10) if lean_transport else None)
+        try:
+            for agent in ("a1", "a1", "old"):
+                assert (await client.running(agent)).answered
+        finally:
+            await client.aclose()
+    assert front.cookies_received == []
