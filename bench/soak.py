@@ -113,6 +113,9 @@ MIX: tuple[tuple[Fault, float, float, float], ...] = (
     ("inflight", 0.08, 0.5, 8.0),
     # A finished run whose slot is never released; released by the leak path (Trinity's start-up sweep).
     ("leak_slot", 0.04, 0.5, 8.0),
+    # A dispatch parked past its slot's lease: the slot expires while the agent lists the run, so only
+    # the slot is removed (Trinity's Phase 3 "listed: leave the run") and the run must still succeed.
+    ("expire_slot", 0.03, 0.5, 8.0),
     ("no_session", 0.02, 0.0, 0.0),  # a silent launch failure: the orphan path (or the no-session sweep) ends it
 )
 MARKER_TICK, MARKER_GRACE = 1.0, 0.5  # Trinity's 15 s and 5 s, scaled to the fast profile's 3 s minimum age

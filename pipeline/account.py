@@ -48,6 +48,7 @@ class Account:
         self.recovered: dict[str, tuple[str, float | None]] = {}  # execution -> (event action, seconds)
         self.detected: dict[str, float] = {}  # execution -> the remediator's "detected after", seconds
         self.alerts: dict[str, tuple[str, str, str]] = {}  # fingerprint -> (alert name, state, where)
+        self.slots_removed: set[str] = set()  # expired slots removed with their run left as it is
         self.began = time.monotonic()
 
     def line(self, tag: str, text: str) -> None:
@@ -138,6 +139,18 @@ class Account:
         self.line("RECOVERED", f"{event.get('agent_name')}  {execution_id}  {ACTION_WORDS.get(action, action)}, "
                                f"{after}: {event.get('reason')}{story}")
 
+    def on_decisions(self, decisions: list[dict[str, Any]]) -> None:
+        """Expired slots removed while their run is left as it is: recorded in the audit, announced to
+        nobody (as in Trinity), so the account reads them from the audit API."""
+        for d in reversed(decisions):  # oldest first
+            execution_id = str(d.get("execution_id"))
+            if d.get("outcome") != "recovered" or execution_id in self.slots_removed or \
+                    "left" not in str(d.get("reason")):
+                continue
+            self.slots_removed.add(execution_id)
+            self.line("SLOT", f"{d.get('agent_name')}  {execution_id}  expired slot removed, run left as it is: "
+                              f"{d.get('reason')}")
+
     # -- summary --------------------------------------------------------------------------------
 
     def summary(self) -> str:
@@ -149,11 +162,12 @@ class Account:
         if self.detected:
             median += f", median detected after {statistics.median(self.detected.values()):.1f} s"
         firing = sum(1 for _, state, _ in self.alerts.values() if state == "active")
+        paths = ", ".join(f"{ACTION_WORDS.get(a, a).split(',')[0]} {n}" for a, n in by_action.most_common())
+        removed = f"; expired slots removed (run left) {len(self.slots_removed)}" if self.slots_removed else ""
         return (f"{time.monotonic() - self.began:.0f} s: started {started} (lost reports {c['started_lose_report']}, "
                 f"hung {c['started_hang']}, late reports {c['started_late_report']}); agent restarts "
                 f"{c['agent_restarted']}, outages {c['agent_down']}; alerts active now {firing}; recovered "
-                f"{len(self.recovered)} (orphans {by_action['orphan_recovered']}, overdue "
-                f"{by_action['auto_terminated']}{median})")
+                f"{len(self.recovered)} ({paths or 'none yet'}{median}){removed}")
 
 
 def detected_after(event: dict[str, Any]) -> float | None:
@@ -180,6 +194,22 @@ async def listen_recoveries(remediator_url: str, token: str, on_event: Callable[
         except (OSError, WebSocketException, TimeoutError):
             pass
         await asyncio.sleep(1.0)
+
+
+async def poll_slot_removals(remediator_url: str, token: str, on_decisions: Callable[[list[dict[str, Any]]], None],
+                             interval: float = 1.0) -> None:
+    """Read the remediator's latest expired-slot decisions every ``interval`` seconds."""
+    url = f"{remediator_url}/api/v1/audit?action=reclaim_expired_slot&outcome=recovered&limit=50"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3.0), headers={"Authorization": f"Bearer {token}"}) as http:
+        while True:
+            try:
+                response = await http.get(url)
+                body = response.json() if response.status_code == 200 else None
+                if isinstance(body, dict) and isinstance(body.get("decisions"), list):
+                    on_decisions(body["decisions"])
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(interval)
 
 
 async def poll_alerts(alertmanager_url: str, on_alerts: Callable[[list[dict[str, Any]]], None],

@@ -184,7 +184,7 @@ class Demo:
         return code
 
     async def _run(self, stack: Stack, platform: Platform, options: PlatformOptions, database_url: str) -> int:
-        from exec_watchdog.pipeline.account import Account, listen_recoveries, poll_alerts
+        from exec_watchdog.pipeline.account import Account, listen_recoveries, poll_alerts, poll_slot_removals
         from exec_watchdog.pipeline.timing import Timing
         from exec_watchdog.simulated_platform.workload import run_workload
 
@@ -203,6 +203,7 @@ class Demo:
         for url in stack.remediator_urls:
             self._task(listen_recoveries(url, stack.token, account.on_recovery))
         self._task(poll_alerts(stack.alertmanager_urls[0], account.on_alerts))
+        self._task(poll_slot_removals(stack.remediator_urls[0], stack.token, account.on_decisions))
         self._task(self._summaries(account))
         workload = self._task(run_workload(platform.scheduler, self.workload))
         if self.args.advice_schedules == "on":

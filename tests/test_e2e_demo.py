@@ -137,15 +137,19 @@ def test_demo_shows_recoveries_and_stops_after_duration(demos: list[Demo]) -> No
 
 
 def test_demo_shows_a_recovery_from_each_cleanup_path(demos: list[Demo]) -> None:
-    """The demo injects a skipped row, an expired queued row and an unclosed activity, and shows each
-    one's recovery within its first minute (the issue asks for three)."""
-    demo = Demo("--duration", "45", "--rate", "0.5", "--faults", "lose_report=0.2", "--cleanup-faults-every", "20",
-                "--advice-schedules", "off", *QUICK)
+    """The demo injects a skipped row, an expired queued row, an unclosed activity, leaked slots and
+    slots taken past their TTL, and shows each one's recovery within its first minute (the issue
+    asks for three). An expired slot whose run the agent lists is removed without an announcement,
+    as in Trinity: the account reads it from the audit."""
+    demo = Demo("--duration", "45", "--rate", "0.5", "--faults", "lose_report=0.2,leak_slot=0.25,expire_slot=0.3",
+                "--cleanup-faults-every", "20", "--advice-schedules", "off", *QUICK)
     demos.append(demo)
     demo.wait_for_line("#token=", 60)
     for words in ("skipped row finalized", "queued row expired", "stale activity failed"):
         line = demo.wait_for_line(words, 60)
         assert "Marked as failed" in line or "Finalized by cleanup" in line or "Backlog expired" in line, line
+    assert "exactly that slot released" in demo.wait_for_line("leaked slot released", 30)
+    assert "the agent still lists the run" in demo.wait_for_line("expired slot removed", 30)
     assert demo.finish(60) == 0, demo.stderr()
 
 
