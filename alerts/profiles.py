@@ -78,6 +78,7 @@ class Profile:
     backlog_expired_for: str = _tunable("duration")
     activity_stale_seconds: int = _tunable("seconds")
     activity_stale_for: str = _tunable("duration")
+    shadow_disagreement_window: str = _tunable("duration")
 
     def seconds(self, tunable: str) -> float:
         """A duration tunable in seconds (``profile.seconds("orphan_for")``)."""
@@ -184,6 +185,8 @@ def _check_consistency(path: Path, p: Profile) -> None:
                  "fails runs before the fleet guard inhibits them")
     if p.seconds("remediator_failing_window") < 2 * p.seconds("scrape_interval"):
         fail("remediator_failing_window must span at least two scrapes, or rate() has no data")
+    if p.seconds("shadow_disagreement_window") < 2 * p.seconds("scrape_interval"):
+        fail("shadow_disagreement_window must span at least two scrapes, or increase() sees no disagreement")
 
 
 def load_profile(name: str) -> Profile:

@@ -696,6 +696,7 @@ def heartbeat(p: Profile) -> dict[str, Any]:
 # their rules; importing them registers them here.
 from exec_watchdog.alerts import (  # noqa: E402, F401
     cleanup_rule_tests,
+    shadow_rule_tests,
     slot_rule_tests,
     sweep_rule_tests,
     timeout_rule_tests,

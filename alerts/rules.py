@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exec_watchdog.alerts import cleanup_rules, slot_rules, timeout_rules
+from exec_watchdog.alerts import cleanup_rules, shadow_rules, slot_rules, timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import (
@@ -284,5 +284,6 @@ def rule_groups(profile: Profile) -> dict[str, Any]:
             slot_rules.slot_group(profile, _alert),
             cleanup_rules.cleanup_group(profile, _alert),
             {"name": "exec-watchdog.sweeps", "interval": interval, "rules": sweep_rules(profile)},
+            shadow_rules.shadow_group(profile, _alert),
         ]
     }

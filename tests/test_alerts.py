@@ -19,6 +19,7 @@ from exec_watchdog.alerts.render import GENERATED_DIR, render_alertmanager_confi
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import ExporterMetric as exporter_metrics
 from exec_watchdog.common.contract import RemediatorMetric as remediator_metrics
+from exec_watchdog.common.contract import ShadowMetric as shadow_metrics
 from exec_watchdog.exporter import families as exporter_families
 
 RUNBOOK = Path(rules.__file__).with_name("runbook.md")
@@ -176,7 +177,7 @@ def test_metric_name_parser_finds_selectors_and_skips_functions_keywords_and_lab
 def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str) -> None:
     """A renamed metric must fail here, not silently disarm an alert."""
     duration = exporter_metrics.SCHEDULE_RUN_DURATION
-    published = (set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL) | {"up"}
+    published = (set(exporter_families.ALL_NAMES) | set(remediator_metrics.ALL) | set(shadow_metrics.ALL) | {"up"}
                  | {f"{duration}_bucket", f"{duration}_count"} | set(timeout_rules.RECORDED))
     used = {name for rule in rendered_rules(profile, recording=True) for name in metric_names(rule["expr"])}
     assert used <= published, f"rules use metrics nobody publishes: {sorted(used - published)}"
@@ -191,7 +192,7 @@ def test_rules_use_only_metrics_the_exporter_and_remediator_publish(profile: str
             exporter_metrics.SCHEDULE_RUNS_ENDED_BEFORE_WINDOW, *timeout_rules.RECORDED, exporter_metrics.SLOT_AGE,
             exporter_metrics.SLOT_TTL, exporter_metrics.SLOT_LEAKED, exporter_metrics.SLOTS_PAUSED,
             exporter_metrics.SKIPPED_UNFINALIZED_AGE, exporter_metrics.QUEUED_AGE,
-            exporter_metrics.ACTIVITY_STARTED_AGE} == used
+            exporter_metrics.ACTIVITY_STARTED_AGE, shadow_metrics.VERDICTS} == used
 
 
 # --- the committed files ----------------------------------------------------------------------
@@ -243,6 +244,7 @@ ROUTES = {
     contract.STALE: REMEDIATOR_RECEIVER,
     contract.NO_SESSION: REMEDIATOR_RECEIVER,
     contract.FLEET_UNREACHABLE: OPERATOR_RECEIVER,  # pages a person; it only holds remediation
+    contract.SHADOW_DISAGREEMENT: OPERATOR_RECEIVER,  # a person reads it; shadow mode changes nothing
 }
 
 

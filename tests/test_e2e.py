@@ -314,7 +314,9 @@ RARE_STATES = ("exec_watchdog_execution_recently_completed", "exec_watchdog_exec
                "exec_watchdog_execution_stale_overrun_seconds", "exec_watchdog_execution_sessionless_runtime_seconds",
                # rows Trinity's cleanup ends: published only once they are about to fire
                "exec_watchdog_execution_queued_seconds", "exec_watchdog_execution_skipped_unfinalized_seconds",
-               "exec_watchdog_activity_started_seconds")
+               "exec_watchdog_activity_started_seconds",
+               # verdicts exist only while the remediator runs with --shadow beside the platform's cleanup
+               "exec_watchdog_shadow_")
 
 
 def sparse(expr: str) -> bool:

@@ -43,8 +43,11 @@ STALE = "ExecWatchdogExecutionStale"
 NO_SESSION = "ExecWatchdogExecutionNoSession"
 FLEET_UNREACHABLE = "ExecWatchdogFleetUnreachable"
 SWEEP_ALERTS = (STALE, NO_SESSION, FLEET_UNREACHABLE)
+# Shadow mode beside the platform's own cleanup (alerts/shadow_rules.py): for people, never remediated.
+SHADOW_DISAGREEMENT = "ExecWatchdogShadowDisagreement"
 ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, STUCK, AGENT_UNREACHABLE, EXPORTER_DOWN, DATABASE_UNREACHABLE,
-          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS, *CLEANUP_ALERTS, *SWEEP_ALERTS)
+          REMEDIATOR_FAILING, BREAKER_OPEN, HEARTBEAT, *TIMEOUT_ALERTS, *SLOT_ALERTS, *CLEANUP_ALERTS, *SWEEP_ALERTS,
+          SHADOW_DISAGREEMENT)
 # The alerts that carry a remediation.
 REMEDIATION_ALERTS = (ORPHANED, OVERDUE, COMPLETED_UNREPORTED, *SLOT_ALERTS, *CLEANUP_ALERTS, STALE, NO_SESSION)
 
@@ -162,3 +165,25 @@ class RemediatorMetric:
 
     ALL = (REQUESTS, ALERTS, REMEDIATIONS, REMEDIATION_DURATION, TIME_TO_RECOVERY, BREAKER_OPEN, PENDING_FINISHES,
            RECOVERY_TIMESTAMP, DETECTED_AFTER)
+
+
+class ShadowMetric:
+    """What the remediator publishes in shadow mode (--shadow): each execution either side acted on
+    gets one verdict, per action of the contract's vocabulary (ACTIONS)."""
+
+    PREFIX = "exec_watchdog_shadow"
+
+    VERDICTS = f"{PREFIX}_verdicts_total"  # counter, labels verdict and action
+    LEAD = f"{PREFIX}_lead_seconds"  # histogram by action: their write time minus our decision time
+
+    ALL = (VERDICTS, LEAD)
+
+
+# The verdicts of the shadow comparison: both ended it the same way, only we would have, only they
+# did, or both did differently. The two one-sided verdicts are what a person must read.
+AGREE = "agree"
+OURS_ONLY = "ours_only"
+THEIRS_ONLY = "theirs_only"
+DIFFERENT = "different"
+SHADOW_VERDICTS = (AGREE, OURS_ONLY, THEIRS_ONLY, DIFFERENT)
+SHADOW_DISAGREEMENTS = (OURS_ONLY, THEIRS_ONLY)

@@ -27,12 +27,14 @@ from exec_watchdog.grafana.builder.panels import (
     instant_table,
     merge,
     organize,
+    quantiles,
     row,
     single_stat,
     state_timeline,
     time_series,
     value_texts,
 )
+from exec_watchdog.grafana.builder.shadow_panels import beside_the_platform
 from exec_watchdog.grafana.builder.timeout_panels import timeouts
 
 # Prometheus job names of the two scrape targets. Change them here (and regenerate) if your scrape
@@ -71,17 +73,6 @@ OLDEST = f"topk({TOP_N}, {RUNTIME})"
 EXECUTION = "on (agent, execution_id)"
 
 Panels = list[Builder[model.Panel]]
-
-
-def quantiles(histogram: str, legend: str) -> list[Query]:
-    """p50/p90/p99 of a histogram by action, over Grafana's rate interval."""
-    return [
-        Query(
-            f"histogram_quantile({q}, sum by (le, action) (rate({histogram}_bucket[$__rate_interval])))",
-            f"p{round(q * 100)} {legend}",
-        )
-        for q in (0.5, 0.9, 0.99)
-    ]
 
 
 def overview() -> Panels:
@@ -543,6 +534,7 @@ def build() -> model.Dashboard:
         ("Agents and capacity", agents()),
         ("Timeouts from evidence", timeouts()),
         ("Cleanup backlog", cleanup()),
+        ("Beside the platform's watchdog", beside_the_platform()),
         ("Watchdog health", health()),
     ):
         board = board.with_row(row(title))

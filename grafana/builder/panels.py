@@ -37,6 +37,17 @@ class Query:
     legend: str = "__auto"
 
 
+def quantiles(histogram: str, legend: str) -> list[Query]:
+    """p50/p90/p99 of a histogram by action, over Grafana's rate interval."""
+    return [
+        Query(
+            f"histogram_quantile({q}, sum by (le, action) (rate({histogram}_bucket[$__rate_interval])))",
+            f"p{round(q * 100)} {legend}",
+        )
+        for q in (0.5, 0.9, 0.99)
+    ]
+
+
 def _target(query: Query, ref_id: str, *, instant: bool, as_table: bool) -> prometheus.Dataquery:
     target = (
         prometheus.Dataquery()
