@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from exec_watchdog.alerts import cleanup_rules, shadow_rules, slot_rules, timeout_rules
+from exec_watchdog.alerts import cleanup_rules, shadow_rules, slot_rules, sweep_rules, timeout_rules
 from exec_watchdog.alerts.profiles import Profile
 from exec_watchdog.common import contract
 from exec_watchdog.common.contract import (
     CLAIM_RESULT,
-    FAIL_NO_SESSION,
     FAIL_ORPHAN,
-    FAIL_STALE,
     REMEDIATION_LABEL,
     TERMINATE_OVERDUE,
 )
@@ -142,69 +140,6 @@ def execution_rules(p: Profile) -> list[Rule]:
     ]
 
 
-def sweep_rules(p: Profile) -> list[Rule]:
-    """Trinity's cleanup sweeps the agent cannot answer for: stale runs (Phase 1), runs without a
-    session (Phase 1b), and the fleet guard that holds both while most agents are unreachable."""
-    overrun = exporter.EXECUTION_STALE_OVERRUN
-    sessionless = exporter.EXECUTION_SESSIONLESS_RUNTIME
-    known = exporter.EXECUTION_AGENT_KNOWN
-    down = f"max by (agent) ({exporter.AGENT_UP})"
-    return [
-        _alert(
-            p, contract.STALE,
-            # Past the agent's own timeout + grace (or the flat window of an unknown or soft-deleted
-            # agent), and not listed by the agent: a listed run is the overdue rule's (terminated
-            # first). agent_known is absent while the agent does not answer, so a run whose agent
-            # stays unreachable for the whole `for` fires too; the fleet guard inhibits that. A run a
-            # backend dispatcher still holds (in-flight marker alive) is not stale: it has not started.
-            f"(\n"
-            f'  {overrun}{{window="agent"}} > {p.stale_grace_seconds}\n'
-            f'  or\n'
-            f'  {overrun}{{window="unowned"}} > {p.stale_unowned_seconds}\n'
-            f")\n"
-            f"unless {_EXECUTION}\n"
-            f"{known} == 1\n"
-            f"unless {_EXECUTION}\n"
-            f"{exporter.EXECUTION_DISPATCH_INFLIGHT} == 1\n",
-            p.stale_for, "critical",
-            "An execution is past its stale window and its agent does not list it.",
-            f"Execution {_EXECUTION_NAMES} on agent {{{{ $labels.agent }}}} is past its stale window "
-            "({{ $labels.window }} window) and the agent has not listed it (it answered without it or did "
-            "not answer). The remediator re-verifies and marks it failed with Trinity's stale text.",
-            **{REMEDIATION_LABEL: FAIL_STALE},
-        ),
-        _alert(
-            p, contract.NO_SESSION,
-            # No Claude session long after the start and the agent not answering (or not polled):
-            # Trinity's silent launch failure. A run the agent answered about is the orphan or the
-            # overdue rule's, as Trinity's cycle runs its watchdog first.
-            f"{sessionless} > {p.no_session_min_age_seconds}\n"
-            f"unless {_EXECUTION}\n"
-            f"{known}\n",
-            p.no_session_for, "critical",
-            "An execution never got a session and its agent does not answer.",
-            f"Execution {_EXECUTION_NAMES} on agent {{{{ $labels.agent }}}} has no Claude session after "
-            "{{ $value | humanizeDuration }} and the agent has not answered about it. The remediator "
-            "re-verifies and marks it failed with Trinity's silent launch failure text.",
-            **{REMEDIATION_LABEL: FAIL_NO_SESSION},
-        ),
-        _alert(
-            p, contract.FLEET_UNREACHABLE,
-            # One series per agent across exporter replicas (max by agent), so a replica pair does
-            # not count an agent twice; the value is the number of unreachable agents.
-            f"count({down} == 0) >= {p.fleet_unreachable_min_agents}\n"
-            f"and\n"
-            f"count({down} == 0) * 100 / count({down}) >= {p.fleet_unreachable_percent}\n",
-            p.fleet_unreachable_for, "critical",
-            "Much of the fleet is unreachable at once: the watchdog's own network is the likely fault.",
-            "{{ $value }} agents do not answer the exporter (at least "
-            f"{p.fleet_unreachable_percent}% of the fleet and {p.fleet_unreachable_min_agents} agents). Every "
-            "remediation that acts on unreachable agents is held until the fleet answers again: check the "
-            "watchdog's network before the platform.",
-        ),
-    ]
-
-
 def pipeline_rules(p: Profile) -> list[Rule]:
     def remediator_reason(expr: str, reason: str) -> str:
         return f'label_replace(\n  {expr},\n  "reason", "{reason}", "", ""\n)'
@@ -283,7 +218,7 @@ def rule_groups(profile: Profile) -> dict[str, Any]:
             timeout_rules.timeout_group(profile, _alert),
             slot_rules.slot_group(profile, _alert),
             cleanup_rules.cleanup_group(profile, _alert),
-            {"name": "exec-watchdog.sweeps", "interval": interval, "rules": sweep_rules(profile)},
+            sweep_rules.sweep_group(profile, _alert),
             shadow_rules.shadow_group(profile, _alert),
         ]
     }

@@ -1,5 +1,5 @@
 """promtool cases for Trinity's cleanup sweeps (stale, no session) and the fleet guard
-(alerts/rules.py sweep_rules), registered with alerts/rule_tests.py: each edge silent one
+(alerts/sweep_rules.py), registered with alerts/rule_tests.py: each edge silent one
 evaluation before it and firing at it. Texts are written out, as in rule_tests.py.
 """
 
