@@ -144,7 +144,8 @@ def build_config(args: argparse.Namespace) -> Config:
                           inflight_max_age_seconds=args.inflight_max_age,
                           backlog_max_age_seconds=args.backlog_max_age,
                           activity_stale_seconds=args.activity_stale_after,
-                          sweep_windows=Windows(args.stale_grace, args.stale_unowned, args.no_session_age)),
+                          sweep_windows=Windows(args.stale_grace, args.stale_unowned, args.no_session_age,
+                                                       orphan_grace_seconds=round(args.claim_defer) + 120)),
     )
 
 

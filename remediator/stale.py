@@ -15,9 +15,12 @@ Every rule, in order (``decide`` applies them; ``SweepCheck`` gathers what they 
      is the overdue path's, which terminates it before failing it; a recently completed one has a
      result to claim. Trinity's sweeps ask no agent and would fail it: we never fail a run that may
      still be executing without stopping it;
-   - it answers without the run → ``fail_stale`` fails it (the orphan path had the whole window);
-     ``fail_no_session`` leaves it to the orphan path, which claims a retained result first and
-     writes the orphan text, as Trinity's cycle runs its watchdog before this sweep;
+   - it answers without the run → ``fail_no_session`` leaves it to the orphan path, which claims a
+     retained result first and writes the orphan text, as Trinity's cycle runs its watchdog before
+     its sweeps; so does ``fail_stale`` for its first ``orphan_grace_seconds`` past the window (the
+     claim deferral + 120 s: after an outage the agent answers again and a kept result must be
+     claimed, not failed stale), then fails it, as Trinity's Phase 1 fails a row its watchdog left
+     (its ``/result`` failing, say). A soft-deleted agent's row is never the orphan path's: failed;
    - 401 → retry: our credentials are wrong, which says nothing about the run;
    - no usable answer (unreachable, timeout, 404/5xx, bad body) → failed, unless step 4 holds it.
 4. The fleet guard: ``ExecWatchdogFleetUnreachable`` active in Alertmanager, or Alertmanager not
@@ -47,6 +50,7 @@ from exec_watchdog.remediator.payload import Alert
 STALE_GRACE_SECONDS = 300  # Trinity's SLOT_TTL_BUFFER, added to the agent's timeout
 STALE_UNOWNED_SECONDS = 7_200  # Trinity's EXECUTION_STALE_TIMEOUT_MINUTES, for unknown or deleted agents
 NO_SESSION_SECONDS = 60  # Trinity's NO_SESSION_TIMEOUT_SECONDS
+ORPHAN_GRACE_SECONDS = 300  # the claim deferral (180 s) + 120 s: the orphan path's turn on a stale run
 
 Step = Literal["fail", "skip", "retry"]
 
@@ -58,9 +62,12 @@ class Windows:
     stale_grace_seconds: int = STALE_GRACE_SECONDS
     stale_unowned_seconds: int = STALE_UNOWNED_SECONDS
     no_session_seconds: int = NO_SESSION_SECONDS
+    # How long past its window a stale run whose agent answers without it is left to the orphan path.
+    orphan_grace_seconds: int = ORPHAN_GRACE_SECONDS
 
     def __post_init__(self) -> None:
-        if min(self.stale_grace_seconds, self.stale_unowned_seconds, self.no_session_seconds) < 0:
+        if min(self.stale_grace_seconds, self.stale_unowned_seconds, self.no_session_seconds,
+               self.orphan_grace_seconds) < 0:
             raise ValueError("the sweeps' windows cannot be negative")
 
     def of(self, remediation: str, row: db.Execution) -> int:
@@ -106,6 +113,12 @@ def decide(remediation: str, row: db.Execution, now: datetime, answer: AgentResu
         if remediation == FAIL_NO_SESSION:
             return SweepDecision("skip", "the agent answers without it: the orphan path decides it "
                                          "(Trinity runs its watchdog before the no-session sweep)")
+        past = row.runtime_seconds(now) - windows.of(remediation, row)
+        if not row.agent_deleted and past <= windows.orphan_grace_seconds:
+            return SweepDecision("skip", f"the agent answers without it: the orphan path decides it first (it "
+                                         f"claims a kept result), for {windows.orphan_grace_seconds} s past the "
+                                         f"stale window ({past:.0f} s now), as Trinity runs its watchdog before "
+                                         "the stale sweep")
         return SweepDecision("fail", "stale and not listed by its agent", _text(remediation, row, windows))
     if answer.kind == "unauthorized":
         return SweepDecision("retry", "the agent refused our credentials: that says nothing about the run")

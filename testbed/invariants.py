@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from exec_watchdog.common.contract import RELEASE_LEAKED_SLOT
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.schema import schedule_executions
 from exec_watchdog.platform_access.slots import SlotStore
@@ -131,7 +132,11 @@ def check_invariants(engine: sa.Engine, slots: SlotStore, started: Mapping[str, 
         if recovery is not None:
             f.recovered.append(execution_id)
             recovered_at = parse_utc(recovery.recovered_at)
-            if fault is None or recovered_at < fault - CLOCK_TOLERANCE:
+            # A leak's release changes no row: it is wrong only if the row is still running. A normal
+            # run that ended while Redis was down holds its slot until its writer retries; releasing
+            # it first is Trinity's leak rule, not a kill.
+            harmless = recovery.action == RELEASE_LEAKED_SLOT and row.status != "running"
+            if not harmless and (fault is None or recovered_at < fault - CLOCK_TOLERANCE):
                 f.false_kills.append(execution_id)
             elif fault is not None:
                 f.time_to_recovery[execution_id] = (recovered_at - fault).total_seconds()

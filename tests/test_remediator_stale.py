@@ -72,7 +72,7 @@ def _failed_as_trinity_fails(h: Harness, execution_id: str, text: str) -> None:
 
 async def test_a_stale_run_its_agent_answered_without_is_failed_with_trinitys_text_exactly_once(
         harness: Harness, redis_url: str) -> None:
-    harness.add_execution("e-stale", "a1", age_seconds=901, claude_session_id="sess-1")
+    harness.add_execution("e-stale", "a1", age_seconds=1201, claude_session_id="sess-1")  # window + orphan's turn
     events = subscriber(redis_url)
     [verdict] = await _decide(harness, stale("e-stale", "a1"))
     assert verdict["outcome"] == "recovered", verdict
@@ -84,8 +84,17 @@ async def test_a_stale_run_its_agent_answered_without_is_failed_with_trinitys_te
     assert again[0]["outcome"] == "skipped" and received(events) == []
     [(_, evidence), _] = harness.evidence("e-stale")
     assert evidence["sweep"]["window_seconds"] == 900 and evidence["agent"]["answer"] == "answered"
-    assert any(line.startswith("cleanup sweep fail_stale: age 9") and "window of 900 s" in line
+    assert any(line.startswith("cleanup sweep fail_stale: age 12") and "window of 900 s" in line
                for line in describe(evidence)), describe(evidence)  # what `explain` and the page show
+
+
+async def test_a_stale_run_its_agent_answers_without_is_the_orphan_paths_first(harness: Harness) -> None:
+    """After an outage the agent answers again without the run: its kept result must be claimed (the
+    orphan path, as Trinity's cycle runs its watchdog first), not failed stale at once."""
+    harness.add_execution("e-turn", "a1", age_seconds=1150, claude_session_id="sess-1")
+    [verdict] = await _decide(harness, stale("e-turn", "a1"))
+    assert verdict["outcome"] == "skipped" and "orphan path decides it first" in verdict["reason"], verdict
+    assert harness.row("e-turn").status == "running"
 
 
 async def test_a_run_inside_its_stale_window_is_left_running(harness: Harness) -> None:
@@ -119,8 +128,9 @@ async def test_a_run_of_an_unknown_or_soft_deleted_agent_is_stale_after_the_flat
     with harness.engine.begin() as conn:
         conn.execute(agent_ownership.update().where(agent_ownership.c.agent_name == "gone")
                      .values(deleted_at="2026-11-01T00:00:00.000000Z"))
+    # b1 answers (without the run): the orphan path's turn first, then the stale sweep's.
     for execution_id, agent, age in (("deleted-young", "gone", 7190), ("deleted-old", "gone", 7210),
-                                     ("unknown-young", "b1", 7190), ("unknown-old", "b1", 7210)):
+                                     ("unknown-young", "b1", 7190), ("unknown-old", "b1", 7510)):
         harness.add_execution(execution_id, agent, age_seconds=age, claude_session_id="sess-1")
     verdicts = await _decide(harness, stale("deleted-young", "gone"), stale("deleted-old", "gone"),
                              stale("unknown-young", "b1"), stale("unknown-old", "b1"))
@@ -198,7 +208,7 @@ async def test_the_fleet_guard_holds_a_run_of_an_agent_that_does_not_answer_and_
                 insert_agent(conn, name, timeout_seconds=600)
         h.add_execution("e-down", "down", age_seconds=901, claude_session_id="s")
         h.add_execution("e-nosess", "down", age_seconds=61)
-        h.add_execution("e-answered", "a1", age_seconds=901, claude_session_id="s")
+        h.add_execution("e-answered", "a1", age_seconds=1201, claude_session_id="s")
         _fire(alertmanager, {"alertname": contract.FLEET_UNREACHABLE, "severity": "critical"})
         verdicts = await _decide(h, stale("e-down", "down"), no_session("e-nosess", "down"),
                                  stale("e-answered", "a1"))
