@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    from exec_watchdog.common.flags import ConfigError
+
+    try:
+        parser = build_parser()
+    except ConfigError as exc:  # an environment variable no flag can take
+        print(f"exec-watchdog: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:

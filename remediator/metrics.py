@@ -14,6 +14,8 @@ from exec_watchdog.common.contract import RemediatorMetric as names
 from exec_watchdog.remediator.announce import story_url
 from exec_watchdog.remediator.audit import Recovery
 
+SHADOW_LEAD_BUCKETS = (-600, -300, -120, -60, -30, -10, -1, 0, 1, 10, 30, 60, 120, 300, 600, 900)
+
 
 class RecentRecoveries(Collector):
     """Each recovery this replica made, for a while, with a link to its story: one Grafana annotation
@@ -69,5 +71,12 @@ class RemediatorMetrics:
         self.pending_finishes = Gauge(names.PENDING_FINISHES,
                                       "Recoveries whose slot release or announcement is not done yet.",
                                       registry=registry)
+        # Shadow mode (remediator/shadow_compare.py): one verdict per subject either side acted on.
+        self.shadow_verdicts = Counter(names.SHADOW_VERDICTS.removesuffix("_total"),
+                                       "Shadow verdicts beside the platform's own cleanup, by verdict and action.",
+                                       ["verdict", "action"], registry=registry)
+        self.shadow_lead = Histogram(names.SHADOW_LEAD, "The platform's cleanup write minus our first decision, when "
+                                     "both acted (negative: they were first).", ["action"], registry=registry,
+                                     buckets=SHADOW_LEAD_BUCKETS)
         self.recent_recoveries = RecentRecoveries(external_url)
         registry.register(self.recent_recoveries)

@@ -82,6 +82,9 @@ Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored"
                   "breaker_open", ""]
 UNDECIDED: Final = ""  # no check has decided yet: the alert goes on to the next one
 
+# Shadow mode (remediator/shadow_verdicts.py): how one subject either side acted on compares.
+SHADOW_VERDICTS = ("agree", "ours_only", "theirs_only", "different")
+
 # -- The on-call console (remediator/console.py, the live page) ---------------------------------
 # The orphan alert's annotation carrying the exporter's first-unknown time of its execution (unix
 # seconds, or "unknown"): where "detected after" counts from for an orphan.
@@ -160,5 +163,9 @@ class RemediatorMetric:
     RECOVERY_TIMESTAMP = f"{PREFIX}_recovery_timestamp_seconds"
     DETECTED_AFTER = f"{PREFIX}_detected_after_seconds"  # orphaned/overdue moment -> recovered
 
+    # Shadow mode (remediator/shadow_compare.py): served by the remediator, named for the comparison.
+    SHADOW_VERDICTS = "exec_watchdog_shadow_verdicts_total"  # {verdict, action}
+    SHADOW_LEAD = "exec_watchdog_shadow_lead_seconds"  # {action}: their write - our decision
+
     ALL = (REQUESTS, ALERTS, REMEDIATIONS, REMEDIATION_DURATION, TIME_TO_RECOVERY, BREAKER_OPEN, PENDING_FINISHES,
-           RECOVERY_TIMESTAMP, DETECTED_AFTER)
+           RECOVERY_TIMESTAMP, DETECTED_AFTER, SHADOW_VERDICTS, SHADOW_LEAD)
