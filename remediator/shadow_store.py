@@ -29,10 +29,15 @@ from exec_watchdog.remediator.shadow_verdicts import Judgement, Ours, Theirs
 
 MAX_TEXT = 2_000  # Trinity's cap on an error text
 
-_KEY = (sa.Column("subject_kind", sa.Text, primary_key=True), sa.Column("subject_id", sa.Text, primary_key=True))
+
+
+def _key() -> tuple[sa.Column[str], sa.Column[str]]:
+    """Each table's key: the subject's kind (execution, activity, slot) and its id."""
+    return sa.Column("subject_kind", sa.Text, primary_key=True), sa.Column("subject_id", sa.Text, primary_key=True)
+
 
 decisions = sa.Table(
-    "watchdog_shadow_decisions", audit_metadata, *(c.copy() for c in _KEY),
+    "watchdog_shadow_decisions", audit_metadata, *_key(),
     sa.Column("agent_name", sa.Text, nullable=False),
     sa.Column("action", sa.Text, nullable=False),  # what we would have done (a claim, not the orphan label)
     sa.Column("remediation", sa.Text, nullable=False),  # what the alert asked for
@@ -49,7 +54,7 @@ decisions = sa.Table(
 )
 
 theirs = sa.Table(
-    "watchdog_shadow_theirs", audit_metadata, *(c.copy() for c in _KEY),
+    "watchdog_shadow_theirs", audit_metadata, *_key(),
     sa.Column("agent_name", sa.Text, nullable=False),
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
@@ -61,7 +66,7 @@ theirs = sa.Table(
 )
 
 verdicts = sa.Table(
-    "watchdog_shadow_verdicts", audit_metadata, *(c.copy() for c in _KEY),
+    "watchdog_shadow_verdicts", audit_metadata, *_key(),
     sa.Column("agent_name", sa.Text, nullable=False),
     sa.Column("verdict", sa.Text, nullable=False),
     sa.Column("action", sa.Text, nullable=False),
