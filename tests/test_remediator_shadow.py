@@ -98,7 +98,7 @@ def _platform(h: Harness) -> dict[str, Any]:
     with h.engine.connect() as conn:
         tables = {t.name: sorted(tuple(map(str, r)) for r in conn.execute(sa.select(t)))
                   for t in (schedule_executions, agent_activities, agent_events)}
-    keys = sorted(k.decode() for k in h.redis.keys("*"))
+    keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in h.redis.keys("*"))
     slots = {k: h.redis.zrange(k, 0, -1, withscores=True) for k in keys if k.startswith("agent:slots:")}
     hashes = {k: h.redis.hgetall(k) for k in keys if k.startswith("agent:slot:")}
     return {"tables": tables, "keys": keys, "slots": slots, "hashes": hashes}
