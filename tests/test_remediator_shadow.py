@@ -264,3 +264,11 @@ def test_the_report_refuses_bad_input_clearly(tmp_path: Any, capsys: pytest.Capt
     sa.create_engine(f"sqlite:///{empty}").connect().close()
     assert cli.main(["shadow", "report", "--database-url", f"sqlite:///{empty}"]) == 2
     assert "no shadow tables" in capsys.readouterr().err
+
+
+def test_a_yes_no_variable_that_is_neither_is_refused_never_read_as_off(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """EXEC_WATCHDOG_SHADOW=ture must not start a remediator that acts live."""
+    monkeypatch.setenv("EXEC_WATCHDOG_SHADOW", "ture")
+    assert cli.main(["remediator", "--insecure-no-auth", "--agent-secret", "s"]) == 2
+    assert "EXEC_WATCHDOG_SHADOW='ture' is not a yes/no value" in capsys.readouterr().err
