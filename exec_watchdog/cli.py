@@ -17,6 +17,7 @@ The pipeline, in the order data flows:
   exporter    publish per-execution runtime and agent presence to Prometheus (/metrics)
   remediator  the Alertmanager webhook: re-verify, terminate, mark failed, release slot, announce
   explain     one execution's story: every notification, decision with its evidence, and action
+  shadow      beside the platform's own cleanup: `shadow report` lists where the two disagree
   demo        all of it, with real Prometheus and Alertmanager as child processes
   db          create the embedded database (never alters an existing one)
   advise      advise a timeout per schedule from its completed runs (reads only)
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from exec_watchdog.platform_access import cli as platform_cli
     from exec_watchdog.remediator import cli as remediator_cli
     from exec_watchdog.remediator import explain as explain_cli
+    from exec_watchdog.remediator import shadow_report as shadow_cli
     from exec_watchdog.simulated_platform import cli as simulate_cli
 
     parser = argparse.ArgumentParser(
@@ -44,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="json", choices=["json", "console"],
                         help="json: one object per line (default); console: for people")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cli, exporter_cli, remediator_cli, explain_cli, pipeline_cli, platform_cli, advise_cli):
+    for module in (simulate_cli, exporter_cli, remediator_cli, explain_cli, shadow_cli, pipeline_cli, platform_cli,
+                   advise_cli):
         module.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    from exec_watchdog.common.flags import ConfigError
+
+    try:
+        parser = build_parser()
+    except ConfigError as exc:  # an environment variable no flag can take
+        print(f"exec-watchdog: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:

@@ -51,6 +51,7 @@ from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.pause import AlertmanagerUnavailable, PauseInputError, Pauser, PauseRequest
 from exec_watchdog.remediator.payload import Notification, PayloadError, parse_notification
 from exec_watchdog.remediator.remediate import Remediator, Settings
+from exec_watchdog.remediator.shadow_compare import Comparison
 from exec_watchdog.remediator.silences import SilenceChecker
 
 log = structlog.get_logger("exec_watchdog.remediator")
@@ -125,15 +126,21 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> Sta
                                 for secret in redaction.secrets_of_url(url)))
         recorder = Recorder(Redactor(base=redaction.PROCESS), DeliveryCounter(), config.record_evidence)
         sweeper = asyncio.create_task(_sweep(remediator, engine, metrics, config.sweep_interval_seconds))
+        comparison = asyncio.create_task(Comparison(  # shadow mode: compare with the platform's cleanup
+            engine, remediator.slots, metrics, config.settings.replica, config.settings.shadow_comparison).run()) \
+            if config.settings.shadow else None
         log.info("remediator_started", replica=config.settings.replica, dry_run=config.settings.dry_run,
+                 shadow=config.settings.shadow,
                  authenticated=config.credentials.configured, silence_check=bool(silences))
         try:
             console = Console(Pauser(config.alertmanager_urls, http), http, config.grafana_url)
             yield State(remediator, engine, hub, metrics, config, recorder, console)
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, comparison):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await agents.aclose()
             await http.aclose()
             if announce_redis is not None:
@@ -420,7 +427,7 @@ async def now_api(request: Request) -> Response:
     last_seen = c.last_notification_at
     return JSONResponse({
         "generated_at": format_utc(now), "replica": settings.replica,
-        "remediation": console.remediation_state(pauses, state.remediator.breaker, settings.dry_run),
+        "remediation": console.remediation_state(pauses, state.remediator.breaker, settings.dry_run, settings.shadow),
         "firing_not_acted_on": waiting[:console.MAX_FIRING], "firing_not_acted_on_count": len(waiting),
         "firing_count": len(firing), "counts": counts,
         "last_notification_at": format_utc(last_seen) if last_seen else None, "last_decision_at": last_decided,

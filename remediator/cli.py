@@ -63,6 +63,18 @@ def register(commands: Any) -> None:
     add_flag(p, "--protect-metrics", action="store_true", default=False, help="require credentials on /metrics too")
     add_flag(p, "--dry-run", action="store_true", default=False,
              help="verify and record 'would recover', change nothing")
+    add_flag(p, "--shadow", action="store_true", default=False,
+             help="run beside the platform's own cleanup: verify and decide as a dry run, change nothing, keep each "
+             "first decision and compare it with the platform's writes (exec-watchdog shadow report); "
+             "not with --dry-run")
+    add_flag(p, "--shadow-interval", type=float, default=30.0, help="seconds between shadow comparisons")
+    add_flag(p, "--shadow-their-cycle", type=float, default=300.0, help="the platform cleanup's cycle in seconds "
+             "(Trinity: 300): a decision of ours they have not matched within this plus --shadow-their-margin "
+             "is 'ours_only'")
+    add_flag(p, "--shadow-their-margin", type=float, default=60.0, help="seconds added to their cycle: their "
+             "cycle's own run time and the clocks apart")
+    add_flag(p, "--shadow-our-grace", type=float, default=300.0, help="seconds after their write within which a "
+             "decision of ours still counts; none by then is 'theirs_only'")
     add_flag(p, "--min-orphan-age", type=float, default=60.0, help="seconds an execution must have run before it "
              "can be failed as an orphan (Trinity's watchdog uses 60)")
     add_flag(p, "--claim-defer", type=float, default=180.0, help="seconds a retained result must have been kept "
@@ -103,7 +115,8 @@ def build_config(args: argparse.Namespace) -> Config:
     from exec_watchdog.platform_access.urls import check_redis_url
     from exec_watchdog.remediator.app import Config
     from exec_watchdog.remediator.auth import Credentials
-    from exec_watchdog.remediator.remediate import Settings
+    from exec_watchdog.remediator.remediate import SHADOW_AND_DRY_RUN, Settings
+    from exec_watchdog.remediator.shadow_verdicts import Settings as ShadowSettings
     from exec_watchdog.remediator.stale import Windows
 
     secret = read_agent_secret(args.agent_secret, args.agent_secret_file)
@@ -122,6 +135,10 @@ def build_config(args: argparse.Namespace) -> Config:
                  "activity_stale_after"):
         if getattr(args, name) <= 0 and name not in ("min_orphan_age", "claim_defer"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.shadow and args.dry_run:
+        raise ValueError(SHADOW_AND_DRY_RUN)
+    comparison = ShadowSettings(args.shadow_interval, args.shadow_their_cycle, args.shadow_their_margin,
+                                args.shadow_our_grace)  # ValueError on a bad window
     for name in ("stale_grace", "stale_unowned", "no_session_age"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} cannot be negative")
@@ -140,6 +157,7 @@ def build_config(args: argparse.Namespace) -> Config:
         breaker_max_actions=args.breaker_max_actions, breaker_window_seconds=args.breaker_window,
         sweep_interval_seconds=args.sweep_interval, external_url=external_url, grafana_url=grafana_url,
         settings=Settings(replica=replica, min_orphan_age_seconds=args.min_orphan_age, dry_run=args.dry_run,
+                          shadow=args.shadow, shadow_comparison=comparison,
                           claim_ttl_seconds=args.claim_ttl, claim_defer_seconds=args.claim_defer,
                           inflight_max_age_seconds=args.inflight_max_age,
                           backlog_max_age_seconds=args.backlog_max_age,

@@ -1,7 +1,8 @@
 """What the live page's "Now" header shows: the state of remediation and what needs a person.
 
 - Remediation: paused (by which silences, who, until when), breaker open (with the reset action),
-  dry run, or active — several can hold at once; ``state`` names the one that matters most.
+  shadow (beside the platform's own cleanup, changing nothing), dry run, or active — several can
+  hold at once; ``state`` names the one that matters most.
 - Alerts firing now with a remediation label that nothing has recovered yet (from Alertmanager's
   ``/api/v2/alerts``), each with the last decision taken on its execution, if any.
 - Decisions in the last hour and the last day, by action and outcome (from the audit trail).
@@ -115,10 +116,11 @@ def last_decided_at(conn: sa.Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def remediation_state(pauses: list[dict[str, str]] | None, breaker: Breaker, dry_run: bool) -> dict[str, Any]:
+def remediation_state(pauses: list[dict[str, str]] | None, breaker: Breaker, dry_run: bool,
+                      shadow: bool = False) -> dict[str, Any]:
     """``pauses`` is None when Alertmanager could not be asked (then nobody knows if it is paused)."""
-    state = ("paused" if pauses else "breaker_open" if breaker.is_open else "dry_run" if dry_run
-             else "unknown" if pauses is None else "active")
-    return {"state": state, "paused_by": pauses or [], "dry_run": dry_run,
+    state = ("paused" if pauses else "breaker_open" if breaker.is_open else "shadow" if shadow
+             else "dry_run" if dry_run else "unknown" if pauses is None else "active")
+    return {"state": state, "paused_by": pauses or [], "dry_run": dry_run, "shadow": shadow,
             "breaker": {"open": breaker.is_open, "max_actions": breaker.max_actions,
                         "window_seconds": breaker.window_seconds, "reset": "/api/v1/breaker/reset"}}

@@ -11,8 +11,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exec_watchdog.common.contract import RemediatorMetric as names
+from exec_watchdog.common.contract import ShadowMetric
 from exec_watchdog.remediator.announce import story_url
 from exec_watchdog.remediator.audit import Recovery
+
+SHADOW_LEAD_BUCKETS = (-600, -300, -120, -60, -30, -10, -1, 0, 1, 10, 30, 60, 120, 300, 600, 900)
 
 
 class RecentRecoveries(Collector):
@@ -69,5 +72,12 @@ class RemediatorMetrics:
         self.pending_finishes = Gauge(names.PENDING_FINISHES,
                                       "Recoveries whose slot release or announcement is not done yet.",
                                       registry=registry)
+        # Shadow mode (remediator/shadow_compare.py): one verdict per subject either side acted on.
+        self.shadow_verdicts = Counter(ShadowMetric.VERDICTS.removesuffix("_total"),
+                                       "Shadow verdicts beside the platform's own cleanup, by verdict and action.",
+                                       ["verdict", "action"], registry=registry)
+        self.shadow_lead = Histogram(ShadowMetric.LEAD, "The platform's cleanup write minus our first decision, when "
+                                     "both acted (negative: they were first).", ["action"], registry=registry,
+                                     buckets=SHADOW_LEAD_BUCKETS)
         self.recent_recoveries = RecentRecoveries(external_url)
         registry.register(self.recent_recoveries)

@@ -53,7 +53,18 @@ from exec_watchdog.platform_access.inflight import InflightStore
 from exec_watchdog.platform_access.names import InvalidIdentifier, check_execution_id
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
-from exec_watchdog.remediator import action_claims, audit, claim, closing, detection, row_cleanup, texts
+from exec_watchdog.remediator import (
+    action_claims,
+    audit,
+    claim,
+    closing,
+    detection,
+    row_cleanup,
+    shadow_decisions,
+    shadow_store,
+    shadow_verdicts,
+    texts,
+)
 from exec_watchdog.remediator.announce import Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
@@ -69,6 +80,8 @@ from exec_watchdog.remediator.slot_reclaim import SlotCheck
 from exec_watchdog.remediator.stale import SweepCheck, Windows
 
 log = structlog.get_logger("exec_watchdog.remediator")
+SHADOW_AND_DRY_RUN = ("--shadow and --dry-run do not combine: --shadow is already a dry run (it changes nothing) "
+                      "that also keeps each first decision and compares it with the platform's cleanup; pass one")
 CHANGED_FIRST = "another writer changed the row first"
 
 
@@ -90,6 +103,14 @@ class Settings:
     backlog_max_age_seconds: float = cleanup_rows.BACKLOG_MAX_AGE_SECONDS  # Trinity: 24 h
     activity_stale_seconds: float = activities.STALE_ACTIVITY_MINUTES * 60.0  # Trinity: 120 minutes
     sweep_windows: Windows = field(default_factory=Windows)  # Trinity's stale and no-session sweeps (stale.py)
+    # Shadow mode: a dry run beside the platform's own cleanup, each subject's first decision kept for
+    # the comparison (remediator/shadow_compare.py). Nothing is ever changed on the platform.
+    shadow: bool = False
+    shadow_comparison: shadow_verdicts.Settings = field(default_factory=shadow_verdicts.Settings)
+
+    def __post_init__(self) -> None:
+        if self.shadow and self.dry_run:
+            raise ValueError(SHADOW_AND_DRY_RUN)
 
 
 @dataclass(slots=True)
@@ -366,8 +387,9 @@ class Remediator:
                     v.decide(*imposed)
 
     def _gate(self, v: Verdict) -> None:
-        if self.settings.dry_run:
-            v.decide("would_recover", f"dry run: would {v.alert.remediation.replace('_', ' ')}")
+        if self.settings.dry_run or self.settings.shadow:
+            mode = "shadow" if self.settings.shadow else "dry run"
+            v.decide("would_recover", f"{mode}: would {shadow_decisions.subject_of(v)[2].replace('_', ' ')}")
         elif not self.breaker.allow(v.alert.execution_id):
             self.metrics.breaker_open.set(1)
             v.decide("breaker_open", f"breaker open: more than {self.breaker.max_actions} remediations in "
@@ -674,7 +696,11 @@ class Remediator:
             log.warning("unknown_commit_settle_failed", error_type=type(exc).__name__)
 
     async def finish_unfinished(self) -> int:
-        """Claim and finish recoveries a crash or an outage left half done. Returns how many."""
+        """Claim and finish recoveries a crash or an outage left half done. Returns how many.
+
+        Never in shadow mode: a release or an announcement owed by an earlier live run waits for it."""
+        if self.settings.shadow:
+            return 0
         await self.claims.settle_owed()
         await self.settle_unknown_commits()
         claimed = await anyio.to_thread.run_sync(
@@ -687,6 +713,7 @@ class Remediator:
 
     async def _record(self, verdicts: list[Verdict]) -> None:
         items, now = [], utcnow()  # decided now: the time the evidence and the audit row carry
+        shadowed = []  # shadow mode: each subject's first decision, for the comparison
         for v in verdicts:
             a = v.alert
             self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
@@ -694,6 +721,8 @@ class Remediator:
             items.append(audit.Decision(a.name[:200], a.status, a.fingerprint, a.remediation[:200], a.agent[:200],
                                         a.execution_id[:200], v.outcome, redact(v.reason)[:1000],
                                         v.evidence.finish(self.settings.replica, now)))
+            if self.settings.shadow and v.outcome == "would_recover":
+                shadowed.append(shadow_decisions.decision(v, items[-1].evidence, now, self.settings.shadow_comparison))
             if v.outcome not in ("ignored", "recovered"):  # a recovery's line is written when announced
                 log.info("decision", agent=a.agent, execution_id=a.execution_id, action=a.remediation,
                          outcome=v.outcome, reason=v.reason, fingerprint=a.fingerprint)
@@ -701,5 +730,6 @@ class Remediator:
         def write() -> None:
             with self.engine.begin() as conn:
                 audit.record(conn, items, self.settings.replica, now)
+                shadow_store.record_decisions(conn, shadowed, self.settings.replica)
 
         await anyio.to_thread.run_sync(write)

@@ -85,6 +85,7 @@ Outcome = Literal["recovered", "would_recover", "skipped", "silenced", "ignored"
                   "breaker_open", ""]
 UNDECIDED: Final = ""  # no check has decided yet: the alert goes on to the next one
 
+
 # -- The on-call console (remediator/console.py, the live page) ---------------------------------
 # The orphan alert's annotation carrying the exporter's first-unknown time of its execution (unix
 # seconds, or "unknown"): where "detected after" counts from for an orphan.

@@ -21,8 +21,10 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: 
     env = env_name(flag)
     value = os.environ.get(env)
     if value is not None and kwargs.get("action") in ("store_true", "store_false"):
-        value_bool = value.strip().lower() in ("1", "true", "yes", "on")
-        default = value_bool
+        word = value.strip().lower()
+        if word not in _YES + _NO:  # a typo must not silently mean "off" (EXEC_WATCHDOG_SHADOW=ture would act live)
+            raise ConfigError(f"{env}={value[:40]!r} is not a yes/no value: use 1, true, yes, on or 0, false, no, off")
+        default = word in _YES
     elif value is not None and kwargs.get("action") == "append":
         default = [v.strip() for v in value.split(",") if v.strip()]  # a list in one variable: comma-separated
     elif value is not None:
@@ -33,6 +35,10 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: 
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says what to fix."""
+
+
+_YES = ("1", "true", "yes", "on")
+_NO = ("0", "false", "no", "off", "")
 
 
 def read_secret_file(path: str, flag: str) -> str:

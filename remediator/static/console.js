@@ -107,9 +107,11 @@ function renderState(now) {
   document.title = (paused ? "PAUSED · " : "") + "exec-watchdog — on call";
   const words = {active: "Remediation is active", paused: "Remediation is PAUSED",
     breaker_open: "The breaker is OPEN: remediation stopped", dry_run: "Dry run: verifying, changing nothing",
+    shadow: "Shadow: beside the platform's own cleanup, deciding and comparing, changing nothing",
     unknown: "Cannot tell whether remediation is paused (Alertmanager did not answer)"};
   state.textContent = words[r.state] || r.state;
   if (r.dry_run && r.state !== "dry_run") state.textContent += " · dry run";
+  if (r.shadow && r.state !== "shadow") state.textContent += " · shadow";
   const list = $("paused-by");
   list.replaceChildren(...r.paused_by.map((p) => {
     const li = element("li", null, "pause");
