@@ -131,9 +131,10 @@ class PlatformCleanup:
     def run_backlog(self) -> int:
         return backlog.sweep(self.context) if "backlog" in self.paths else 0
 
-    def start(self) -> None:
-        """The start-up sweep now, then the cycle and the backlog on their own intervals."""
-        self._tasks = [asyncio.create_task(self._loop(self._cycle, self.interval_seconds, first=True)),
+    def start(self, *, sweep_now: bool = True) -> None:
+        """The start-up sweep now (unless the caller ran it: ``sweep_now=False``), then the cycle and
+        the backlog on their own intervals."""
+        self._tasks = [asyncio.create_task(self._loop(self._cycle, self.interval_seconds, first=sweep_now)),
                        asyncio.create_task(self._loop(self._backlog, self.backlog_interval_seconds, first=False))]
 
     async def _cycle(self, first: bool) -> None:
