@@ -31,10 +31,10 @@ from datetime import datetime
 from typing import Literal
 
 from exec_watchdog.platform_access.agent_client import AgentResult
+from exec_watchdog.platform_access.claim_columns import claim_of as claim_of
 from exec_watchdog.platform_access.database import Claim
 from exec_watchdog.platform_access.retained import RetainedResult
-from exec_watchdog.platform_access.run_history import FINAL_STATUSES, RECOVERED_NOTICE
-from exec_watchdog.remediator.texts import MAX_ERROR_CHARS
+from exec_watchdog.platform_access.run_history import FINAL_STATUSES
 
 CLAIM_DEFER_SECONDS = 180.0
 
@@ -72,21 +72,6 @@ def decide(answer: AgentResult[object], *, execution_id: str, recently_completed
         return ClaimDecision("wait", "recently completed on the agent and no retained result yet: waits for "
                                      "one, or for the run to leave the recently-completed window")
     return ClaimDecision("fail_no_record" if answer.kind == "answered" else "fail")
-
-
-def claim_of(result: RetainedResult) -> Claim:
-    """The columns a claimed result writes: Trinity's status mapping, the notice on a success."""
-    if result.status not in FINAL_STATUSES:
-        raise ValueError(f"not a terminal result: status={result.status!r}")  # decide() never claims it
-    status = result.status
-    response = result.response
-    if status == "success":
-        response = f"{RECOVERED_NOTICE}\n{response or ''}"
-    error = None
-    if status != "success":
-        error = (result.error or f"{status} on the agent ({result.terminal_reason or 'no detail'})")[:MAX_ERROR_CHARS]
-    return Claim(status=status, response=response, error=error, cost=result.cost_usd,
-                 session_id=result.session_id, execution_log=result.execution_log)
 
 
 def announcement_reason(claim: Claim) -> str:

@@ -40,10 +40,19 @@ def register(commands: Any) -> None:
     add_flag(p, "--restart-every", type=float, default=0.0, help="restart a random agent every N seconds (0: never)")
     add_flag(p, "--outage-every", type=float, default=0.0, help="take a random agent down every N seconds (0: never)")
     add_flag(p, "--seed", type=int, help="random seed, for a repeatable run")
+    add_flag(p, "--platform-cleanup-interval", type=float, default=0.0,
+             help="run a model of Trinity's own cleanup service (start-up sweep, then one cycle every N "
+                  "seconds; Trinity's is 300); 0: off")
+    add_flag(p, "--platform-cleanup-paths", default="all",
+             help="the cleanup paths it runs, comma-separated: watchdog, stale, no_session, skipped, "
+                  "stale_activities, slots, backlog, activities (closing a recovered run's activity), or all")
+    add_flag(p, "--platform-cleanup-shadow", action="store_true",
+             help="the platform's cleanup decides and prints what it would do, and changes nothing")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from exec_watchdog.simulated_platform.platform_cleanup import parse_paths
     from exec_watchdog.simulated_platform.workload import DEFAULT_MIX, Workload, parse_mix
 
     try:
@@ -57,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--agents must be from 1 to 10000")
         if not 0 <= args.hold <= 3600:
             raise ValueError("--hold must be from 0 to 3600 seconds")
+        if not 0 <= args.platform_cleanup_interval <= 86_400:
+            raise ValueError("--platform-cleanup-interval must be from 0 (off) to 86400 seconds")
+        args.platform_cleanup_paths = parse_paths(args.platform_cleanup_paths)
         host, _, port = args.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen {args.listen!r} must be host:port")
@@ -86,17 +98,42 @@ async def _simulate(args: argparse.Namespace, workload: Any, host: str, port: in
         if kind != "started" or started.fault != "none":
             print(f"{kind:>16}  {started.agent}  {started.execution_id}  {started.fault:<11} {detail}", flush=True)
 
-    scheduler = Scheduler(engine, open_slot_store(args.redis_url, engine), server, timeout_seconds=args.timeout,
-                          on_event=show, inflight=open_inflight_store(args.redis_url, engine), hold_seconds=args.hold)
+    slots, inflight = open_slot_store(args.redis_url, engine), open_inflight_store(args.redis_url, engine)
+    scheduler = Scheduler(engine, slots, server, timeout_seconds=args.timeout, on_event=show, inflight=inflight,
+                          hold_seconds=args.hold)
     scheduler.prepare()
+    cleanup = _platform_cleanup(args, engine, slots, inflight, server.url_template)
     print(f"simulated platform: {len(names)} agents at {server.url_template} "
           f"(secret {args.agent_secret!r}), database {args.database_url}", flush=True)
     try:
+        if cleanup is not None:
+            cleanup.start()
         await run_workload(scheduler, workload)
         await scheduler.drain()
     finally:
+        if cleanup is not None:
+            await cleanup.aclose()
+            await cleanup.context.agents.aclose()
         await scheduler.aclose()
         await server.stop()
         engine.dispose()
         print("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(scheduler.counts.items())), flush=True)
     return 0
+
+
+def _platform_cleanup(args: argparse.Namespace, engine: Any, slots: Any, inflight: Any, url_template: str) -> Any:
+    """Trinity's cleanup cycle beside the workload, when asked for; it prints each decision."""
+    if not args.platform_cleanup_interval:
+        return None
+    from exec_watchdog.platform_access.agent_client import AgentClient
+    from exec_watchdog.simulated_platform.cleanup_paths.context import Decision
+    from exec_watchdog.simulated_platform.platform_cleanup import PlatformCleanup
+
+    def show(d: Decision) -> None:
+        verb = "written" if d.written else "would write"
+        print(f"{'platform cleanup':>16}  {d.agent}  {d.execution_id}  {d.action} ({verb}): {d.text}", flush=True)
+
+    client = AgentClient(url_template, args.agent_secret, timeout=15.0)  # Trinity's WATCHDOG_HTTP_TIMEOUT
+    return PlatformCleanup(engine, slots, inflight, client,
+                           interval_seconds=args.platform_cleanup_interval, paths=args.platform_cleanup_paths,
+                           shadow=args.platform_cleanup_shadow, on_decision=show)

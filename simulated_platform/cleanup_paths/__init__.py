@@ -1,0 +1,1 @@
+"""The paths of Trinity's cleanup cycle, one module each; :mod:`..platform_cleanup` runs them."""
