@@ -22,7 +22,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from exec_watchdog.common.contract import AGENT_UNREACHABLE, HEARTBEAT, STUCK
+from exec_watchdog.common.contract import AGENT_UNREACHABLE, HEARTBEAT, SHADOW_VERDICTS, STUCK
 from exec_watchdog.pipeline.platform import FaultClock
 from exec_watchdog.platform_access.timestamps import BadTimestamp, parse_utc
 from exec_watchdog.simulated_platform.scheduler import Started
@@ -41,14 +41,17 @@ ACTION_WORDS = {"orphan_recovered": "orphan failed", "auto_terminated": "overdue
 
 
 class Account:
-    def __init__(self, scheduler: FaultClock, out: TextIO | None = None) -> None:
+    def __init__(self, scheduler: FaultClock, out: TextIO | None = None, *, shadow: bool = False) -> None:
         self.scheduler = scheduler
+        self.shadow = shadow  # demo --shadow: the platform's cleanup is in charge, the remediator compares
         self.out = out or sys.stdout
         self.counts: Counter[str] = Counter()
         self.recovered: dict[str, tuple[str, float | None]] = {}  # execution -> (event action, seconds)
         self.detected: dict[str, float] = {}  # execution -> the remediator's "detected after", seconds
         self.alerts: dict[str, tuple[str, str, str]] = {}  # fingerprint -> (alert name, state, where)
         self.slots_removed: set[str] = set()  # expired slots removed with their run left as it is
+        self.cleanup_writes: Counter[str] = Counter()  # the platform cleanup's writes, by action
+        self.verdicts: dict[tuple[str, str], str] = {}  # (subject kind, id) -> verdict
         self.began = time.monotonic()
 
     def line(self, tag: str, text: str) -> None:
@@ -151,6 +154,33 @@ class Account:
             self.line("SLOT", f"{d.get('agent_name')}  {execution_id}  expired slot removed, run left as it is: "
                               f"{d.get('reason')}")
 
+    # -- shadow mode: the platform's cleanup and the verdicts -----------------------------------------
+
+    def on_cleanup(self, decision: Any) -> None:
+        """A write of the platform's cleanup (a ``cleanup_paths.context.Decision``)."""
+        self.cleanup_writes[decision.action] += 1
+        self.line("PLATFORM", f"{decision.agent}  {decision.execution_id}  {decision.action} by the platform's "
+                              f"cleanup: {decision.text}")
+
+    def on_verdicts(self, verdicts: list[dict[str, Any]]) -> None:
+        """The shadow comparison's verdicts (oldest first); each is printed once, as it is given."""
+        for v in verdicts:
+            key = (str(v.get("subject_kind")), str(v.get("subject_id")))
+            if key in self.verdicts:
+                continue
+            self.verdicts[key] = str(v.get("verdict"))
+            lead = v.get("lead_seconds")
+            lead_text = f", lead {lead:+.1f} s" if isinstance(lead, int | float) else ""
+            later = f"; later the row became {v['later_status']}" if v.get("later_status") else ""
+            self.line("VERDICT", f"{v.get('verdict')}  {v.get('action')}  {v.get('agent_name')}  {key[0]}:{key[1]}"
+                                 f"{lead_text}: {v.get('why')}{later}")
+
+    def shadow_summary(self) -> str:
+        by_verdict = Counter(self.verdicts.values())
+        counted = ", ".join(f"{verdict} {by_verdict[verdict]}" for verdict in SHADOW_VERDICTS)
+        return (f"; platform cleanup wrote {sum(self.cleanup_writes.values())}; verdicts {len(self.verdicts)} "
+                f"({counted})")
+
     # -- summary --------------------------------------------------------------------------------
 
     def summary(self) -> str:
@@ -167,7 +197,8 @@ class Account:
         return (f"{time.monotonic() - self.began:.0f} s: started {started} (lost reports {c['started_lose_report']}, "
                 f"hung {c['started_hang']}, late reports {c['started_late_report']}); agent restarts "
                 f"{c['agent_restarted']}, outages {c['agent_down']}; alerts active now {firing}; recovered "
-                f"{len(self.recovered)} ({paths or 'none yet'}{median}){removed}")
+                f"{len(self.recovered)} ({paths or 'none yet'}{median}){removed}"
+                f"{self.shadow_summary() if self.shadow else ''}")
 
 
 def detected_after(event: dict[str, Any]) -> float | None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help: keep the heavy impo
     from exec_watchdog.pipeline.platform import Platform, PlatformOptions
     from exec_watchdog.pipeline.stack import Stack
     from exec_watchdog.pipeline.timing import Timing
+    from exec_watchdog.simulated_platform.platform_cleanup import PlatformCleanup
     from exec_watchdog.simulated_platform.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -73,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--cleanup-faults-every", type=float, default=60.0,
              help="every N seconds add a skipped row never finalized, a queued row past the backlog age and an "
                   "activity nobody closed, the rows Trinity's cleanup service ends (0: never)")
+    add_flag(parser, "--shadow", action="store_true", default=False,
+             help="the platform's own cleanup (a model of Trinity's) is in charge and our remediator runs with "
+                  "--shadow beside it: it changes nothing, and the account prints each verdict (agree, ours_only, "
+                  "theirs_only, different) as the comparison gives it; see exec-watchdog shadow report")
+    add_flag(parser, "--shadow-cleanup-interval", type=float, default=30.0,
+             help="with --shadow: seconds between the platform cleanup's cycles (Trinity's is 300 s; the demo's is "
+                  "shorter so its writes show within a minute); the remediator's --shadow-their-cycle is set to it")
     add_flag(parser, "--summary-every", type=float, default=10.0, help="seconds between summary lines")
     add_flag(parser, "--workdir", help="directory for configurations, data and logs (default: a temporary one, "
                                        "removed on a clean exit)")
@@ -91,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--duration must be positive")
         if args.summary_every <= 0:
             raise ValueError("--summary-every must be positive")
+        if not 0 < args.shadow_cleanup_interval <= 3600:
+            raise ValueError("--shadow-cleanup-interval must be from more than 0 to 3600 seconds")
         workload = Workload(rate_per_second=args.rate, duration_seconds=duration,
                             run_seconds=(float(low), float(high or low)), mix=parse_mix(args.faults),
                             agent_restart_every=args.restart_every, agent_outage_every=args.outage_every,
@@ -125,6 +135,7 @@ class Demo:
         self.options = options
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
+        self.cleanup: PlatformCleanup | None = None  # with --shadow: the platform's cleanup, in charge
 
     def _task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -138,6 +149,7 @@ class Demo:
 
         from exec_watchdog.pipeline.children import ChildCrashed, NotReady
         from exec_watchdog.pipeline.platform import Platform
+        from exec_watchdog.pipeline.shadow import remediator_flags
         from exec_watchdog.pipeline.stack import Stack, StackOptions
 
         args = self.args
@@ -160,8 +172,10 @@ class Demo:
                 shutil.rmtree(workdir, ignore_errors=True)
             return EXIT_FAILED
         try:
+            shadow = remediator_flags(args.shadow_cleanup_interval) if args.shadow else ()
             stack = Stack(StackOptions(database_url, platform.url_template, options.agent_secret,
-                                       profile=args.profile, redis_url=args.redis_url), workdir / "pipeline")
+                                       profile=args.profile, redis_url=args.redis_url, remediator_flags=shadow),
+                          workdir / "pipeline")
             stack.start()
             print(f"starting Prometheus, Alertmanager, exporter and remediator (logs in {stack.logs}) ...", flush=True)
             code = await self._run(stack, platform, options, database_url)
@@ -172,6 +186,9 @@ class Demo:
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            if self.cleanup is not None:
+                await self.cleanup.aclose()
+                await self.cleanup.context.agents.aclose()
             if stack is not None:
                 await asyncio.to_thread(stack.stop)
             await platform.stop()
@@ -196,7 +213,7 @@ class Demo:
             return EXIT_OK
         ready.result()  # raises ChildCrashed / NotReady
 
-        account = Account(platform.scheduler)
+        account = Account(platform.scheduler, shadow=self.args.shadow)
         platform.scheduler.on_execution = account.on_event
         platform.scheduler.on_agent = account.on_agent
         self._print_where(stack, platform, options, database_url, Timing.of(self.args.profile))
@@ -205,6 +222,12 @@ class Demo:
         self._task(poll_alerts(stack.alertmanager_urls[0], account.on_alerts))
         self._task(poll_slot_removals(stack.remediator_urls[0], stack.token, account.on_decisions))
         self._task(self._summaries(account))
+        if self.args.shadow:
+            from exec_watchdog.pipeline.shadow import platform_cleanup, poll_verdicts
+
+            self.cleanup = platform_cleanup(platform, self.args.shadow_cleanup_interval, account.on_cleanup)
+            self.cleanup.start()  # its start-up sweep now, then a cycle every interval
+            self._task(poll_verdicts(platform.engine, account.on_verdicts))
         workload = self._task(run_workload(platform.scheduler, self.workload))
         if self.args.advice_schedules == "on":
             from exec_watchdog.simulated_platform.schedules import DEMO, place, register, run_schedules
@@ -216,7 +239,7 @@ class Demo:
 
         self._task(inject_cleanup_faults(platform.scheduler, options.agent_names, self.args.profile,
                                          self.args.cleanup_faults_every, self.workload.duration_seconds,
-                                         seed=self.args.seed))
+                                         seed=self.args.seed, past_platform_bounds=self.args.shadow))
         crash = self._task(self._watch_children(stack))
         timer = self._task(asyncio.sleep(self.workload.duration_seconds if self.args.duration else 1e9))
         done, _ = await asyncio.wait({crash, timer, stopped, workload}, return_when=asyncio.FIRST_COMPLETED)
@@ -260,6 +283,11 @@ class Demo:
                              "'remediation=~\".+\"' -c pause)"),
             ("remediator", f"{stack.remediator_urls[0]}/#token={stack.token}  (live recoveries page)"),
             ("remediator API", f"{stack.remediator_urls[0]}/metrics, /api/v1/audit (Bearer token above)"),
+            *([("platform cleanup", f"a model of Trinity's, in charge: start-up sweep, then a cycle every "
+                                    f"{self.args.shadow_cleanup_interval:g} s (Trinity: 300 s); the remediator "
+                                    "runs --shadow and changes nothing"),
+               ("shadow report", f"exec-watchdog shadow report --database-url {database_url}")]
+              if self.args.shadow else []),
             ("logs", str(stack.logs)),
         ]
         print(f"\nexec-watchdog demo, profile {self.args.profile!r}; everything on 127.0.0.1:", flush=True)
