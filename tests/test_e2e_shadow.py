@@ -121,14 +121,14 @@ def test_shadow_beside_the_platform_cleanup_gives_one_verdict_each_and_changes_n
         eventually(lambda: everyone <= _our_subjects(p), 30, "the shadow remediator decides on every fault")
         p.loop.do(cleanup.start)  # its start-up sweep, then a cycle every CYCLE seconds
 
-        def settled() -> list[dict[str, Any]] | None:
-            verdicts = read_verdicts(p.engine)
+        def settled() -> bool:
             ours = _our_subjects(p)
             theirs = {_subject(d) for d in cleanup.decisions}
-            judged = {(v["subject_kind"], v["subject_id"]) for v in verdicts}
-            return verdicts if everyone <= judged and (ours | theirs) <= judged else None
+            judged = {(v["subject_kind"], v["subject_id"]) for v in read_verdicts(p.engine)}
+            return everyone <= judged and (ours | theirs) <= judged
 
-        verdicts = eventually(settled, 60, "every subject either side acted on is judged")
+        eventually(settled, 60, "every subject either side acted on is judged")
+        verdicts = read_verdicts(p.engine)
         _check_verdicts(verdicts, expected, cleanup)
         _check_nothing_changed_by_us(p, cleanup, redis_url)
         report = _report(p.stack.options.database_url)
