@@ -59,6 +59,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # httpx writes one INFO line per request: two per orphan in a mass orphaning, most of the
+    # remediator's logging CPU (bench/remediator.md). Callers log the failures that matter; at
+    # debug the request lines are still there.
+    logging.getLogger("httpx").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
