@@ -495,6 +495,7 @@ class Remediator:
 
     def _transition_once(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         winners = []
+        closes: list[tuple[Verdict, str]] = []  # won: their activity close and event follow the updates
         with self.engine.connect() as conn:
             transaction = conn.begin()  # an error before the commit: closing the connection rolls back
             now = db.database_now(conn)
@@ -526,8 +527,7 @@ class Remediator:
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
                 if won and self._closes_supported(conn):  # the run's activity and event: same transaction
-                    closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
-                    v.evidence.platform_closed(closed.activities, closed.event_id)
+                    closes.append((v, v.execution.id))
                 # A kill of ours whose exit report won the update is still ours, unless another
                 # attempt already recovered this run (it took our lapsed claim over).
                 killed = v.killed and not won and not audit.recovered_since(conn, v.execution.id,
@@ -547,6 +547,10 @@ class Remediator:
                              + (f"; {v.note}" if v.note else ""))
                 else:
                     v.decide("lost_race", "another writer changed the row first")
+            # Read once for every win, written row by row: closing.after_won_many.
+            closed = closing.after_won_many(conn, [(v.alert.remediation, run) for v, run in closes], now)
+            for v, run in closes:
+                v.evidence.platform_closed(closed[run].activities, closed[run].event_id)
             # Same transaction as the updates: a won transition always has its outbox row.
             audit.open_recoveries(conn, winners, self.settings.replica, self.settings.claim_ttl_seconds)
             try:
