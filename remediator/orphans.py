@@ -162,9 +162,9 @@ class OrphanCheck:
     async def prefix_last_error(self, v: Subject) -> None:
         """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
         try:
-            answer, took = await timed(asyncio.wait_for(
-                self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)),
-                LAST_ERROR_TIMEOUT_SECONDS))
+            async with asyncio.timeout(LAST_ERROR_TIMEOUT_SECONDS):  # no task of its own, as wait_for made
+                answer, took = await timed(
+                    self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)))
         except TimeoutError:
             answer, took = AgentResult("timeout"), LAST_ERROR_TIMEOUT_SECONDS
         v.evidence.last_error(answer, took)
