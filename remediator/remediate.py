@@ -20,6 +20,7 @@ failure texts, recovery rows) goes through the process's redactor (``common/reda
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -54,7 +55,7 @@ from exec_watchdog.platform_access.names import InvalidIdentifier, check_executi
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import action_claims, audit, claim, closing, detection, row_cleanup, texts
-from exec_watchdog.remediator.announce import Announcer
+from exec_watchdog.remediator.announce import TURN_EVERY, Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
@@ -691,7 +692,9 @@ class Remediator:
 
     async def _record(self, verdicts: list[Verdict]) -> None:
         items, now = [], utcnow()  # decided now: the time the evidence and the audit row carry
-        for v in verdicts:
+        for index, v in enumerate(verdicts):
+            if index % TURN_EVERY == TURN_EVERY - 1:
+                await asyncio.sleep(0)  # thousands of decisions: /healthz and other deliveries get turns
             a = v.alert
             self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.
