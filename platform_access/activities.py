@@ -110,10 +110,21 @@ def close_picked(conn: sa.Connection, picked: Closable | None, status: str, erro
     if picked is None:
         return None
     state = state_for(status)
-    won = conn.execute(sa.update(table).where(table.c.id == picked.id, _closable(state))
-                       .values(activity_state=state, completed_at=format_utc(now),
-                               duration_ms=_measured(picked.started_at, now), error=error))
+    won = conn.execute(_CLOSE_COMPLETED if state == "completed" else _CLOSE_ENDED,
+                       {"activity_id": picked.id, "new_state": state, "closed_at": format_utc(now),
+                        "closed_ms": _measured(picked.started_at, now), "close_error": error})
     return picked.id if won.rowcount == 1 else None
+
+
+def _close_statement(state: str) -> sa.Update:
+    return (sa.update(table).where(table.c.id == sa.bindparam("activity_id"), _closable(state))
+            .values(activity_state=sa.bindparam("new_state"), completed_at=sa.bindparam("closed_at"),
+                    duration_ms=sa.bindparam("closed_ms"), error=sa.bindparam("close_error")))
+
+
+# Built once (a recovery of thousands closes thousands): one per guard of the lattice.
+_CLOSE_COMPLETED = _close_statement("completed")
+_CLOSE_ENDED = _close_statement("failed")  # failed or cancelled: both move only started
 
 
 def close_all_open(conn: sa.Connection, execution_id: str, error: str, now: datetime) -> list[str]:
