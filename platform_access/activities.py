@@ -23,6 +23,7 @@ Two ways to close, as Trinity has them:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,11 @@ def _closable(state: str) -> sa.ColumnElement[bool]:
     return table.c.activity_state == ACTIVITY_STARTED
 
 
+def _is_closable(state: str, current: str) -> bool:
+    """:func:`_closable` on a row already read."""
+    return current in (ACTIVITY_STARTED, "failed") if state == "completed" else current == ACTIVITY_STARTED
+
+
 def _measured(started_at: object, now: datetime) -> int | None:
     try:
         started = parse_utc(started_at)
@@ -64,19 +70,61 @@ def _dispatch_of(execution_id: str) -> sa.ColumnElement[bool]:
                    table.c.activity_type.in_(DISPATCH_ACTIVITY_TYPES))
 
 
+@dataclass(frozen=True, slots=True)
+class Closable:
+    """The dispatch activity a close picks for an execution."""
+
+    id: str
+    started_at: object
+
+
+def closable_of(conn: sa.Connection, statuses: Mapping[str, str], chunk: int = 500) -> dict[str, Closable]:
+    """For each execution (id -> terminal status), the activity :func:`close_one` closes: of its
+    closable dispatch rows, still-``started`` first, then the newest. One read for many executions."""
+    open_first = sa.case((table.c.activity_state == ACTIVITY_STARTED, 0), else_=1)
+    ids, found = list(statuses), {}
+    for start in range(0, len(ids), chunk):
+        # Every state a close may move, in the order a single close picks in: the first row
+        # closable for its execution's status is that execution's pick.
+        rows = conn.execute(sa.select(table.c.id, table.c.started_at, table.c.activity_state,
+                                      table.c.related_execution_id)
+                            .where(table.c.related_execution_id.in_(ids[start:start + chunk]),
+                                   table.c.activity_type.in_(DISPATCH_ACTIVITY_TYPES),
+                                   table.c.activity_state.in_((ACTIVITY_STARTED, "failed")))
+                            .order_by(open_first, table.c.created_at.desc()))
+        for row in rows:
+            execution_id = row.related_execution_id
+            if execution_id not in found and _is_closable(state_for(statuses[execution_id]), row.activity_state):
+                found[execution_id] = Closable(str(row.id), row.started_at)
+    return found
+
+
 def close_one(conn: sa.Connection, execution_id: str, status: str, error: str | None, now: datetime) -> str | None:
     """Close the execution's dispatch activity for a terminal ``status``; the id closed, or None."""
-    state = state_for(status)
-    open_first = sa.case((table.c.activity_state == ACTIVITY_STARTED, 0), else_=1)
-    row = conn.execute(sa.select(table.c.id, table.c.started_at)
-                       .where(_dispatch_of(execution_id), _closable(state))
-                       .order_by(open_first, table.c.created_at.desc()).limit(1)).first()
-    if row is None:
+    return close_picked(conn, closable_of(conn, {execution_id: status}).get(execution_id), status, error, now)
+
+
+def close_picked(conn: sa.Connection, picked: Closable | None, status: str, error: str | None,
+                 now: datetime) -> str | None:
+    """Close the activity :func:`closable_of` picked, guarded on its state still being closable."""
+    if picked is None:
         return None
-    won = conn.execute(sa.update(table).where(table.c.id == row.id, _closable(state))
-                       .values(activity_state=state, completed_at=format_utc(now),
-                               duration_ms=_measured(row.started_at, now), error=error))
-    return str(row.id) if won.rowcount == 1 else None
+    state = state_for(status)
+    won = conn.execute(_CLOSE_COMPLETED if state == "completed" else _CLOSE_ENDED,
+                       {"activity_id": picked.id, "new_state": state, "closed_at": format_utc(now),
+                        "closed_ms": _measured(picked.started_at, now), "close_error": error})
+    return picked.id if won.rowcount == 1 else None
+
+
+def _close_statement(state: str) -> sa.Update:
+    return (sa.update(table).where(table.c.id == sa.bindparam("activity_id"), _closable(state))
+            .values(activity_state=sa.bindparam("new_state"), completed_at=sa.bindparam("closed_at"),
+                    duration_ms=sa.bindparam("closed_ms"), error=sa.bindparam("close_error")))
+
+
+# Built once (a recovery of thousands closes thousands): one per guard of the lattice.
+_CLOSE_COMPLETED = _close_statement("completed")
+_CLOSE_ENDED = _close_statement("failed")  # failed or cancelled: both move only started
 
 
 def close_all_open(conn: sa.Connection, execution_id: str, error: str, now: datetime) -> list[str]:

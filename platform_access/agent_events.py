@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -55,23 +56,48 @@ class Terminal:
 
 
 def read_terminal(conn: sa.Connection, execution_id: str) -> Terminal | None:
+    return read_terminals(conn, [execution_id]).get(execution_id)
+
+
+def read_terminals(conn: sa.Connection, execution_ids: Sequence[str], chunk: int = 500) -> dict[str, Terminal]:
+    """The rows of many executions in one read each ``chunk``; a missing row is left out."""
     t = schedule_executions.c
-    row = conn.execute(sa.select(t.id, t.agent_name, t.status, t.error, t.response, t.duration_ms, t.cost,
-                                 t.triggered_by, t.fan_out_id, t.loop_id).where(t.id == execution_id)).first()
-    if row is None:
-        return None
-    return Terminal(str(row.id), str(row.agent_name or ""), str(row.status), row.error, row.response,
-                    row.duration_ms, row.cost, row.triggered_by, row.fan_out_id, row.loop_id)
+    found = {}
+    for start in range(0, len(execution_ids), chunk):
+        for row in conn.execute(sa.select(t.id, t.agent_name, t.status, t.error, t.response, t.duration_ms, t.cost,
+                                          t.triggered_by, t.fan_out_id, t.loop_id)
+                                .where(t.id.in_(execution_ids[start:start + chunk]))):
+            found[str(row.id)] = Terminal(str(row.id), str(row.agent_name or ""), str(row.status), row.error,
+                                          row.response, row.duration_ms, row.cost, row.triggered_by, row.fan_out_id,
+                                          row.loop_id)
+    return found
 
 
-def emit_terminal_event(conn: sa.Connection, terminal: Terminal, now: datetime) -> str | None:
-    """Write the run's terminal event if a subscription listens; the event id, or None."""
+def subscriptions_matching(conn: sa.Connection, agents: Iterable[str], chunk: int = 500) -> dict[tuple[str, str], int]:
+    """Enabled subscriptions per (source agent, event type), for the agents given; pairs without one left out."""
+    s = agent_event_subscriptions.c
+    names, counts = sorted(set(agents)), {}
+    for start in range(0, len(names), chunk):
+        for source, event_type, count in conn.execute(
+                sa.select(s.source_agent, s.event_type, sa.func.count()).select_from(agent_event_subscriptions)
+                .where(s.source_agent.in_(names[start:start + chunk]), s.enabled == 1)
+                .group_by(s.source_agent, s.event_type)):
+            counts[(str(source), str(event_type))] = int(count)
+    return counts
+
+
+def emit_terminal_event(conn: sa.Connection, terminal: Terminal, now: datetime,
+                        subscriptions: Mapping[tuple[str, str], int] | None = None) -> str | None:
+    """Write the run's terminal event if a subscription listens; the event id, or None.
+
+    ``subscriptions``: :func:`subscriptions_matching` read once for many runs (this run's agent included).
+    """
     if terminal.triggered_by == RESERVED_EVENT_TRIGGER:
         return None
     event_type = event_type_for(terminal.status)
-    s = agent_event_subscriptions.c
-    matched = int(conn.execute(sa.select(sa.func.count()).select_from(agent_event_subscriptions).where(
-        s.source_agent == terminal.agent_name, s.event_type == event_type, s.enabled == 1)).scalar_one())
+    if subscriptions is None:
+        subscriptions = subscriptions_matching(conn, [terminal.agent_name])
+    matched = subscriptions.get((terminal.agent_name, event_type), 0)
     if not matched:
         return None
     summary = terminal.response if terminal.status == "success" else terminal.error

@@ -119,6 +119,7 @@ return 0
 ANNOUNCED_MARKER_TTL_SECONDS = 7 * 24 * 3600
 TRINITY_STREAM = "trinity:events"  # Trinity's event_bus STREAM_KEY
 STREAM_MAXLEN = 10_000  # Trinity's REDIS_STREAM_MAXLEN default (approximate trim)
+TURN_EVERY = 200  # recoveries announced between two turns given to the event loop's other tasks
 
 
 class Announcer:
@@ -142,7 +143,9 @@ class Announcer:
                     pipe.eval(_PUBLISH_ONCE, 2, marker, self.stream, ANNOUNCED_MARKER_TTL_SECONDS, self.channel,
                               json.dumps(event), event["agent_name"], STREAM_MAXLEN)
                 fresh = [bool(published) for published in await pipe.execute()]
-        for recovery, event, first_time in zip(recoveries, events, fresh, strict=True):
+        for index, (recovery, event, first_time) in enumerate(zip(recoveries, events, fresh, strict=True)):
+            if index % TURN_EVERY == TURN_EVERY - 1:
+                await asyncio.sleep(0)  # thousands of recoveries: /healthz and other deliveries get turns
             if not first_time:
                 continue  # announced by an earlier attempt whose bookkeeping did not finish
             await self.hub.broadcast(json.dumps(event))

@@ -19,12 +19,16 @@ A path registers its rule under its remediation value in :data:`RULES`; a value 
 gets :data:`DEFAULT` (Phase 0's). The row is read back after the guarded update, so the rule needs
 no knowledge of how the path wrote it.
 
+:func:`after_won_many` does it for a whole transaction's wins with one read of each kind (the
+rows, their activities, the subscriptions), then the writes row by row, each still guarded.
+
 The writes share the transition's transaction: a won transition has its close and its event, a
 lost or rolled-back one has neither, and a repeat delivery (which cannot win again) writes nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -93,20 +97,33 @@ class Closed:
 
 def after_won(conn: sa.Connection, remediation: str, execution_id: str, now: datetime) -> Closed:
     """Close the run's activity and emit its event, as ``remediation``'s rule says."""
-    rule = rule_for(remediation)
-    closed = Closed()
-    if rule.mode == "none" and not rule.event:
+    return after_won_many(conn, [(remediation, execution_id)], now)[execution_id]
+
+
+def after_won_many(conn: sa.Connection, won: Sequence[tuple[str, str]], now: datetime) -> dict[str, Closed]:
+    """:func:`after_won` for every (remediation, execution id) a transaction won, with one read of
+    the rows, one of their activities and one of the subscriptions for them all."""
+    closed = {execution_id: Closed() for _, execution_id in won}
+    acting = [(rule, execution_id) for rule, execution_id in ((rule_for(r), e) for r, e in won)
+              if rule.mode != "none" or rule.event]
+    if not acting:
         return closed
-    terminal = agent_events.read_terminal(conn, execution_id)
-    if terminal is None:
-        return closed
-    if rule.mode == "one":
-        own_error = None if terminal.status == "success" else terminal.error
-        error = rule.text if rule.text is not None else own_error
-        activity = activities.close_one(conn, execution_id, terminal.status, error, now)
-        closed.activities = [activity] if activity else []
-    elif rule.mode == "all_open":
-        closed.activities = activities.close_all_open(conn, execution_id, rule.text or terminal.error or "", now)
-    if rule.event:
-        closed.event_id = agent_events.emit_terminal_event(conn, terminal, now)
+    terminals = agent_events.read_terminals(conn, [execution_id for _, execution_id in acting])
+    present = [(rule, terminals[execution_id]) for rule, execution_id in acting if execution_id in terminals]
+    picked = activities.closable_of(conn, {t.execution_id: t.status for rule, t in present if rule.mode == "one"})
+    for rule, terminal in present:
+        if rule.mode == "one":
+            own_error = None if terminal.status == "success" else terminal.error
+            error = rule.text if rule.text is not None else own_error
+            activity = activities.close_picked(conn, picked.get(terminal.execution_id), terminal.status, error, now)
+            closed[terminal.execution_id].activities = [activity] if activity else []
+        elif rule.mode == "all_open":
+            closed[terminal.execution_id].activities = activities.close_all_open(
+                conn, terminal.execution_id, rule.text or terminal.error or "", now)
+    emitting = [terminal for rule, terminal in present if rule.event]
+    if emitting:
+        subscriptions = agent_events.subscriptions_matching(conn, (t.agent_name for t in emitting))
+        for terminal in emitting:
+            closed[terminal.execution_id].event_id = agent_events.emit_terminal_event(conn, terminal, now,
+                                                                                    subscriptions)
     return closed

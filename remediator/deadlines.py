@@ -31,18 +31,12 @@ class AgentGate:
         semaphore, users = self._agents.setdefault(agent, (asyncio.Semaphore(self.per_agent), [0]))
         users[0] += 1
         try:
-            try:
-                async with asyncio.timeout(self.wait_seconds):
-                    await semaphore.acquire()
-            except TimeoutError:
+            if not await _taken(semaphore, self.wait_seconds):
                 raise AgentBusy(f"{self.per_agent} calls to agent {agent!r} still running after "
-                                f"{self.wait_seconds:g} s") from None
+                                f"{self.wait_seconds:g} s")
             try:
-                try:
-                    async with asyncio.timeout(self.wait_seconds):
-                        await self._total.acquire()
-                except TimeoutError:
-                    raise AgentBusy(f"no free agent call slot within {self.wait_seconds:g} s") from None
+                if not await _taken(self._total, self.wait_seconds):
+                    raise AgentBusy(f"no free agent call slot within {self.wait_seconds:g} s")
                 try:
                     yield
                 finally:
@@ -53,6 +47,18 @@ class AgentGate:
             users[0] -= 1
             if users[0] == 0:
                 del self._agents[agent]  # bounded by the agents in use, not every name ever seen
+
+
+async def _taken(semaphore: asyncio.Semaphore, wait_seconds: float) -> bool:
+    """Acquire within ``wait_seconds``; False when the wait ran out. A free semaphore is taken
+    without a timer: most turns never wait, and a mass orphaning takes thousands of them."""
+    if not semaphore.locked():
+        return await semaphore.acquire()  # returns at once, never suspends
+    try:
+        async with asyncio.timeout(wait_seconds):
+            return await semaphore.acquire()
+    except TimeoutError:
+        return False
 
 
 class ProgressMonitor:

@@ -83,13 +83,14 @@ class OrphanCheck:
 
         candidates: list[tuple[Subject, RunningSnapshot]] = []
         for agent, (answer, took) in await asyncio.gather(*(ask(a) for a in by_agent)):
+            running = answer.value.running_ids if answer.answered and answer.value is not None else frozenset()
             for v in by_agent[agent]:
                 v.evidence.agent_answer(answer, took)
                 if not answer.answered:
                     v.decide("retry", f"agent not asked ({answer.kind}): {answer.detail}; unreachable is not orphaned")
                     continue
                 snapshot, execution_id = answer.unwrap(), v.alert.execution_id
-                if execution_id in snapshot.running_ids or execution_id in snapshot.pending_ids:
+                if execution_id in running or execution_id in snapshot.pending_ids:  # running: built once per agent
                     v.decide("skipped", "agent knows the execution (running or pending)")
                 elif execution_id not in snapshot.recently_completed_ids and _age(v, now) < self.min_orphan_age_seconds:
                     v.decide("skipped", f"too young to be an orphan: {_age(v, now):.1f} s")
@@ -162,9 +163,9 @@ class OrphanCheck:
     async def prefix_last_error(self, v: Subject) -> None:
         """Trinity asks /last-error (2 s) before failing a run and puts what it says first."""
         try:
-            answer, took = await timed(asyncio.wait_for(
-                self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)),
-                LAST_ERROR_TIMEOUT_SECONDS))
+            async with asyncio.timeout(LAST_ERROR_TIMEOUT_SECONDS):  # no task of its own, as wait_for made
+                answer, took = await timed(
+                    self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)))
         except TimeoutError:
             answer, took = AgentResult("timeout"), LAST_ERROR_TIMEOUT_SECONDS
         v.evidence.last_error(answer, took)

@@ -20,6 +20,7 @@ failure texts, recovery rows) goes through the process's redactor (``common/reda
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -65,7 +66,7 @@ from exec_watchdog.remediator import (
     shadow_verdicts,
     texts,
 )
-from exec_watchdog.remediator.announce import Announcer
+from exec_watchdog.remediator.announce import TURN_EVERY, Announcer
 from exec_watchdog.remediator.breaker import Breaker
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate, ProgressMonitor
 from exec_watchdog.remediator.evidence import UNRECORDED, Delivery, Evidence, evidence_for, timed
@@ -517,6 +518,7 @@ class Remediator:
 
     def _transition_once(self, verdicts: list[Verdict]) -> list[audit.Recovery]:
         winners = []
+        closes: list[tuple[Verdict, str]] = []  # won: their activity close and event follow the updates
         with self.engine.connect() as conn:
             transaction = conn.begin()  # an error before the commit: closing the connection rolls back
             now = db.database_now(conn)
@@ -548,8 +550,7 @@ class Remediator:
                 else:
                     v.evidence.guarded_update(won, v.error, time.perf_counter() - started)
                 if won and self._closes_supported(conn):  # the run's activity and event: same transaction
-                    closed = closing.after_won(conn, v.alert.remediation, v.execution.id, now)
-                    v.evidence.platform_closed(closed.activities, closed.event_id)
+                    closes.append((v, v.execution.id))
                 # A kill of ours whose exit report won the update is still ours, unless another
                 # attempt already recovered this run (it took our lapsed claim over).
                 killed = v.killed and not won and not audit.recovered_since(conn, v.execution.id,
@@ -569,6 +570,10 @@ class Remediator:
                              + (f"; {v.note}" if v.note else ""))
                 else:
                     v.decide("lost_race", "another writer changed the row first")
+            # Read once for every win, written row by row: closing.after_won_many.
+            closed = closing.after_won_many(conn, [(v.alert.remediation, run) for v, run in closes], now)
+            for v, run in closes:
+                v.evidence.platform_closed(closed[run].activities, closed[run].event_id)
             # Same transaction as the updates: a won transition always has its outbox row.
             audit.open_recoveries(conn, winners, self.settings.replica, self.settings.claim_ttl_seconds)
             try:
@@ -714,7 +719,9 @@ class Remediator:
     async def _record(self, verdicts: list[Verdict]) -> None:
         items, now = [], utcnow()  # decided now: the time the evidence and the audit row carry
         shadowed = []  # shadow mode: each subject's first decision, for the comparison
-        for v in verdicts:
+        for index, v in enumerate(verdicts):
+            if index % TURN_EVERY == TURN_EVERY - 1:
+                await asyncio.sleep(0)  # thousands of decisions: /healthz and other deliveries get turns
             a = v.alert
             self.metrics.remediations.labels(metric_remediation(a.remediation), v.outcome).inc()
             # Labels are untrusted and unbounded: the audit keeps a bounded prefix of each.

@@ -246,3 +246,32 @@ async def test_a_database_without_the_activity_tables_still_recovers_and_closes_
         assert verdict["outcome"] == "recovered", verdict
         assert h.row("e1").status == "failed"
         assert "closed" not in h.evidence("e1")[-1][1]
+
+
+def test_one_transaction_closes_many_wins_with_one_read_of_each_kind(platform: sa.Engine) -> None:
+    """The batch close (closing.after_won_many) picks per run exactly what a close of that run alone picks."""
+    now = utcnow()
+    with platform.begin() as conn:
+        insert_execution(conn, "e1", "a1", status="failed", error="lost")
+        insert_activity(conn, "x1", "a1", "e1", age_seconds=7200)
+        insert_activity(conn, "x2", "a1", "e1", activity_type="schedule_start", age_seconds=3600)  # newest open
+        insert_execution(conn, "e2", "a2", status="success", response="done")
+        insert_activity(conn, "y1", "a2", "e2", state="failed", age_seconds=60)  # a success corrects it
+        insert_execution(conn, "e3", "a1", status="failed", error="lost")  # no activity: only the event
+        insert_execution(conn, "e4", "a1", status="failed", error="lost")
+        insert_activity(conn, "z1", "a1", "e4", state="completed", age_seconds=60)  # terminal: left alone
+        insert_execution(conn, "e6", "a1", status="failed", error="lost")
+        insert_subscription(conn, "sub-1", "a2", "a1")  # a2 listens to a1's failures; nobody to a2's
+        picked_alone = {e: activities.closable_of(conn, {e: s}, chunk=1) for e, s in
+                        (("e1", "failed"), ("e2", "success"), ("e4", "failed"))}
+        closed = closing.after_won_many(conn, [("fail_orphan", "e1"), ("claim_result", "e2"), ("fail_orphan", "e3"),
+                                               ("fail_orphan", "e4"), ("fail_orphan", "e5"),
+                                               ("finalize_skipped", "e6")], now)
+        states = {r.id: r.activity_state for r in conn.execute(sa.select(agent_activities))}
+        events = {json.loads(r.payload)["execution_id"]: r for r in conn.execute(sa.select(agent_events))}
+    assert {e: p[e].id for e, p in picked_alone.items() if e in p} == {"e1": "x2", "e2": "y1"}
+    assert {e: c.activities for e, c in closed.items()} == {"e1": ["x2"], "e2": ["y1"], "e3": [], "e4": [],
+                                                           "e5": [], "e6": []}
+    assert states == {"x1": "started", "x2": "failed", "y1": "completed", "z1": "completed"}
+    assert sorted(events) == ["e1", "e3", "e4"] and {r.subscriptions_triggered for r in events.values()} == {1}
+    assert {e: c.event_id for e, c in closed.items() if c.event_id} == {e: r.id for e, r in events.items()}

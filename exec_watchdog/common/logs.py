@@ -28,6 +28,20 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured: a caller
+    that swaps stderr (a test capturing it, then closing it) never leaves the logs on a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_CURRENT_STDERR: Any = _CurrentStderr()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Route structlog (and the stdlib loggers of uvicorn and friends) to stderr.
 
@@ -47,10 +61,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(  # redacted last: a traceback quotes what the exception said
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CURRENT_STDERR),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CURRENT_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[*shared, redact_secrets], processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
@@ -59,6 +73,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # httpx writes one INFO line per request: two per orphan in a mass orphaning, most of the
+    # remediator's logging CPU (bench/remediator.md). Callers log the failures that matter; at
+    # debug the request lines are still there.
+    logging.getLogger("httpx").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
