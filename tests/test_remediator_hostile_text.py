@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -195,19 +194,19 @@ DB_PASSWORD = "Db-Pa55word-42"  # PostgreSQL here trusts loopback: any password 
 
 
 @pytest.fixture
-def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+def json_logs() -> Iterator[io.StringIO]:
     """The services' own log set-up (one JSON line per event on stderr, here a buffer), put back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, httpx_log = logging.getLogger(), logging.getLogger("httpx")
+    handlers, level, httpx_level = root.handlers[:], root.level, httpx_log.level
     buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", buffer)
-    logs.configure_logging("info", "json")
+    logs.configure_logging("info", "json", stream=buffer)
     try:
         yield buffer
     finally:
         structlog.reset_defaults()
         root.handlers[:] = handlers
         root.setLevel(level)
+        httpx_log.setLevel(httpx_level)
 
 
 async def test_no_secret_an_agent_prints_reaches_anything_we_store_or_send(

@@ -42,11 +42,12 @@ class _CurrentStderr:
 _CURRENT_STDERR: Any = _CurrentStderr()
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route structlog (and the stdlib loggers of uvicorn and friends) to stderr.
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Route structlog (and the stdlib loggers of uvicorn and friends) to stderr, or to ``stream``.
 
     ``fmt`` is ``json`` (one object per line, for machines) or ``console`` (for people).
     """
+    out = _CURRENT_STDERR if stream is None else stream
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
@@ -61,10 +62,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(  # redacted last: a traceback quotes what the exception said
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(_CURRENT_STDERR),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(_CURRENT_STDERR)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[*shared, redact_secrets], processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
