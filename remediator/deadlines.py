@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from exec_watchdog.platform_access.agent_client import AgentResult, ResultKind
+
+T = TypeVar("T")
 
 
 class AgentBusy(Exception):
@@ -47,6 +52,18 @@ class AgentGate:
             users[0] -= 1
             if users[0] == 0:
                 del self._agents[agent]  # bounded by the agents in use, not every name ever seen
+
+
+    async def call(self, agent: str, call: Coroutine[Any, Any, AgentResult[T]], *, busy_kind: ResultKind = "timeout",
+                   busy_note: str = "") -> AgentResult[T]:
+        """One agent request in its turn; no turn in time is an answer of ``busy_kind`` (the call is
+        never sent): a slow agent waits for its own turns, not everyone's."""
+        try:
+            async with self.turn(agent):
+                return await call
+        except AgentBusy as exc:
+            call.close()
+            return AgentResult(busy_kind, detail=f"{busy_note}{exc}")
 
 
 async def _taken(semaphore: asyncio.Semaphore, wait_seconds: float) -> bool:

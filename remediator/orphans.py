@@ -14,10 +14,10 @@ put first in the text (``remediator/texts.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import anyio.to_thread
 import structlog
@@ -28,11 +28,10 @@ from exec_watchdog.platform_access import inflight as markers
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, LastError, RunningSnapshot
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import claim, isolation, texts
-from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
+from exec_watchdog.remediator.deadlines import AgentGate
 from exec_watchdog.remediator.evidence import Evidence, timed
 from exec_watchdog.remediator.payload import Alert
 
-T = TypeVar("T")
 log = structlog.get_logger("exec_watchdog.remediator")
 
 LAST_ERROR_TIMEOUT_SECONDS = 2.0  # Trinity's ERROR_FETCH_TIMEOUT
@@ -75,7 +74,7 @@ class OrphanCheck:
 
         async def ask(agent: str) -> tuple[str, tuple[AgentResult[RunningSnapshot], float]]:
             try:
-                return agent, await timed(self._call(agent, self.agents.running(agent)))
+                return agent, await timed(self.gate.call(agent, self.agents.running(agent)))
             except Exception as exc:  # this agent's alerts retry; the other agents' go on
                 log.error("agent_call_failed", agent=agent[:200], error_type=type(exc).__name__, exc_info=exc)
                 return agent, (AgentResult("bad_response", detail=f"asking the agent failed: {type(exc).__name__}"),
@@ -124,17 +123,9 @@ class OrphanCheck:
                 v.decide("retry", "in-flight markers unreadable and the run is younger than "
                                   f"{self.inflight_max_age_seconds:g} s: it may still be in flight")
 
-    async def _call(self, agent: str, call: Coroutine[Any, Any, AgentResult[T]]) -> AgentResult[T]:
-        """One agent request in its turn: a slow agent waits for its own turns, not everyone's."""
-        try:
-            async with self.gate.turn(agent):
-                return await call
-        except AgentBusy as exc:
-            call.close()
-            return AgentResult("timeout", detail=str(exc))
 
     async def _retained(self, v: Subject) -> AgentResult[object]:
-        answer = await self._call(v.alert.agent, self.agents.result(v.alert.agent, v.alert.execution_id))
+        answer = await self.gate.call(v.alert.agent, self.agents.result(v.alert.agent, v.alert.execution_id))
         return AgentResult(answer.kind, answer.value, answer.detail)
 
     def _apply(self, v: Subject, snapshot: RunningSnapshot, answer: AgentResult[object], took: float) -> None:
@@ -165,7 +156,7 @@ class OrphanCheck:
         try:
             async with asyncio.timeout(LAST_ERROR_TIMEOUT_SECONDS):  # no task of its own, as wait_for made
                 answer, took = await timed(
-                    self._call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)))
+                    self.gate.call(v.alert.agent, self.agents.last_error(v.alert.agent, v.alert.execution_id)))
         except TimeoutError:
             answer, took = AgentResult("timeout"), LAST_ERROR_TIMEOUT_SECONDS
         v.evidence.last_error(answer, took)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -55,7 +55,7 @@ from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult,
 from exec_watchdog.platform_access.slot_expiry import SlotEntry, SlotRow
 from exec_watchdog.platform_access.slots import SlotStore
 from exec_watchdog.remediator import action_claims, texts
-from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
+from exec_watchdog.remediator.deadlines import AgentGate
 from exec_watchdog.remediator.evidence import Evidence, timed
 from exec_watchdog.remediator.payload import Alert
 
@@ -215,7 +215,7 @@ class SlotCheck:
         agents = sorted({v.alert.agent for v in verdicts})
 
         async def ask(agent: str) -> tuple[AgentResult[RunningSnapshot], float]:
-            return await timed(self._call(agent, self.agents.running(agent)))
+            return await timed(self._busy_is_no_answer(agent, self.agents.running(agent)))
 
         answers = dict(zip(agents, await asyncio.gather(*(ask(a) for a in agents)), strict=True))
         for v in verdicts:
@@ -250,8 +250,8 @@ class SlotCheck:
 
     async def terminate(self, v: Subject) -> None:
         """Best effort, as Trinity: whatever the agent answers, the run is failed next."""
-        answer, took = await timed(self._call(v.alert.agent, self.agents.terminate(v.alert.agent,
-                                                                                   v.alert.execution_id)))
+        answer, took = await timed(self._busy_is_no_answer(v.alert.agent, self.agents.terminate(
+            v.alert.agent, v.alert.execution_id)))
         v.evidence.terminate_answer(answer, took)
 
     def remove_quietly(self, v: Subject) -> None:
@@ -275,13 +275,11 @@ class SlotCheck:
             return "the slot was released meanwhile"
         return None
 
-    async def _call(self, agent: str, call: Coroutine[Any, Any, AgentResult[T]]) -> AgentResult[T]:
-        try:
-            async with self.gate.turn(agent):
-                return await call
-        except AgentBusy as exc:  # our own queue, not the agent's silence: never counts as unreachable
-            call.close()
-            return AgentResult("bad_response", detail=f"not asked, the remediator's agent calls are busy: {exc}")
+
+    def _busy_is_no_answer(self, agent: str, call: Coroutine[Any, Any, AgentResult[T]]) -> Awaitable[AgentResult[T]]:
+        # Our own queue, not the agent's silence: a busy turn never counts as unreachable.
+        return self.gate.call(agent, call, busy_kind="bad_response",
+                              busy_note="not asked, the remediator's agent calls are busy: ")
 
 
 def _replace(seen: SlotSeen, **changes: Any) -> SlotSeen:

@@ -42,7 +42,7 @@ from exec_watchdog.common.contract import FAIL_NO_SESSION, FAIL_STALE, Outcome
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.agent_client import AgentClient, AgentResult, RunningSnapshot
 from exec_watchdog.remediator import texts
-from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
+from exec_watchdog.remediator.deadlines import AgentGate
 from exec_watchdog.remediator.evidence import Evidence, timed
 from exec_watchdog.remediator.fleet import NOT_CHECKED, FleetGuard, FleetState
 from exec_watchdog.remediator.payload import Alert
@@ -190,10 +190,4 @@ class SweepCheck:
                          fleet=fleet.describe())
 
     async def _running(self, agent: str) -> AgentResult[RunningSnapshot]:
-        call = self.agents.running(agent)
-        try:
-            async with self.gate.turn(agent):
-                return await call
-        except AgentBusy as exc:
-            call.close()
-            return AgentResult("timeout", detail=str(exc))
+        return await self.gate.call(agent, self.agents.running(agent))
