@@ -24,19 +24,12 @@ from exec_watchdog.platform_access.schema import agent_activities, agent_events
 from exec_watchdog.platform_access.timestamps import utcnow
 from exec_watchdog.remediator import audit, closing, texts
 from exec_watchdog.remediator.app import State
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from exec_watchdog.simulated_platform.process_registry import RegistryConfig, RunResult
+from exec_watchdog.simulated_platform.agent_server import AgentServer
+from exec_watchdog.simulated_platform.process_registry import RunResult
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_activity, insert_execution, insert_subscription
-from exec_watchdog.testbed.remediator_harness import SECRET, Harness, remediator
+from exec_watchdog.testbed.remediator_harness import Harness, remediator
 from exec_watchdog.testbed.trinity_stream import read_stream, recoveries_per_execution
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

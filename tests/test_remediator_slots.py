@@ -26,22 +26,14 @@ from exec_watchdog.remediator.texts import (
     slot_expired_text,
     slot_unreachable_text,
 )
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
-from exec_watchdog.simulated_platform.process_registry import RegistryConfig
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.testbed.notifications import alert, notification
-from exec_watchdog.testbed.remediator_harness import SECRET, Harness, received, remediator, subscriber
+from exec_watchdog.testbed.remediator_harness import Harness, received, remediator, subscriber
 
 EXPIRED = "reclaim_expired_slot"
 UNREACHABLE = "reclaim_slot_unreachable"
 LEAKED = "release_leaked_slot"
 OLD = 5000  # seconds: past a 3,600 s timeout + 300
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

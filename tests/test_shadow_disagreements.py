@@ -42,9 +42,9 @@ from exec_watchdog.remediator import shadow_report, shadow_store, texts
 from exec_watchdog.remediator.app import State
 from exec_watchdog.remediator.shadow_compare import Comparison
 from exec_watchdog.remediator.shadow_verdicts import Settings as ShadowSettings
-from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
+from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.platform_cleanup import PlatformCleanup
-from exec_watchdog.simulated_platform.process_registry import RegistryConfig, RunResult
+from exec_watchdog.simulated_platform.process_registry import RunResult
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from exec_watchdog.testbed.remediator_harness import SECRET, Harness, remediator
@@ -54,13 +54,6 @@ pytestmark = pytest.mark.timeout(60)
 WINDOW = ShadowSettings(interval_seconds=3600, their_cycle_seconds=0, their_margin_seconds=1.0,
                         our_grace_seconds=1.0)
 AGENT_TIMEOUT = 600  # agent_ownership's: Trinity's stale window is 600 + 300 s
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[AgentServer]:
-    server = await serve_agents(["a1", "a2"], SECRET, config=RegistryConfig(grace_seconds=0.5, kill_wait_seconds=1))
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
