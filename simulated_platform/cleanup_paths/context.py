@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from exec_watchdog.platform_access import activities
+from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.agent_client import AgentClient
 from exec_watchdog.platform_access.database import database_now
 from exec_watchdog.platform_access.inflight import InflightStore
@@ -89,6 +90,22 @@ class CleanupContext:
             self.ledger.add(decision)
             self.on_decision(decision)
         return won
+
+    def fail(self, row: db.Execution, action: str, text: str, at: datetime, activity_error: str, *,
+             every_open_activity: bool = False) -> bool:
+        """Trinity's guarded ``running → failed`` with ``text``, and the run's activity closed as
+        failed in the same transaction (the sweeps close every open one, the other paths the pair)."""
+
+        def write(conn: sa.Connection) -> bool:
+            if not db.fail_execution(conn, row, text, at):
+                return False
+            if every_open_activity:
+                self.close_all_open(conn, row.id, activity_error, at)
+            else:
+                self.close_one(conn, row.id, "failed", activity_error, at)
+            return True
+
+        return self.decide(row.id, row.agent_name, action, text, at, write)
 
     def close_one(self, conn: sa.Connection, execution_id: str, status: str, error: str | None,
                   at: datetime) -> None:

@@ -10,8 +10,6 @@ activities are failed with the sweep's text.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from exec_watchdog.common.contract import FAIL_NO_SESSION
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.texts import STALE_SWEEP_ACTIVITY_TEXT, no_session_text
@@ -31,12 +29,5 @@ def sweep(ctx: CleanupContext) -> int:
     for row in live + deleted:
         if not row.session_missing or row.runtime_seconds(now) <= NO_SESSION_SECONDS:
             continue
-
-        def write(conn: sa.Connection, row: db.Execution = row) -> bool:
-            if not db.fail_execution(conn, row, text, now):
-                return False
-            ctx.close_all_open(conn, row.id, STALE_SWEEP_ACTIVITY_TEXT, now)
-            return True
-
-        ended += ctx.decide(row.id, row.agent_name, FAIL_NO_SESSION, text, now, write)
+        ended += ctx.fail(row, FAIL_NO_SESSION, text, now, STALE_SWEEP_ACTIVITY_TEXT, every_open_activity=True)
     return ended

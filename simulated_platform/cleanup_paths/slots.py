@@ -103,12 +103,4 @@ async def _reclaim(ctx: CleanupContext, entry: SlotEntry, row: db.Execution,
 
 
 def _fail(ctx: CleanupContext, row: db.Execution, action: str, text: str) -> int:
-    now = ctx.now()
-
-    def write(conn: sa.Connection) -> bool:
-        if not db.fail_execution(conn, row, text, now):
-            return False
-        ctx.close_one(conn, row.id, "failed", SLOT_RECLAIM_ACTIVITY_TEXT, now)
-        return True
-
-    return int(ctx.decide(row.id, row.agent_name, action, text, now, write))
+    return int(ctx.fail(row, action, text, ctx.now(), SLOT_RECLAIM_ACTIVITY_TEXT))

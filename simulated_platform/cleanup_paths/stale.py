@@ -11,8 +11,6 @@ the slot phase reclaims it when its TTL runs out.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from exec_watchdog.common.contract import FAIL_STALE
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.slot_expiry import SLOT_TTL_MARGIN_SECONDS
@@ -39,13 +37,6 @@ def sweep(ctx: CleanupContext) -> int:
         window = window_seconds(row)
         if row.runtime_seconds(now) <= window:
             continue
-        text = stale_text(window)
-
-        def write(conn: sa.Connection, row: db.Execution = row, text: str = text) -> bool:
-            if not db.fail_execution(conn, row, text, now):
-                return False
-            ctx.close_all_open(conn, row.id, STALE_SWEEP_ACTIVITY_TEXT, now)
-            return True
-
-        ended += ctx.decide(row.id, row.agent_name, FAIL_STALE, text, now, write)
+        ended += ctx.fail(row, FAIL_STALE, stale_text(window), now, STALE_SWEEP_ACTIVITY_TEXT,
+                          every_open_activity=True)
     return ended

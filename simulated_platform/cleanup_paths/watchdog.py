@@ -120,15 +120,7 @@ async def _claim_or_wait(ctx: CleanupContext, row: db.Execution, *, recently_com
 
 
 def _fail(ctx: CleanupContext, row: db.Execution, action: str, text: str) -> int:
-    now = ctx.now()
-
-    def write(conn: sa.Connection) -> bool:
-        if not db.fail_execution(conn, row, text, now):
-            return False
-        ctx.close_one(conn, row.id, "failed", text, now)
-        return True
-
-    won = ctx.decide(row.id, row.agent_name, action, text, now, write)
+    won = ctx.fail(row, action, text, ctx.now(), text)
     if won:
         ctx.release_slot(row.agent_name, row.id)
     return int(won)
