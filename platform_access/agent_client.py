@@ -30,17 +30,23 @@ import httpx
 from exec_watchdog.common import redaction
 from exec_watchdog.common.untrusted import clean
 from exec_watchdog.platform_access.answer_limits import (
+    Answer,
     AnswerTooLarge,
     CompressedAnswer,
     ParseBudget,
     decode_json,
     parse_cost,
-    raw_chunks,
     read_capped,
 )
 from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
 from exec_watchdog.platform_access.names import check_agent_name, check_host, execution_path, path_segment
-from exec_watchdog.platform_access.poll_transport import MAX_RESPONSE_BYTES, PollTransport, ResponseTooLarge
+from exec_watchdog.platform_access.poll_transport import (
+    MAX_RESPONSE_BYTES,
+    Origin,
+    PollTransport,
+    ResponseTooLarge,
+    header_lines,
+)
 from exec_watchdog.platform_access.retained import (
     MAX_BODY_BYTES,
     BadRetainedResult,
@@ -125,6 +131,17 @@ class BadAgentResponse(ValueError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _AgentWire:
+    """What every request to one agent shares, worked out once per agent."""
+
+    base: str  # the agent's base URL
+    token: str
+    origin: Origin  # host and port, for the poll transport
+    target_prefix: bytes  # the base URL's path, as the request line carries it
+    header_lines: bytes  # the request head after its request line, token included
+
+
 def check_url_template(template: str) -> str:
     """A template must be an http(s) URL with exactly one ``{agent}`` placeholder."""
     if template.count("{agent}") != 1 or any(k in template.replace("{agent}", "") for k in "{}"):
@@ -156,7 +173,7 @@ class AgentClient:
         self._secret = secret
         self._redactor = redactor
         redactor.add(secret)
-        self._tokens: dict[str, str] = {}
+        self._wires: dict[str, _AgentWire] = {}
         self._timeout = timeout
         self._terminate_timeout = terminate_timeout
         self.parse_budget = parse_budget or ParseBudget()
@@ -166,10 +183,11 @@ class AgentClient:
             headers={"Accept-Encoding": "identity"},  # bodies are counted as sent: no decompression
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
-        # The poll transport is handed each request directly: the client's redirect, auth and cookie
-        # steps (none of which an agent call uses) cost as much CPU again as the exchange itself.
-        # Nothing else changes: a client given its transport sends every request there (httpx
-        # ignores environment proxies then), and the request is still the client's build_request.
+        # GETs go straight to the poll transport, as a request head built once per agent: building
+        # httpx's request and response models and running the client's redirect, auth and cookie
+        # steps (none of which an agent call uses) cost more CPU than the exchange itself. The wire
+        # bytes are the same as the client's (header_lines of its own build_request), and a client
+        # given its transport sends every request there anyway (httpx ignores environment proxies then).
         self._direct = transport if isinstance(transport, PollTransport) else None
 
     async def aclose(self) -> None:
@@ -183,25 +201,33 @@ class AgentClient:
             return self.url_template.replace("{agent}", name)
         return self.url_template.replace("{agent}", path_segment(check_agent_name(agent)))
 
-    @contextlib.asynccontextmanager
-    async def _exchange(self, method: str, url: str, agent: str,
-                        timeout: float | None = None) -> AsyncIterator[httpx.Response]:
-        """One request, its response open (body unread) until the block ends."""
-        request = self._http.build_request(method, url, headers={TOKEN_HEADER: self._token(agent)},
-                                           timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
-        response = await (self._http.send(request, stream=True) if self._direct is None
-                          else self._direct.handle_async_request(request))
-        try:
-            yield response
-        finally:
-            await response.aclose()
-
-    def _token(self, agent: str) -> str:
-        token = self._tokens.get(agent)
-        if token is None:
-            token = self._tokens[agent] = agent_token(self._secret, agent)
+    def _wire(self, agent: str) -> _AgentWire:
+        wire = self._wires.get(agent)
+        if wire is None:
+            base = self.base_url(agent)  # InvalidIdentifier for a name that does not fit: nothing is kept
+            token = agent_token(self._secret, agent)
             self._redactor.add(token)  # before the agent is ever called: its texts may carry it
-        return token
+            request = self._http.build_request("GET", base, headers={TOKEN_HEADER: token})
+            url = request.url
+            wire = self._wires[agent] = _AgentWire(base, token, (url.host, url.port or 80),
+                                                   url.raw_path.rstrip(b"/"), header_lines(request))
+        return wire
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self, method: str, wire: _AgentWire, path: str, timeout: float) -> AsyncIterator[Answer]:
+        """One request, its answer open until the block ends. The poll transport's GETs carry no
+        timeout of their own: every caller bounds the whole call."""
+        if self._direct is not None and method == "GET":
+            answer: Answer = await self._direct.get(wire.origin, b"".join(
+                (b"GET ", wire.target_prefix, path.encode(), b" HTTP/1.1\r\n", wire.header_lines)))
+        else:
+            request = self._http.build_request(method, wire.base + path, headers={TOKEN_HEADER: wire.token},
+                                               timeout=timeout)
+            answer = _HttpxAnswer(await self._http.send(request, stream=True))
+        try:
+            yield answer
+        finally:
+            await answer.aclose()
 
     def text(self, raw: str, limit: int) -> str:
         """An agent's text as it may be stored and sent: normalised, redacted, at most ``limit`` long."""
@@ -216,7 +242,8 @@ class AgentClient:
         JSON object into what the caller keeps while the budget is still held (so the parsed bulk
         is gone before the next parse starts); it may raise :class:`BadAgentResponse`.
         """
-        url = self.base_url(agent) + path
+        wire = self._wire(agent)
+        url = wire.base + path
         deadline = self._timeout if timeout is None else timeout
         cost = 0
         try:
@@ -224,18 +251,18 @@ class AgentClient:
                 # httpx's timeouts bound each read; an agent trickling a byte at a time would never
                 # trip them. The whole call, body and the wait for the parse budget included, gets
                 # one overall deadline.
-                async with asyncio.timeout(deadline), self._exchange(method, url, agent, deadline) as response:
-                    status = response.status_code
+                async with asyncio.timeout(deadline), self._exchange(method, wire, path, deadline) as answer:
+                    status = answer.status_code
                     if status == 401:
                         return AgentResult("unauthorized", detail=f"{url} refused our token"), None
                     if status == 404:
                         return AgentResult("not_found", detail=f"{url}: 404"), None
                     if status >= 500:
-                        text = self.text(await _error_text(response), MAX_ERROR_BODY_CHARS)
+                        text = self.text(await _error_text(answer), MAX_ERROR_BODY_CHARS)
                         return AgentResult("server_error", detail=f"{url}: {status} {text}"), None
                     if status != 200 and not (any_2xx and 200 <= status < 300):
                         return AgentResult("bad_response", detail=f"{url}: unexpected {status}"), None
-                    body = await read_capped(response, self._max_answer_bytes)
+                    body = await read_capped(answer, self._max_answer_bytes)
                     needed = parse_cost(body)
                     await self.parse_budget.reserve(needed)
                     cost = needed
@@ -294,21 +321,25 @@ class AgentClient:
         ``answered`` with a :class:`RetainedResult`, or with :class:`NoRetainedResult` for the coded
         404; ``not_found`` for a bare 404 (an older image without the route); any other kind means
         the agent could not be asked properly (retry, never fail). The body is read only up to
-        ``MAX_BODY_BYTES``.
+        ``MAX_BODY_BYTES``, as sent (a body with a content coding is refused, as for every call).
         """
-        url = self.base_url(agent) + execution_path(execution_id, "result")
+        wire = self._wire(agent)
+        path = execution_path(execution_id, "result")
+        url = wire.base + path
         try:
-            async with self._exchange("GET", url, agent) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():  # decoded: the cap holds for compressed bodies too
-                    body += chunk
-                    if len(body) > MAX_BODY_BYTES:
-                        return AgentResult("bad_response", detail=f"{url}: body larger than {MAX_BODY_BYTES} bytes")
+            async with asyncio.timeout(self._timeout), self._exchange("GET", wire, path, self._timeout) as answer:
+                status = answer.status_code
+                body = await read_capped(answer, MAX_BODY_BYTES)
+        except (AnswerTooLarge, ResponseTooLarge):
+            return AgentResult("bad_response", detail=f"{url}: body larger than {MAX_BODY_BYTES} bytes")
+        except CompressedAnswer as exc:
+            return AgentResult("bad_response", detail=f"{url}: {exc}")
+        except TimeoutError:
+            return AgentResult("timeout", detail=f"no complete answer within {self._timeout:g} s calling {url}")
         except httpx.TimeoutException as exc:
             return AgentResult("timeout", detail=f"{type(exc).__name__} calling {url}")
         except httpx.HTTPError as exc:
             return AgentResult("unreachable", detail=f"{type(exc).__name__} calling {url}: {exc}")
-        status = response.status_code
         if status == 404:
             if is_coded_missing(bytes(body)):
                 return AgentResult("answered", NoRetainedResult())
@@ -354,10 +385,35 @@ class _NoCookies(CookieJar):
         return None
 
 
-async def _error_text(response: httpx.Response) -> str:
+class _HttpxAnswer:
+    """An ``httpx.Response`` (stream open, body unread) as an :class:`Answer`."""
+
+    __slots__ = ("response", "status_code")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status_code = response.status_code
+
+    def header(self, name: str) -> str:
+        return str(self.response.headers.get(name, ""))
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            content = self.response.content
+        except httpx.ResponseNotRead:
+            async for chunk in self.response.aiter_raw():
+                yield chunk
+        else:
+            yield content  # a transport (httpx.MockTransport, say) handed it over already read
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+async def _error_text(answer: Answer) -> str:
     """The start of an error body, read no further than needed."""
     head = bytearray()
-    async for chunk in raw_chunks(response):
+    async for chunk in answer.chunks():
         head += chunk
         if len(head) >= _ERROR_TEXT_BYTES:
             break

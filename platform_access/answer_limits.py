@@ -24,8 +24,7 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import AsyncIterator
-
-import httpx
+from typing import Protocol
 
 # What one object of a parsed answer can cost per structural byte (``[ { , :``) on the wire, beyond
 # the text itself: the worst shapes measured on CPython 3.11 (``[{},{},…]``, wide objects, escaped
@@ -114,16 +113,31 @@ class CompressedAnswer(ValueError):
     """A body sent with a content coding although the client asked for ``identity``."""
 
 
-async def read_capped(response: httpx.Response, limit: int) -> bytearray:
+class Answer(Protocol):
+    """An agent's answer as the client reads it, whichever transport carried it."""
+
+    status_code: int
+
+    def header(self, name: str) -> str:
+        """The value of header ``name`` (given in lower case), "" when absent."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces as sent (no content decoding)."""
+
+    async def aclose(self) -> None:
+        """Let the answer go (its connection, its share of a transport's budget)."""
+
+
+async def read_capped(answer: Answer, limit: int) -> bytearray:
     """The body as sent (no content decoding), refused with :class:`AnswerTooLarge` past ``limit`` bytes."""
-    declared = response.headers.get("content-length", "")
+    declared = answer.header("content-length")
     if declared.strip().isdigit() and int(declared) > limit:
         raise AnswerTooLarge(f"it declares {_mib(int(declared))} MiB, more than the {_mib(limit)} MiB cap")
-    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    coding = (answer.header("content-encoding") or "identity").strip().lower()
     if coding not in ("", "identity"):
         raise CompressedAnswer(f"it is sent with Content-Encoding {coding[:40]!r}; identity was asked for")
     body = bytearray()
-    async for chunk in raw_chunks(response):
+    async for chunk in answer.chunks():
         if len(body) + len(chunk) > limit:
             raise AnswerTooLarge(f"it is longer than the {_mib(limit)} MiB cap")
         if not body and isinstance(chunk, bytearray):
@@ -131,17 +145,6 @@ async def read_capped(response: httpx.Response, limit: int) -> bytearray:
         else:
             body += chunk
     return body
-
-
-async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's pieces as sent; a response some transport handed over already read, at once."""
-    try:
-        content = response.content
-    except httpx.ResponseNotRead:
-        async for chunk in response.aiter_raw():
-            yield chunk
-    else:
-        yield content
 
 
 def decode_json(body: bytearray) -> object:
