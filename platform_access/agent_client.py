@@ -213,21 +213,15 @@ class AgentClient:
                                                    url.raw_path.rstrip(b"/"), header_lines(request))
         return wire
 
-    @contextlib.asynccontextmanager
-    async def _exchange(self, method: str, wire: _AgentWire, path: str, timeout: float) -> AsyncIterator[Answer]:
-        """One request, its answer open until the block ends. The poll transport's GETs carry no
-        timeout of their own: every caller bounds the whole call."""
+    async def _send(self, method: str, wire: _AgentWire, path: str, timeout: float) -> Answer:
+        """One request; its answer, to be used in ``async with`` (which lets it go). The poll
+        transport's GETs carry no timeout of their own: every caller bounds the whole call."""
         if self._direct is not None and method == "GET":
-            answer: Answer = await self._direct.get(wire.origin, b"".join(
+            return await self._direct.get(wire.origin, b"".join(
                 (b"GET ", wire.target_prefix, path.encode(), b" HTTP/1.1\r\n", wire.header_lines)))
-        else:
-            request = self._http.build_request(method, wire.base + path, headers={TOKEN_HEADER: wire.token},
-                                               timeout=timeout)
-            answer = _HttpxAnswer(await self._http.send(request, stream=True))
-        try:
-            yield answer
-        finally:
-            await answer.aclose()
+        request = self._http.build_request(method, wire.base + path, headers={TOKEN_HEADER: wire.token},
+                                           timeout=timeout)
+        return _HttpxAnswer(await self._http.send(request, stream=True))
 
     def text(self, raw: str, limit: int) -> str:
         """An agent's text as it may be stored and sent: normalised, redacted, at most ``limit`` long."""
@@ -251,7 +245,7 @@ class AgentClient:
                 # httpx's timeouts bound each read; an agent trickling a byte at a time would never
                 # trip them. The whole call, body and the wait for the parse budget included, gets
                 # one overall deadline.
-                async with asyncio.timeout(deadline), self._exchange(method, wire, path, deadline) as answer:
+                async with asyncio.timeout(deadline), await self._send(method, wire, path, deadline) as answer:
                     status = answer.status_code
                     if status == 401:
                         return AgentResult("unauthorized", detail=f"{url} refused our token"), None
@@ -327,7 +321,7 @@ class AgentClient:
         path = execution_path(execution_id, "result")
         url = wire.base + path
         try:
-            async with asyncio.timeout(self._timeout), self._exchange("GET", wire, path, self._timeout) as answer:
+            async with asyncio.timeout(self._timeout), await self._send("GET", wire, path, self._timeout) as answer:
                 status = answer.status_code
                 body = await read_capped(answer, MAX_BODY_BYTES)
         except (AnswerTooLarge, ResponseTooLarge):
@@ -407,6 +401,12 @@ class _HttpxAnswer:
             yield content  # a transport (httpx.MockTransport, say) handed it over already read
 
     async def aclose(self) -> None:
+        await self.response.aclose()
+
+    async def __aenter__(self) -> _HttpxAnswer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.response.aclose()
 
 

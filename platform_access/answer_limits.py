@@ -127,6 +127,12 @@ class Answer(Protocol):
     async def aclose(self) -> None:
         """Let the answer go (its connection, its share of a transport's budget)."""
 
+    async def __aenter__(self) -> Answer:
+        """The answer itself; :meth:`aclose` when the block ends."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """:meth:`aclose`."""
+
 
 async def read_capped(answer: Answer, limit: int) -> bytearray:
     """The body as sent (no content decoding), refused with :class:`AnswerTooLarge` past ``limit`` bytes."""

@@ -135,6 +135,12 @@ class Polled:
         self._body = None
         await self._lease.end()
 
+    async def __aenter__(self) -> Polled:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 class _BudgetedBody(httpx.AsyncByteStream):
     """A :class:`Polled` answer's body as httpx reads a response stream."""
@@ -322,9 +328,12 @@ class PollTransport(httpx.AsyncBaseTransport):
                 lease = _Lease(self.budget)
                 try:
                     with _mapped(origin, httpx.ReadTimeout, httpx.ReadError):
-                        async with asyncio.timeout(read_timeout):  # None: no timer
-                            status, headers, fields, body, keep_alive = await connection.exchange(
-                                head, head_only, lease)
+                        exchanged = connection.exchange(head, head_only, lease)
+                        if read_timeout is None:
+                            status, headers, fields, body, keep_alive = await exchanged
+                        else:
+                            async with asyncio.timeout(read_timeout):
+                                status, headers, fields, body, keep_alive = await exchanged
                 except _StaleConnection:
                     await lease.end()
                     connection.close()
