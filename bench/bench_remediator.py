@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_remediator.py [--executions 1000] [--agents 100] [--repeat 5]
         [--database-url URL] [--redis-url URL] [--healthz] [--profile FILE] [--no-evidence-pair]
+        [--default-gc]
 
 1,000 running executions on 100 simulated agents that know none of them; one webhook delivery with
 all 1,000 alerts, fully processed (verified against the database and every agent, failed,
@@ -14,9 +15,10 @@ Two floors, measured in the same run:
   in one transaction;
 - the agent floor: the work no remediator can avoid. The same requests the remediator makes to the
   agents (``GET /api/executions/running`` once per agent, then ``GET .../result`` and
-  ``GET .../last-error`` per orphan, answers decoded), by a bare ``httpx.AsyncClient`` over the
-  same keep-alive transport (``PollTransport``) at the same per-agent and total concurrency, then
-  the bare guarded updates, on a database seeded alike and agents served alike.
+  ``GET .../last-error`` per orphan, answers decoded), by the leanest client here: request heads
+  built once per agent, sent with the keep-alive transport's own GET (``PollTransport.get``) at
+  the same per-agent and total concurrency, each answer parsed with ``json.loads``. Then the bare
+  guarded updates, on a database seeded alike and agents served alike.
 
 ``--healthz`` polls the remediator's ``/healthz`` every 20 ms while it handles the notification and
 reports the worst answer time (goal <= 0.5 s; run it with ``--executions 10000``: goal <= 6 s).
@@ -36,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import multiprocessing
 import multiprocessing.synchronize
 import pstats
@@ -54,6 +55,7 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import remediator_profile
+from exec_watchdog.common.serving import tune_collector
 from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.auth import TOKEN_HEADER, agent_token
 from exec_watchdog.platform_access.poll_transport import PollTransport
@@ -130,7 +132,7 @@ def agent_names(count: int) -> list[str]:
 
 
 async def agent_floor(url: str, n: int, agent_count: int) -> tuple[float, float, float]:
-    """Wall and CPU seconds of the unavoidable work (the remediator's agent requests by a bare client,
+    """Wall and CPU seconds of the unavoidable work (the remediator's agent requests by the leanest client,
     then the bare guarded updates), and the agents' process's CPU seconds meanwhile."""
     names = agent_names(agent_count)
     engine = seed(url, n, names, None)
@@ -138,14 +140,16 @@ async def agent_floor(url: str, n: int, agent_count: int) -> tuple[float, float,
     settings = Settings(replica="bench")
     total = asyncio.Semaphore(settings.agent_concurrency)
     per_agent = {name: asyncio.Semaphore(settings.agent_calls_per_agent) for name in names}
-    tokens = {name: agent_token(SECRET, name) for name in names}
-    client = httpx.AsyncClient(transport=PollTransport(max_connections=settings.agent_concurrency),
-                               base_url=f"http://127.0.0.1:{port}/agents")
+    transport = PollTransport(max_connections=settings.agent_concurrency)
+    origin = ("127.0.0.1", port)
+    heads = {name: (f"/agents/{name}".encode(), f"Host: 127.0.0.1:{port}\r\n{TOKEN_HEADER}: "
+                    f"{agent_token(SECRET, name)}\r\nAccept-Encoding: identity\r\n\r\n".encode()) for name in names}
 
     async def get(agent: str, path: str) -> object:
-        async with per_agent[agent], total:
-            response = await client.get(f"/{agent}{path}", headers={TOKEN_HEADER: tokens[agent]})
-            return response.json()
+        prefix, lines = heads[agent]
+        async with per_agent[agent], total, await transport.get(
+                origin, b"".join((b"GET ", prefix, path.encode(), b" HTTP/1.1\r\n", lines))) as answer:
+            return json.loads(b"".join([chunk async for chunk in answer.chunks()]))
 
     def updates() -> None:
         with engine.begin() as conn:
@@ -156,9 +160,6 @@ async def agent_floor(url: str, n: int, agent_count: int) -> tuple[float, float,
                                      duration_ms=1))
 
     runs = [(f"e{i:05d}", names[i % agent_count]) for i in range(n)]
-    httpx_log = logging.getLogger("httpx")
-    level = httpx_log.level
-    httpx_log.setLevel(logging.WARNING)  # the floor logs nothing, whatever the logging set-up of the code measured
     try:
         started, cpu_started, agents_started = time.perf_counter(), time.process_time(), _cpu_of(agents)
         await asyncio.gather(*(get(a, "/api/executions/running") for a in names))
@@ -167,8 +168,7 @@ async def agent_floor(url: str, n: int, agent_count: int) -> tuple[float, float,
         await asyncio.to_thread(updates)
         return time.perf_counter() - started, time.process_time() - cpu_started, _cpu_of(agents) - agents_started
     finally:
-        httpx_log.setLevel(level)
-        await client.aclose()
+        await transport.aclose()
         agents.terminate()
         agents.join(10)
         engine.dispose()
@@ -271,12 +271,17 @@ def main() -> None:
                         help="one more run under cProfile: stats to FILE, breakdown printed")
     parser.add_argument("--no-evidence-pair", action="store_true",
                         help="skip the runs without evidence (the evidence cost is then not reported)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's default garbage collection instead of the services' tuning "
+                             "(serving.tune_collector), to see what the tuning saves")
     args = parser.parse_args()
     if args.executions < 1 or args.agents < 1 or args.repeat < 1:
         parser.error("--executions, --agents and --repeat must be at least 1")
     from exec_watchdog.common.logs import configure_logging
 
     configure_logging("info", "json")  # a real run logs one line per recovery: keep that cost in
+    if not args.default_gc:
+        tune_collector()  # as `exec-watchdog remediator` does (serving.serve); the floors share it
     n = args.executions
     floors: list[float] = []
     agent_floors: list[tuple[float, float, float]] = []
@@ -338,7 +343,7 @@ def main() -> None:
     print(f"remediator CPU: {cpu:.3f} s = {per_orphan_ms:.3f} ms per orphan; goal <= 0.6 ms: "
           f"{'met' if per_orphan_ms <= 0.6 else 'MISSED'}")
     print(f"bare floor ({n} guarded updates in one transaction): {base:.3f} s; remediation {wall / base:.2f}x")
-    print(f"agent floor (same agent requests by a bare client, then the updates): {floor_wall:.3f} s wall, "
+    print(f"agent floor (same agent requests by the leanest client, then the updates): {floor_wall:.3f} s wall, "
           f"{floor_cpu:.3f} s CPU; remediation {wall / floor_wall:.2f}x wall, {cpu / floor_cpu:.2f}x CPU "
           f"(per-repeat medians {med(r.wall / f[0] for r, f in zip(runs, agent_floors, strict=True)):.2f}x, "
           f"{med(r.cpu / f[1] for r, f in zip(runs, agent_floors, strict=True)):.2f}x); goal <= 2x: "
