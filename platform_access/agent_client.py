@@ -68,6 +68,7 @@ _SECRET_SLACK = 4_096  # redacted before the final cut, so a cut can never leave
 _MARK = "zzagentmarkzz"  # stands in for {agent} while the template is parsed
 MAX_ANSWER_BYTES = MAX_RESPONSE_BYTES  # one JSON answer's body on the wire (before any decoding)
 _ERROR_TEXT_BYTES = 4096  # of a 5xx body: only its first 200 characters are kept
+MAX_KEPT_WIRES = 20_000  # agents whose request head is kept built (a fleet is a few thousand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,8 @@ class AgentClient:
             self._redactor.add(token)  # before the agent is ever called: its texts may carry it
             request = self._http.build_request("GET", base, headers={TOKEN_HEADER: token})
             url = request.url
+            if len(self._wires) >= MAX_KEPT_WIRES:
+                self._wires.clear()  # names come from alerts and rows: never let them grow it without end
             wire = self._wires[agent] = _AgentWire(base, token, (url.host, url.port or 80),
                                                    url.raw_path.rstrip(b"/"), header_lines(request))
         return wire

@@ -46,6 +46,9 @@ class AgentGate:
         except AgentBusy as exc:
             call.close()
             return AgentResult(busy_kind, detail=f"{busy_note}{exc}")
+        except BaseException:
+            call.close()  # cancelled while it waited for its turn: never started, never to be awaited
+            raise
 
     async def _take(self, agent: str) -> asyncio.Semaphore:
         """The agent's semaphore, then a slot of the total, both within one wait bound. Free ones are

@@ -262,3 +262,82 @@ async def test_other_schemes_and_methods_go_to_httpx() -> None:
         # MockTransport stands in for httpx's TLS transport: no TLS agent server can run here.
         assert (await http.get("https://agent.example/x")).status_code == 299
         assert (await http.post(f"http://127.0.0.1:{free_port()}/x", content=b"{}")).status_code == 299
+
+
+class _ThroughHttpx(httpx.AsyncBaseTransport):
+    """Hides the PollTransport from AgentClient, so its requests take httpx's models: the reference."""
+
+    def __init__(self, inner: PollTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("template_path", ["/agents/{agent}", "/{agent}", "/trinity agents/{agent}"])
+async def test_the_lean_get_sends_exactly_the_head_httpx_models_would(
+        template_path: str, scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        while True:
+            await s.read_request(reader)
+            writer.write(ok(RUNNING))
+
+    s = await scripted(handler)
+    template = s.template.replace("/agents/{agent}", template_path)
+    lean = AgentClient(template, SECRET, transport=PollTransport(max_connections=4))
+    reference = AgentClient(template, SECRET, transport=_ThroughHttpx(PollTransport(max_connections=4)))
+    for agents in (lean, reference):
+        assert (await agents.running("a1")).kind == "answered"
+        assert (await agents.last_error("a1", "e-1")).kind == "answered"
+        await agents.aclose()
+    assert len(s.requests) == 4
+    assert s.requests[:2] == s.requests[2:]
+    assert s.requests[0].startswith(b"GET " + template_path.replace(" ", "%20").replace("{agent}", "a1").encode()
+                                    + b"/api/executions/running HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("lean_transport", [True, False])
+async def test_a_trickled_result_is_a_timeout_within_the_client_deadline(
+        lean_transport: bool, scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await s.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):  # a byte every 50 ms: every read is quick, the whole body never is
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    s = await scripted(handler)
+    agents = AgentClient(s.template, SECRET, timeout=0.5,
+                         transport=PollTransport(max_connections=4) if lean_transport else None)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    result = await agents.result("a1", "e-1")
+    took = loop.time() - asked
+    await agents.aclose()
+    assert result.kind == "timeout" and "0.5 s" in result.detail, result
+    assert took < 2.0
+
+
+@pytest.mark.parametrize("lean_transport", [True, False])
+async def test_a_compressed_result_is_refused_and_never_read_as_an_answer(
+        lean_transport: bool, scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps({"status": "success", "response": "r",
+                                     "retained_at": "2026-01-01T00:00:00+00:00"}).encode())
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await s.read_request(reader)
+        writer.write(ok(body, b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+        await reader.read()
+
+    s = await scripted(handler)
+    agents = AgentClient(s.template, SECRET, transport=PollTransport(max_connections=4) if lean_transport else None)
+    result = await agents.result("a1", "e-1")
+    await agents.aclose()
+    assert result.kind == "bad_response" and "Content-Encoding 'gzip'" in result.detail, result

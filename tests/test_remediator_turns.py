@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from exec_watchdog.common.contract import UNDECIDED, Outcome
+from exec_watchdog.platform_access.agent_client import AgentResult
 from exec_watchdog.common.logs import configure_logging
 from exec_watchdog.remediator import isolation
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
@@ -105,6 +106,33 @@ async def test_a_full_total_is_refused_after_the_wait() -> None:
         with pytest.raises(AgentBusy, match="no free agent call slot"):
             async with gate.turn("b"):
                 pass
+
+
+async def test_one_wait_bound_covers_both_limits_and_a_refused_turn_leaves_nothing_taken() -> None:
+    gate = AgentGate(total=1, per_agent=1, wait_seconds=0.1)
+    loop = asyncio.get_running_loop()
+    async with gate.turn("a"):
+        # "b" gets its own agent's semaphore at once, then waits for the total, which never frees.
+        asked = loop.time()
+        with pytest.raises(AgentBusy, match="no free agent call slot"):
+            async with gate.turn("b"):
+                pass
+        assert 0.09 <= loop.time() - asked < 0.5
+        waiting = asyncio.ensure_future(gate.call("b", _answer("never sent")))
+        await asyncio.sleep(0.02)
+        waiting.cancel()  # cancelled while it waits for its turn
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    # Nothing of the refused or cancelled turns is still held: both take their turn at once.
+    asked = loop.time()
+    async with gate.turn("b"):
+        pass
+    assert (await gate.call("b", _answer("sent"))).detail == "sent"
+    assert loop.time() - asked < 0.05
+
+
+async def _answer(detail: str) -> AgentResult[None]:
+    return AgentResult("answered", detail=detail)
 
 
 @pytest.mark.parametrize(("level", "request_lines"), [("info", False), ("warning", False), ("debug", True)])

@@ -108,3 +108,13 @@ def test_a_busy_port_is_a_start_up_error_and_sigterm_a_clean_stop(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_service_collects_garbage_in_larger_young_generations_and_never_rescans_its_start() -> None:
+    """In a process of its own: the collector's settings belong to the whole process."""
+    probe = ("import gc; from exec_watchdog.common.serving import FIRST_GENERATION_THRESHOLD, tune_collector; "
+             "default = gc.get_threshold(); tune_collector(); "
+             "print(default[0], gc.get_threshold()[0] == FIRST_GENERATION_THRESHOLD, "
+             "gc.get_threshold()[1:] == default[1:], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.split() == ["700", "True", "True", "True"]
