@@ -17,7 +17,6 @@ Every body is read with a cap and parsed within the client's budget
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime

@@ -14,8 +14,8 @@ import pytest
 import structlog
 
 from exec_watchdog.common.contract import UNDECIDED, Outcome
-from exec_watchdog.platform_access.agent_client import AgentResult
 from exec_watchdog.common.logs import configure_logging
+from exec_watchdog.platform_access.agent_client import AgentResult
 from exec_watchdog.remediator import isolation
 from exec_watchdog.remediator.deadlines import AgentBusy, AgentGate
 from exec_watchdog.remediator.payload import Alert, parse_notification
