@@ -185,7 +185,7 @@ class AgentClient:
         )
         # GETs go straight to the poll transport, as a request head built once per agent: building
         # httpx's request and response models and running the client's redirect, auth and cookie
-        # steps (none of which an agent call uses) cost more CPU than the exchange itself. The wire
+        # steps (none of which an agent call uses) cost about as much CPU as the exchange. The wire
         # bytes are the same as the client's (header_lines of its own build_request), and a client
         # given its transport sends every request there anyway (httpx ignores environment proxies then).
         self._direct = transport if isinstance(transport, PollTransport) else None

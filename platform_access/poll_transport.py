@@ -11,8 +11,8 @@ Everything else (``https://``, other methods, request bodies) goes to httpx's ow
 
 :meth:`PollTransport.get` is the same exchange without httpx's models: the agent client hands it a
 request head it built once per agent and gets a :class:`Polled` answer. Building an
-``httpx.Request`` and an ``httpx.Response`` per call cost more CPU than the exchange itself
-(bench/remediator.md), and a mass orphaning makes two calls per orphan.
+``httpx.Request`` and an ``httpx.Response`` per call (about 40 µs) cost about as much CPU as the
+exchange itself (bench/remediator.md), and a mass orphaning makes two calls per orphan.
 
 Failures are raised as the httpx exceptions the client classifies: ``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``ReadError`` and ``RemoteProtocolError``.
