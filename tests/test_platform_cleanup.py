@@ -6,8 +6,6 @@ running real processes. Cycles are run directly (``run_cycle``), never waited fo
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -35,6 +33,7 @@ from exec_watchdog.platform_access.timestamps import format_utc, utcnow
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.platform_cleanup import PATHS, PlatformCleanup, parse_paths
 from exec_watchdog.simulated_platform.process_registry import RunResult
+from exec_watchdog.testbed.agent_runs import retained_then_forgotten
 from exec_watchdog.testbed.platform_rows import insert_activity, insert_agent, insert_execution, insert_schedule
 from exec_watchdog.testbed.remediator_harness import SECRET
 
@@ -203,13 +202,7 @@ async def test_the_watchdog_fails_an_orphan_terminates_an_overdue_run_and_leaves
 async def test_the_watchdog_claims_a_retained_result_once_it_is_old_enough(
         platform: sa.Engine, stores: tuple[RedisSlots, RedisInflight], client: AgentClient,
         agents: AgentServer) -> None:
-    registry = agents.registry("a1")
-    await registry.start("e-kept", 0, result=RunResult(response="the answer"))
-    deadline = time.monotonic() + 10
-    while registry.retained("e-kept") is None:
-        assert time.monotonic() < deadline, "the run did not finish"
-        await asyncio.sleep(0.02)
-    registry.wipe()  # the agent restarted: only the retained result is left
+    await retained_then_forgotten(agents.registry("a1"), "e-kept", RunResult(response="the answer"))
     with platform.begin() as conn:
         insert_execution(conn, "e-kept", "a1", age_seconds=120)
     waiting = _cleanup(platform, stores, client, paths=("watchdog",))

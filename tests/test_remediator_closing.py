@@ -7,9 +7,7 @@ session's Redis (channel and stream), simulated agents running real processes.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -26,6 +24,7 @@ from exec_watchdog.remediator import audit, closing, texts
 from exec_watchdog.remediator.app import State
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.process_registry import RunResult
+from exec_watchdog.testbed.agent_runs import retained_then_forgotten
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_activity, insert_execution, insert_subscription
 from exec_watchdog.testbed.remediator_harness import Harness, remediator
@@ -119,13 +118,7 @@ async def test_a_claimed_success_completes_a_provisionally_failed_activity_and_e
     with harness.engine.begin() as conn:
         insert_activity(conn, "act-ok", "a1", "e-ok", state="failed", age_seconds=60)
         insert_subscription(conn, "sub-1", "a2", "a1", "agent.task.completed")
-    registry = agents.registry("a1")
-    await registry.start("e-ok", 0, result=RunResult(True, "the answer", 0.5))
-    deadline = time.monotonic() + 10
-    while registry.retained("e-ok") is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-    registry.wipe()
+    await retained_then_forgotten(agents.registry("a1"), "e-ok", RunResult(True, "the answer", 0.5))
     [verdict] = await _decide(harness, alert("e-ok", "a1"))
     assert verdict["outcome"] == "recovered", verdict
     act = _activity(harness, "act-ok")

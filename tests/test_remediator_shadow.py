@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -34,6 +33,7 @@ from exec_watchdog.remediator.shadow_compare import Comparison
 from exec_watchdog.remediator.shadow_verdicts import Settings as ShadowSettings
 from exec_watchdog.simulated_platform.agent_server import AgentServer, serve_agents
 from exec_watchdog.simulated_platform.process_registry import RegistryConfig, RunResult
+from exec_watchdog.testbed.agent_runs import retained_then_forgotten
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_activity, insert_agent, insert_schedule, insert_subscription
 from exec_watchdog.testbed.remediator_harness import SECRET, Harness, received, remediator, subscriber
@@ -76,14 +76,7 @@ async def _decide(h: Harness, *alerts: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _retain_success(agents: AgentServer, agent: str, execution_id: str) -> None:
-    """The run succeeds on the agent, which keeps its result; then the agent restarts (only the result is left)."""
-    registry = agents.registry(agent)
-    await registry.start(execution_id, 0, result=RunResult(True, "the answer", 0.25))
-    deadline = time.monotonic() + 10
-    while registry.retained(execution_id) is None:
-        assert time.monotonic() < deadline, "the run was not retained"
-        await asyncio.sleep(0.02)
-    registry.wipe()
+    await retained_then_forgotten(agents.registry(agent), execution_id, RunResult(True, "the answer", 0.25))
 
 
 def _their_write(h: Harness, execution_id: str, error: str | None, status: str = "failed") -> None:

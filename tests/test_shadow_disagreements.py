@@ -45,6 +45,7 @@ from exec_watchdog.remediator.shadow_verdicts import Settings as ShadowSettings
 from exec_watchdog.simulated_platform.agent_server import AgentServer
 from exec_watchdog.simulated_platform.platform_cleanup import PlatformCleanup
 from exec_watchdog.simulated_platform.process_registry import RunResult
+from exec_watchdog.testbed.agent_runs import retained_then_forgotten
 from exec_watchdog.testbed.notifications import alert, notification
 from exec_watchdog.testbed.platform_rows import insert_agent, insert_schedule
 from exec_watchdog.testbed.remediator_harness import SECRET, Harness, remediator
@@ -78,14 +79,7 @@ async def cleanup(harness: Harness, agents: AgentServer, redis_url: str) -> Asyn
 
 
 async def _retain_success(agents: AgentServer, agent: str, execution_id: str) -> None:
-    """The run succeeds on its agent, its report is lost, the agent keeps the result (and forgets the run)."""
-    registry = agents.registry(agent)
-    await registry.start(execution_id, 0, result=RunResult(True, "the answer", 0.25))
-    deadline = time.monotonic() + 10
-    while registry.retained(execution_id) is None:
-        assert time.monotonic() < deadline, "the run was not retained"
-        await asyncio.sleep(0.02)
-    registry.wipe()
+    await retained_then_forgotten(agents.registry(agent), execution_id, RunResult(True, "the answer", 0.25))
 
 
 async def _decide(h: Harness, *alerts: dict[str, Any]) -> list[str]:
