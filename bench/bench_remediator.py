@@ -85,15 +85,20 @@ def seed(url: str, n: int, agents: list[str], redis_url: str | None) -> sa.Engin
     return engine
 
 
-def floor(url: str, n: int) -> float:
-    engine = seed(url, n, ["a"], None)
-    started = time.perf_counter()
+def bare_updates(engine: sa.Engine, n: int) -> None:
+    """The n bare guarded updates, in one transaction."""
     with engine.begin() as conn:
         for i in range(n):
             conn.execute(sa.update(schedule_executions)
                          .where(schedule_executions.c.id == f"e{i:05d}", schedule_executions.c.status == "running")
                          .values(status="failed", error="x", completed_at="2026-01-01T00:00:00.000000Z",
                                  duration_ms=1))
+
+
+def floor(url: str, n: int) -> float:
+    engine = seed(url, n, ["a"], None)
+    started = time.perf_counter()
+    bare_updates(engine, n)
     elapsed = time.perf_counter() - started
     engine.dispose()
     return elapsed
@@ -151,21 +156,13 @@ async def agent_floor(url: str, n: int, agent_count: int) -> tuple[float, float,
                 origin, b"".join((b"GET ", prefix, path.encode(), b" HTTP/1.1\r\n", lines))) as answer:
             return json.loads(b"".join([chunk async for chunk in answer.chunks()]))
 
-    def updates() -> None:
-        with engine.begin() as conn:
-            for i in range(n):
-                conn.execute(sa.update(schedule_executions)
-                             .where(schedule_executions.c.id == f"e{i:05d}", schedule_executions.c.status == "running")
-                             .values(status="failed", error="x", completed_at="2026-01-01T00:00:00.000000Z",
-                                     duration_ms=1))
-
     runs = [(f"e{i:05d}", names[i % agent_count]) for i in range(n)]
     try:
         started, cpu_started, agents_started = time.perf_counter(), time.process_time(), _cpu_of(agents)
         await asyncio.gather(*(get(a, "/api/executions/running") for a in names))
         await asyncio.gather(*(get(a, f"/api/executions/{e}/result") for e, a in runs))
         await asyncio.gather(*(get(a, f"/api/executions/{e}/last-error") for e, a in runs))
-        await asyncio.to_thread(updates)
+        await asyncio.to_thread(bare_updates, engine, n)
         return time.perf_counter() - started, time.process_time() - cpu_started, _cpu_of(agents) - agents_started
     finally:
         await transport.aclose()
