@@ -409,7 +409,7 @@ class _HttpxAnswer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.response.aclose()
+        await self.aclose()
 
 
 async def _error_text(answer: Answer) -> str:

@@ -328,12 +328,9 @@ class PollTransport(httpx.AsyncBaseTransport):
                 lease = _Lease(self.budget)
                 try:
                     with _mapped(origin, httpx.ReadTimeout, httpx.ReadError):
-                        exchanged = connection.exchange(head, head_only, lease)
-                        if read_timeout is None:
-                            status, headers, fields, body, keep_alive = await exchanged
-                        else:
-                            async with asyncio.timeout(read_timeout):
-                                status, headers, fields, body, keep_alive = await exchanged
+                        async with asyncio.timeout(read_timeout):  # None sets no timer
+                            status, headers, fields, body, keep_alive = await connection.exchange(
+                                head, head_only, lease)
                 except _StaleConnection:
                     await lease.end()
                     connection.close()

@@ -29,6 +29,14 @@ def parse_utc(value: object) -> datetime:
         raise BadTimestamp(f"unreadable timestamp {value!r}") from None
 
 
+def parse_utc_or_none(value: object) -> datetime | None:
+    """:func:`parse_utc`, or None for a value that cannot be read (an optional or informational stamp)."""
+    try:
+        return parse_utc(value)
+    except BadTimestamp:
+        return None
+
+
 def format_utc(moment: datetime) -> str:
     """Format as Trinity writes it: ``2026-11-27T18:27:49.055123Z``."""
     if moment.tzinfo is None:

@@ -41,7 +41,7 @@ class AgentGate:
         """One agent request in its turn; no turn in time is an answer of ``busy_kind`` (the call is
         never sent): a slow agent waits for its own turns, not everyone's."""
         try:
-            async with _Turn(self, agent):
+            async with self.turn(agent):
                 return await call
         except AgentBusy as exc:
             call.close()

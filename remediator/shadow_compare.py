@@ -40,7 +40,7 @@ from exec_watchdog.platform_access import database as db
 from exec_watchdog.platform_access.run_history import CLAIM_NOTICE_PREFIX
 from exec_watchdog.platform_access.schema import agent_activities, schedule_executions
 from exec_watchdog.platform_access.slots import SlotStore
-from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc_or_none
 from exec_watchdog.remediator import audit, shadow_store
 from exec_watchdog.remediator.metrics import RemediatorMetrics
 from exec_watchdog.remediator.shadow_store import Open, Write
@@ -170,7 +170,7 @@ class Comparison:
                                   shadow_store.decisions.c.subject_id == t.subject_id))).all()
         found = []
         for kind, subject_id, agent, written_at, observed_at in lonely:
-            written, observed = _maybe(written_at), _maybe(observed_at)
+            written, observed = parse_utc_or_none(written_at), parse_utc_or_none(observed_at)
             if written is None or observed is None:
                 continue
             execution_id = subject_id.split("/", 1)[-1] if kind == "slot" else subject_id
@@ -179,7 +179,7 @@ class Comparison:
                 d.execution_id == execution_id, d.outcome == "skipped", d.remediation.in_(ACTIONS),
                 d.decided_at >= format_utc(written - timedelta(seconds=1)), d.decided_at <= format_utc(until))
                 .order_by(d.decided_at).limit(1)).first()
-            decided = _maybe(row.decided_at) if row is not None else None
+            decided = parse_utc_or_none(row.decided_at) if row is not None else None
             if row is None or decided is None:
                 continue
             found.append(shadow_store.Decision(
@@ -239,15 +239,8 @@ def _recovered_by_us(conn: sa.Connection, ids: list[str]) -> set[str]:
     return found
 
 
-def _maybe(value: object) -> datetime | None:
-    try:
-        return parse_utc(value)
-    except BadTimestamp:
-        return None
-
-
 def _stamp(value: object, default: datetime) -> datetime:
-    return _maybe(value) or default
+    return parse_utc_or_none(value) or default
 
 
 def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:

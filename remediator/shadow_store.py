@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from exec_watchdog.platform_access.timestamps import BadTimestamp, format_utc, parse_utc
+from exec_watchdog.platform_access.timestamps import format_utc, parse_utc_or_none
 from exec_watchdog.remediator.audit import audit_metadata
 from exec_watchdog.remediator.shadow_verdicts import Judgement, Ours, Theirs
 
@@ -147,13 +147,6 @@ def record_writes(conn: sa.Connection, items: Iterable[Write]) -> int:
         "written_at": format_utc(w.written_at), "observed_at": format_utc(w.observed_at)} for w in items])
 
 
-def _stamp(value: object) -> datetime | None:
-    try:
-        return parse_utc(value)
-    except BadTimestamp:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class Open:
     """A subject not judged yet: our decision and their write, as far as known."""
@@ -188,11 +181,11 @@ def open_subjects(conn: sa.Connection) -> dict[tuple[str, str], Open]:
         ours_row, theirs_row = parts.get("ours"), parts.get("theirs")
         ours = theirs_ = None
         if ours_row is not None:
-            decided, due = _stamp(ours_row.decided_at), _stamp(ours_row.due_at)
+            decided, due = parse_utc_or_none(ours_row.decided_at), parse_utc_or_none(ours_row.due_at)
             if decided is not None and due is not None:
                 ours = Ours(ours_row.action, decided, due, late=bool(ours_row.late))
         if theirs_row is not None:
-            written, observed = _stamp(theirs_row.written_at), _stamp(theirs_row.observed_at)
+            written, observed = parse_utc_or_none(theirs_row.written_at), parse_utc_or_none(theirs_row.observed_at)
             if written is not None and observed is not None:
                 theirs_ = Theirs(theirs_row.action, written, observed)
         out[(kind, subject_id)] = Open(kind, subject_id, parts["agent"], ours, theirs_,
